@@ -1,0 +1,34 @@
+# tokentrust: the two commands of README, plus the pieces they are made of.
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+.PHONY: setup demo test lint unit integration bench clean lab-destroy
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(BIN)/python scripts/demo.py
+
+test: setup lint
+	$(BIN)/pytest -q tests
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+integration: setup
+	$(BIN)/pytest -q tests/integration
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/yamllint -s .
+	$(BIN)/ansible-lint -q
+
+bench: setup
+	$(BIN)/python bench/nss_apply.py
+
+clean:
+	rm -rf .stamps .pytest_cache reports .demo
