@@ -1,0 +1,29 @@
+# -*- coding: utf-8 -*-
+# Copyright: tokentrust contributors. GNU General Public License v3.0+
+"""tokentrust's own cffi bindings to NSS (libnss3, libnspr4, libsmime3, libssl3), ABI mode.
+
+Public API:
+    NSSDatabase(path, readonly=True, password=None)   context manager; certificates, modules, trust
+    NSSError, LegacyDatabaseError, DatabaseLockedError
+    der_from_bytes(data)                                one certificate from DER or PEM bytes
+    nss_version()
+"""
+from ansible.module_utils.tokentrust_nss.database import (  # noqa: F401
+    DB_FILES,
+    TOKEN_FLAGS,
+    Certificate,
+    NSSDatabase,
+    check_sqlite_file,
+    der_from_bytes,
+    normalize_trust,
+    slot_info,
+    split_dbspec,
+    token_flags,
+)
+from ansible.module_utils.tokentrust_nss.errors import DatabaseLockedError, LegacyDatabaseError, NSSError  # noqa: F401
+
+
+def nss_version():
+    from ansible.module_utils.tokentrust_nss._ffi import ffi, lib
+
+    return ffi.string(lib.nss3.NSS_GetVersion()).decode()
