@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os.path
 
 SECURITY_DEVICES_KEYWORDS = ("Add", "Delete")
 
@@ -353,3 +354,45 @@ def _merge_absent(doc, desired, res):
                 del sd["Add"]
             if not sd:
                 del pol["SecurityDevices"]
+
+
+# ---------------------------------------------------------------------------------------------
+# where Firefox reads policies.json
+# ---------------------------------------------------------------------------------------------
+# Linux: Firefox reads /etc/firefox/policies/policies.json if it exists ("SysConfD" is /etc/ plus
+# the lower-cased application name, which is "Firefox" also for Debian's firefox-esr), and ONLY
+# otherwise <install dir>/distribution/policies.json. macOS: the app bundle's distribution dir.
+LINUX_SYSTEM_POLICIES = "/etc/firefox/policies/policies.json"
+MACOS_DISTRIBUTION = "/Applications/Firefox.app/Contents/Resources/distribution/policies.json"
+LINUX_INSTALL_DIRS = (
+    "/usr/lib/firefox-esr",      # Debian/Ubuntu firefox-esr
+    "/usr/lib/firefox",          # Debian/Ubuntu/Arch firefox
+    "/usr/lib64/firefox",        # Fedora/RHEL/SUSE
+    "/opt/firefox",              # Mozilla tarball (conventional place)
+    "/opt/firefox-esr",
+)
+
+
+def default_policies_path(system="Linux", location="system", install_dir=None, exists=None):
+    """The policies.json path for `system` (platform.system()) and `location` (system|distribution).
+
+    `install_dir` overrides the Firefox install dir for `distribution`; otherwise the first of
+    LINUX_INSTALL_DIRS that `exists`. Raises PolicyError when nothing fits.
+    """
+    exists = exists or os.path.isdir
+    if location not in ("system", "distribution"):
+        raise PolicyError(f"location must be system or distribution, got {location!r}")
+    if system == "Darwin":
+        base = install_dir or "/Applications/Firefox.app"
+        return os.path.join(base, "Contents", "Resources", "distribution", "policies.json")
+    if system != "Linux":
+        raise PolicyError(f"no default policies.json path for {system}: give path explicitly")
+    if location == "system":
+        return LINUX_SYSTEM_POLICIES
+    if install_dir:
+        return os.path.join(install_dir, "distribution", "policies.json")
+    for d in LINUX_INSTALL_DIRS:
+        if exists(d):
+            return os.path.join(d, "distribution", "policies.json")
+    looked = ", ".join(LINUX_INSTALL_DIRS)
+    raise PolicyError(f"no Firefox install dir found (looked in {looked}): set install_dir or path")

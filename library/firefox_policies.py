@@ -1,0 +1,281 @@
+#!/usr/bin/python
+# Copyright: tokentrust contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module: merge our certificates and PKCS#11 device into a Firefox policies.json."""
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: firefox_policies
+short_description: Merge CA certificates and a PKCS#11 security device into Firefox's policies.json
+description:
+  - Adds (or removes) C(Certificates.Install), C(Certificates.ImportEnterpriseRoots) and
+    C(SecurityDevices.Add) entries in a Firefox enterprise C(policies.json), without touching
+    other policies or other entries of the same lists.
+  - C(state=absent) removes exactly the values this task would add, and prunes the containers
+    that this removal leaves empty.
+  - A malformed existing file (invalid JSON or UTF-8, wrong types in the keys we manage) is an
+    error and the file is left byte-for-byte unchanged.
+  - The file is written atomically (temporary file in the same directory, then rename),
+    as UTF-8 JSON with mode 0644; its directory is created (0755) if missing.
+  - On Linux Firefox reads C(/etc/firefox/policies/policies.json) if it exists, and only
+    otherwise C(<install dir>/distribution/policies.json). Debian's firefox-esr does the same
+    (its install dir is C(/usr/lib/firefox-esr)).
+  - A deprecated flat C(SecurityDevices) form found in the file is kept and reported; see the
+    notes.
+version_added: "1.0.0"
+author: tokentrust contributors
+options:
+  path:
+    description:
+      - The policies.json to manage. Overrides O(location) and O(install_dir).
+      - Default on Linux C(/etc/firefox/policies/policies.json) (O(location=system)) or
+        C(<install_dir>/distribution/policies.json) (O(location=distribution));
+        on macOS C(/Applications/Firefox.app/Contents/Resources/distribution/policies.json).
+    type: path
+  location:
+    description:
+      - Which default path to use when O(path) is not given.
+      - C(system) is the machine-wide C(/etc/firefox/policies/policies.json) (Linux); it wins over
+        the install's C(distribution/) file, which Firefox then does not read at all.
+      - C(distribution) is the install's own C(distribution/policies.json).
+    type: str
+    choices: [system, distribution]
+    default: system
+  install_dir:
+    description:
+      - Firefox install dir for O(location=distribution) (or the C(.app) bundle on macOS).
+      - Default the first existing of C(/usr/lib/firefox-esr), C(/usr/lib/firefox),
+        C(/usr/lib64/firefox), C(/opt/firefox), C(/opt/firefox-esr).
+    type: path
+  certificates:
+    description:
+      - Certificate file paths (PEM or DER) for C(Certificates.Install). Firefox imports them
+        with trust C(CT,CT,) into every profile at start-up.
+    type: list
+    elements: path
+    default: []
+  devices:
+    description:
+      - PKCS#11 modules for C(SecurityDevices.Add), as a dict name -> library path.
+    type: dict
+    default: {}
+  import_enterprise_roots:
+    description:
+      - Value of C(Certificates.ImportEnterpriseRoots) (only has an effect on Windows and macOS).
+      - Leave unset (null) to not manage it.
+    type: bool
+  state:
+    description: Whether our entries must be present or absent.
+    type: str
+    choices: [present, absent]
+    default: present
+  backup:
+    description: Keep a timestamped copy of the previous file when it changes.
+    type: bool
+    default: false
+  check_files:
+    description:
+      - Warn when a certificate file or a device library does not exist on the host
+        (Firefox reports a policy failure for them at start-up).
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+notes:
+  - Firefox must be restarted to apply policies; RV(restart_required) is true when the file changed.
+  - Firefox ignores the deprecated flat C(SecurityDevices) entries as soon as C(Add) or C(Delete)
+    is present. In a file that only uses the flat form, our devices are added in the flat form too
+    (with a warning), so the existing devices keep working.
+  - A device whose library path is already registered under another name is not added again.
+  - When the file changes it is rewritten with 2-space indentation; the content of other policies
+    is kept as is.
+seealso:
+  - name: Firefox policy templates
+    description: Reference of policies.json
+    link: https://mozilla.github.io/policy-templates/
+"""
+
+EXAMPLES = r"""
+- name: Certificates and the Gemalto token in Firefox's machine-wide policies
+  firefox_policies:
+    certificates:
+      - /usr/local/share/tokentrust/ca/certeurope-root-ca-3.pem
+    devices:
+      gem: /usr/lib/pkcs11/libgclib.so
+
+- name: Same, in Debian firefox-esr's own distribution directory
+  firefox_policies:
+    location: distribution
+    install_dir: /usr/lib/firefox-esr
+    certificates: [/usr/local/share/tokentrust/ca/certeurope-root-ca-3.pem]
+    devices: {gem: /usr/lib/pkcs11/libgclib.so}
+    backup: true
+
+- name: Remove exactly what we added
+  firefox_policies:
+    certificates: [/usr/local/share/tokentrust/ca/certeurope-root-ca-3.pem]
+    devices: {gem: /usr/lib/pkcs11/libgclib.so}
+    state: absent
+"""
+
+RETURN = r"""
+path:
+  description: The policies.json managed (symlinks resolved).
+  returned: always
+  type: str
+  sample: /etc/firefox/policies/policies.json
+policies:
+  description: The resulting C(policies) object (after the change, or as planned in check mode).
+  returned: always
+  type: dict
+  sample: {"Certificates": {"Install": ["/usr/local/share/tokentrust/ca/root.pem"]},
+           "SecurityDevices": {"Add": {"gem": "/usr/lib/pkcs11/libgclib.so"}}}
+added:
+  description: Entries added (C(policy), C(key), C(value)).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"policy": "SecurityDevices", "key": "gem", "value": "/usr/lib/pkcs11/libgclib.so"}]
+removed:
+  description: Entries removed (or replaced, with C(note=replaced)).
+  returned: always
+  type: list
+  elements: dict
+unchanged:
+  description: Our entries that were already in place (with a C(note) when relevant).
+  returned: always
+  type: list
+  elements: dict
+flat_security_devices:
+  description: Deprecated flat C(SecurityDevices) entries found in the resulting file.
+  returned: always
+  type: dict
+  sample: {"opensc": "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"}
+backup_file:
+  description: The backup copy, when O(backup=true) and the file changed.
+  returned: changed and backup
+  type: str
+restart_required:
+  description: True when the file changed; running Firefox instances only apply policies on restart.
+  returned: always
+  type: bool
+"""
+
+import os
+import platform
+import tempfile
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+from ansible.module_utils.tokentrust_policies import (
+    PolicyError,
+    default_policies_path,
+    desired_policies,
+    dump_policies,
+    flat_security_devices,
+    load_policies,
+    plan_merge,
+)
+
+
+def _write(module, path, text):
+    d = os.path.dirname(path)
+    if not os.path.isdir(d):
+        os.makedirs(d, 0o755)
+    fd, tmp = tempfile.mkstemp(prefix=".policies.json.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        module.atomic_move(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    os.chmod(path, 0o644)
+
+
+def run(module):
+    p = module.params
+    path = p["path"]
+    if not path:
+        path = default_policies_path(platform.system(), p["location"], p["install_dir"])
+    path = os.path.realpath(path)
+    if os.path.isdir(path):
+        module.fail_json(msg=f"{path} is a directory, expected the policies.json file path", path=path)
+
+    desired = desired_policies(p["certificates"], p["devices"], p["import_enterprise_roots"])
+
+    before_text = ""
+    existing = {}
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            raw = f.read()
+        existing = load_policies(raw, path)   # PolicyError: nothing written
+        before_text = raw.decode("utf-8")
+
+    res = plan_merge(existing, desired, p["state"])
+    for w in res.warnings:
+        module.warn(f"{path}: {w}")
+    if p["check_files"] and p["state"] == "present":
+        for c in p["certificates"]:
+            if not os.path.isfile(c):
+                module.warn(f"certificate file {c} does not exist on this host: Firefox will report "
+                            "'Unable to find certificate' at start-up")
+        for name, lib in p["devices"].items():
+            if not os.path.isfile(lib):
+                module.warn(f"library {lib} of security device {name!r} does not exist on this host: "
+                            "Firefox will fail to add it")
+
+    after_text = dump_policies(res.doc) if res.changed else before_text
+    result = {
+        "changed": res.changed,
+        "path": path,
+        "policies": res.doc.get("policies", {}),
+        "flat_security_devices": flat_security_devices(res.doc),
+        "restart_required": res.changed,
+        **res.as_dict(),
+    }
+    result.pop("warnings")
+    if module._diff:
+        result["diff"] = {"before": before_text, "after": after_text,
+                          "before_header": path, "after_header": path}
+    if res.changed and not module.check_mode:
+        if p["backup"] and os.path.exists(path):
+            result["backup_file"] = module.backup_local(path)
+        _write(module, path, after_text)
+    module.exit_json(**result)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path"),
+            location=dict(type="str", default="system", choices=["system", "distribution"]),
+            install_dir=dict(type="path"),
+            certificates=dict(type="list", elements="path", default=[]),
+            devices=dict(type="dict", default={}),
+            import_enterprise_roots=dict(type="bool"),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            backup=dict(type="bool", default=False),
+            check_files=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        run(module)
+    except PolicyError as e:
+        module.fail_json(msg=f"{e}. The file was left unchanged; fix or remove it and run again."
+                         if e.path else str(e), path=e.path)
+    except OSError as e:
+        module.fail_json(msg=f"cannot write policies.json: {to_native(e)}", exception=traceback.format_exc())
+
+
+if __name__ == "__main__":
+    main()
