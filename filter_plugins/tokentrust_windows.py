@@ -1,0 +1,96 @@
+# Copyright: tokentrust contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters exposing module_utils/tokentrust_windows.py (the Windows planning logic) to the roles.
+
+Filter plugins cannot import our `ansible.module_utils.*` (that namespace is only assembled for
+modules), so the repository's module_utils/ directory is put on sys.path from here.
+Every filter turns a WindowsPlanError into an AnsibleFilterError with the same message.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+from ansible.errors import AnsibleFilterError
+
+_MU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
+if _MU not in sys.path:
+    sys.path.insert(0, _MU)
+
+import tokentrust_windows as tw  # noqa: E402
+
+
+def _wrap(fn):
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except tw.WindowsPlanError as e:
+            raise AnsibleFilterError(str(e)) from e
+
+    return inner
+
+
+def _uac_plan(current_properties, mode, phase, record_text=None, disable_lua=True):
+    return tw.uac_plan(mode, phase, tw.uac_current(current_properties), record_text, disable_lua)
+
+
+def _choose_gclib(installs, candidates):
+    """One choice per Firefox install: [{firefox, dir, arch, gclib}]."""
+    return [dict(i, gclib=tw.choose_gclib(i, candidates)["path"]) for i in installs]
+
+
+def _single_gclib(choices):
+    """The DLL for the GPO registry (one value for every install): all installs must agree."""
+    paths = sorted({c["gclib"] for c in choices})
+    if not paths:
+        raise tw.WindowsPlanError("no Firefox install found on the host (looked in Program Files, Program Files "
+                                  "(x86) and the Mozilla registry keys): install Firefox first")
+    if len(paths) > 1:
+        raise tw.WindowsPlanError(
+            "Firefox installs of different bitness need different gclib.dll files ("
+            + ", ".join(f"{c['path']} -> {c['gclib']}" for c in choices)
+            + "), but the GPO registry holds one SecurityDevices path for all: set "
+              "windows_firefox_policies_target to json, or remove one Firefox")
+    return paths[0]
+
+
+def _policies_json(existing_text, desired, state="present", path="policies.json"):
+    return tw.policies_json(existing_text, desired, state, path)
+
+
+def _reg_values(reg_stat_result):
+    """{name: raw_value} of a win_reg_stat result on a key (empty when the key is missing)."""
+    if not reg_stat_result or not reg_stat_result.get("exists"):
+        return {}
+    return {k: v.get("raw_value", v.get("value")) for k, v in (reg_stat_result.get("properties") or {}).items()}
+
+
+class FilterModule:
+    def filters(self):
+        f = {
+            "tokentrust_win_store_plan": tw.store_plan,
+            "tokentrust_win_uac_plan": _uac_plan,
+            "tokentrust_win_uac_current": tw.uac_current,
+            "tokentrust_win_ie_plan": tw.ie_plan,
+            "tokentrust_win_ie_users": tw.ie_users,
+            "tokentrust_win_pe_arch": tw.pe_arch,
+            "tokentrust_win_firefox_installs": tw.firefox_installs,
+            "tokentrust_win_choose_gclib": _choose_gclib,
+            "tokentrust_win_single_gclib": _single_gclib,
+            "tokentrust_win_firefox_target": tw.firefox_target,
+            "tokentrust_win_gpo_present": tw.gpo_present,
+            "tokentrust_win_gpo_conflicts": tw.gpo_conflicts,
+            "tokentrust_win_gpo_plan": tw.gpo_plan,
+            "tokentrust_win_desired_fragment": tw.desired_fragment,
+            "tokentrust_win_policies_json": _policies_json,
+            "tokentrust_win_legacy_match": tw.legacy_match,
+            "tokentrust_win_msi_source": tw.msi_source,
+            "tokentrust_win_check_stores": tw.check_stores,
+            "tokentrust_win_check_registry": tw.check_registry,
+            "tokentrust_win_check": tw.check,
+            "tokentrust_win_report": tw.report,
+            "tokentrust_win_reg_values": _reg_values,
+        }
+        return {k: _wrap(v) for k, v in f.items()}

@@ -1,0 +1,656 @@
+# Copyright: tokentrust contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Windows planning logic: pure Python, no Ansible import, no Windows needed.
+
+The Windows roles read the host with ansible.windows modules (win_reg_stat, win_certificate_info,
+a read-only win_powershell probe), hand what they read to these functions through the filters of
+`filter_plugins/tokentrust_windows.py`, and apply the returned plan with ansible.windows modules
+(win_certificate_store, win_regedit, win_copy, win_package, win_reboot). Decide here, act there.
+
+Registry paths are returned in the PSDrive form that win_regedit / win_reg_stat take
+(`HKLM:\\SOFTWARE\\...`, `HKU:\\<SID>\\...`). A registry entry of a plan is a dict:
+
+    {"path": ..., "name": ..., "data": ..., "type": "string"|"dword", "state": "present"|"absent",
+     "hive": <NTUSER.DAT path, only for users whose hive is not loaded>, "scope": "machine"|"user:<sid>"}
+
+Sections: trust stores, UAC, IE zones, Firefox (bitness, GPO registry, policies.json), middleware,
+verification.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+
+TT_KEY = "HKLM:\\SOFTWARE\\tokentrust"
+TRUST_RECORD_KEY = TT_KEY + "\\TrustStore"
+UAC_RECORD_KEY = TT_KEY + "\\UAC"
+UAC_RECORD_VALUE = "Original"
+UAC_KEY = "HKLM:\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Policies\\System"
+UAC_VALUES = ("EnableLUA", "ConsentPromptBehaviorAdmin", "PromptOnSecureDesktop")
+UAC_MODES = ("keep", "disable_for_install", "enabled", "disabled")
+UAC_PHASES = ("before", "after")
+FIREFOX_GPO_KEY = "HKLM:\\SOFTWARE\\Policies\\Mozilla\\Firefox"
+IE_POLICY_KEY = "HKLM:\\SOFTWARE\\Policies\\Microsoft\\Windows\\CurrentVersion\\Internet Settings"
+IE_USER_SUBKEY = "Software\\Microsoft\\Windows\\CurrentVersion\\Internet Settings"
+IE_MODES = ("keep", "trusted_sites", "disable_protected_mode")
+IE_ZONE_NAMES = {0: "Local computer", 1: "Local intranet", 2: "Trusted sites", 3: "Internet", 4: "Restricted sites"}
+IE_PROTECTED_MODE_VALUE = "2500"
+IE_PROTECTED_MODE_OFF = 3
+IE_TRUSTED_ZONE = 2
+HIVE_MOUNT = "HKLM:\\ANSIBLE"  # where win_regedit loads the `hive:` file
+
+# IMAGE_FILE_HEADER.Machine -> architecture (https://learn.microsoft.com/windows/win32/debug/pe-format)
+PE_MACHINES = {0x014C: "x86", 0x8664: "x64", 0xAA64: "arm64", 0x01C4: "arm"}
+ARCH_BITS = {"x86": 32, "arm": 32, "x64": 64, "arm64": 64}
+
+DEFAULT_GCLIB_PATHS = (
+    "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll",
+    "C:\\Program Files\\Thales\\Classic Client\\BIN\\gclib.dll",
+    "C:\\Program Files (x86)\\Gemalto\\Classic Client\\BIN\\gclib.dll",
+    "C:\\Program Files (x86)\\Thales\\Classic Client\\BIN\\gclib.dll",
+)
+DEFAULT_FIREFOX_DIRS = (
+    "C:\\Program Files\\Mozilla Firefox",
+    "C:\\Program Files (x86)\\Mozilla Firefox",
+)
+DEFAULT_LEGACY_PRODUCTS = ("GemSafe Standard Edition", "GemSafe Libraries", "Classic Client 5.1.5")
+DEFAULT_TRUSTED_SITES = ("services.certeurope.fr", "services2.certeurope.fr")
+
+_HEX40 = re.compile(r"^[0-9A-F]{40}$")
+_GUID = re.compile(r"^\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}$")
+_HOST = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
+_SID = re.compile(r"^S-1-5-21(-\d+)+$")
+
+
+class WindowsPlanError(ValueError):
+    """An input that cannot be planned: the message says what, where and what to do."""
+
+
+def _entry(path, name, data=None, vtype="string", state="present", scope="machine", hive=None):
+    e = {"path": path, "name": name, "data": data, "type": vtype, "state": state, "scope": scope}
+    if hive:
+        e["hive"] = hive
+    return e
+
+
+# ---------------------------------------------------------------------------------------------
+# trust stores
+# ---------------------------------------------------------------------------------------------
+def normalize_thumbprint(value):
+    t = re.sub(r"[\s:]", "", str(value or "")).upper()
+    if not _HEX40.match(t):
+        raise WindowsPlanError(f"{value!r} is not a SHA-1 thumbprint (40 hex digits, colons allowed)")
+    return t
+
+
+def store_for(ca):
+    """LocalMachine store of one CA of the set: `windows_store` when given, else Root/CA by role."""
+    name = ca.get("name", "?")
+    ws = ca.get("windows_store")
+    if ws is not None:
+        if ws not in ("Root", "CA"):
+            raise WindowsPlanError(f"CA {name!r}: windows_store must be Root or CA, got {ws!r}")
+        return ws
+    role = ca.get("role")
+    if role == "root":
+        return "Root"
+    if role == "intermediate":
+        return "CA"
+    raise WindowsPlanError(f"CA {name!r}: cannot choose a store: role is {role!r} (root|intermediate) "
+                           "and windows_store is not set; check the ca_certificates output")
+
+
+def store_plan(ca_set, present=None, recorded=None, remove_stale=False, state="present"):
+    """What to put in / take out of LocalMachine\\Root and LocalMachine\\CA.
+
+    `present`: {"Root": [thumbprints], "CA": [...]} read from the host (win_certificate_info);
+    `recorded`: {thumbprint: store} of our record key (what we installed earlier).
+    A certificate that was in the store before us is not recorded, so `absent` / stale removal
+    never takes out a certificate that Windows or an administrator put there.
+    """
+    if state not in ("present", "absent"):
+        raise WindowsPlanError(f"state must be present or absent, got {state!r}")
+    present = {k: {normalize_thumbprint(t) for t in (v or [])} for k, v in (present or {}).items()}
+    recorded = {normalize_thumbprint(t): s for t, s in (recorded or {}).items()}
+    install, keep, seen = [], {}, set()
+    for ca in ca_set or []:
+        if not isinstance(ca, dict):
+            raise WindowsPlanError(f"CA set entries must be dicts, got {ca!r}")
+        thumb = normalize_thumbprint(ca.get("sha1"))
+        if thumb in seen:
+            continue
+        seen.add(thumb)
+        store = store_for(ca)
+        if not (ca.get("pem") or ca.get("der_path") or ca.get("pem_path")):
+            raise WindowsPlanError(f"CA {ca.get('name', thumb)!r} has neither pem nor der_path/pem_path")
+        already = thumb in present.get(store, set())
+        ours = recorded.get(thumb) == store
+        item = {
+            "thumbprint": thumb, "store": store, "name": ca.get("name", thumb),
+            "file": thumb + (".cer" if ca.get("der_path") else ".pem"),
+            "src": ca.get("der_path") or ca.get("pem_path"), "pem": ca.get("pem"),
+            "file_type": "der" if ca.get("der_path") else "pem",
+            "already_present": already, "ours": ours, "expired": bool(ca.get("expired")),
+        }
+        install.append(item)
+        if ours or not already:
+            keep[thumb] = store
+    remove, record_remove = [], []
+    if state == "absent":
+        for item in install:
+            if item["ours"]:
+                remove.append({"thumbprint": item["thumbprint"], "store": item["store"], "name": item["name"]})
+        gone = {i["thumbprint"] for i in install}
+        for thumb, store in sorted(recorded.items()):
+            if thumb not in gone and remove_stale:
+                remove.append({"thumbprint": thumb, "store": store, "name": thumb})
+        record_remove = sorted(t for t in recorded if t in gone or remove_stale)
+        return {"install": [], "remove": remove, "record": {}, "record_remove": record_remove}
+    for thumb, store in sorted(recorded.items()):
+        if thumb in seen:
+            continue
+        if remove_stale:
+            remove.append({"thumbprint": thumb, "store": store, "name": thumb})
+            record_remove.append(thumb)
+    record_add = {t: s for t, s in keep.items() if recorded.get(t) != s}
+    return {"install": install, "remove": remove, "record": record_add, "record_remove": record_remove}
+
+
+# ---------------------------------------------------------------------------------------------
+# UAC
+# ---------------------------------------------------------------------------------------------
+def uac_mode_values(mode, disable_lua=True):
+    if mode == "enabled":
+        return {"EnableLUA": 1, "ConsentPromptBehaviorAdmin": 5, "PromptOnSecureDesktop": 1}
+    if mode in ("disabled", "disable_for_install"):
+        return {"EnableLUA": 0 if disable_lua else 1, "ConsentPromptBehaviorAdmin": 0, "PromptOnSecureDesktop": 0}
+    raise WindowsPlanError(f"UAC mode {mode!r} has no fixed values")
+
+
+def uac_current(properties):
+    """{name: int|None} from win_reg_stat `properties` of the UAC key (None = value absent)."""
+    out = {}
+    for name in UAC_VALUES:
+        p = (properties or {}).get(name)
+        if p is None:
+            out[name] = None
+            continue
+        raw = p.get("raw_value", p.get("value")) if isinstance(p, dict) else p
+        try:
+            out[name] = int(raw)
+        except (TypeError, ValueError) as e:
+            raise WindowsPlanError(f"{UAC_KEY}\\{name} holds {raw!r}, not a number: fix it by hand first") from e
+    return out
+
+
+def uac_record_encode(values, mode):
+    return json.dumps({"version": 1, "mode": mode, "values": {k: values.get(k) for k in UAC_VALUES}},
+                      sort_keys=True)
+
+
+def uac_record_decode(text):
+    """The recorded original values, or None when there is no record."""
+    if text in (None, ""):
+        return None
+    where = f"{UAC_RECORD_KEY}\\{UAC_RECORD_VALUE}"
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise WindowsPlanError(f"{where} is not readable JSON ({e}): restore UAC by hand, then delete it") from e
+    if not isinstance(doc, dict) or doc.get("version") != 1:
+        raise WindowsPlanError(f"{where} has an unknown format: restore UAC by hand, then delete it")
+    vals = doc.get("values")
+    if not isinstance(vals, dict) or set(vals) != set(UAC_VALUES):
+        raise WindowsPlanError(f"{where} does not hold {', '.join(UAC_VALUES)}: restore UAC by hand, then delete it")
+    for k, v in vals.items():
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise WindowsPlanError(f"{where}: {k} is {v!r}, not a number or null")
+    return dict(vals)
+
+
+def uac_plan(mode, phase, current, record_text=None, disable_lua=True):
+    """The UAC steps for one phase; `before` runs before the install, `after` after it.
+
+    Crash safety: the original values are written on the host (one REG_SZ value, one atomic write)
+    BEFORE anything is changed, and never overwritten while it exists; any later run that finds
+    the record (phase `after`, or mode `keep`) restores exactly those values (absent ones deleted)
+    and deletes the record.
+    """
+    if mode not in UAC_MODES:
+        raise WindowsPlanError(f"windows_uac_mode must be one of {', '.join(UAC_MODES)}, got {mode!r}")
+    if phase not in UAC_PHASES:
+        raise WindowsPlanError(f"UAC phase must be before or after, got {phase!r}")
+    current = {k: (current or {}).get(k) for k in UAC_VALUES}
+    record = uac_record_decode(record_text)
+    plan = {"record_write": None, "record_delete": False, "target": None, "set": [], "reboot": False,
+            "messages": [], "restore": False}
+    if mode == "disable_for_install":
+        if phase == "before":
+            if record is None:
+                plan["record_write"] = uac_record_encode(current, mode)
+            else:
+                plan["messages"].append("a record of the original UAC values from an earlier, interrupted run "
+                                        "exists: kept as is (it holds the values to restore)")
+            plan["target"] = uac_mode_values(mode, disable_lua)
+        elif record is not None:
+            plan["target"], plan["record_delete"], plan["restore"] = record, True, True
+        else:
+            plan["messages"].append("no UAC record on the host: nothing to restore")
+    elif mode == "keep":
+        if record is not None:
+            plan["target"], plan["record_delete"], plan["restore"] = record, True, True
+            plan["messages"].append("restoring the UAC values recorded by an earlier, interrupted run")
+    elif phase == "before":
+        plan["target"] = uac_mode_values(mode, disable_lua)
+        if record is not None:
+            plan["record_delete"] = True
+            plan["messages"].append(f"explicit mode {mode!r} replaces the UAC record of an interrupted run")
+    if plan["target"] is not None:
+        for name in UAC_VALUES:
+            want = plan["target"][name]
+            if current[name] != want:
+                plan["set"].append(_entry(UAC_KEY, name, want, "dword", "absent" if want is None else "present"))
+    plan["reboot"] = any(e["name"] == "EnableLUA" for e in plan["set"])
+    plan["changed"] = bool(plan["set"] or plan["record_write"] or plan["record_delete"])
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# IE zones
+# ---------------------------------------------------------------------------------------------
+def _check_host(host):
+    if not isinstance(host, str) or not _HOST.match(host):
+        raise WindowsPlanError(f"trusted site {host!r} is not a host name (give a name such as "
+                               "services.certeurope.fr, without scheme or path)")
+    return host.lower()
+
+
+def zonemap_domain(host):
+    """(domain, subkey) of ZoneMap\\Domains for a host: services.certeurope.fr -> (certeurope.fr, services)."""
+    labels = _check_host(host).split(".")
+    if len(labels) <= 2:
+        return ".".join(labels), None
+    return ".".join(labels[-2:]), ".".join(labels[:-2])
+
+
+def _check_zones(zones):
+    out = []
+    for z in zones or []:
+        try:
+            zi = int(z)
+        except (TypeError, ValueError) as e:
+            raise WindowsPlanError(f"IE zone {z!r} is not a number 0-4") from e
+        if zi not in IE_ZONE_NAMES:
+            raise WindowsPlanError(f"IE zone {zi} does not exist (0 computer, 1 intranet, 2 trusted, 3 internet, "
+                                   "4 restricted)")
+        if zi not in out:
+            out.append(zi)
+    return out
+
+
+def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", users=None, per_user=False,
+            current_policy=None):
+    """Registry entries for the IE zone settings.
+
+    Machine policy (HKLM\\SOFTWARE\\Policies\\..., wins over every user's own settings):
+    - `trusted_sites`: the sites in the Site to Zone Assignment List (ZoneMapKey, zone 2);
+      Protected Mode stays as it is for the Internet zone. A 2500=3 value that
+      `disable_protected_mode` left in the chosen zones (`current_policy` {zone: value}) is removed.
+    - `disable_protected_mode`: the same sites, plus 2500=3 (Protected Mode off) in `zones`.
+    - `keep`: nothing.
+    Per user (`per_user`), for each entry of `users` ({sid, profile_path, loaded}): the same
+    settings in that user's hive: HKU:\\<SID> when loaded, else the NTUSER.DAT file loaded by
+    win_regedit under HKLM:\\ANSIBLE. Never the WinRM account's HKCU.
+    """
+    if mode not in IE_MODES:
+        raise WindowsPlanError(f"windows_ie_zones_mode must be one of {', '.join(IE_MODES)}, got {mode!r}")
+    if scheme not in ("https", "http", "*"):
+        raise WindowsPlanError(f"scheme must be https, http or *, got {scheme!r}")
+    hosts = [_check_host(h) for h in (sites or [])]
+    zones = _check_zones(zones)
+    entries = []
+    if mode == "keep":
+        return entries
+    if hosts:
+        entries.append(_entry(IE_POLICY_KEY, "ListBox_Support_ZoneMapKey", 1, "dword"))
+    for h in hosts:
+        name = h if scheme == "*" else f"{scheme}://{h}"
+        entries.append(_entry(IE_POLICY_KEY + "\\ZoneMapKey", name, str(IE_TRUSTED_ZONE)))
+    current_policy = {int(k): v for k, v in (current_policy or {}).items()}
+    for z in zones:
+        path = f"{IE_POLICY_KEY}\\Zones\\{z}"
+        if mode == "disable_protected_mode":
+            entries.append(_entry(path, IE_PROTECTED_MODE_VALUE, IE_PROTECTED_MODE_OFF, "dword"))
+        elif current_policy.get(z) is not None and int(current_policy[z]) == IE_PROTECTED_MODE_OFF:
+            entries.append(_entry(path, IE_PROTECTED_MODE_VALUE, None, "dword", "absent"))
+    if per_user:
+        for u in users or []:
+            entries += _ie_user_entries(mode, hosts, zones, scheme, u)
+    return entries
+
+
+def _ie_user_entries(mode, hosts, zones, scheme, user):
+    sid = user.get("sid", "")
+    profile = (user.get("profile_path") or "").rstrip("\\")
+    default = sid in ("Default", ".DEFAULT_PROFILE")
+    if not default and not _SID.match(sid):
+        raise WindowsPlanError(f"user SID {sid!r} is not a local or domain user SID (S-1-5-21-...)")
+    if user.get("loaded") and not default:
+        base, hive = f"HKU:\\{sid}\\{IE_USER_SUBKEY}", None
+    else:
+        if not profile:
+            raise WindowsPlanError(f"user {sid}: hive not loaded and no profile_path to load NTUSER.DAT from")
+        base, hive = f"{HIVE_MOUNT}\\{IE_USER_SUBKEY}", profile + "\\NTUSER.DAT"
+    scope = f"user:{sid}"
+    out = []
+    for h in hosts:
+        domain, sub = zonemap_domain(h)
+        path = f"{base}\\ZoneMap\\Domains\\{domain}" + (f"\\{sub}" if sub else "")
+        out.append(_entry(path, scheme, IE_TRUSTED_ZONE, "dword", scope=scope, hive=hive))
+    if mode == "disable_protected_mode":
+        for z in zones:
+            out.append(_entry(f"{base}\\Zones\\{z}", IE_PROTECTED_MODE_VALUE, IE_PROTECTED_MODE_OFF, "dword",
+                              scope=scope, hive=hive))
+    return out
+
+
+def ie_users(profiles, include_default=True, exclude_sids=()):
+    """User profiles from the probe ({sid, profile_path, loaded}) that get per-user settings."""
+    out = []
+    for p in profiles or []:
+        sid = p.get("sid", "")
+        if _SID.match(sid) and sid not in exclude_sids and p.get("profile_path"):
+            out.append({"sid": sid, "profile_path": p["profile_path"], "loaded": bool(p.get("loaded"))})
+    if include_default:
+        out.append({"sid": "Default", "profile_path": "C:\\Users\\Default", "loaded": False})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Firefox: bitness, GPO registry, policies.json
+# ---------------------------------------------------------------------------------------------
+def pe_arch(machine):
+    """Architecture of a PE image from IMAGE_FILE_HEADER.Machine (int, '0x8664' or '34404')."""
+    if isinstance(machine, str):
+        try:
+            machine = int(machine, 16) if machine.lower().startswith("0x") else int(machine)
+        except ValueError as e:
+            raise WindowsPlanError(f"PE machine {machine!r} is not a number") from e
+    if machine not in PE_MACHINES:
+        raise WindowsPlanError(f"unknown PE machine type 0x{int(machine):04X}")
+    return PE_MACHINES[machine]
+
+
+def _arch_label(arch):
+    return f"{ARCH_BITS[arch]}-bit ({arch})"
+
+
+def _arch_of(item, what):
+    if item.get("arch"):
+        if item["arch"] not in ARCH_BITS:
+            raise WindowsPlanError(f"{what} {item.get('path')}: unknown architecture {item['arch']!r}")
+        return item["arch"]
+    if item.get("machine") is None:
+        raise WindowsPlanError(f"{what} {item.get('path')}: no PE machine type read (is it a PE file?)")
+    return pe_arch(item["machine"])
+
+
+def choose_gclib(firefox, candidates):
+    """The gclib.dll that this Firefox can load.
+
+    `firefox`: {path, machine|arch}; `candidates`: [{path, exists, machine|arch}] in preference
+    order. Returns {path, arch}. The first existing candidate of the same architecture wins; if
+    only other architectures exist, the error names both sides (a 64-bit Firefox cannot load a
+    32-bit gclib.dll, nor the reverse).
+    """
+    fx_arch = _arch_of(firefox, "Firefox")
+    found = [c for c in candidates or [] if c.get("exists")]
+    for c in found:
+        if _arch_of(c, "gclib.dll") == fx_arch:
+            return {"path": c["path"], "arch": fx_arch}
+    fx = f"Firefox {firefox.get('path')} is {_arch_label(fx_arch)}"
+    if found:
+        others = "; ".join(f"{c['path']} is {_arch_label(_arch_of(c, 'gclib.dll'))}" for c in found)
+        raise WindowsPlanError(
+            f"gclib.dll bitness mismatch: {fx}, but {others}. Firefox cannot load a PKCS#11 library of "
+            f"another bitness: install the {ARCH_BITS[fx_arch]}-bit Classic Client (token_middleware_msi) "
+            "or the Firefox build that matches it")
+    looked = ", ".join(c.get("path", "?") for c in candidates or []) or "(no candidate paths)"
+    raise WindowsPlanError(f"no gclib.dll found for {fx}; looked at: {looked}. Install Classic Client "
+                           "(role token_middleware) or set windows_firefox_policies_gclib_paths")
+
+
+def firefox_installs(probe_installs):
+    """Firefox installs from the probe, each with its architecture and distribution folder."""
+    out = []
+    for i in probe_installs or []:
+        if not i.get("exists", True):
+            continue
+        d = i.get("dir") or i["path"].rsplit("\\", 1)[0]
+        out.append({"path": i["path"], "dir": d, "arch": _arch_of(i, "Firefox"),
+                    "distribution": d + "\\distribution", "policies_json": d + "\\distribution\\policies.json",
+                    "version": i.get("version")})
+    return out
+
+
+def firefox_target(gpo_present, prefer="auto"):
+    """Where our policies go: `registry` (GPO) when the host has Firefox GPO policies, else `json`."""
+    if prefer not in ("auto", "json", "registry"):
+        raise WindowsPlanError(f"windows_firefox_policies_target must be auto, json or registry, got {prefer!r}")
+    if prefer != "auto":
+        return prefer
+    return "registry" if gpo_present else "json"
+
+
+def gpo_present(dump):
+    """True when the GPO key HKLM\\SOFTWARE\\Policies\\Mozilla\\Firefox holds any value."""
+    return any(bool(v) for v in (dump or {}).values())
+
+
+def gpo_conflicts(dump, desired):
+    """Top-level policies we want that the GPO registry already sets: GPO wins for those."""
+    tops = {k.split("\\")[0] for k, v in (dump or {}).items() if v and k}
+    tops |= {n for n in (dump or {}).get("", {}) or {}}
+    return sorted(p for p in desired if p in tops)
+
+
+def _reg_value(value, where):
+    if isinstance(value, bool):
+        return int(value), "dword"
+    if isinstance(value, int):
+        return value, "dword"
+    if isinstance(value, str):
+        return value, "string"
+    raise WindowsPlanError(f"{where}: cannot render {value!r} as a registry value")
+
+
+def _numbered(values):
+    return [v for _, v in sorted(((int(k), v) for k, v in (values or {}).items() if str(k).isdigit()))]
+
+
+def gpo_plan(dump, desired, state="present", key=FIREFOX_GPO_KEY):
+    """win_regedit entries that put the `desired` fragment into the Firefox GPO registry.
+
+    `dump`: {relative key path: {value name: data}} of the existing GPO key ("" = the key itself).
+    Lists (Certificates\\Install) are numbered values 1..n: ours are appended after the existing
+    ones, `absent` removes ours and renumbers the rest. Scalars and dict entries are set; `absent`
+    removes them only when they still hold our value.
+    """
+    if state not in ("present", "absent"):
+        raise WindowsPlanError(f"state must be present or absent, got {state!r}")
+    dump = dump or {}
+    entries = []
+
+    def walk(rel, obj):
+        have = dump.get(rel, {}) or {}
+        path = key + ("\\" + rel if rel else "")
+        for name, value in obj.items():
+            sub = f"{rel}\\{name}" if rel else name
+            if isinstance(value, dict):
+                walk(sub, value)
+            elif isinstance(value, list):
+                entries.extend(_list_entries(key + "\\" + sub, dump.get(sub, {}) or {}, value, state))
+            else:
+                data, vtype = _reg_value(value, sub)
+                cur = have.get(name)
+                if state == "present":
+                    if cur is None or _reg_norm(cur) != data:
+                        entries.append(_entry(path, name, data, vtype))
+                elif cur is not None and _reg_norm(cur) == data:
+                    entries.append(_entry(path, name, None, vtype, "absent"))
+
+    walk("", desired or {})
+    return entries
+
+
+def _reg_norm(v):
+    return int(v) if isinstance(v, bool) else v
+
+
+def _list_entries(path, have, wanted, state):
+    existing = _numbered(have)
+    for v in wanted:
+        if not isinstance(v, str):
+            raise WindowsPlanError(f"{path}: list items must be strings, got {v!r}")
+    if state == "present":
+        final = existing + [v for v in dict.fromkeys(wanted) if v not in existing]
+    else:
+        final = [v for v in existing if v not in wanted]
+    out = []
+    for i, v in enumerate(final, 1):
+        if have.get(str(i)) != v:
+            out.append(_entry(path, str(i), v))
+    for k in sorted((k for k in have if str(k).isdigit() and int(k) > len(final)), key=int):
+        out.append(_entry(path, str(k), None, "string", "absent"))
+    return out
+
+
+def desired_fragment(certificate_paths, devices, import_enterprise_roots=None):
+    """The shared Firefox policy fragment (module_utils/tokentrust_policies.desired_policies)."""
+    pol = _policies()
+    try:
+        return pol.desired_policies(certificate_paths, devices, import_enterprise_roots)
+    except pol.PolicyError as e:
+        raise WindowsPlanError(str(e)) from e
+
+
+def policies_json(existing_text, desired, state="present", path="policies.json"):
+    """New policies.json text for one install: {text, changed, added, removed, warnings}."""
+    pol = _policies()
+    try:
+        doc = pol.load_policies(existing_text or "", path)
+        res = pol.plan_merge(doc, desired, state)
+    except pol.PolicyError as e:
+        raise WindowsPlanError(f"{e}: fix or remove that file, then run again") from e
+    # Nothing of ours changed -> the file is left as it is (an administrator's formatting is kept).
+    return {"text": pol.dump_policies(res.doc), "changed": res.changed, "doc": res.doc, **res.as_dict()}
+
+
+def _policies():
+    try:
+        from ansible.module_utils import tokentrust_policies as pol  # noqa: PLC0415 - as Ansible loads it
+    except ImportError:
+        import tokentrust_policies as pol  # noqa: PLC0415 - filter plugin path (module_utils on sys.path)
+    return pol
+
+
+# ---------------------------------------------------------------------------------------------
+# middleware
+# ---------------------------------------------------------------------------------------------
+def _norm_name(s):
+    return " ".join(str(s or "").split()).casefold()
+
+
+def legacy_match(entries, patterns=DEFAULT_LEGACY_PRODUCTS, exclude_ids=()):
+    """Uninstall-key entries whose DisplayName matches one of `patterns` (case-insensitive,
+    whitespace-normalised, `*`/`?` globs allowed), as win_package removal items.
+
+    `entries`: [{key, display_name, display_version, windows_installer, uninstall_string,
+    quiet_uninstall_string, view}] from both registry views (64 and 32-bit).
+    """
+    pats = [_norm_name(p) for p in patterns or [] if str(p).strip()]
+    excl = {str(x).casefold() for x in exclude_ids or []}
+    out, seen = [], set()
+    for e in entries or []:
+        name = _norm_name(e.get("display_name"))
+        key = e.get("key") or ""
+        if not name or not key or key.casefold() in excl:
+            continue
+        hit = next((p for p in pats if fnmatch.fnmatchcase(name, p)), None)
+        if hit is None or key.casefold() in seen:
+            continue
+        seen.add(key.casefold())
+        msi = bool(_GUID.match(key)) and str(e.get("windows_installer", "0")) in ("1", "True", "true")
+        if not msi and not (e.get("quiet_uninstall_string") or e.get("uninstall_string")):
+            raise WindowsPlanError(f"legacy product {e.get('display_name')!r} ({key}, {e.get('view', '?')}-bit view) "
+                                   "has no UninstallString: remove it by hand")
+        out.append({"product_id": key, "display_name": e.get("display_name"),
+                    "display_version": e.get("display_version"), "provider": "msi" if msi else "registry",
+                    "view": e.get("view"), "pattern": hit})
+    return out
+
+
+def msi_source(src):
+    """Kind of an MSI source: url, unc, or controller (a file copied from the controller first)."""
+    s = str(src or "")
+    if not s:
+        raise WindowsPlanError("token_middleware_msi_src is empty: give a URL, a \\\\server\\share path or a "
+                               "controller file")
+    if re.match(r"^https?://", s, re.I):
+        return "url"
+    if s.startswith("\\\\"):
+        return "unc"
+    if re.match(r"^[A-Za-z]:\\", s):
+        return "remote"
+    return "controller"
+
+
+# ---------------------------------------------------------------------------------------------
+# verification
+# ---------------------------------------------------------------------------------------------
+def check(name, ok, detail="", role=""):
+    return {"name": name, "ok": bool(ok), "detail": detail, "role": role}
+
+
+def check_stores(plan, present, role="windows_trust_store"):
+    present = {k: {normalize_thumbprint(t) for t in (v or [])} for k, v in (present or {}).items()}
+    out = []
+    for i in plan.get("install", []):
+        ok = i["thumbprint"] in present.get(i["store"], set())
+        out.append(check(f"store {i['store']}: {i['name']}", ok,
+                         f"{i['thumbprint']} {'present' if ok else 'MISSING'} in LocalMachine\\{i['store']}", role))
+    for r in plan.get("remove", []):
+        ok = r["thumbprint"] not in present.get(r["store"], set())
+        state = "absent" if ok else "STILL PRESENT"
+        out.append(check(f"store {r['store']}: {r['name']} removed", ok,
+                         f"{r['thumbprint']} {state} in LocalMachine\\{r['store']}", role))
+    return out
+
+
+def check_registry(entries, observed, role=""):
+    """`observed`: one win_reg_stat result per entry, in the same order."""
+    if len(entries or []) != len(observed or []):
+        raise WindowsPlanError(f"{len(entries or [])} planned registry entries but {len(observed or [])} observed")
+    out = []
+    for e, o in zip(entries or [], observed or []):
+        exists = bool(o.get("exists"))
+        have = o.get("raw_value", o.get("value"))
+        where = f"{e['path']}\\{e['name']}" + (f" (hive {e['hive']})" if e.get("hive") else "")
+        if e["state"] == "absent":
+            ok, detail = not exists, f"{where} {'absent' if not exists else f'still {have!r}'}"
+        else:
+            ok = exists and str(have) == str(e["data"])
+            detail = f"{where} = {have!r}" + ("" if ok else f", expected {e['data']!r}")
+        out.append(check(where, ok, detail, role))
+    return out
+
+
+def report(host, checks, extra=None):
+    """The per-host `tokentrust_windows_report` fact for the fleet report."""
+    checks = list(checks or [])
+    failed = [c["name"] for c in checks if not c.get("ok")]
+    out = {"host": host, "platform": "windows", "ok": not failed, "checks": checks, "failed": failed,
+           "summary": f"{len(checks) - len(failed)}/{len(checks)} checks passed"}
+    out.update(extra or {})
+    return out

@@ -1,0 +1,468 @@
+"""Unit tests of the Windows planning logic (module_utils/tokentrust_windows.py): no Windows needed."""
+import json
+
+import pytest
+from ansible.module_utils import tokentrust_windows as tw
+
+from lab.pki import certeurope_standin
+
+UAC = tw.UAC_KEY
+DEFAULT_UAC = {"EnableLUA": 1, "ConsentPromptBehaviorAdmin": 5, "PromptOnSecureDesktop": 1}
+
+
+@pytest.fixture(scope="module")
+def ca_set():
+    """A CA set shaped like the ca_certificates fact, from the generated CertEurope stand-in."""
+    out = []
+    for name, c in certeurope_standin().items():
+        root = c.cert.issuer == c.cert.subject
+        out.append({"name": name, "sha1": c.sha1, "sha256": c.sha256, "role": "root" if root else "intermediate",
+                    "windows_store": "Root" if root else "CA", "pem": c.pem.decode(), "der_path": f"/tmp/{name}.der",
+                    "pem_path": f"/tmp/{name}.pem", "expired": False})
+    return out
+
+
+# ------------------------------------------------------------------ trust stores
+@pytest.mark.parametrize("ca,store", [
+    ({"role": "root"}, "Root"),
+    ({"role": "intermediate"}, "CA"),
+    ({"role": "root", "windows_store": "Root"}, "Root"),
+    ({"role": "intermediate", "windows_store": "CA"}, "CA"),
+])
+def test_store_for(ca, store):
+    assert tw.store_for(ca) == store
+
+
+@pytest.mark.parametrize("ca,msg", [
+    ({"name": "X", "role": "leaf"}, "CA 'X': cannot choose a store: role is 'leaf'"),
+    ({"name": "X", "windows_store": "My"}, "windows_store must be Root or CA, got 'My'"),
+])
+def test_store_for_errors(ca, msg):
+    with pytest.raises(tw.WindowsPlanError, match=msg):
+        tw.store_for(ca)
+
+
+def test_thumbprint_normalized():
+    assert tw.normalize_thumbprint("ab:" * 19 + "cd") == ("AB" * 19 + "CD")
+    with pytest.raises(tw.WindowsPlanError, match="not a SHA-1 thumbprint"):
+        tw.normalize_thumbprint("1234")
+
+
+def test_store_plan_fresh_host(ca_set):
+    plan = tw.store_plan(ca_set)
+    stores = {i["name"]: i["store"] for i in plan["install"]}
+    assert stores == {"Lab Root CA 2": "Root", "Lab Advanced CA V3": "CA", "Lab Root CA": "Root",
+                      "Lab Classe 3 Plus V2": "CA"}
+    assert plan["remove"] == [] and plan["record_remove"] == []
+    assert set(plan["record"]) == {c["sha1"] for c in ca_set}
+    assert all(i["file_type"] == "der" and i["file"].endswith(".cer") for i in plan["install"])
+
+
+def test_store_plan_preexisting_cert_not_recorded(ca_set):
+    root = ca_set[0]
+    plan = tw.store_plan(ca_set, present={"Root": [root["sha1"]]})
+    assert root["sha1"] not in plan["record"]
+    first = next(i for i in plan["install"] if i["thumbprint"] == root["sha1"])
+    assert first["already_present"] and not first["ours"]
+
+
+def test_store_plan_idempotent_record(ca_set):
+    recorded = {c["sha1"]: c["windows_store"] for c in ca_set}
+    present = {"Root": [c["sha1"] for c in ca_set if c["windows_store"] == "Root"],
+               "CA": [c["sha1"] for c in ca_set if c["windows_store"] == "CA"]}
+    plan = tw.store_plan(ca_set, present=present, recorded=recorded)
+    assert plan["record"] == {} and plan["remove"] == []
+
+
+def test_store_plan_stale(ca_set):
+    stale = "AA" * 20
+    recorded = {stale: "CA", ca_set[0]["sha1"]: "Root"}
+    keep = tw.store_plan(ca_set, recorded=recorded)
+    assert keep["remove"] == [] and keep["record_remove"] == []
+    rm = tw.store_plan(ca_set, recorded=recorded, remove_stale=True)
+    assert rm["remove"] == [{"thumbprint": stale, "store": "CA", "name": stale}]
+    assert rm["record_remove"] == [stale]
+
+
+def test_store_plan_absent_removes_only_ours(ca_set):
+    recorded = {ca_set[0]["sha1"]: "Root"}
+    plan = tw.store_plan(ca_set, present={"Root": [c["sha1"] for c in ca_set]}, recorded=recorded, state="absent")
+    assert [r["thumbprint"] for r in plan["remove"]] == [ca_set[0]["sha1"]]
+    assert plan["install"] == [] and plan["record_remove"] == [ca_set[0]["sha1"]]
+
+
+def test_store_plan_needs_material():
+    with pytest.raises(tw.WindowsPlanError, match="neither pem nor der_path"):
+        tw.store_plan([{"name": "X", "sha1": "AA" * 20, "role": "root"}])
+
+
+# ------------------------------------------------------------------ UAC
+def _set(plan):
+    return {e["name"]: (e["data"], e["state"]) for e in plan["set"]}
+
+
+def test_uac_keep_without_record_does_nothing():
+    plan = tw.uac_plan("keep", "before", DEFAULT_UAC)
+    assert not plan["changed"] and plan["set"] == [] and not plan["reboot"]
+
+
+def test_uac_disable_for_install_before_records_then_disables():
+    plan = tw.uac_plan("disable_for_install", "before", DEFAULT_UAC)
+    rec = json.loads(plan["record_write"])
+    assert rec["values"] == DEFAULT_UAC and rec["mode"] == "disable_for_install"
+    assert _set(plan) == {"EnableLUA": (0, "present"), "ConsentPromptBehaviorAdmin": (0, "present"),
+                          "PromptOnSecureDesktop": (0, "present")}
+    assert plan["reboot"] and not plan["record_delete"]
+    assert all(e["path"] == UAC and e["type"] == "dword" for e in plan["set"])
+
+
+def test_uac_disable_without_lua():
+    plan = tw.uac_plan("disable_for_install", "before", DEFAULT_UAC, disable_lua=False)
+    assert "EnableLUA" not in _set(plan) and not plan["reboot"]
+
+
+def test_uac_after_restores_exactly_including_absent_values():
+    original = {"EnableLUA": 1, "ConsentPromptBehaviorAdmin": 2, "PromptOnSecureDesktop": None}
+    rec = tw.uac_record_encode(original, "disable_for_install")
+    disabled = {"EnableLUA": 0, "ConsentPromptBehaviorAdmin": 0, "PromptOnSecureDesktop": 0}
+    plan = tw.uac_plan("disable_for_install", "after", disabled, rec)
+    assert _set(plan) == {"EnableLUA": (1, "present"), "ConsentPromptBehaviorAdmin": (2, "present"),
+                          "PromptOnSecureDesktop": (None, "absent")}
+    assert plan["record_delete"] and plan["reboot"] and plan["restore"]
+
+
+def test_uac_rerun_after_crash_keeps_the_original_record():
+    """A run died after disabling: the next `before` must not record the disabled values."""
+    rec = tw.uac_record_encode(DEFAULT_UAC, "disable_for_install")
+    disabled = {"EnableLUA": 0, "ConsentPromptBehaviorAdmin": 0, "PromptOnSecureDesktop": 0}
+    before = tw.uac_plan("disable_for_install", "before", disabled, rec)
+    assert before["record_write"] is None and before["set"] == [] and not before["changed"]
+    after = tw.uac_plan("disable_for_install", "after", disabled, rec)
+    assert _set(after) == {k: (v, "present") for k, v in DEFAULT_UAC.items()}
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+def test_uac_keep_restores_a_leftover_record(phase):
+    rec = tw.uac_record_encode(DEFAULT_UAC, "disable_for_install")
+    plan = tw.uac_plan("keep", phase, {"EnableLUA": 0, "ConsentPromptBehaviorAdmin": 0, "PromptOnSecureDesktop": 0},
+                       rec)
+    assert plan["restore"] and plan["record_delete"] and _set(plan)["EnableLUA"] == (1, "present")
+
+
+def test_uac_after_without_record_is_noop():
+    plan = tw.uac_plan("disable_for_install", "after", DEFAULT_UAC)
+    assert not plan["changed"] and "nothing to restore" in plan["messages"][0]
+
+
+@pytest.mark.parametrize("mode,values", [
+    ("enabled", {"EnableLUA": 1, "ConsentPromptBehaviorAdmin": 5, "PromptOnSecureDesktop": 1}),
+    ("disabled", {"EnableLUA": 0, "ConsentPromptBehaviorAdmin": 0, "PromptOnSecureDesktop": 0}),
+])
+def test_uac_explicit_modes(mode, values):
+    other = {k: (1 - v if k != "ConsentPromptBehaviorAdmin" else 3) for k, v in values.items()}
+    plan = tw.uac_plan(mode, "before", other)
+    assert _set(plan) == {k: (v, "present") for k, v in values.items()}
+    assert tw.uac_plan(mode, "before", values)["changed"] is False
+    assert tw.uac_plan(mode, "after", other)["changed"] is False
+
+
+def test_uac_explicit_mode_drops_leftover_record():
+    rec = tw.uac_record_encode(DEFAULT_UAC, "disable_for_install")
+    plan = tw.uac_plan("enabled", "before", DEFAULT_UAC, rec)
+    assert plan["record_delete"] and plan["set"] == []
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("{not json", "not readable JSON"),
+    ('{"version": 2}', "unknown format"),
+    ('{"version": 1, "values": {"EnableLUA": 1}}', "does not hold EnableLUA"),
+    ('{"version": 1, "values": {"EnableLUA": "x", "ConsentPromptBehaviorAdmin": 1, "PromptOnSecureDesktop": 1}}',
+     "EnableLUA is 'x'"),
+])
+def test_uac_corrupt_record_stops(text, msg):
+    with pytest.raises(tw.WindowsPlanError, match=msg):
+        tw.uac_plan("keep", "before", DEFAULT_UAC, text)
+
+
+def test_uac_bad_mode_and_current():
+    with pytest.raises(tw.WindowsPlanError, match="windows_uac_mode must be one of"):
+        tw.uac_plan("off", "before", DEFAULT_UAC)
+    assert tw.uac_current({"EnableLUA": {"raw_value": 1, "type": "REG_DWORD"}}) == {
+        "EnableLUA": 1, "ConsentPromptBehaviorAdmin": None, "PromptOnSecureDesktop": None}
+    with pytest.raises(tw.WindowsPlanError, match="not a number"):
+        tw.uac_current({"EnableLUA": {"raw_value": "abc"}})
+
+
+# ------------------------------------------------------------------ IE zones
+POL = tw.IE_POLICY_KEY
+
+
+def _keyed(entries):
+    return {(e["path"], e["name"]): (e["data"], e["type"], e["state"]) for e in entries}
+
+
+def test_ie_trusted_sites_default():
+    got = _keyed(tw.ie_plan("trusted_sites"))
+    assert got == {
+        (POL, "ListBox_Support_ZoneMapKey"): (1, "dword", "present"),
+        (POL + "\\ZoneMapKey", "https://services.certeurope.fr"): ("2", "string", "present"),
+        (POL + "\\ZoneMapKey", "https://services2.certeurope.fr"): ("2", "string", "present"),
+    }
+
+
+def test_ie_disable_protected_mode():
+    got = _keyed(tw.ie_plan("disable_protected_mode", zones=[3]))
+    assert got[(POL + "\\Zones\\3", "2500")] == (3, "dword", "present")
+    assert (POL + "\\Zones\\2", "2500") not in got
+    assert (POL + "\\ZoneMapKey", "https://services.certeurope.fr") in got
+
+
+def test_ie_trusted_sites_undoes_protected_mode_off():
+    got = _keyed(tw.ie_plan("trusted_sites", zones=[2, 3], current_policy={"3": 3, "2": 0}))
+    assert got[(POL + "\\Zones\\3", "2500")] == (None, "dword", "absent")
+    assert (POL + "\\Zones\\2", "2500") not in got
+
+
+def test_ie_keep_is_empty():
+    assert tw.ie_plan("keep", users=[{"sid": "S-1-5-21-1-2-3-1001"}], per_user=True) == []
+
+
+def test_ie_per_user_hives():
+    users = tw.ie_users([
+        {"sid": "S-1-5-21-11-22-33-1001", "profile_path": "C:\\Users\\alice", "loaded": True},
+        {"sid": "S-1-5-21-11-22-33-1002", "profile_path": "C:\\Users\\bob", "loaded": False},
+        {"sid": "S-1-5-18", "profile_path": "C:\\Windows\\system32\\config\\systemprofile", "loaded": True},
+        {"sid": "S-1-5-21-11-22-33-500", "profile_path": "C:\\Users\\ansible", "loaded": True},
+    ], exclude_sids=["S-1-5-21-11-22-33-500"])
+    assert [u["sid"] for u in users] == ["S-1-5-21-11-22-33-1001", "S-1-5-21-11-22-33-1002", "Default"]
+    entries = tw.ie_plan("disable_protected_mode", zones=[3], users=users, per_user=True)
+    alice = [e for e in entries if e["scope"] == "user:S-1-5-21-11-22-33-1001"]
+    bob = [e for e in entries if e["scope"] == "user:S-1-5-21-11-22-33-1002"]
+    default = [e for e in entries if e["scope"] == "user:Default"]
+    base = "HKU:\\S-1-5-21-11-22-33-1001\\" + tw.IE_USER_SUBKEY
+    assert _keyed(alice) == {
+        (base + "\\ZoneMap\\Domains\\certeurope.fr\\services", "https"): (2, "dword", "present"),
+        (base + "\\ZoneMap\\Domains\\certeurope.fr\\services2", "https"): (2, "dword", "present"),
+        (base + "\\Zones\\3", "2500"): (3, "dword", "present"),
+    }
+    assert all("hive" not in e for e in alice)
+    assert all(e["hive"] == "C:\\Users\\bob\\NTUSER.DAT" and e["path"].startswith("HKLM:\\ANSIBLE\\") for e in bob)
+    assert all(e["hive"] == "C:\\Users\\Default\\NTUSER.DAT" for e in default)
+    assert not any(e["path"].startswith("HKCU:") for e in entries)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"mode": "off"}, "windows_ie_zones_mode must be one of"),
+    ({"mode": "trusted_sites", "sites": ["https://services.certeurope.fr/x"]}, "is not a host name"),
+    ({"mode": "disable_protected_mode", "zones": [7]}, "IE zone 7 does not exist"),
+    ({"mode": "trusted_sites", "scheme": "ftp"}, "scheme must be"),
+    ({"mode": "trusted_sites", "per_user": True, "users": [{"sid": "S-1-5-18"}]}, "not a local or domain user SID"),
+])
+def test_ie_errors(kw, msg):
+    with pytest.raises(tw.WindowsPlanError, match=msg):
+        tw.ie_plan(**kw)
+
+
+@pytest.mark.parametrize("host,out", [
+    ("services.certeurope.fr", ("certeurope.fr", "services")),
+    ("a.b.example.org", ("example.org", "a.b")),
+    ("certeurope.fr", ("certeurope.fr", None)),
+])
+def test_zonemap_domain(host, out):
+    assert tw.zonemap_domain(host) == out
+
+
+# ------------------------------------------------------------------ Firefox bitness
+FX64 = {"path": "C:\\Program Files\\Mozilla Firefox\\firefox.exe", "machine": 0x8664}
+FX32 = {"path": "C:\\Program Files (x86)\\Mozilla Firefox\\firefox.exe", "machine": "0x014C"}
+G64 = {"path": tw.DEFAULT_GCLIB_PATHS[0], "exists": True, "machine": 34404}
+T64 = {"path": tw.DEFAULT_GCLIB_PATHS[1], "exists": True, "machine": 34404}
+G32 = {"path": tw.DEFAULT_GCLIB_PATHS[2], "exists": True, "machine": 332}
+
+
+@pytest.mark.parametrize("machine,arch", [(0x14C, "x86"), (0x8664, "x64"), ("0xAA64", "arm64"), ("34404", "x64")])
+def test_pe_arch(machine, arch):
+    assert tw.pe_arch(machine) == arch
+
+
+def test_pe_arch_unknown():
+    with pytest.raises(tw.WindowsPlanError, match="unknown PE machine type 0x0200"):
+        tw.pe_arch(0x200)
+
+
+@pytest.mark.parametrize("fx,cands,path", [
+    (FX64, [G64, G32], G64["path"]),
+    (FX64, [G32, T64], T64["path"]),
+    (FX32, [G64, G32], G32["path"]),
+    (FX64, [dict(G64, exists=False), T64], T64["path"]),
+])
+def test_choose_gclib(fx, cands, path):
+    assert tw.choose_gclib(fx, cands)["path"] == path
+
+
+def test_choose_gclib_mismatch_says_so():
+    with pytest.raises(tw.WindowsPlanError) as e:
+        tw.choose_gclib(FX64, [dict(G64, exists=False), G32])
+    msg = str(e.value)
+    assert "bitness mismatch" in msg and "is 64-bit (x64)" in msg and "is 32-bit (x86)" in msg
+    assert G32["path"] in msg and "install the 64-bit Classic Client" in msg
+
+
+def test_choose_gclib_none_found():
+    with pytest.raises(tw.WindowsPlanError, match="no gclib.dll found for Firefox .* looked at: C:"):
+        tw.choose_gclib(FX32, [dict(G32, exists=False)])
+
+
+def test_firefox_installs():
+    got = tw.firefox_installs([dict(FX64, dir="C:\\Program Files\\Mozilla Firefox"),
+                               {"path": "C:\\x\\firefox.exe", "exists": False}])
+    assert got == [{"path": FX64["path"], "dir": "C:\\Program Files\\Mozilla Firefox", "arch": "x64",
+                    "distribution": "C:\\Program Files\\Mozilla Firefox\\distribution",
+                    "policies_json": "C:\\Program Files\\Mozilla Firefox\\distribution\\policies.json",
+                    "version": None}]
+
+
+# ------------------------------------------------------------------ Firefox GPO registry / policies.json
+GPO = tw.FIREFOX_GPO_KEY
+CERTS = ["C:\\ProgramData\\tokentrust\\certs\\A.cer", "C:\\ProgramData\\tokentrust\\certs\\B.cer"]
+DLL = tw.DEFAULT_GCLIB_PATHS[0]
+
+
+@pytest.fixture
+def desired():
+    return tw.desired_fragment(CERTS, {"gem": DLL}, True)
+
+
+@pytest.mark.parametrize("dump,prefer,target", [
+    ({}, "auto", "json"),
+    ({"": {"DisableTelemetry": 1}}, "auto", "registry"),
+    ({"Certificates": {}}, "auto", "json"),
+    ({}, "registry", "registry"),
+    ({"": {"X": 1}}, "json", "json"),
+])
+def test_firefox_target(dump, prefer, target):
+    assert tw.firefox_target(tw.gpo_present(dump), prefer) == target
+
+
+def test_gpo_plan_fresh(desired):
+    got = _keyed(tw.gpo_plan({}, desired))
+    assert got == {
+        (GPO + "\\Certificates\\Install", "1"): (CERTS[0], "string", "present"),
+        (GPO + "\\Certificates\\Install", "2"): (CERTS[1], "string", "present"),
+        (GPO + "\\Certificates", "ImportEnterpriseRoots"): (1, "dword", "present"),
+        (GPO + "\\SecurityDevices\\Add", "gem"): (DLL, "string", "present"),
+    }
+
+
+def test_gpo_plan_merges_after_admin_entries_and_is_idempotent(desired):
+    dump = {"": {"DisableAppUpdate": 1}, "Certificates\\Install": {"1": "C:\\corp\\root.cer", "2": CERTS[1]}}
+    got = _keyed(tw.gpo_plan(dump, desired))
+    assert got[(GPO + "\\Certificates\\Install", "3")] == (CERTS[0], "string", "present")
+    assert (GPO + "\\Certificates\\Install", "1") not in got and (GPO + "\\Certificates\\Install", "2") not in got
+    after = {"": dump[""], "Certificates\\Install": {"1": "C:\\corp\\root.cer", "2": CERTS[1], "3": CERTS[0]},
+             "Certificates": {"ImportEnterpriseRoots": 1}, "SecurityDevices\\Add": {"gem": DLL}}
+    assert tw.gpo_plan(after, desired) == []
+    assert tw.gpo_conflicts(after, desired) == ["Certificates", "SecurityDevices"]
+
+
+def test_gpo_plan_absent_removes_ours_and_renumbers(desired):
+    dump = {"Certificates\\Install": {"1": CERTS[0], "2": "C:\\corp\\root.cer", "3": CERTS[1]},
+            "Certificates": {"ImportEnterpriseRoots": 1}, "SecurityDevices\\Add": {"gem": "D:\\other.dll"}}
+    got = _keyed(tw.gpo_plan(dump, desired, "absent"))
+    assert got == {
+        (GPO + "\\Certificates\\Install", "1"): ("C:\\corp\\root.cer", "string", "present"),
+        (GPO + "\\Certificates\\Install", "2"): (None, "string", "absent"),
+        (GPO + "\\Certificates\\Install", "3"): (None, "string", "absent"),
+        (GPO + "\\Certificates", "ImportEnterpriseRoots"): (None, "dword", "absent"),
+    }  # the gem device points elsewhere: not ours, kept
+
+
+def test_gpo_plan_replaces_wrong_dll(desired):
+    dump = {"SecurityDevices\\Add": {"gem": tw.DEFAULT_GCLIB_PATHS[2]}}
+    got = _keyed(tw.gpo_plan(dump, desired))
+    assert got[(GPO + "\\SecurityDevices\\Add", "gem")] == (DLL, "string", "present")
+
+
+def test_policies_json_new_file(desired):
+    out = tw.policies_json("", desired)
+    doc = json.loads(out["text"])
+    assert out["changed"] and out["text"].endswith("\n")
+    assert doc == {"policies": {"Certificates": {"Install": CERTS, "ImportEnterpriseRoots": True},
+                                "SecurityDevices": {"Add": {"gem": DLL}}}}
+    again = tw.policies_json(out["text"], desired)
+    assert not again["changed"] and again["text"] == out["text"]
+
+
+def test_policies_json_keeps_other_policies_and_absent(desired):
+    existing = json.dumps({"policies": {"DisableAppUpdate": True, "Certificates": {"Install": ["C:\\corp.cer"]}}})
+    out = tw.policies_json(existing, desired)
+    doc = json.loads(out["text"])["policies"]
+    assert doc["DisableAppUpdate"] is True and doc["Certificates"]["Install"] == ["C:\\corp.cer"] + CERTS
+    gone = json.loads(tw.policies_json(out["text"], desired, "absent")["text"])["policies"]
+    assert gone == {"DisableAppUpdate": True, "Certificates": {"Install": ["C:\\corp.cer"]}}
+
+
+def test_policies_json_bad_file(desired):
+    with pytest.raises(tw.WindowsPlanError, match="policies.json: is not valid JSON at line 1.*fix or remove"):
+        tw.policies_json("{oops", desired, path="C:\\FF\\distribution\\policies.json")
+
+
+# ------------------------------------------------------------------ middleware
+ENTRIES = [
+    {"key": "{11111111-2222-3333-4444-555555555555}", "display_name": "GemSafe Standard Edition",
+     "windows_installer": 1, "uninstall_string": "MsiExec.exe /X{1111...}", "view": 64},
+    {"key": "GemSafeLib", "display_name": "  gemsafe   libraries ", "windows_installer": 0,
+     "uninstall_string": "C:\\GemSafe\\uninst.exe", "view": 32},
+    {"key": "{AAAAAAAA-2222-3333-4444-555555555555}", "display_name": "Classic Client 7.3.0", "windows_installer": 1,
+     "view": 64},
+    {"key": "{BBBBBBBB-2222-3333-4444-555555555555}", "display_name": "Classic Client 5.1.5", "windows_installer": 1,
+     "view": 32},
+    {"key": "Firefox", "display_name": "Mozilla Firefox", "uninstall_string": "x", "view": 64},
+]
+
+
+def test_legacy_match_defaults():
+    got = tw.legacy_match(ENTRIES)
+    assert [(g["product_id"], g["provider"], g["view"]) for g in got] == [
+        ("{11111111-2222-3333-4444-555555555555}", "msi", 64),
+        ("GemSafeLib", "registry", 32),
+        ("{BBBBBBBB-2222-3333-4444-555555555555}", "msi", 32),
+    ]
+
+
+def test_legacy_match_glob_excludes_the_product_we_install():
+    got = tw.legacy_match(ENTRIES, ["Classic Client *"], exclude_ids=["{aaaaaaaa-2222-3333-4444-555555555555}"])
+    assert [g["display_name"] for g in got] == ["Classic Client 5.1.5"]
+
+
+def test_legacy_match_without_uninstall_string():
+    with pytest.raises(tw.WindowsPlanError, match="has no UninstallString: remove it by hand"):
+        tw.legacy_match([{"key": "Old", "display_name": "GemSafe Libraries", "view": 32}])
+
+
+@pytest.mark.parametrize("src,kind", [
+    ("https://repo.example/cc.msi", "url"), ("\\\\srv\\share\\cc.msi", "unc"),
+    ("C:\\temp\\cc.msi", "remote"), ("files/cc.msi", "controller"),
+])
+def test_msi_source(src, kind):
+    assert tw.msi_source(src) == kind
+
+
+# ------------------------------------------------------------------ verification
+def test_check_registry_and_report():
+    entries = tw.ie_plan("disable_protected_mode", zones=[3], sites=["services.certeurope.fr"])
+    observed = [{"exists": True, "raw_value": 1}, {"exists": True, "raw_value": "2"}, {"exists": True, "raw_value": 0}]
+    checks = tw.check_registry(entries, observed, "windows_ie_zones")
+    assert [c["ok"] for c in checks] == [True, True, False]
+    assert "expected 3" in checks[2]["detail"]
+    rep = tw.report("pc1", checks)
+    assert rep["ok"] is False and rep["summary"] == "2/3 checks passed" and len(rep["failed"]) == 1
+    with pytest.raises(tw.WindowsPlanError, match="3 planned registry entries but 1 observed"):
+        tw.check_registry(entries, observed[:1])
+
+
+def test_check_stores(ca_set):
+    plan = tw.store_plan(ca_set)
+    present = {"Root": [c["sha1"] for c in ca_set if c["windows_store"] == "Root"], "CA": []}
+    checks = tw.check_stores(plan, present)
+    assert sum(c["ok"] for c in checks) == 2 and len(checks) == 4
