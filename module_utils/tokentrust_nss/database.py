@@ -23,10 +23,11 @@ import datetime
 import hashlib
 import os
 import re
+import sqlite3
 import stat
 
 from ansible.module_utils.tokentrust_nss._ffi import ffi, lib
-from ansible.module_utils.tokentrust_nss.errors import LegacyDatabaseError, NSSError, check
+from ansible.module_utils.tokentrust_nss.errors import DatabaseLockedError, LegacyDatabaseError, NSSError, check
 
 DB_FILES = ("cert9.db", "key4.db", "pkcs11.txt")
 LEGACY_FILES = ("cert8.db", "key3.db", "secmod.db")
@@ -136,6 +137,31 @@ def check_sqlite_file(path):
     if page_size and pages and size < page_size * pages:
         return "is truncated (%d bytes, header says %d pages of %d bytes)" % (size, pages, page_size)
     return None
+
+
+def sqlite_locked(path, write=True):
+    """A reason string if another process holds a lock on the SQLite file that would block us, else None.
+
+    Takes the lock NSS would need (RESERVED for a writer, SHARED for a reader) without waiting, then releases it:
+    nothing is written to the file.
+    """
+    try:
+        conn = sqlite3.connect("file:%s?mode=%s" % (path, "rw" if write else "ro"), uri=True, timeout=0,
+                               isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        if not write:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        conn.execute("ROLLBACK")
+        return None
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return "SQLite: %s" % exc
+        return None
+    finally:
+        conn.close()
 
 
 def normalize_trust(trust):
@@ -261,6 +287,14 @@ class NSSDatabase:
                 p = os.path.join(d, name)
                 if name in present and not os.access(p, os.W_OK):
                     raise NSSError("open", self.spec, text="%s is not writable: run as its owner or as root" % p)
+        for name in ("cert9.db", "key4.db"):
+            if name in present:
+                holder = sqlite_locked(os.path.join(d, name), write=not self.readonly)
+                if holder:
+                    raise DatabaseLockedError(
+                        "open", self.spec, name="TT_DATABASE_LOCKED",
+                        text="%s is locked by another process (%s): close Firefox (or the other program) on this "
+                        "profile and run again; nothing was changed" % (os.path.join(d, name), holder))
 
     def __enter__(self):
         global _open_db
@@ -449,8 +483,11 @@ class NSSDatabase:
         """
         op = "add certificate %r" % nickname
         self._writable(op)
-        trust = normalize_trust(trust)
-        der = der_from_bytes(der, "certificate %r" % nickname)
+        try:
+            trust = normalize_trust(trust)
+            der = der_from_bytes(der, "certificate %r" % nickname)
+        except ValueError as exc:
+            raise NSSError(op, self.spec, name="TT_BAD_INPUT", text=str(exc)) from None
         existing = self.certificates()
         same = [c for c in existing if c.der == der]
         if not same:
