@@ -269,7 +269,7 @@ def main():
     if not HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib("cryptography"), exception=str(CRYPTOGRAPHY_IMPORT_ERROR))
     p = module.params
-    dest = p["dest"]
+    dest = os.path.normpath(os.path.abspath(p["dest"]))
     if p["ca_path"] and not os.path.isfile(p["ca_path"]):
         module.fail_json(msg=f"ca_path {p['ca_path']} is not a readable file (a PEM bundle of HTTPS issuers)")
     opts = Options(

@@ -204,7 +204,8 @@ def iso(d: _dt.datetime) -> str:
 
 
 def days_left(cert, now: _dt.datetime) -> int:
-    return int((cert_dates(cert)[1] - now).total_seconds() // 86400)
+    """Whole days until not_after, truncated toward zero (-3 = expired 3 full days ago)."""
+    return int((cert_dates(cert)[1] - now).total_seconds() / 86400)
 
 
 def check_is_ca(cert) -> Tuple[List[str], List[str]]:
