@@ -9,8 +9,9 @@
  *   - the counters live in a small state file (one line per token serial), written
  *     atomically under flock(2), so they survive processes like a real card's do.
  *
- * Everything else is forwarded to the real module (SoftHSM2 by default) through a copy of
- * its own CK_FUNCTION_LIST. Configuration (later wins):
+ * C_GetSlotList hides the spare uninitialised slot SoftHSM2 always adds (the real key shows
+ * one token). Everything else is forwarded to the real module (SoftHSM2 by default) through
+ * a copy of its own CK_FUNCTION_LIST. Configuration (later wins):
  *   defaults      module /usr/lib/softhsm/libsofthsm2.so, 3 tries each, state file
  *                 <SoftHSM tokendir>/pin_guard.state
  *   environment   PIN_GUARD_MODULE, PIN_GUARD_STATE, PIN_GUARD_MAX_USER_TRIES,
@@ -178,6 +179,7 @@ static void pg_configure(void)
         pg_default_state();
 }
 
+static CK_RV pg_GetSlotList(CK_BBOOL present, CK_SLOT_ID *list, CK_ULONG *count);
 static CK_RV pg_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO *info);
 static CK_RV pg_InitToken(CK_SLOT_ID slot, CK_UTF8CHAR *pin, CK_ULONG len, CK_UTF8CHAR *label);
 static CK_RV pg_InitPIN(CK_SESSION_HANDLE h, CK_UTF8CHAR *pin, CK_ULONG len);
@@ -211,6 +213,7 @@ static void pg_load(void)
     }
     memcpy(&pg_list, pg_real, sizeof pg_list);
     pg_list.C_GetFunctionList = C_GetFunctionList;
+    pg_list.C_GetSlotList = pg_GetSlotList;
     pg_list.C_GetTokenInfo = pg_GetTokenInfo;
     pg_list.C_InitToken = pg_InitToken;
     pg_list.C_InitPIN = pg_InitPIN;
@@ -407,6 +410,42 @@ static int pg_count(unsigned long *fail, unsigned long max, CK_RV rv)
 }
 
 /* ---- the wrapped functions ------------------------------------------------------------- */
+
+/* Like the real key's reader: only slots holding an initialised token are shown (SoftHSM2
+ * always adds one spare slot with an uninitialised token; it is hidden here). */
+static CK_RV pg_GetSlotList(CK_BBOOL present, CK_SLOT_ID *list, CK_ULONG *count)
+{
+    CK_SLOT_ID *all;
+    CK_ULONG n = 0, i, kept = 0;
+    CK_RV rv;
+
+    if (!count)
+        return CKR_ARGUMENTS_BAD;
+    if ((rv = pg_real->C_GetSlotList(present, NULL, &n)) != CKR_OK)
+        return rv;
+    all = calloc(n ? n : 1, sizeof *all);
+    if (!all)
+        return CKR_HOST_MEMORY;
+    if ((rv = pg_real->C_GetSlotList(present, all, &n)) != CKR_OK) {
+        free(all);
+        return rv;
+    }
+    for (i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (pg_real->C_GetTokenInfo(all[i], &ti) == CKR_OK && !(ti.flags & CKF_TOKEN_INITIALIZED))
+            continue;
+        all[kept++] = all[i];
+    }
+    if (list) {
+        if (*count < kept)
+            rv = CKR_BUFFER_TOO_SMALL;
+        else
+            memcpy(list, all, kept * sizeof *all);
+    }
+    *count = kept;
+    free(all);
+    return rv;
+}
 
 static CK_RV pg_Login(CK_SESSION_HANDLE h, CK_USER_TYPE who, CK_UTF8CHAR *pin, CK_ULONG len)
 {

@@ -17,6 +17,7 @@ typedef unsigned long CK_SESSION_HANDLE;
 typedef unsigned long CK_USER_TYPE;
 typedef unsigned long CK_STATE;
 typedef unsigned char CK_UTF8CHAR;
+typedef unsigned char CK_BBOOL;
 
 typedef struct CK_VERSION {
     unsigned char major;
@@ -55,6 +56,7 @@ struct CK_FUNCTION_LIST;
 typedef struct CK_FUNCTION_LIST CK_FUNCTION_LIST;
 
 typedef CK_RV (*CK_C_GetFunctionList)(CK_FUNCTION_LIST **);
+typedef CK_RV (*CK_C_GetSlotList)(CK_BBOOL, CK_SLOT_ID *, CK_ULONG *);
 typedef CK_RV (*CK_C_GetTokenInfo)(CK_SLOT_ID, CK_TOKEN_INFO *);
 typedef CK_RV (*CK_C_InitToken)(CK_SLOT_ID, CK_UTF8CHAR *, CK_ULONG, CK_UTF8CHAR *);
 typedef CK_RV (*CK_C_InitPIN)(CK_SESSION_HANDLE, CK_UTF8CHAR *, CK_ULONG);
@@ -70,7 +72,7 @@ struct CK_FUNCTION_LIST {
     CK_ANY_FN C_Finalize;
     CK_ANY_FN C_GetInfo;
     CK_C_GetFunctionList C_GetFunctionList;
-    CK_ANY_FN C_GetSlotList;
+    CK_C_GetSlotList C_GetSlotList;
     CK_ANY_FN C_GetSlotInfo;
     CK_C_GetTokenInfo C_GetTokenInfo;
     CK_ANY_FN C_GetMechanismList;
@@ -138,10 +140,12 @@ struct CK_FUNCTION_LIST {
 
 #define CKR_OK                        0x000UL
 #define CKR_GENERAL_ERROR             0x005UL
+#define CKR_HOST_MEMORY               0x002UL
 #define CKR_ARGUMENTS_BAD             0x007UL
 #define CKR_DEVICE_ERROR              0x030UL
 #define CKR_PIN_INCORRECT             0x0A0UL
 #define CKR_PIN_LOCKED                0x0A4UL
+#define CKR_BUFFER_TOO_SMALL          0x150UL
 
 #define CKU_SO                        0UL
 #define CKU_USER                      1UL
@@ -149,6 +153,7 @@ struct CK_FUNCTION_LIST {
 
 #define CKS_RW_SO_FUNCTIONS           4UL
 
+#define CKF_TOKEN_INITIALIZED         0x00000400UL
 #define CKF_USER_PIN_COUNT_LOW        0x00010000UL
 #define CKF_USER_PIN_FINAL_TRY        0x00020000UL
 #define CKF_USER_PIN_LOCKED           0x00040000UL
