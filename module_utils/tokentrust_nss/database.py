@@ -249,6 +249,7 @@ class NSSDatabase:
         self._dirty = False
         self._slot = None
         self._handle = None
+        self._cache = None  # certificates() result, kept up to date by our own writes
         self.created = False
 
     # ------------------------------------------------------------------ opening and closing
@@ -442,9 +443,14 @@ class NSSDatabase:
             trust=trust_s,
         )
 
-    def certificates(self):
-        """Certificates stored in the database (the 'NSS Certificate DB' token), as `certutil -L` lists them."""
+    def certificates(self, fresh=False):
+        """Certificates stored in the database (the 'NSS Certificate DB' token), as `certutil -L` lists them.
+
+        The list is read once per open and then kept up to date by our own writes (fresh=True re-reads it).
+        """
         self._need_open()
+        if self._cache is not None and not fresh:
+            return list(self._cache)
         certs = lib.nss3.PK11_ListCertsInSlot(self._slot)
         if certs == ffi.NULL:
             raise _last("list certificates", self.spec)
@@ -458,7 +464,8 @@ class NSSDatabase:
                 node = ffi.cast("CERTCertListNode *", node.links.next)
         finally:
             lib.nss3.CERT_DestroyCertList(certs)
-        return out
+        self._cache = out
+        return list(out)
 
     def find_certificate(self, der=None, nickname=None):
         for c in self.certificates():
@@ -509,8 +516,10 @@ class NSSDatabase:
                 check(lib.nss3.PK11_ImportCert(self._slot, cert, 0, nickname.encode(), 0), op, self.spec)
             self._dirty = True
             check(lib.nss3.CERT_ChangeCertTrust(self._handle, cert, want), op, self.spec, hint="setting trust")
+            entry = self._cert_from_node(cert, same[0].nickname if same else nickname)
         finally:
             lib.nss3.CERT_DestroyCertificate(cert)
+        self._cache = [c for c in self._cache if c.der != der] + [entry]
         return "trust_changed" if same else "added"
 
     def set_trust(self, der, trust):
@@ -531,8 +540,10 @@ class NSSDatabase:
         try:
             self._dirty = True
             check(lib.nss3.CERT_ChangeCertTrust(self._handle, cert, want), op, self.spec)
+            entry = self._cert_from_node(cert, cur.nickname)
         finally:
             lib.nss3.CERT_DestroyCertificate(cert)
+        self._cache = [c for c in self._cache if c.der != der] + [entry]
         return True
 
     def delete_certificate(self, der=None, nickname=None):
@@ -557,6 +568,7 @@ class NSSDatabase:
             check(lib.nss3.SEC_DeletePermCertificate(cert), op, self.spec)
         finally:
             lib.nss3.CERT_DestroyCertificate(cert)
+        self._cache = [c for c in self._cache if c.der != cur.der]
         return True
 
     # ------------------------------------------------------------------ PKCS#11 modules
