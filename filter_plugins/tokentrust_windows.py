@@ -71,6 +71,7 @@ class FilterModule:
     def filters(self):
         f = {
             "tokentrust_win_store_plan": tw.store_plan,
+            "tokentrust_win_store_thumbprints": tw.store_thumbprints,
             "tokentrust_win_uac_plan": _uac_plan,
             "tokentrust_win_uac_current": tw.uac_current,
             "tokentrust_win_ie_plan": tw.ie_plan,

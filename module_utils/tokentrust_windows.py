@@ -38,6 +38,8 @@ IE_ZONE_NAMES = {0: "Local computer", 1: "Local intranet", 2: "Trusted sites", 3
 IE_PROTECTED_MODE_VALUE = "2500"
 IE_PROTECTED_MODE_OFF = 3
 IE_TRUSTED_ZONE = 2
+# our store names (the system store names) -> the .NET StoreName that win_certificate_* take
+STORE_MODULE_NAMES = {"Root": "Root", "CA": "CertificateAuthority"}
 HIVE_MOUNT = "HKLM:\\ANSIBLE"  # where win_regedit loads the `hive:` file
 
 # IMAGE_FILE_HEADER.Machine -> architecture (https://learn.microsoft.com/windows/win32/debug/pe-format)
@@ -101,6 +103,23 @@ def store_for(ca):
                            "and windows_store is not set; check the ca_certificates output")
 
 
+def _removal(thumb, store, name):
+    if store not in STORE_MODULE_NAMES:
+        raise WindowsPlanError(f"record {TRUST_RECORD_KEY}\\{thumb} names store {store!r}, not Root or CA: "
+                               "fix or delete that value")
+    return {"thumbprint": thumb, "store": store, "store_name": STORE_MODULE_NAMES[store], "name": name}
+
+
+def store_thumbprints(results):
+    """{"Root": [...], "CA": [...]} from looped win_certificate_info results (item = .NET store name)."""
+    back = {v: k for k, v in STORE_MODULE_NAMES.items()}
+    out = {}
+    for r in results or []:
+        store = back.get(r.get("item"), r.get("item"))
+        out[store] = [c["thumbprint"] for c in r.get("certificates") or []]
+    return out
+
+
 def store_plan(ca_set, present=None, recorded=None, remove_stale=False, state="present"):
     """What to put in / take out of LocalMachine\\Root and LocalMachine\\CA.
 
@@ -127,7 +146,7 @@ def store_plan(ca_set, present=None, recorded=None, remove_stale=False, state="p
         already = thumb in present.get(store, set())
         ours = recorded.get(thumb) == store
         item = {
-            "thumbprint": thumb, "store": store, "name": ca.get("name", thumb),
+            "thumbprint": thumb, "store": store, "store_name": STORE_MODULE_NAMES[store], "name": ca.get("name", thumb),
             "file": thumb + (".cer" if ca.get("der_path") else ".pem"),
             "src": ca.get("der_path") or ca.get("pem_path"), "pem": ca.get("pem"),
             "file_type": "der" if ca.get("der_path") else "pem",
@@ -140,18 +159,18 @@ def store_plan(ca_set, present=None, recorded=None, remove_stale=False, state="p
     if state == "absent":
         for item in install:
             if item["ours"]:
-                remove.append({"thumbprint": item["thumbprint"], "store": item["store"], "name": item["name"]})
+                remove.append(_removal(item["thumbprint"], item["store"], item["name"]))
         gone = {i["thumbprint"] for i in install}
         for thumb, store in sorted(recorded.items()):
             if thumb not in gone and remove_stale:
-                remove.append({"thumbprint": thumb, "store": store, "name": thumb})
+                remove.append(_removal(thumb, store, thumb))
         record_remove = sorted(t for t in recorded if t in gone or remove_stale)
         return {"install": [], "remove": remove, "record": {}, "record_remove": record_remove}
     for thumb, store in sorted(recorded.items()):
         if thumb in seen:
             continue
         if remove_stale:
-            remove.append({"thumbprint": thumb, "store": store, "name": thumb})
+            remove.append(_removal(thumb, store, thumb))
             record_remove.append(thumb)
     record_add = {t: s for t, s in keep.items() if recorded.get(t) != s}
     return {"install": install, "remove": remove, "record": record_add, "record_remove": record_remove}
@@ -251,6 +270,12 @@ def uac_plan(mode, phase, current, record_text=None, disable_lua=True):
             want = plan["target"][name]
             if current[name] != want:
                 plan["set"].append(_entry(UAC_KEY, name, want, "dword", "absent" if want is None else "present"))
+    expected = plan["target"]
+    if expected is None and mode in ("enabled", "disabled"):
+        expected = uac_mode_values(mode, disable_lua)
+    plan["expected"] = [_entry(UAC_KEY, n, v, "dword", "absent" if v is None else "present")
+                        for n, v in (expected or {}).items()]
+    plan["record_expected"] = "absent" if (phase == "after" or mode != "disable_for_install") else "present"
     plan["reboot"] = any(e["name"] == "EnableLUA" for e in plan["set"])
     plan["changed"] = bool(plan["set"] or plan["record_write"] or plan["record_delete"])
     return plan

@@ -80,7 +80,7 @@ def test_store_plan_stale(ca_set):
     keep = tw.store_plan(ca_set, recorded=recorded)
     assert keep["remove"] == [] and keep["record_remove"] == []
     rm = tw.store_plan(ca_set, recorded=recorded, remove_stale=True)
-    assert rm["remove"] == [{"thumbprint": stale, "store": "CA", "name": stale}]
+    assert rm["remove"] == [{"thumbprint": stale, "store": "CA", "store_name": "CertificateAuthority", "name": stale}]
     assert rm["record_remove"] == [stale]
 
 
@@ -89,6 +89,17 @@ def test_store_plan_absent_removes_only_ours(ca_set):
     plan = tw.store_plan(ca_set, present={"Root": [c["sha1"] for c in ca_set]}, recorded=recorded, state="absent")
     assert [r["thumbprint"] for r in plan["remove"]] == [ca_set[0]["sha1"]]
     assert plan["install"] == [] and plan["record_remove"] == [ca_set[0]["sha1"]]
+
+
+def test_store_thumbprints_from_module_results():
+    results = [{"item": "Root", "certificates": [{"thumbprint": "AA" * 20}]},
+               {"item": "CertificateAuthority", "certificates": []}]
+    assert tw.store_thumbprints(results) == {"Root": ["AA" * 20], "CA": []}
+
+
+def test_store_plan_bad_record():
+    with pytest.raises(tw.WindowsPlanError, match="names store 'My', not Root or CA"):
+        tw.store_plan([], recorded={"AA" * 20: "My"}, remove_stale=True)
 
 
 def test_store_plan_needs_material():
@@ -163,7 +174,16 @@ def test_uac_explicit_modes(mode, values):
     plan = tw.uac_plan(mode, "before", other)
     assert _set(plan) == {k: (v, "present") for k, v in values.items()}
     assert tw.uac_plan(mode, "before", values)["changed"] is False
-    assert tw.uac_plan(mode, "after", other)["changed"] is False
+    after = tw.uac_plan(mode, "after", other)
+    assert after["changed"] is False
+    assert {e["name"]: e["data"] for e in after["expected"]} == values and after["record_expected"] == "absent"
+
+
+def test_uac_expected_for_verification():
+    before = tw.uac_plan("disable_for_install", "before", DEFAULT_UAC)
+    assert {e["name"]: e["data"] for e in before["expected"]}["EnableLUA"] == 0
+    assert before["record_expected"] == "present"
+    assert tw.uac_plan("keep", "after", DEFAULT_UAC)["expected"] == []
 
 
 def test_uac_explicit_mode_drops_leftover_record():
