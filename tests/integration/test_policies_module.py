@@ -21,7 +21,9 @@ def run_module(name, args, check=False, diff=False):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
                ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_NOCOLOR="1")
     cmd = [ANSIBLE, "localhost", "-i", "localhost,", "-c", "local",
-           "-e", f"ansible_python_interpreter={sys.executable}", "-m", name, "-a", json.dumps(args)]
+           "-e", f"ansible_python_interpreter={sys.executable}", "-m", name]
+    if args:
+        cmd += ["-a", json.dumps(args)]
     if check:
         cmd.append("--check")
     if diff:

@@ -1,0 +1,176 @@
+#!/usr/bin/python
+# Copyright: tokentrust contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module: list the Firefox (Thunderbird, Chromium) NSS profiles of the users of a host."""
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: firefox_profiles_info
+short_description: Find every Firefox profile (and optionally Thunderbird / Chromium NSS databases) of local users
+description:
+  - Reads C(profiles.ini) and C(installs.ini) of every Firefox profile root of the selected users
+    and returns one entry per existing profile directory, ready to feed the NSS modules
+    (RV(profiles[].nss_db)).
+  - "Roots looked at in each home: C(~/.mozilla/firefox), C(~/.config/mozilla/firefox) (Firefox 147+),
+    snap C(~/snap/firefox/common/.mozilla/firefox), flatpak C(~/.var/app/org.mozilla.firefox/.mozilla/firefox)
+    and C(~/.var/app/org.mozilla.firefox/config/mozilla/firefox), macOS C(~/Library/Application Support/Firefox);
+    with O(include_thunderbird) C(~/.thunderbird) and its snap, flatpak and macOS variants;
+    with O(include_chromium) the shared C(~/.pki/nssdb)."
+  - Relative and absolute profile paths are supported; a malformed C(profiles.ini) is reported for
+    its root (RV(roots[].error) and a warning) and the other roots are still listed.
+  - Read-only; never changes anything.
+version_added: "1.0.0"
+author: tokentrust contributors
+options:
+  users:
+    description:
+      - User names whose homes are scanned.
+      - Default every user with a real home directory and uid >= 1000 (500 on macOS), plus root.
+    type: list
+    elements: str
+  homes:
+    description:
+      - Explicit home directories to scan instead of O(users); each home's owner is the directory's owner.
+    type: list
+    elements: path
+  include_thunderbird:
+    description: Also list Thunderbird profiles.
+    type: bool
+    default: false
+  include_chromium:
+    description: Also list the shared Chromium/Chrome NSS database C(~/.pki/nssdb) when it exists.
+    type: bool
+    default: false
+  check_locks:
+    description: Determine whether each profile is in use by a running Firefox (RV(profiles[].in_use)).
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    details: The module never changes anything.
+  diff_mode:
+    support: none
+notes:
+  - "A profile is in use when its C(lock) symlink (C(host:+pid)) names a running pid on this host, or
+    when C(.parentlock) is held (checked with C(F_GETLK), without taking the lock). RV(profiles[].lock)
+    tells how it was decided."
+  - Profiles listed in C(profiles.ini) whose directory does not exist are skipped with a warning.
+"""
+
+EXAMPLES = r"""
+- name: Find every Firefox profile on the host
+  firefox_profiles_info:
+  register: __profiles
+
+- name: Profiles of two users, Thunderbird and Chromium included
+  firefox_profiles_info:
+    users: [alice, bob]
+    include_thunderbird: true
+    include_chromium: true
+
+- name: Lab homes (owner = the home directory's owner)
+  firefox_profiles_info:
+    homes: [/srv/lab/ws1/home/alice]
+  register: __lab
+
+- name: Feed the NSS modules
+  ansible.builtin.debug:
+    msg: "{{ __lab.profiles | map(attribute='nss_db') | list }}"
+"""
+
+RETURN = r"""
+profiles:
+  description: One entry per profile directory found.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: Absolute profile directory.
+      type: str
+      sample: /home/alice/.mozilla/firefox/abcd.default-esr
+    name:
+      description: Name from profiles.ini.
+      type: str
+      sample: default-esr
+    kind:
+      description: C(firefox), C(firefox-snap), C(firefox-flatpak), C(thunderbird) or C(chromium).
+      type: str
+    root:
+      description: The directory holding profiles.ini.
+      type: str
+    relative:
+      description: IsRelative of profiles.ini.
+      type: bool
+    default:
+      description: Default=1 in profiles.ini, or the Default of an install in installs.ini.
+      type: bool
+    default_for_installs:
+      description: Install hashes that use it as their default profile.
+      type: list
+      elements: str
+    format:
+      description: C(sql) (cert9.db, key4.db, pkcs11.txt), C(dbm) (cert8.db, secmod.db only) or C(none) yet.
+      type: str
+    in_use:
+      description: Whether a running Firefox holds the profile lock (absent when O(check_locks=false)).
+      type: bool
+    lock:
+      description: How RV(profiles[].in_use) was decided.
+      type: str
+      sample: "lock symlink -> 127.0.1.1:+4242: pid 4242 is running"
+    owner:
+      description: The user the home belongs to (C(name), C(uid), C(gid)).
+      type: dict
+      sample: {"name": "alice", "uid": 1000, "gid": 1000}
+    path_owner:
+      description: Owner of the profile directory itself (C(name), C(uid), C(gid)).
+      type: dict
+    nss_db:
+      description: NSS database spec for our NSS modules.
+      type: str
+      sample: "sql:/home/alice/.mozilla/firefox/abcd.default-esr"
+roots:
+  description: Every profile root found, with its profile count and parse error (null when fine).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"path": "/home/alice/.mozilla/firefox", "kind": "firefox", "user": "alice", "profiles": 2, "error": null}]
+homes:
+  description: The homes scanned with their owner.
+  returned: always
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_profiles import ProfilesError, find_profiles
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            users=dict(type="list", elements="str"),
+            homes=dict(type="list", elements="path"),
+            include_thunderbird=dict(type="bool", default=False),
+            include_chromium=dict(type="bool", default=False),
+            check_locks=dict(type="bool", default=True),
+        ),
+        mutually_exclusive=[("users", "homes")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        res = find_profiles(users=p["users"], homes=p["homes"], include_thunderbird=p["include_thunderbird"],
+                            include_chromium=p["include_chromium"], locks=p["check_locks"])
+    except ProfilesError as e:
+        module.fail_json(msg=str(e))
+    for w in res.pop("warnings"):
+        module.warn(w)
+    module.exit_json(changed=False, **res)
+
+
+if __name__ == "__main__":
+    main()
