@@ -36,26 +36,6 @@ def _uac_plan(current_properties, mode, phase, record_text=None, disable_lua=Tru
     return tw.uac_plan(mode, phase, tw.uac_current(current_properties), record_text, disable_lua)
 
 
-def _choose_gclib(installs, candidates):
-    """One choice per Firefox install: [{firefox, dir, arch, gclib}]."""
-    return [dict(i, gclib=tw.choose_gclib(i, candidates)["path"]) for i in installs]
-
-
-def _single_gclib(choices):
-    """The DLL for the GPO registry (one value for every install): all installs must agree."""
-    paths = sorted({c["gclib"] for c in choices})
-    if not paths:
-        raise tw.WindowsPlanError("no Firefox install found on the host (looked in Program Files, Program Files "
-                                  "(x86) and the Mozilla registry keys): install Firefox first")
-    if len(paths) > 1:
-        raise tw.WindowsPlanError(
-            "Firefox installs of different bitness need different gclib.dll files ("
-            + ", ".join(f"{c['path']} -> {c['gclib']}" for c in choices)
-            + "), but the GPO registry holds one SecurityDevices path for all: set "
-              "windows_firefox_policies_target to json, or remove one Firefox")
-    return paths[0]
-
-
 def _policies_json(existing_text, desired, state="present", path="policies.json"):
     return tw.policies_json(existing_text, desired, state, path)
 
@@ -78,8 +58,8 @@ class FilterModule:
             "tokentrust_win_ie_users": tw.ie_users,
             "tokentrust_win_pe_arch": tw.pe_arch,
             "tokentrust_win_firefox_installs": tw.firefox_installs,
-            "tokentrust_win_choose_gclib": _choose_gclib,
-            "tokentrust_win_single_gclib": _single_gclib,
+            "tokentrust_win_firefox_plan": tw.firefox_plan,
+            "tokentrust_win_firefox_checks": tw.firefox_checks,
             "tokentrust_win_firefox_target": tw.firefox_target,
             "tokentrust_win_gpo_present": tw.gpo_present,
             "tokentrust_win_gpo_conflicts": tw.gpo_conflicts,

@@ -446,12 +446,114 @@ def choose_gclib(firefox, candidates):
                            "(role token_middleware) or set windows_firefox_policies_gclib_paths")
 
 
+def expected_gclib(firefox, candidates):
+    """Where gclib.dll WILL be for this Firefox when none is installed yet (check mode before the
+    middleware install): the first candidate in the Program Files folder of Firefox's bitness."""
+    fx_arch = _arch_of(firefox, "Firefox")
+    want_x86 = ARCH_BITS[fx_arch] == 32
+    for c in candidates or []:
+        if ("(x86)" in c.get("path", "")) == want_x86:
+            return {"path": c["path"], "arch": fx_arch, "assumed": True}
+    raise WindowsPlanError(f"no gclib.dll candidate path for a {_arch_label(fx_arch)} Firefox")
+
+
+def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_roots=True, prefer="auto",
+                 state="present", assume_missing_dll=False, security_device=True):
+    """Everything the Firefox policy role applies, from one read-only probe of the host.
+
+    `probe`: {installs: [{path, dir, exists, machine}], gclib: [{path, exists, machine}],
+    gpo: {relative key: {name: data}}, policies_json: {path: text|null}}.
+    Returns {target, installs, desired_by_install, json: [{path, dir, text, changed, warnings}],
+    registry: [entries], conflicts, warnings}.
+    """
+    installs = firefox_installs(probe.get("installs"))
+    if not installs:
+        raise WindowsPlanError("no Firefox install found on the host (looked in Program Files, Program Files (x86) "
+                               "and the Mozilla registry keys): install Firefox first, or set "
+                               "windows_firefox_policies_firefox_dirs")
+    warnings = []
+    for i in installs:
+        if not security_device:
+            i["gclib"] = None
+            continue
+        try:
+            i["gclib"] = choose_gclib(i, probe.get("gclib"))["path"]
+        except WindowsPlanError:
+            if not assume_missing_dll or any(c.get("exists") for c in probe.get("gclib") or []):
+                raise
+            i["gclib"] = expected_gclib(i, probe.get("gclib"))["path"]
+            warnings.append(f"gclib.dll not installed yet; assuming {i['gclib']} (check mode)")
+    target = firefox_target(gpo_present(probe.get("gpo")), prefer)
+
+    def fragment(dll):
+        return desired_fragment(certificate_paths, {device_name: dll} if dll else {}, import_enterprise_roots)
+
+    out = {"target": target, "installs": installs, "json": [], "registry": [], "conflicts": [], "warnings": warnings}
+    if target == "registry":
+        dlls = sorted({i["gclib"] for i in installs if i["gclib"]})
+        if len(dlls) > 1:
+            raise WindowsPlanError(
+                "Firefox installs of different bitness need different gclib.dll files ("
+                + ", ".join(f"{i['path']} -> {i['gclib']}" for i in installs)
+                + "), but the GPO registry holds one SecurityDevices path for all: set "
+                  "windows_firefox_policies_target to json, or remove one Firefox")
+        desired = fragment(dlls[0] if dlls else None)
+        out["desired"] = desired
+        out["registry"] = gpo_plan(probe.get("gpo"), desired, state)
+    else:
+        existing = probe.get("policies_json") or {}
+        for i in installs:
+            desired = fragment(i["gclib"])
+            r = policies_json(existing.get(i["policies_json"]), desired, state, i["policies_json"])
+            out["json"].append({"path": i["policies_json"], "dir": i["distribution"], "text": r["text"],
+                                "changed": r["changed"], "warnings": r["warnings"], "desired": desired})
+            out["warnings"] += r["warnings"]
+        if state == "present":
+            out["conflicts"] = gpo_conflicts(probe.get("gpo"), out["json"][0]["desired"])
+            for c in out["conflicts"]:
+                out["warnings"].append(f"the Firefox GPO registry already sets policy {c}: GPO wins over "
+                                       f"policies.json for it, so our {c} in policies.json has no effect")
+    return out
+
+
+def firefox_checks(plan, probe_after, state="present", role="windows_firefox_policies"):
+    """Checks after the run: the policy holds our entries, the DLL exists and matches Firefox."""
+    out = []
+    if plan["target"] == "registry":
+        left = gpo_plan(probe_after.get("gpo"), plan["desired"], state)
+        out.append(check(f"Firefox GPO registry {state}", not left,
+                         "as planned" if not left else f"{len(left)} value(s) differ: "
+                         + ", ".join(f"{e['path']}\\{e['name']}" for e in left), role))
+    else:
+        texts = probe_after.get("policies_json") or {}
+        for j in plan["json"]:
+            try:
+                r = policies_json(texts.get(j["path"]), j["desired"], state, j["path"])
+                ok, detail = not r["changed"], "as planned" if not r["changed"] else "our entries are not all there"
+            except WindowsPlanError as e:
+                ok, detail = False, str(e)
+            out.append(check(f"policies.json {j['path']}", ok, detail, role))
+    gclib = {c["path"]: c for c in probe_after.get("gclib") or []}
+    for i in plan["installs"]:
+        if not i.get("gclib") or state == "absent":
+            continue
+        c = gclib.get(i["gclib"], {})
+        try:
+            ok = bool(c.get("exists")) and _arch_of(c, "gclib.dll") == i["arch"]
+            detail = f"{i['gclib']} {'is' if ok else 'is NOT'} a {_arch_label(i['arch'])} DLL present for {i['path']}"
+        except WindowsPlanError as e:
+            ok, detail = False, str(e)
+        out.append(check(f"gclib.dll for {i['path']}", ok, detail, role))
+    return out
+
+
 def firefox_installs(probe_installs):
     """Firefox installs from the probe, each with its architecture and distribution folder."""
-    out = []
+    out, seen = [], set()
     for i in probe_installs or []:
-        if not i.get("exists", True):
+        if not i.get("exists", True) or i["path"].casefold() in seen:
             continue
+        seen.add(i["path"].casefold())
         d = i.get("dir") or i["path"].rsplit("\\", 1)[0]
         out.append({"path": i["path"], "dir": d, "arch": _arch_of(i, "Firefox"),
                     "distribution": d + "\\distribution", "policies_json": d + "\\distribution\\policies.json",

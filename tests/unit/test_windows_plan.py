@@ -427,6 +427,63 @@ def test_policies_json_bad_file(desired):
         tw.policies_json("{oops", desired, path="C:\\FF\\distribution\\policies.json")
 
 
+def _probe(**kw):
+    p = {"installs": [dict(FX64, dir="C:\\Program Files\\Mozilla Firefox")], "gclib": [G64, G32], "gpo": {},
+         "policies_json": {}}
+    p.update(kw)
+    return p
+
+
+def test_firefox_plan_json_then_idempotent():
+    plan = tw.firefox_plan(_probe(), CERTS)
+    assert plan["target"] == "json" and plan["registry"] == [] and plan["installs"][0]["gclib"] == G64["path"]
+    j = plan["json"][0]
+    assert j["path"] == "C:\\Program Files\\Mozilla Firefox\\distribution\\policies.json" and j["changed"]
+    assert json.loads(j["text"])["policies"]["SecurityDevices"] == {"Add": {"gem": G64["path"]}}
+    after = _probe(policies_json={j["path"]: j["text"]})
+    assert not tw.firefox_plan(after, CERTS)["json"][0]["changed"]
+    assert all(c["ok"] for c in tw.firefox_checks(plan, after))
+    bad = tw.firefox_checks(plan, _probe(gclib=[dict(G64, exists=False), G32]))
+    assert [c["ok"] for c in bad] == [False, False]
+
+
+def test_firefox_plan_registry_when_gpo_exists():
+    plan = tw.firefox_plan(_probe(gpo={"": {"DisableAppUpdate": 1}}), CERTS)
+    assert plan["target"] == "registry" and plan["json"] == []
+    assert (GPO + "\\SecurityDevices\\Add", "gem") in _keyed(plan["registry"])
+    done = {"": {"DisableAppUpdate": 1}, "Certificates\\Install": {"1": CERTS[0], "2": CERTS[1]},
+            "Certificates": {"ImportEnterpriseRoots": 1}, "SecurityDevices\\Add": {"gem": G64["path"]}}
+    checks = tw.firefox_checks(plan, _probe(gpo=done))
+    assert all(c["ok"] for c in checks), checks
+    assert not tw.firefox_checks(plan, _probe(gpo={"": {"DisableAppUpdate": 1}}))[0]["ok"]
+
+
+def test_firefox_plan_json_warns_about_gpo_conflict():
+    plan = tw.firefox_plan(_probe(gpo={"Certificates": {"ImportEnterpriseRoots": 0}}), CERTS, prefer="json")
+    assert plan["conflicts"] == ["Certificates"] and "GPO wins" in plan["warnings"][0]
+
+
+def test_firefox_plan_two_bitnesses_in_registry_fails():
+    probe = _probe(installs=[FX64, FX32], gpo={"": {"X": 1}})
+    with pytest.raises(tw.WindowsPlanError, match="different bitness need different gclib.dll"):
+        tw.firefox_plan(probe, CERTS)
+    plan = tw.firefox_plan(probe, CERTS, prefer="json")
+    assert [i["gclib"] for i in plan["installs"]] == [G64["path"], G32["path"]]
+
+
+def test_firefox_plan_missing_dll_check_mode_assumes_path():
+    probe = _probe(gclib=[dict(c, exists=False) for c in (G64, G32)])
+    with pytest.raises(tw.WindowsPlanError, match="no gclib.dll found"):
+        tw.firefox_plan(probe, CERTS)
+    plan = tw.firefox_plan(probe, CERTS, assume_missing_dll=True)
+    assert plan["installs"][0]["gclib"] == G64["path"] and "assuming" in plan["warnings"][0]
+
+
+def test_firefox_plan_no_firefox():
+    with pytest.raises(tw.WindowsPlanError, match="no Firefox install found"):
+        tw.firefox_plan(_probe(installs=[]), CERTS)
+
+
 # ------------------------------------------------------------------ middleware
 ENTRIES = [
     {"key": "{11111111-2222-3333-4444-555555555555}", "display_name": "GemSafe Standard Edition",

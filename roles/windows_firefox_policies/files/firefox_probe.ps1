@@ -1,0 +1,81 @@
+# tokentrust: read-only probe of Firefox installs, gclib.dll candidates, Firefox GPO registry and
+# policies.json files. Architectures come from the PE header (IMAGE_FILE_HEADER.Machine).
+[CmdletBinding(SupportsShouldProcess)]
+param (
+    [string[]]$FirefoxDirs = @(),
+    [string[]]$GclibPaths = @()
+)
+$ErrorActionPreference = 'Stop'
+$Ansible.Changed = $false
+
+function Get-PEMachine([string]$Path) {
+    $fs = [System.IO.File]::Open($Path, 'Open', 'Read', 'ReadWrite')
+    try {
+        $br = New-Object System.IO.BinaryReader($fs)
+        if ($fs.Length -lt 64 -or $br.ReadUInt16() -ne 0x5A4D) { return $null }   # 'MZ'
+        $fs.Position = 0x3C
+        $peOffset = $br.ReadInt32()
+        if ($peOffset -lt 0 -or $peOffset + 6 -gt $fs.Length) { return $null }
+        $fs.Position = $peOffset
+        if ($br.ReadUInt32() -ne 0x00004550) { return $null }                     # 'PE\0\0'
+        return [int]$br.ReadUInt16()
+    }
+    finally { $fs.Dispose() }
+}
+
+function Get-FileInfo([string]$Path) {
+    if (Test-Path -LiteralPath $Path -PathType Leaf) {
+        $version = (Get-Item -LiteralPath $Path).VersionInfo.ProductVersion
+        return @{ path = $Path; exists = $true; machine = (Get-PEMachine $Path); version = $version }
+    }
+    return @{ path = $Path; exists = $false; machine = $null; version = $null }
+}
+
+# Firefox: the given folders, then the install folders Mozilla's installer registers (both views).
+$dirs = [System.Collections.Generic.List[string]]::new()
+foreach ($d in $FirefoxDirs) { $dirs.Add($d.TrimEnd('\')) }
+foreach ($view in 'Registry64', 'Registry32') {
+    $base = [Microsoft.Win32.RegistryKey]::OpenBaseKey('LocalMachine', $view)
+    $moz = $base.OpenSubKey('SOFTWARE\Mozilla\Mozilla Firefox')
+    if ($moz) {
+        foreach ($ver in $moz.GetSubKeyNames()) {
+            $main = $moz.OpenSubKey("$ver\Main")
+            if ($main) {
+                $dir = $main.GetValue('Install Directory')
+                if ($dir -and -not $dirs.Contains($dir.TrimEnd('\'))) { $dirs.Add($dir.TrimEnd('\')) }
+                $main.Close()
+            }
+        }
+        $moz.Close()
+    }
+    $base.Close()
+}
+$installs = @(foreach ($d in $dirs) { $i = Get-FileInfo "$d\firefox.exe"; $i.dir = $d; $i })
+$gclib = @(foreach ($p in $GclibPaths) { Get-FileInfo $p })
+
+# GPO registry: {relative key: {value name: data}}
+$gpo = @{}
+function Read-Key($Key, [string]$Rel) {
+    $values = @{}
+    foreach ($n in $Key.GetValueNames()) {
+        if ($n) { $values[$n] = $Key.GetValue($n, $null, 'DoNotExpandEnvironmentNames') }
+    }
+    $gpo[$Rel] = $values
+    foreach ($s in $Key.GetSubKeyNames()) {
+        $sub = $Key.OpenSubKey($s)
+        Read-Key $sub $(if ($Rel) { "$Rel\$s" } else { $s })
+        $sub.Close()
+    }
+}
+$root = [Microsoft.Win32.Registry]::LocalMachine.OpenSubKey('SOFTWARE\Policies\Mozilla\Firefox')
+if ($root) { Read-Key $root ''; $root.Close() }
+
+$policies = @{}
+foreach ($i in $installs) {
+    $p = "$($i.dir)\distribution\policies.json"
+    $policies[$p] = if (Test-Path -LiteralPath $p -PathType Leaf) {
+        [System.IO.File]::ReadAllText($p, [System.Text.UTF8Encoding]::new($false))
+    } else { $null }
+}
+
+$Ansible.Result = @{ installs = $installs; gclib = $gclib; gpo = $gpo; policies_json = $policies }
