@@ -404,6 +404,11 @@ class NSSDatabase:
             if stat.S_IMODE(st.st_mode) != mode:
                 os.chmod(p, mode)
 
+    @property
+    def snapshot(self):
+        """The database files' bytes as they were before this writable open (None for a file that did not exist)."""
+        return dict(self._snapshot or {})
+
     def _need_open(self):
         if _open_db is not self:
             raise NSSError("use", self.spec, text="database is not open (use it inside `with NSSDatabase(...)`)")

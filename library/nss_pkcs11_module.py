@@ -1,0 +1,176 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: tokentrust contributors. GNU General Public License v3.0+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: nss_pkcs11_module
+short_description: Register or remove a PKCS#11 module (security device) in many NSS databases in one call
+description:
+  - Registers the token's PKCS#11 library (Gemalto/Thales Classic Client C(gclib) by default, module name C(gem))
+    in the C(pkcs11.txt) of every given NSS database, in-process through tokentrust's cffi bindings to libnss3,
+    as the Load button of Firefox's security devices or C(modutil -add) would.
+  - Idempotent, a module with the same name and library is left alone. A module already registered under
+    another name with the same library is reported (RV(databases[].other_names)), not duplicated.
+  - NSS loads a library to register it, so a library missing on the host cannot be registered; the module warns
+    and skips (O(missing_library=warn)) or fails (O(missing_library=fail)).
+version_added: "1.0.0"
+author: tokentrust contributors
+requirements:
+  - libnss3, libnspr4 on the target
+  - python cffi on the target
+options:
+  databases:
+    description: NSS database directories, or profile entries from M(firefox_profiles_info).
+    type: list
+    elements: raw
+    required: true
+  name:
+    description: Module name shown in Firefox's security devices.
+    type: str
+    default: gem
+  library:
+    description:
+      - Path of the PKCS#11 library on the target. Default per OS, on Linux C(/usr/lib/pkcs11/libgclib.so),
+        on macOS C(/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Libraries/libgclib.dylib).
+    type: path
+  state:
+    description: C(present) registers the module, C(absent) removes it.
+    type: str
+    choices: [present, absent]
+    default: present
+  missing_library:
+    description: What to do when O(library) does not exist on the host and O(state=present).
+    type: str
+    choices: [warn, fail]
+    default: warn
+  backup:
+    description: Copy the database files into a C(tokentrust-backup-<time>) directory of the profile before a change.
+    type: bool
+    default: false
+  fail_fast:
+    description: Stop at the first database that fails instead of completing the others.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+seealso:
+  - module: nss_certificate
+"""
+
+EXAMPLES = r"""
+- name: Register the Gemalto library as security device "gem" in every profile
+  nss_pkcs11_module:
+    databases: "{{ __profiles.profiles }}"
+    name: gem
+    library: /usr/lib/pkcs11/libgclib.so
+    missing_library: fail
+
+- name: Remove it
+  nss_pkcs11_module:
+    databases: ["/home/jean/.mozilla/firefox/abcd.default-esr"]
+    name: gem
+    state: absent
+"""
+
+RETURN = r"""
+databases:
+  description: One entry per database.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path: {description: Database directory., type: str}
+    action:
+      description: >-
+        C(add), C(replace) (same name, other library), C(delete), C(ok), C(registered_under_other_name)
+        or C(skipped_missing_library).
+      type: str
+    other_names: {description: Names under which the same library is already registered., type: list}
+    changed: {description: Whether this database was (or would be) changed., type: bool}
+    restart_needed: {description: The profile is in use by a running Firefox., type: bool}
+    error: {description: Why this database failed (it was left untouched)., type: str}
+library:
+  description: The library path used.
+  returned: always
+  type: str
+  sample: /usr/lib/pkcs11/libgclib.so
+failed_databases:
+  description: Paths of the databases that failed.
+  returned: always
+  type: list
+  elements: str
+"""
+
+import platform
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from ansible.module_utils.tokentrust_provision import InputError, apply_module, normalise_databases
+
+    IMPORT_ERROR = None
+except ImportError:
+    IMPORT_ERROR = traceback.format_exc()
+
+DEFAULT_LIBRARY = {
+    "Linux": "/usr/lib/pkcs11/libgclib.so",
+    "Darwin": "/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Libraries/libgclib.dylib",
+}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            databases=dict(type="list", elements="raw", required=True),
+            name=dict(type="str", default="gem"),
+            library=dict(type="path"),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            missing_library=dict(type="str", choices=["warn", "fail"], default="warn"),
+            backup=dict(type="bool", default=False),
+            fail_fast=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("cffi (python3-cffi)"), exception=IMPORT_ERROR)
+    p = module.params
+    library = p["library"] or DEFAULT_LIBRARY.get(platform.system(), DEFAULT_LIBRARY["Linux"])
+    try:
+        dbs = normalise_databases(p["databases"])
+        results, changed, failed, warnings = apply_module(
+            dbs, p["name"], library, state=p["state"], check_mode=module.check_mode,
+            missing_library=p["missing_library"], backup=p["backup"], fail_fast=p["fail_fast"],
+        )
+    except InputError as exc:
+        module.fail_json(msg="nss_pkcs11_module: %s" % exc, library=library, databases=[], changed=False)
+    for w in warnings:
+        module.warn(w)
+    others = sorted({n for r in results for n in r.get("other_names", [])})
+    if others:
+        module.warn("library %s is already registered under another name (%s) in some databases: not registered "
+                    "again as %r" % (library, ", ".join(others), p["name"]))
+    diff = [
+        {"before_header": "%s/pkcs11.txt (before)" % r["path"], "after_header": "%s/pkcs11.txt (after)" % r["path"],
+         "before": r.get("before", ""), "after": r.get("after", "")}
+        for r in results if r["changed"]
+    ]
+    for r in results:
+        r.pop("before", None)
+        r.pop("after", None)
+    out = dict(changed=changed, databases=results, library=library, failed_databases=failed, diff=diff,
+               changed_databases=sum(1 for r in results if r["changed"]),
+               restart_needed=any(r["restart_needed"] for r in results))
+    if failed:
+        module.fail_json(msg="nss_pkcs11_module failed on %d of %d databases (the others completed): %s" % (
+            len(failed), len(dbs), "; ".join(r["error"] for r in results if r["error"])), **out)
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()

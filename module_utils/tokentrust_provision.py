@@ -1,0 +1,314 @@
+# -*- coding: utf-8 -*-
+# Copyright: tokentrust contributors. GNU General Public License v3.0+
+"""Apply a CA set and a PKCS#11 module to many NSS databases, one database open at a time.
+
+Pure orchestration over tokentrust_nss: decide per database, then act (unless check mode), report per database.
+A failure in one database leaves it untouched (NSSDatabase restores its files) and the others still complete,
+unless fail_fast.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+
+from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError, der_from_bytes, normalize_trust
+
+
+class InputError(ValueError):
+    """Bad module input: reported before any database is opened."""
+
+
+def normalise_databases(databases):
+    """Paths, 'sql:' specs or profile dicts (from firefox_profiles_info) -> list of dicts {path, in_use, owner}."""
+    out = []
+    seen = set()
+    for i, d in enumerate(databases or []):
+        if isinstance(d, dict):
+            path = d.get("nss_db") or d.get("path")
+            if not path:
+                raise InputError("databases[%d]: a profile entry needs 'path' (or 'nss_db')" % i)
+            entry = {"path": path, "in_use": bool(d.get("in_use")), "name": d.get("name"), "kind": d.get("kind")}
+            if d.get("format") == "dbm":
+                entry["format"] = "dbm"
+        else:
+            entry = {"path": str(d), "in_use": False, "name": None, "kind": None}
+        if entry["path"].startswith("sql:"):
+            entry["path"] = entry["path"][4:]
+        entry["path"] = os.path.abspath(os.path.expanduser(entry["path"]))
+        if entry["path"] in seen:
+            continue
+        seen.add(entry["path"])
+        out.append(entry)
+    return out
+
+
+def normalise_certificates(certificates, default_trust="C,,"):
+    """Module input -> list of {name, der, sha256, trust}. Accepts the tokentrust_ca_set entries as they are."""
+    out = []
+    names = set()
+    for i, c in enumerate(certificates or []):
+        if not isinstance(c, dict):
+            raise InputError("certificates[%d]: expected a dict with name and content/pem/path" % i)
+        name = c.get("nickname") or c.get("name")
+        if not name:
+            raise InputError("certificates[%d]: 'name' is required (it becomes the NSS nickname)" % i)
+        data = c.get("content") or c.get("pem")
+        if data is None and c.get("path"):
+            try:
+                with open(c["path"], "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                raise InputError("certificates[%d] (%s): cannot read %s: %s" % (i, name, c["path"], exc)) from None
+        if data is None and c.get("der_path"):
+            with open(c["der_path"], "rb") as f:
+                data = f.read()
+        if data is None:
+            raise InputError("certificates[%d] (%s): give 'content' (PEM text), 'pem' or 'path'" % (i, name))
+        try:
+            der = der_from_bytes(data, "certificates[%d] (%s)" % (i, name))
+            trust = normalize_trust(c.get("trust") or c.get("nss_trust") or default_trust)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        sha256 = hashlib.sha256(der).hexdigest().upper()
+        pin = (c.get("sha256") or "").replace(":", "").upper()
+        if pin and pin != sha256:
+            raise InputError("certificates[%d] (%s): content has SHA-256 %s but the entry says %s" % (i, name, sha256,
+                                                                                                    pin))
+        if name in names:
+            raise InputError("certificates[%d]: nickname %r is used twice in the input" % (i, name))
+        names.add(name)
+        out.append({"name": name, "der": der, "sha256": sha256, "trust": trust})
+    return out
+
+
+def _state_lines(certs):
+    return "".join("%s  %s  %s\n" % (c["nickname"], c["sha256"], c["trust"]) for c in
+                   sorted(certs, key=lambda c: c["nickname"] or ""))
+
+
+def _backup(db, directory):
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    dest = os.path.join(directory, "tokentrust-backup-%s" % stamp)
+    os.mkdir(dest, 0o700)
+    st = os.stat(directory)
+    for name, data in (db.snapshot or {}).items():
+        if data is None:
+            continue
+        p = os.path.join(dest, name)
+        with open(p, "wb") as f:
+            f.write(data)
+        if os.geteuid() == 0:
+            os.chown(p, st.st_uid, st.st_gid)
+    if os.geteuid() == 0:
+        os.chown(dest, st.st_uid, st.st_gid)
+    return dest
+
+
+def _plan_certificates(current, wanted, state, nickname_conflict):
+    """-> list of (action, cert, nickname) with action in add / trust / delete / ok / rename-add."""
+    by_der = {c.der: c for c in current}
+    nick_der = {c.nickname: c.der for c in current}
+    plan = []
+    for w in wanted:
+        have = by_der.get(w["der"])
+        if state == "absent":
+            plan.append(("delete" if have else "ok", w, have.nickname if have else w["name"]))
+            continue
+        if have:
+            plan.append(("ok" if have.trust == w["trust_encoded"] else "trust", w, have.nickname))
+            continue
+        nick = w["name"]
+        if nick in nick_der:
+            if nickname_conflict == "rename":
+                nick = "%s (%s)" % (w["name"], w["sha256"][:8])
+            else:
+                other = [c for c in current if c.nickname == nick][0]
+                raise NSSError("plan", None, name="TT_NICKNAME_TAKEN", text="nickname %r is already used by another "
+                               "certificate (SHA-256 %s, subject %s); set nickname_conflict=rename to import under "
+                               "'%s (%s)'" % (nick, other.sha256, other.subject, nick, w["sha256"][:8]))
+        plan.append(("add", w, nick))
+    return plan
+
+
+def _encoded(trust):
+    # certutil's own rendering of a trust string (C implies c, etc.) without NSS: reorder/normalise letters
+    order = "cpCTPuwIG"
+    fields = []
+    for f in trust.split(","):
+        letters = set(f)
+        if "C" in letters or "T" in letters:
+            letters.discard("c")
+        if "P" in letters:
+            letters.discard("p")
+        fields.append("".join(ch for ch in order if ch in letters))
+    return ",".join(fields)
+
+
+def apply_certificates(databases, certificates, state="present", check_mode=False, nickname_conflict="fail",
+                       backup=False, fail_fast=False, password=None):
+    """Returns (results, changed, failed) with one result dict per database."""
+    wanted = certificates
+    for w in wanted:
+        w["trust_encoded"] = _encoded(w["trust"])
+    results = []
+    any_changed = False
+    failed = []
+    for entry in databases:
+        path = entry["path"]
+        res = {"path": path, "changed": False, "actions": [], "restart_needed": False, "error": None,
+               "created": False, "backup": None}
+        try:
+            res.update(_apply_one(entry, wanted, state, check_mode, nickname_conflict, backup, password))
+        except NSSError as exc:
+            exc.database = exc.database or "sql:%s" % path
+            res["error"] = str(exc) if exc.database in str(exc) else "%s (%s)" % (exc, path)
+            res["error_name"] = exc.name
+            failed.append(path)
+        results.append(res)
+        any_changed = any_changed or res["changed"]
+        if res["error"] and fail_fast:
+            break
+    return results, any_changed, failed
+
+
+def _apply_one(entry, wanted, state, check_mode, nickname_conflict, backup, password):
+    path = entry["path"]
+    exists = os.path.exists(os.path.join(path, "cert9.db"))
+    out = {}
+    if check_mode or (state == "absent" and not exists):
+        if not exists:
+            # nothing to read; a present state would create the database
+            if not os.path.isdir(path):
+                raise NSSError("open", "sql:%s" % path, text="directory %s does not exist" % path)
+            current = []
+        else:
+            with NSSDatabase(path, readonly=True, password=password) as db:
+                current = db.certificates()
+        plan = _plan_certificates(current, wanted, state, nickname_conflict)
+        changes = [p for p in plan if p[0] not in ("ok",)]
+        out["before"] = _state_lines([c.to_dict() for c in current])
+        after = _simulate(current, plan)
+        out["after"] = _state_lines(after)
+        out["actions"] = [{"name": w["name"], "nickname": n, "action": a, "sha256": w["sha256"]} for a, w, n in plan]
+        out["changed"] = bool(changes)
+        out["created"] = not exists and state == "present"
+        out["restart_needed"] = bool(changes) and entry.get("in_use", False)
+        return out
+    with NSSDatabase(path, readonly=False, password=password) as db:
+        current = db.certificates()
+        plan = _plan_certificates(current, wanted, state, nickname_conflict)
+        changes = [p for p in plan if p[0] != "ok"]
+        out["before"] = _state_lines([c.to_dict() for c in current])
+        if changes and backup and not db.created:
+            out["backup"] = _backup(db, path)
+        for action, w, nick in plan:
+            if action in ("add", "trust"):
+                db.add_certificate(w["der"], nick, w["trust"])
+            elif action == "delete":
+                db.delete_certificate(der=w["der"])
+        out["after"] = _state_lines([c.to_dict() for c in db.certificates()])
+        out["created"] = db.created
+    out["actions"] = [{"name": w["name"], "nickname": n, "action": a, "sha256": w["sha256"]} for a, w, n in plan]
+    out["changed"] = bool(changes) or out["created"]
+    out["restart_needed"] = bool(changes) and entry.get("in_use", False)
+    return out
+
+
+def _simulate(current, plan):
+    after = {c.der: c.to_dict() for c in current}
+    for action, w, nick in plan:
+        if action == "add":
+            after[w["der"]] = {"nickname": nick, "sha256": w["sha256"], "trust": w["trust_encoded"]}
+        elif action == "trust":
+            after[w["der"]] = dict(after[w["der"]], trust=w["trust_encoded"])
+        elif action == "delete":
+            after.pop(w["der"], None)
+    return list(after.values())
+
+
+# --------------------------------------------------------------------------------------------- modules
+
+
+def apply_module(databases, name, library, state="present", check_mode=False, missing_library="warn",
+                 backup=False, fail_fast=False):
+    """Register / remove a PKCS#11 module in each database. Returns (results, changed, failed, warnings)."""
+    results, failed, warnings = [], [], []
+    any_changed = False
+    lib_exists = os.path.isfile(library) if library else False
+    if state == "present" and not lib_exists:
+        msg = ("PKCS#11 library %s does not exist on this host: install the middleware (Gemalto/Thales Classic "
+               "Client) first; the module was not registered (NSS must load a library to register it)" % library)
+        if missing_library == "fail":
+            raise InputError(msg)
+        warnings.append(msg)
+    for entry in databases:
+        path = entry["path"]
+        res = {"path": path, "changed": False, "action": "ok", "restart_needed": False, "error": None,
+               "other_names": [], "backup": None}
+        try:
+            res.update(_module_one(entry, name, library, state, check_mode, lib_exists, backup))
+        except NSSError as exc:
+            res["error"] = str(exc)
+            res["error_name"] = exc.name
+            failed.append(path)
+        results.append(res)
+        any_changed = any_changed or res["changed"]
+        if res["error"] and fail_fast:
+            break
+    return results, any_changed, failed, warnings
+
+
+def _module_lines(mods):
+    return "".join("%s  %s\n" % (m["name"], m["library"]) for m in mods if not m["internal"])
+
+
+def _module_one(entry, name, library, state, check_mode, lib_exists, backup):
+    path = entry["path"]
+    exists = os.path.exists(os.path.join(path, "cert9.db"))
+    if not os.path.isdir(path):
+        raise NSSError("open", "sql:%s" % path, text="directory %s does not exist" % path)
+    if state == "present" and not lib_exists:
+        return {"action": "skipped_missing_library"}
+    readonly = check_mode or not exists and state == "absent"
+    if readonly and not exists:
+        mods = []
+        return _module_decide(entry, mods, name, library, state)
+    with NSSDatabase(path, readonly=readonly) as db:
+        mods = db.modules()
+        out = _module_decide(entry, mods, name, library, state)
+        if not readonly and out["changed"]:
+            if backup and not db.created:
+                out["backup"] = _backup(db, path)
+            if out["action"] == "add":
+                db.add_module(name, library)
+            elif out["action"] == "replace":
+                db.delete_module(name)
+                db.add_module(name, library)
+            elif out["action"] == "delete":
+                db.delete_module(name)
+            out["after"] = _module_lines(db.modules())
+    return out
+
+
+def _module_decide(entry, mods, name, library, state):
+    same_name = [m for m in mods if m["name"] == name]
+    same_lib = [m for m in mods if library and m["library"] == library and m["name"] != name]
+    out = {"before": _module_lines(mods), "other_names": [m["name"] for m in same_lib]}
+    if state == "absent":
+        action = "delete" if same_name else "ok"
+    elif same_name and same_name[0]["library"] == library:
+        action = "ok"
+    elif same_lib:
+        action = "registered_under_other_name"
+    elif same_name:
+        action = "replace"
+    else:
+        action = "add"
+    changed = action in ("add", "replace", "delete")
+    after = [m for m in mods if not (m["name"] == name and action in ("delete", "replace"))]
+    if action in ("add", "replace"):
+        after.append({"name": name, "library": library, "internal": False})
+    out.update(action=action, changed=changed, after=_module_lines(after),
+               restart_needed=changed and entry.get("in_use", False))
+    return out
