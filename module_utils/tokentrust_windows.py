@@ -718,6 +718,23 @@ def legacy_match(entries, patterns=DEFAULT_LEGACY_PRODUCTS, exclude_ids=()):
     return out
 
 
+def middleware_checks(entries, product_id=None, patterns=DEFAULT_LEGACY_PRODUCTS, state="present",
+                      role="token_middleware"):
+    """Checks after the run: no legacy product left, our product installed (or removed)."""
+    out = []
+    left = legacy_match(entries, patterns, exclude_ids=[product_id] if product_id else ())
+    out.append(check("no legacy middleware", not left,
+                     "none found" if not left else "still installed: "
+                     + ", ".join(f"{x['display_name']} ({x['product_id']})" for x in left), role))
+    if product_id:
+        have = [e for e in entries or [] if str(e.get("key", "")).casefold() == product_id.casefold()]
+        want = state == "present"
+        name = f"{have[0].get('display_name')} {have[0].get('display_version') or ''}".strip() if have else product_id
+        out.append(check(f"middleware {'installed' if want else 'removed'}", bool(have) == want,
+                         f"{name} {'is' if have else 'is not'} in the Uninstall keys", role))
+    return out
+
+
 def msi_source(src):
     """Kind of an MSI source: url, unc, or controller (a file copied from the controller first)."""
     s = str(src or "")

@@ -517,6 +517,16 @@ def test_legacy_match_without_uninstall_string():
         tw.legacy_match([{"key": "Old", "display_name": "GemSafe Libraries", "view": 32}])
 
 
+def test_middleware_checks():
+    pid = "{AAAAAAAA-2222-3333-4444-555555555555}"
+    checks = tw.middleware_checks(ENTRIES, pid)
+    assert [c["ok"] for c in checks] == [False, True]
+    assert "GemSafe Standard Edition" in checks[0]["detail"] and "Classic Client 7.3.0 is in" in checks[1]["detail"]
+    clean = [e for e in ENTRIES if e["key"] in (pid, "Firefox")]
+    assert all(c["ok"] for c in tw.middleware_checks(clean, pid))
+    assert not tw.middleware_checks(clean, pid, state="absent")[1]["ok"]
+
+
 @pytest.mark.parametrize("src,kind", [
     ("https://repo.example/cc.msi", "url"), ("\\\\srv\\share\\cc.msi", "unc"),
     ("C:\\temp\\cc.msi", "remote"), ("files/cc.msi", "controller"),
