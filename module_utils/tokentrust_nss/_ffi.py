@@ -299,3 +299,21 @@ class _Libs:
 
 
 lib = _Libs()
+
+# ---------------------------------------------------------------------------------------------- token + TLS login
+# (appended for token.py / tls.py; layouts from sslt.h, NSS 3.87)
+ffi.cdef(
+    """
+    /* prefix of SSLChannelInfo (sslt.h): SSL_GetChannelInfo copies min(len, its size) */
+    typedef struct SSLChannelInfoStr {
+        PRUint32 length;
+        PRUint16 protocolVersion;
+        PRUint16 cipherSuite;
+        PRUint32 authKeyBits;
+        PRUint32 keaKeyBits;
+    } SSLChannelInfo;
+    SECStatus SSL_GetChannelInfo(PRFileDesc *fd, SSLChannelInfo *info, unsigned int len);
+    typedef struct SSLVersionRangeStr { PRUint16 min; PRUint16 max; } SSLVersionRange;
+    SECStatus SSL_VersionRangeSet(PRFileDesc *fd, const SSLVersionRange *vrange);
+    """
+)

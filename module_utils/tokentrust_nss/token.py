@@ -1,0 +1,607 @@
+# -*- coding: utf-8 -*-
+# Copyright: tokentrust contributors. GNU General Public License v3.0+
+"""The USB key through NSS: load its PKCS#11 module, find the token, read its PIN state, log in ONCE,
+change the PIN, unblock it with the PUK, list the certificates that have a private key on the token.
+
+    with TokenSession(library, label=None, ca_pems=[...], server_ca_pems=[...]) as ts:
+        tok = ts.token                       # the token (by label, or the only one present)
+        tok.info()                           # label, serial, flags, PIN state, PIN lengths
+        tok.login(pin)                       # guarded: refuses at final try / locked; one attempt at most
+        tok.certificates()                   # certificates with their private key on the token
+
+Guarantees:
+- a PIN (or PUK) is presented to the token at most once per call, and never when the token says the
+  next wrong one would lock it (final try) unless allowed, nor when it is locked: NSS's password
+  callback hands the PIN over once and answers NULL to every retry or later request, so NSS never
+  retries a PIN by itself;
+- PINs are never put into an exception message, a result or a log.
+
+NSS is process-global: the session opens a throw-away NSS database in a temp directory (the CA set and
+the server CAs imported there), loads the module as a user module, and closes everything on exit.
+A PKCS#11 module (SoftHSM2 behind the lab's pin_guard, or the Gemalto library) is per process too:
+one TokenSession per process at a time (Ansible runs each module in its own process).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+
+from ansible.module_utils.tokentrust_nss._ffi import ffi, lib
+from ansible.module_utils.tokentrust_nss.database import (
+    NSSDatabase,
+    _padded,
+    _str,
+    der_from_bytes,
+    token_flags,
+)
+from ansible.module_utils.tokentrust_nss.errors import NSSError, last_error
+
+UTC = datetime.timezone.utc
+
+# Gemalto / Thales Classic Client: where its PKCS#11 library lives per OS
+DEFAULT_MODULES = {
+    "Linux": "/usr/lib/pkcs11/libgclib.so",
+    "Darwin": "/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11ClassicClient/libgclib.dylib",
+}
+# NSS's built-in root CAs (to trust a public test page such as https://services.certeurope.fr/)
+BUILTIN_ROOTS = (
+    "/usr/lib/x86_64-linux-gnu/libnssckbi.so",
+    "/usr/lib/aarch64-linux-gnu/libnssckbi.so",
+    "/usr/lib/x86_64-linux-gnu/nss/libnssckbi.so",
+    "/usr/lib64/libnssckbi.so",
+    "/usr/lib/libnssckbi.so",
+    "/usr/lib/firefox-esr/libnssckbi.so",
+    "/usr/lib/firefox/libnssckbi.so",
+    "/Applications/Firefox.app/Contents/MacOS/libnssckbi.dylib",
+    "/opt/homebrew/lib/libnssckbi.dylib",
+)
+
+CKF_USER_PIN_COUNT_LOW = 0x10000
+CKF_USER_PIN_FINAL_TRY = 0x20000
+CKF_USER_PIN_LOCKED = 0x40000
+CKF_SO_PIN_COUNT_LOW = 0x100000
+CKF_SO_PIN_FINAL_TRY = 0x200000
+CKF_SO_PIN_LOCKED = 0x400000
+CKF_PROTECTED_AUTHENTICATION_PATH = 0x100
+
+
+def default_module(system=None):
+    """The Gemalto Classic Client PKCS#11 library for this OS (None when we know no default)."""
+    return DEFAULT_MODULES.get(system or platform.system())
+
+
+def pin_state(flags, who="user"):
+    """'ok' | 'count_low' | 'final_try' | 'locked' from CK_TOKEN_INFO.flags for the user PIN or the SO PIN (PUK)."""
+    low, final, locked = ((CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED) if who == "user"
+                          else (CKF_SO_PIN_COUNT_LOW, CKF_SO_PIN_FINAL_TRY, CKF_SO_PIN_LOCKED))
+    if flags & locked:
+        return "locked"
+    if flags & final:
+        return "final_try"
+    if flags & low:
+        return "count_low"
+    return "ok"
+
+
+class TokenError(Exception):
+    """A token operation cannot be done or failed. ``kind`` is a stable keyword tests and roles match on.
+
+    kinds: module_missing, module_load, no_token, several_tokens, token_not_found, pin_locked, pin_final_try,
+    puk_locked, puk_final_try, wrong_pin, wrong_puk, pin_rules, login, change, unblock, nss.
+    """
+
+    def __init__(self, kind, message, nss_error=None, **details):
+        self.kind = kind
+        self.message = message
+        self.nss_error = nss_error
+        self.details = details
+        super().__init__(message)
+
+    def to_dict(self):
+        out = {"kind": self.kind, "message": self.message}
+        if self.nss_error:
+            out["nss_error"] = self.nss_error
+        out.update(self.details)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- PIN hand-over
+class _PinSource:
+    """NSS's password callback: the armed PIN once, then NULL for every retry or later request."""
+
+    def __init__(self):
+        self._pin = None
+        self.requests = 0  # how many times NSS asked
+        self.presented = 0  # how many times a PIN was handed over (<= 1 per arm)
+        self._cb = ffi.callback("PK11PasswordFunc", self._callback)
+
+    def _callback(self, slot, retry, arg):
+        self.requests += 1
+        if retry or self._pin is None:
+            return ffi.NULL  # never a second attempt: NSS gives up with the error of the first
+        pin, self._pin = self._pin, None
+        self.presented += 1
+        return lib.nss3.PORT_Strdup(pin)  # NSS zeroes and frees it itself (PORT_Free)
+
+    def arm(self, pin):
+        self._pin = pin.encode("utf-8")
+
+    def disarm(self):
+        self._pin = None
+
+    def install(self):
+        lib.nss3.PK11_SetPasswordFunc(self._cb)
+
+
+_PINS = _PinSource()  # module-level: the cffi callback must outlive every NSS call
+
+
+# ---------------------------------------------------------------------------------------------- certificates
+def _cn(name):
+    from cryptography.x509.oid import NameOID
+
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return attrs[0].value if attrs else name.rfc4514_string()
+
+
+def _key_usage(cert):
+    from cryptography import x509
+
+    out = []
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        for attr in ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+                     "key_agreement", "key_cert_sign", "crl_sign"):
+            if getattr(ku, attr):
+                out.append(attr)
+    except x509.ExtensionNotFound:
+        pass
+    eku = []
+    try:
+        for oid in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value:
+            eku.append(getattr(oid, "_name", None) or oid.dotted_string)
+    except x509.ExtensionNotFound:
+        eku = None
+    return out, eku
+
+
+def _load_ca_set(ca_set):
+    """[(name, cryptography cert)] from the tokentrust_ca_set fact (dicts with name and pem) or bare PEMs."""
+    from cryptography import x509
+
+    out = []
+    for i, ca in enumerate(ca_set or []):
+        if isinstance(ca, dict):
+            name, pem = ca.get("name") or ca.get("nickname") or "CA #%d" % (i + 1), ca.get("pem")
+        else:
+            name, pem = "CA #%d" % (i + 1), ca
+        if not pem:
+            raise TokenError("ca_set", "CA set entry %r has no 'pem': pass the tokentrust_ca_set fact of the "
+                             "ca_certificates role (entries with name, pem, sha256, role)" % name)
+        try:
+            der = der_from_bytes(pem, "CA set entry %r" % name)
+            out.append((name, x509.load_der_x509_certificate(der)))
+        except ValueError as exc:
+            raise TokenError("ca_set", str(exc)) from None
+    return out
+
+
+def check_chain(cert, cas, now=None):
+    """Does `cert` chain to a root of the CA set `cas` ([(name, cert)])? Returns a dict:
+    in_ca_set (bool), chain ([names], issuer first), problem (str or None)."""
+    from ansible.module_utils.tokentrust_ca import verify_signature
+
+    now = now or datetime.datetime.now(UTC)
+    chain = []
+    cur = cert
+    for _depth in range(8):
+        candidates = [(n, c) for n, c in cas if c.subject == cur.issuer]
+        if not candidates:
+            where = "its issuer" if cur is cert else "the issuer of %r" % chain[-1]
+            return {"in_ca_set": False, "chain": chain,
+                    "problem": "%s '%s' is not in the CA set" % (where, cur.issuer.rfc4514_string())}
+        found = None
+        for n, c in candidates:
+            try:
+                verify_signature(cur, c.public_key())
+            except Exception:  # noqa: BLE001 - InvalidSignature, unsupported key: try the next candidate
+                continue
+            found = (n, c)
+            break
+        if found is None:
+            return {"in_ca_set": False, "chain": chain,
+                    "problem": "a CA of the set has the issuer's name (%s) but did not sign it: forged or "
+                    "re-keyed CA" % ", ".join(n for n, _ in candidates)}
+        name, ca = found
+        if ca.not_valid_after_utc < now:
+            return {"in_ca_set": False, "chain": chain + [name],
+                    "problem": "CA %r of the chain expired on %s" % (name, ca.not_valid_after_utc.isoformat())}
+        chain.append(name)
+        if ca.subject == ca.issuer:
+            return {"in_ca_set": True, "chain": chain, "problem": None}
+        cur = ca
+    return {"in_ca_set": False, "chain": chain, "problem": "chain longer than 8 certificates"}
+
+
+def describe_certificate(der, cas=None, now=None):
+    """What the report says about one certificate of the token (pure: cryptography only)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    now = now or datetime.datetime.now(UTC)
+    cert = x509.load_der_x509_certificate(der)
+    na = cert.not_valid_after_utc
+    nb = cert.not_valid_before_utc
+    ku, eku = _key_usage(cert)
+    serial = "%X" % cert.serial_number
+    if len(serial) % 2:
+        serial = "0" + serial
+    out = {
+        "holder": _cn(cert.subject),
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": serial,
+        "not_before": nb.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "not_after": na.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "days_left": (na - now).days,
+        "expired": na < now,
+        "not_yet_valid": nb > now,
+        "key_usage": ku,
+        "extended_key_usage": eku,
+        "client_auth": eku is None or "clientAuth" in eku,
+        "sha256": cert.fingerprint(hashes.SHA256()).hex().upper(),
+    }
+    if cas is not None:
+        out.update(check_chain(cert, cas, now))
+    return out
+
+
+def usable_for_login(desc):
+    """None when a certificate can be used for the test login, else why not."""
+    if desc["expired"]:
+        return "expired on %s" % desc["not_after"]
+    if desc["not_yet_valid"]:
+        return "not valid before %s" % desc["not_before"]
+    if not desc["client_auth"]:
+        return "not for client authentication (extended key usage %s)" % ", ".join(desc["extended_key_usage"])
+    if desc.get("in_ca_set") is False:
+        return "does not chain to the CA set: %s" % desc["problem"]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the token
+class Token:
+    """One token (a present slot) of the loaded module. Holds a slot reference until the session closes."""
+
+    def __init__(self, session, slot):
+        self.session = session
+        self.slot = lib.nss3.PK11_ReferenceSlot(slot)
+        self.label = _str(lib.nss3.PK11_GetTokenName(self.slot))
+        self.slot_name = _str(lib.nss3.PK11_GetSlotName(self.slot))
+        self.logged_in = False
+        self.pin_presentations = 0
+        self.puk_presentations = 0
+
+    def close(self):
+        if self.slot is not None:
+            if self.logged_in:
+                lib.nss3.PK11_Logout(self.slot)
+            lib.nss3.PK11_FreeSlot(self.slot)
+            self.slot = None
+
+    def info(self):
+        """Label, serial, flags (names and value), PIN/PUK states, PIN length bounds: fresh from the token."""
+        ti = ffi.new("CK_TOKEN_INFO *")
+        if lib.nss3.PK11_GetTokenInfo(self.slot, ti) != 0:
+            err = last_error("read token info", self.session.module_path)
+            raise TokenError("nss", "cannot read the token's information (C_GetTokenInfo): %s" % err, err.name)
+        flags = int(ti.flags)
+        return {
+            "label": _padded(ti.label),
+            "manufacturer": _padded(ti.manufacturerID),
+            "model": _padded(ti.model),
+            "serial": _padded(ti.serialNumber),
+            "flags": token_flags(flags),
+            "flags_value": flags,
+            "user_pin": pin_state(flags, "user"),
+            "so_pin": pin_state(flags, "so"),
+            "min_pin_len": int(ti.ulMinPinLen),
+            "max_pin_len": int(ti.ulMaxPinLen),
+            "protected_authentication_path": bool(flags & CKF_PROTECTED_AUTHENTICATION_PATH),
+            "slot": self.slot_name,
+        }
+
+    # -------------------------------------------------------------- guards
+    def guard(self, who="user", allow_final_try=False):
+        """Refuse (TokenError) when presenting a PIN (who='user') or PUK (who='so') could lock the token or
+        when it is locked. Returns warnings (count low; final try allowed)."""
+        info = self.info()
+        state = info["user_pin" if who == "user" else "so_pin"]
+        what = "PIN" if who == "user" else "PUK (SO PIN)"
+        kind = "pin" if who == "user" else "puk"
+        warns = []
+        if state == "locked":
+            more = (" Unblock it with the PUK (tokentrust: pkcs11_pin action=unblock)." if who == "user" else
+                    " A locked PUK cannot be unblocked: the key must be replaced (contact the CA).")
+            raise TokenError(kind + "_locked", "the %s of token %r is locked: no attempt was made.%s"
+                             % (what, self.label, more), token=info)
+        if state == "final_try":
+            msg = ("the token %r says the next wrong %s locks it (final try)" % (self.label, what))
+            if not allow_final_try:
+                raise TokenError(kind + "_final_try", msg + ": no attempt was made. Check the %s with its holder, "
+                                 "then run again with allow_final_try=true (one attempt)." % what, token=info)
+            warns.append(msg + "; presenting it anyway (allow_final_try=true)")
+        elif state == "count_low":
+            warns.append("the token %r reports wrong %s attempts since the last success (count low): "
+                         "check the %s before trying again" % (self.label, what, what))
+        return warns
+
+    # -------------------------------------------------------------- login
+    def login(self, pin, allow_final_try=False):
+        """Log in with the user PIN: at most one presentation. Returns warnings."""
+        if not pin:
+            raise TokenError("pin_rules", "no PIN given: set the PIN (vault variable or prompt)")
+        warns = self.guard("user", allow_final_try)
+        if not lib.nss3.PK11_NeedLogin(self.slot):
+            warns.append("token %r needs no login (CKF_LOGIN_REQUIRED not set): PIN not used" % self.label)
+            return warns
+        if lib.nss3.PK11_IsLoggedIn(self.slot, ffi.NULL):
+            self.logged_in = True
+            return warns
+        before = _PINS.presented
+        _PINS.arm(pin)
+        try:
+            rv = lib.nss3.PK11_Authenticate(self.slot, 1, ffi.NULL)
+            err = last_error("log in", self.session.module_path) if rv != 0 else None
+        finally:
+            _PINS.disarm()
+        presented = _PINS.presented - before
+        self.pin_presentations += presented
+        if rv == 0 and lib.nss3.PK11_IsLoggedIn(self.slot, ffi.NULL):
+            self.logged_in = True
+            return warns
+        if not presented:
+            raise TokenError("login", "log in to token %r failed before the PIN was presented (no attempt used): %s"
+                             % (self.label, err), err.name if err else None)
+        raise self._pin_error("user", err, "log in")
+
+    def _pin_error(self, who, err, op):
+        """A TokenError for a failed PIN/PUK presentation, with the token's state read right after."""
+        try:
+            info = self.info()
+        except TokenError:
+            info = None
+        what = "PIN" if who == "user" else "PUK (SO PIN)"
+        kind = "pin" if who == "user" else "puk"
+        state = info["user_pin" if who == "user" else "so_pin"] if info else "unknown"
+        name = err.name if err else None
+        if name in ("SEC_ERROR_BAD_PASSWORD", "SEC_ERROR_INVALID_PASSWORD") or (
+                state in ("count_low", "final_try") and name != "SEC_ERROR_LOCKED_PASSWORD"):
+            after = {"count_low": "wrong attempts recorded", "final_try": "the next wrong %s locks it" % what,
+                     "locked": "it is now LOCKED"}.get(state, state)
+            if state == "locked":
+                return TokenError(kind + "_locked", "wrong %s for token %r (one attempt used): %s"
+                                  % (what, self.label, after), name, token=info)
+            return TokenError("wrong_" + kind, "wrong %s for token %r: one attempt used and not retried; token "
+                              "state now: %s" % (what, self.label, after), name, token=info)
+        if state == "locked" or name == "SEC_ERROR_LOCKED_PASSWORD":
+            return TokenError(kind + "_locked", "the %s of token %r is locked" % (what, self.label), name,
+                              token=info)
+        return TokenError(op.split()[0] if op != "log in" else "login", "%s on token %r failed: %s"
+                          % (op, self.label, err or "unknown error"), name, token=info)
+
+    # -------------------------------------------------------------- PIN change / unblock
+    def change_pin(self, old_pin, new_pin, allow_final_try=False):
+        """C_SetPIN(old, new): one presentation of the old PIN. Returns warnings."""
+        warns = self.guard("user", allow_final_try)
+        self.pin_presentations += 1
+        rv = lib.nss3.PK11_ChangePW(self.slot, old_pin.encode("utf-8"), new_pin.encode("utf-8"))
+        if rv != 0:
+            raise self._pin_error("user", last_error("change PIN", self.session.module_path), "change PIN")
+        return warns
+
+    def unblock(self, puk, new_pin, allow_final_try=False):
+        """SO login with the PUK, then C_InitPIN(new PIN): one presentation of the PUK. Returns warnings."""
+        warns = self.guard("so", allow_final_try)
+        self.puk_presentations += 1
+        rv = lib.nss3.PK11_InitPin(self.slot, puk.encode("utf-8"), new_pin.encode("utf-8"))
+        if rv != 0:
+            raise self._pin_error("so", last_error("unblock PIN", self.session.module_path), "unblock PIN")
+        return warns
+
+    # -------------------------------------------------------------- certificates
+    def certificates(self, cas=None, now=None):
+        """Certificates on the token; `has_key` says whether the private key is there too (needs login:
+        private keys are private objects). Returns [(description dict, CERTCertificate* dup)]; the handles
+        are owned by the session and destroyed when it closes."""
+        certs = lib.nss3.PK11_ListCertsInSlot(self.slot)
+        if certs == ffi.NULL:
+            err = last_error("list certificates", self.session.module_path)
+            if err.name == "SEC_ERROR_NO_MODULE" or err.code == 0:
+                return []
+            raise TokenError("nss", "cannot list the certificates of token %r: %s" % (self.label, err), err.name)
+        out = []
+        try:
+            head = ffi.addressof(certs.list)
+            node = ffi.cast("CERTCertListNode *", certs.list.next)
+            while ffi.cast("PRCList *", node) != head:
+                cert = node.cert
+                der = bytes(ffi.buffer(cert.derCert.data, cert.derCert.len))
+                desc = describe_certificate(der, cas, now)
+                desc["nickname"] = _str(ffi.cast("char *", node.appData)) if node.appData != ffi.NULL else None
+                key = lib.nss3.PK11_FindPrivateKeyFromCert(self.slot, cert, ffi.NULL)
+                desc["has_key"] = key != ffi.NULL
+                if key != ffi.NULL:
+                    lib.nss3.SECKEY_DestroyPrivateKey(key)
+                dup = lib.nss3.CERT_DupCertificate(cert)
+                self.session._certs.append(dup)
+                out.append((desc, dup))
+                node = ffi.cast("CERTCertListNode *", node.links.next)
+        finally:
+            lib.nss3.CERT_DestroyCertList(certs)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- the session
+class TokenSession:
+    """Temp NSS database + the PKCS#11 module loaded as a user module + the token found on it.
+
+    library: path of the PKCS#11 module. label: the token's label (None: the only token present).
+    ca_pems: CA set certificates (PEM/DER) imported without trust (chain building for client auth).
+    server_ca_pems: CAs trusted to identify TLS servers (trust C,,). builtin_roots: also trust NSS's built-in
+    root CAs (libnssckbi) for servers.
+    """
+
+    MODULE_NAME = "tokentrust token"
+
+    def __init__(self, library, label=None, ca_pems=(), server_ca_pems=(), builtin_roots=False):
+        self.module_path = library
+        self.label = label
+        self.ca_pems = list(ca_pems or [])
+        self.server_ca_pems = list(server_ca_pems or [])
+        self.builtin_roots = builtin_roots
+        self.builtin_roots_loaded = None
+        self._tmp = None
+        self._db = None
+        self._mods = []
+        self._certs = []
+        self.token = None
+        self.tokens = []
+
+    # ------------------------------------------------------------------ open / close
+    def __enter__(self):
+        lib_path = self.module_path
+        if not lib_path:
+            raise TokenError("module_missing", "no PKCS#11 module path: set `module` (the Gemalto Classic Client "
+                             "library has no default on %s)" % platform.system())
+        if not os.path.exists(lib_path):
+            raise TokenError("module_missing", "PKCS#11 module %s does not exist on this host: install the token "
+                             "middleware (Gemalto/Thales Classic Client) or set `module` to its library"
+                             % lib_path, module=lib_path)
+        if not os.path.isfile(lib_path):
+            raise TokenError("module_missing", "PKCS#11 module %s is not a file" % lib_path, module=lib_path)
+        self._tmp = tempfile.mkdtemp(prefix="tokentrust-nss-")
+        try:
+            self._db = NSSDatabase(self._tmp, readonly=False)
+            self._db.__enter__()
+            _PINS.disarm()
+            _PINS.install()
+            self._import_cas()
+            if self.builtin_roots:
+                self.builtin_roots_loaded = self._load_builtin_roots()
+            mod = self._load(lib_path, self.MODULE_NAME)
+            self._find_token(mod)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        _PINS.disarm()
+        try:
+            if lib.nss3.NSS_IsInitialized():
+                lib.ssl3.SSL_ClearSessionCache()
+            for c in self._certs:
+                lib.nss3.CERT_DestroyCertificate(c)
+            self._certs = []
+            for t in self.tokens:
+                t.close()
+            self.tokens = []
+            self.token = None
+            for m in reversed(self._mods):
+                lib.nss3.SECMOD_UnloadUserModule(m)
+                lib.nss3.SECMOD_DestroyModule(m)
+            self._mods = []
+            if self._db is not None:
+                db, self._db = self._db, None
+                try:
+                    db.__exit__(None, None, None)
+                except NSSError:
+                    if exc_type is None:
+                        raise
+        finally:
+            if self._tmp:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                self._tmp = None
+        return False
+
+    def _import_cas(self):
+        seen = set()
+        for i, pem in enumerate(self.server_ca_pems):
+            der = self._der(pem, "server CA #%d" % (i + 1))
+            seen.add(der)
+            self._db.add_certificate(der, "tokentrust server CA %d" % (i + 1), "C,,")
+        for i, pem in enumerate(self.ca_pems):
+            der = self._der(pem, "CA set entry #%d" % (i + 1))
+            if der in seen:
+                continue
+            seen.add(der)
+            self._db.add_certificate(der, "tokentrust CA set %d" % (i + 1), ",,")
+
+    @staticmethod
+    def _der(pem, what):
+        try:
+            return der_from_bytes(pem, what)
+        except ValueError as exc:
+            raise TokenError("ca_set", str(exc)) from None
+
+    def _load(self, path, name):
+        spec = 'library="%s" name="%s"' % (path.replace('"', '\\"'), name)
+        buf = ffi.new("char[]", spec.encode())
+        mod = lib.nss3.SECMOD_LoadUserModule(buf, ffi.NULL, 0)
+        if mod == ffi.NULL:
+            err = last_error("load module", path)
+            raise TokenError("module_load", "NSS could not load the PKCS#11 module %s: %s" % (path, err), err.name,
+                             module=path)
+        if not mod.loaded:
+            err = last_error("load module", path)
+            lib.nss3.SECMOD_DestroyModule(mod)
+            raise TokenError("module_load", "NSS could not load %s as a PKCS#11 module (%s): is it the token "
+                             "middleware's PKCS#11 library, for this architecture?" % (path, err.name or err),
+                             err.name, module=path)
+        self._mods.append(mod)
+        return mod
+
+    def _load_builtin_roots(self):
+        for p in BUILTIN_ROOTS:
+            if os.path.exists(p):
+                self._load(p, "tokentrust builtin roots")
+                return p
+        return None
+
+    def _find_token(self, mod):
+        present = []
+        for i in range(mod.slotCount):
+            slot = mod.slots[i]
+            if lib.nss3.PK11_IsPresent(slot):
+                present.append(Token(self, slot))
+        self.tokens = present
+        labels = [t.label for t in present]
+        if not present:
+            raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty): plug in "
+                             "the key (and check the reader), then run again" % (self.module_path, mod.slotCount),
+                             module=self.module_path)
+        if self.label:
+            match = [t for t in present if t.label == self.label]
+            if not match:
+                raise TokenError("token_not_found", "no token labelled %r on %s; present: %s"
+                                 % (self.label, self.module_path, ", ".join(repr(x) for x in labels)),
+                                 present=labels)
+            if len(match) > 1:
+                raise TokenError("several_tokens", "%d tokens labelled %r are present: plug in one key at a time"
+                                 % (len(match), self.label), present=labels)
+            self.token = match[0]
+        elif len(present) > 1:
+            raise TokenError("several_tokens", "%d tokens are present (%s): set the token label to choose one, or "
+                             "plug in one key at a time" % (len(present), ", ".join(repr(x) for x in labels)),
+                             present=labels)
+        else:
+            self.token = present[0]
+        return self.token
+
+    @property
+    def pin_requests(self):
+        return _PINS.requests
