@@ -11,6 +11,9 @@ symlink, except a copied `firefox-esr` binary, so /proc/self/exe points into the
 `distribution/` dir) and writes policies.json there. If a system policies.json exists, it would win
 over ours: the test then skips instead of touching it.
 
+The precedence itself is proven without touching /etc either: Firefox runs in a private mount
+namespace (`unshare -m`) where /etc is an overlay whose upper dir holds firefox/policies/policies.json.
+
 Trust bits: Firefox ESR 153 bundles NSS >= 3.115, which stores trust as PKCS#11 3.2 CKO_TRUST objects;
 Debian 12's certutil (NSS 3.87) does not understand them and shows ",,". The trust check therefore
 runs certutil against Firefox's own NSS libraries (LD_LIBRARY_PATH=<firefox dir>).
@@ -68,14 +71,19 @@ def modutil_list(profile):
     return p.stdout
 
 
-def run_firefox_until(farm, profile, done, timeout=90):
-    """Start headless Firefox on `profile`; poll `done()` until true or timeout; quit gracefully (SIGTERM)."""
+def run_firefox_until(farm, profile, done, timeout=90, etc_upper=None):
+    """Start headless Firefox on `profile`; poll `done()` until true or timeout; quit gracefully (SIGTERM).
+
+    `etc_upper`: run Firefox in a private mount namespace where /etc is an overlay with this upper dir,
+    so files put there (e.g. firefox/policies/policies.json) exist for this Firefox only.
+    """
     env = dict(os.environ, MOZ_HEADLESS="1", MOZ_CRASHREPORTER_DISABLE="1")
     env.pop("DISPLAY", None)
     log = open(os.path.join(os.path.dirname(profile), os.path.basename(profile) + ".log"), "wb")
-    proc = subprocess.Popen(
-        [os.path.join(farm, "firefox-esr"), "--headless", "--no-remote", "-profile", profile, "about:blank"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [os.path.join(farm, "firefox-esr"), "--headless", "--no-remote", "-profile", profile, "about:blank"]
+    if etc_upper:
+        cmd = overlay_etc_cmd(etc_upper, cmd)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     ok = False
     try:
         deadline = time.monotonic() + timeout
@@ -98,6 +106,23 @@ def run_firefox_until(farm, profile, done, timeout=90):
                 proc.wait(timeout=10)
         log.close()
     return ok
+
+
+def overlay_etc_cmd(upper, cmd):
+    work = upper.rstrip("/") + ".work"
+    os.makedirs(work, exist_ok=True)
+    script = ('mount -t overlay overlay -o lowerdir=/etc,upperdir="$1",workdir="$2" /etc && shift 2 && exec "$@"')
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", upper, work, *cmd]
+
+
+def can_overlay_etc(tmp):
+    upper = os.path.join(tmp, "probe-upper")
+    os.makedirs(upper)
+    try:
+        p = subprocess.run(overlay_etc_cmd(upper, ["true"]), capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return p.returncode == 0
 
 
 @pytest.fixture
@@ -156,3 +181,36 @@ def test_new_profile_gets_ca_and_module_from_policies(tmp_path, ca):
     pem = subprocess.run(["certutil", "-L", "-d", f"sql:{profile}", "-n", nick, "-a"], capture_output=True,
                          timeout=30).stdout
     assert pem.replace(b"\r\n", b"\n").strip() == ca_cert.pem.strip()
+
+
+def test_system_policies_win_over_distribution(tmp_path, ca):
+    """/etc/firefox/policies/policies.json (here in a private /etc overlay) is read INSTEAD of distribution/."""
+    from lab.pki import make_ca
+
+    if not shutil.which("unshare") or not can_overlay_etc(str(tmp_path)):
+        pytest.skip("cannot make a private mount namespace with an /etc overlay here")
+    dist_ca_path, _ = ca
+    sys_ca = make_ca("System Policies CA")
+    sys_ca_path = tmp_path / "system-policies-ca.pem"
+    sys_ca_path.write_bytes(sys_ca.pem)
+    farm = make_farm(str(tmp_path / "firefox"))
+    upper = str(tmp_path / "etc-upper")
+
+    r = run_module("firefox_policies", {"location": "distribution", "install_dir": farm,
+                                        "certificates": [dist_ca_path], "devices": {"gem": SOFTHSM}})
+    assert r["changed"] is True
+    r = run_module("firefox_policies", {"path": os.path.join(upper, "firefox/policies/policies.json"),
+                                        "certificates": [str(sys_ca_path)]})
+    assert r["changed"] is True
+    assert not os.path.exists(SYSTEM_POLICIES), "the real /etc must not be touched"
+
+    profile = str(tmp_path / "profile")
+    os.mkdir(profile)
+    sys_nick = "System Policies CA - tokentrust lab"
+    assert run_firefox_until(farm, profile, lambda: sys_nick in certutil_list(profile), etc_upper=upper), (
+        "Firefox did not import the CA of /etc/firefox/policies/policies.json:\n" + certutil_list(profile))
+    listing = certutil_list(profile)
+    assert sys_nick in listing
+    assert "Policy Path Test CA" not in listing, "distribution/policies.json must not be read when /etc has one"
+    assert SOFTHSM not in modutil_list(profile)
+    assert not os.path.exists(SYSTEM_POLICIES)
