@@ -111,10 +111,7 @@ notes:
     run reports no change and works offline.
   - A pin mismatch on any source is fatal at once (the other URLs are not tried), because either the pin is
     wrong or the source is compromised, and a human has to look.
-seealso:
-  - name: CA certificates documentation
-    description: How the CA set works and how to obtain and check a pin (docs/ca-certificates.md).
-    link: https://github.com/tokentrust/tokentrust/blob/main/docs/ca-certificates.md
+  - How the CA set works and how an admin obtains and checks a pin is explained in docs/ca-certificates.md.
 """
 
 EXAMPLES = r"""
