@@ -44,7 +44,8 @@ def _reg_values(reg_stat_result):
     """{name: raw_value} of a win_reg_stat result on a key (empty when the key is missing)."""
     if not reg_stat_result or not reg_stat_result.get("exists"):
         return {}
-    return {k: v.get("raw_value", v.get("value")) for k, v in (reg_stat_result.get("properties") or {}).items()}
+    props = reg_stat_result.get("properties") or {}
+    return {k: v.get("raw_value", v.get("value")) for k, v in props.items() if k and k.lower() != "(default)"}
 
 
 class FilterModule:
