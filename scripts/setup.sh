@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(libnss3 libnss3-tools firefox-esr softhsm2 opensc gcc libc6-dev python3-venv)
+APT_PACKAGES=(libnss3 libnss3-tools firefox-esr softhsm2 opensc openssl gcc libc6-dev python3-venv)
 STAMP_DIR=.stamps
 VENV=.venv
 
