@@ -131,7 +131,7 @@ def _plan_certificates(current, wanted, state, nickname_conflict):
     return plan
 
 
-def _encoded(trust):
+def encoded_trust(trust):
     # certutil's own rendering of a trust string (C implies c, etc.) without NSS: reorder/normalise letters
     order = "cpCTPuwIG"
     fields = []
@@ -150,7 +150,7 @@ def apply_certificates(databases, certificates, state="present", check_mode=Fals
     """Returns (results, changed, failed) with one result dict per database."""
     wanted = certificates
     for w in wanted:
-        w["trust_encoded"] = _encoded(w["trust"])
+        w["trust_encoded"] = encoded_trust(w["trust"])
     results = []
     any_changed = False
     failed = []

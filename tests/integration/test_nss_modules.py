@@ -166,3 +166,27 @@ def test_module_missing_library(profiles):
     r = run_module("nss_pkcs11_module", dict(args, missing_library="fail"))
     assert r["failed"] is True and "does not exist on this host" in r["msg"]
     assert all(not os.listdir(d) for d in profiles)
+
+
+def test_nss_info_reads_and_compares(profiles, ca_set):
+    run_module("nss_certificate", {"databases": profiles[:1], "certificates": ca_set})
+    run_module("nss_pkcs11_module", {"databases": profiles[:1], "name": "gem", "library": SOFTHSM})
+    with open(os.path.join(profiles[1], "cert9.db"), "wb") as f:
+        f.write(b"")
+    before = snapshot(profiles[0])
+    r = run_module("nss_info", {"databases": profiles[:2], "expected_certificates": ca_set,
+                                "expected_module": {"name": "gem", "library": SOFTHSM}}, check=True)
+    assert r["changed"] is False
+    good, bad = r["databases"]
+    assert good["compliant"] is True and good["module_ok"] is True
+    assert {c["nickname"]: c["trust"] for c in good["certificates"]} == EXPECTED
+    assert [m["name"] for m in good["modules"]] == ["gem"]
+    assert bad["compliant"] is False and "is empty" in bad["error"]
+    assert snapshot(profiles[0]) == before
+    # a wrong trust and a missing certificate are named
+    run_module("nss_certificate", {"databases": profiles[:1], "certificates": ca_set[:1], "state": "absent"})
+    wrong = [dict(c, nss_trust="CT,C,C") if c["name"] == "Lab Root CA" else c for c in ca_set]
+    r = run_module("nss_info", {"databases": profiles[:1], "expected_certificates": wrong})
+    db = r["databases"][0]
+    assert db["missing"] == [ca_set[0]["name"]] and db["wrong_trust"] == ["Lab Root CA"]
+    assert db["compliant"] is False

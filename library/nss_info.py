@@ -1,0 +1,134 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: tokentrust contributors. GNU General Public License v3.0+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: nss_info
+short_description: Read the certificates and PKCS#11 modules of many NSS databases (read-only)
+description:
+  - Opens every given NSS database read-only, in-process through tokentrust's cffi bindings to libnss3, and returns
+    its certificates (nickname, SHA-256, subject, issuer, validity, trust as C(certutil -L) prints it) and its
+    PKCS#11 modules (name, library, slots and tokens with their flags).
+  - Optionally compares each database with an expected CA set and module, for reports and verification.
+  - Never writes anything; a database that cannot be read is reported with its error and the others still are.
+version_added: "1.0.0"
+author: tokentrust contributors
+requirements:
+  - libnss3, libnspr4 on the target
+  - python cffi on the target
+options:
+  databases:
+    description: NSS database directories, or profile entries from M(firefox_profiles_info).
+    type: list
+    elements: raw
+    required: true
+  expected_certificates:
+    description:
+      - CA set to compare with (entries with C(name), C(sha256) and C(nss_trust) or C(trust), such as the
+        C(tokentrust_ca_set) fact). Each database then gets RV(databases[].compliant).
+    type: list
+    elements: dict
+    default: []
+  expected_module:
+    description: Module expected in each database, as C(name) and C(library).
+    type: dict
+attributes:
+  check_mode:
+    support: full
+    details: The module never changes anything.
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: What every profile trusts, compared with the CA set
+  nss_info:
+    databases: "{{ __profiles.profiles }}"
+    expected_certificates: "{{ tokentrust_ca_set }}"
+    expected_module: {name: gem, library: /usr/lib/pkcs11/libgclib.so}
+  register: __nss
+"""
+
+RETURN = r"""
+databases:
+  description: One entry per database.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path: {description: Database directory., type: str}
+    certificates: {description: Certificates with nickname, sha256, subject, issuer, not_after, trust., type: list}
+    modules: {description: External PKCS#11 modules with name, library and slots., type: list}
+    missing: {description: Expected certificates absent from the database (names)., type: list}
+    wrong_trust: {description: Expected certificates present with another trust (names)., type: list}
+    module_ok: {description: The expected module is registered with the expected library., type: bool}
+    compliant: {description: Nothing missing, no wrong trust, module registered (when expected)., type: bool}
+    error: {description: Why the database could not be read., type: str}
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError
+    from ansible.module_utils.tokentrust_provision import InputError, encoded_trust, normalise_databases
+
+    IMPORT_ERROR = None
+except ImportError:
+    IMPORT_ERROR = traceback.format_exc()
+
+
+def read_one(path, expected, module_spec):
+    res = {"path": path, "certificates": [], "modules": [], "missing": [], "wrong_trust": [], "module_ok": None,
+           "compliant": False, "error": None}
+    try:
+        with NSSDatabase(path, readonly=True) as db:
+            certs = [c.to_dict() for c in db.certificates()]
+            mods = [m for m in db.modules() if not m["internal"]]
+    except NSSError as exc:
+        res["error"] = str(exc)
+        return res
+    res["certificates"] = certs
+    res["modules"] = mods
+    by_fp = {c["sha256"]: c for c in certs}
+    for e in expected:
+        fp = (e.get("sha256") or "").replace(":", "").upper()
+        have = by_fp.get(fp)
+        if have is None:
+            res["missing"].append(e.get("name"))
+        elif encoded_trust(e.get("nss_trust") or e.get("trust") or "C,,") != have["trust"]:
+            res["wrong_trust"].append(e.get("name"))
+    if module_spec:
+        res["module_ok"] = any(m["name"] == module_spec.get("name") and
+                               (not module_spec.get("library") or m["library"] == module_spec["library"])
+                               for m in mods)
+    res["compliant"] = not res["missing"] and not res["wrong_trust"] and res["module_ok"] is not False
+    return res
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            databases=dict(type="list", elements="raw", required=True),
+            expected_certificates=dict(type="list", elements="dict", default=[]),
+            expected_module=dict(type="dict"),
+        ),
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("cffi (python3-cffi)"), exception=IMPORT_ERROR)
+    try:
+        dbs = normalise_databases(module.params["databases"])
+    except InputError as exc:
+        module.fail_json(msg="nss_info: %s" % exc)
+    results = [read_one(d["path"], module.params["expected_certificates"], module.params["expected_module"])
+               for d in dbs]
+    module.exit_json(changed=False, databases=results,
+                     compliant=all(r["compliant"] for r in results) if results else False)
+
+
+if __name__ == "__main__":
+    main()
