@@ -605,3 +605,175 @@ class TokenSession:
     @property
     def pin_requests(self):
         return _PINS.requests
+
+
+# ---------------------------------------------------------------------------------------------- the two jobs
+def _public_token(info):
+    keep = ("label", "manufacturer", "model", "serial", "flags", "flags_value", "user_pin", "so_pin", "min_pin_len",
+            "max_pin_len")
+    return {k: info[k] for k in keep if k in info} if info else None
+
+
+def _matches(desc, selector):
+    s = selector.strip()
+    hexsel = s.replace(":", "").upper()
+    return (hexsel == desc["sha256"] or s == desc.get("nickname") or (desc.get("nickname") or "").endswith(":" + s)
+            or s.lower() == desc["holder"].lower() or s.lower() in (desc.get("nickname") or "").lower())
+
+
+def choose_certificate(descs, selector=None):
+    """(index, warning) of the certificate to log in with: `selector` (SHA-256, label, holder) or the usable one
+    with the most days left. (None, reason) when there is none."""
+    if selector:
+        found = [i for i, d in enumerate(descs) if _matches(d, selector)]
+        if not found:
+            return None, "no certificate with a key on the token matches %r" % selector
+        i = found[0]
+        why = usable_for_login(descs[i])
+        return i, ("the chosen certificate %s is not usable (%s): trying it anyway" % (descs[i]["holder"], why)
+                   if why else None)
+    usable = [i for i, d in enumerate(descs) if usable_for_login(d) is None]
+    if not usable:
+        if not descs:
+            return None, "the token holds no certificate with its private key"
+        return None, "no certificate on the token is usable: " + "; ".join(
+            "%s (%s): %s" % (d["holder"], d["issuer"], usable_for_login(d)) for d in descs)
+    return max(usable, key=lambda i: descs[i]["days_left"]), None
+
+
+def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_pems=(), builtin_roots=True,
+                 allow_final_try=False, certificate=None, tls=True, timeout=20, body_bytes=1024, min_days_left=30,
+                 check_mode=False, tls_max=None, now=None):
+    """The whole test login. Returns a report dict; never raises for token/TLS problems (see report['error'])
+    and never contains the PIN. report['ok'] is True only when everything passed."""
+    from ansible.module_utils.tokentrust_nss.tls import TLSError, https_get
+
+    rep = {"ok": False, "pkcs11_module": module_path, "token": None, "pin_state_before": None, "logged_in": False,
+           "pin_attempts": 0, "certificates": [], "other_certificates": 0, "login_certificate": None, "holder": None,
+           "not_after": None, "days_left": None, "tls": None, "error": None, "problems": [], "warnings": [],
+           "check_mode": bool(check_mode)}
+    try:
+        cas = _load_ca_set(ca_set) if ca_set is not None else None
+        pems = [ca["pem"] if isinstance(ca, dict) else ca for ca in (ca_set or [])]
+        with TokenSession(module_path, label, ca_pems=pems, server_ca_pems=server_ca_pems,
+                          builtin_roots=builtin_roots and tls and not check_mode) as ts:
+            tok = ts.token
+            info = tok.info()
+            rep["pin_state_before"] = info["user_pin"]
+            rep["token"] = _public_token(info)
+            try:
+                if check_mode:
+                    rep["warnings"] += [w + " (check mode: no PIN presented)" for w in
+                                        tok.guard("user", allow_final_try)]
+                else:
+                    rep["warnings"] += tok.login(pin, allow_final_try)
+                    rep["logged_in"] = tok.logged_in
+            finally:
+                rep["pin_attempts"] = tok.pin_presentations
+            pairs = tok.certificates(cas, now)
+            with_key = [(d, h) for d, h in pairs if d["has_key"] or check_mode]
+            rep["other_certificates"] = len(pairs) - len(with_key)
+            descs = [d for d, _ in with_key]
+            for d in descs:
+                d["usable"] = usable_for_login(d) is None
+                if check_mode:
+                    d["has_key"] = None  # private keys are private objects: not visible without login
+                if d["expired"]:
+                    rep["problems"].append("certificate %s (issuer %s) expired on %s"
+                                           % (d["holder"], d["issuer"], d["not_after"]))
+                elif d.get("in_ca_set") is False:
+                    rep["problems"].append("certificate %s (issuer %s) does not chain to the CA set: %s"
+                                           % (d["holder"], d["issuer"], d["problem"]))
+                elif min_days_left and d["days_left"] < min_days_left:
+                    rep["warnings"].append("certificate %s (issuer %s) expires in %d days (%s): renew it"
+                                           % (d["holder"], d["issuer"], d["days_left"], d["not_after"]))
+            rep["certificates"] = descs
+            idx, why = choose_certificate(descs, certificate)
+            if why and idx is None:
+                rep["problems"].append(why)
+            elif why:
+                rep["warnings"].append(why)
+            if idx is not None:
+                chosen = descs[idx]
+                rep["login_certificate"] = {k: chosen[k] for k in ("holder", "subject", "issuer", "serial",
+                                                                    "not_after", "days_left", "sha256", "nickname")}
+                rep["holder"], rep["not_after"], rep["days_left"] = (chosen["holder"], chosen["not_after"],
+                                                                     chosen["days_left"])
+                if tls and url and not check_mode:
+                    rep["tls"] = https_get(url, with_key[idx][1], timeout=timeout, max_body=body_bytes,
+                                           holder=chosen["holder"], tls_max=tls_max)
+                    st = rep["tls"]["status"]
+                    if st != 200:
+                        rep["problems"].append("the test page %s answered HTTP %d %s" % (url, st, rep["tls"]["reason"]))
+                    elif not rep["tls"]["page"]["holder_found"]:
+                        rep["warnings"].append("the test page answered 200 but does not show the holder's name %r"
+                                               % chosen["holder"])
+            info = tok.info()
+            rep["token"] = _public_token(info)
+    except TokenError as e:
+        rep["error"] = e.to_dict()
+        if "token" in rep["error"]:
+            rep["token"] = _public_token(rep["error"].pop("token"))
+    except TLSError as e:
+        rep["error"] = e.to_dict()
+    except NSSError as e:
+        rep["error"] = {"kind": "nss", "message": str(e), "nss_error": e.name}
+    rep["ok"] = rep["error"] is None and not rep["problems"] and not check_mode
+    return rep
+
+
+def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None, new_pin_confirm=None,
+               allow_final_try=False, charset="printable", min_len=None, max_len=None, reject_weak=False,
+               check_mode=False):
+    """action 'change' (pin -> new_pin) or 'unblock' (puk, new_pin). Returns a report dict (never with a PIN);
+    report['error'] set on failure, report['changed'] True when the token was changed."""
+    from ansible.module_utils.tokentrust_pin import bounds, check_new_pin
+
+    rep = {"changed": False, "action": action, "token": None, "token_before": None, "error": None, "warnings": [],
+           "pin_attempts": 0, "puk_attempts": 0, "pin_rules": None, "check_mode": bool(check_mode)}
+    try:
+        with TokenSession(module_path, label) as ts:
+            tok = ts.token
+            info = tok.info()
+            rep["token_before"] = _public_token(info)
+            rep["token"] = rep["token_before"]
+            lo, hi, bproblems = bounds(info["min_pin_len"], info["max_pin_len"], min_len, max_len)
+            rep["pin_rules"] = {"min_length": lo, "max_length": hi, "charset": charset}
+            if bproblems:
+                raise TokenError("pin_rules", "; ".join(bproblems))
+            problems = check_new_pin(new_pin, new_pin_confirm, pin if action == "change" else None, lo, hi,
+                                     charset, reject_weak)
+            if problems:
+                raise TokenError("pin_rules", "new PIN refused before anything was presented to the token: "
+                                 + "; ".join(problems))
+            if action == "change":
+                if not pin:
+                    raise TokenError("pin_rules", "action=change needs the current PIN (pin)")
+                if check_mode:
+                    rep["warnings"] += tok.guard("user", allow_final_try)
+                else:
+                    try:
+                        rep["warnings"] += tok.change_pin(pin, new_pin, allow_final_try)
+                    finally:
+                        rep["pin_attempts"] = tok.pin_presentations
+            elif action == "unblock":
+                if not puk:
+                    raise TokenError("pin_rules", "action=unblock needs the PUK (puk)")
+                if check_mode:
+                    rep["warnings"] += tok.guard("so", allow_final_try)
+                else:
+                    try:
+                        rep["warnings"] += tok.unblock(puk, new_pin, allow_final_try)
+                    finally:
+                        rep["puk_attempts"] = tok.puk_presentations
+            else:
+                raise TokenError("pin_rules", "unknown action %r (change or unblock)" % action)
+            rep["changed"] = True
+            rep["token"] = _public_token(tok.info())
+    except TokenError as e:
+        rep["error"] = e.to_dict()
+        if "token" in rep["error"]:
+            rep["token"] = _public_token(rep["error"].pop("token"))
+    except NSSError as e:
+        rep["error"] = {"kind": "nss", "message": str(e), "nss_error": e.name}
+    return rep

@@ -1,0 +1,294 @@
+#!/usr/bin/python
+# Copyright: tokentrust contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pkcs11_token_login
+short_description: Test login with the qualified-certificate USB key (PKCS#11 login + TLS client authentication)
+version_added: "1.0.0"
+description:
+  - Does what the manual's "TEST DE BON FONCTIONNEMENT" asks of a user, as one command and in-process through
+    NSS (no browser, no shell-out) on the host the key is plugged into.
+  - Loads the PKCS#11 module of the token middleware (by default the Gemalto / Thales Classic Client library of
+    the host's OS), finds the token (by O(token_label), or the only one present) and reads its flags.
+  - B(Never burns the last PIN attempt). When the token says the next wrong PIN locks it
+    (C(CKF_USER_PIN_FINAL_TRY)) the PIN is not presented unless O(allow_final_try=true); when it is locked
+    (C(CKF_USER_PIN_LOCKED)) it is never presented. A count-low flag gives a warning.
+  - Logs in once. NSS's password callback hands the PIN over a single time and refuses every retry, so a wrong
+    PIN costs exactly one attempt. The PIN is never returned nor logged.
+  - Lists the certificates that have their private key on the token (subject, issuer, serial, expiry, days
+    left, key usage) and checks that each chains to the CA set (O(ca_set), the C(tokentrust_ca_set) fact).
+  - Performs a real TLS handshake with client-certificate authentication to O(url) with the key on the
+    token, through NSS's libssl3 and NSPR sockets, and returns the HTTP status and the start of the page, and
+    whether the page shows the holder's name.
+  - The server is verified against NSS's built-in roots (O(builtin_roots)) and the CAs in O(server_ca),
+    host name included.
+  - "In check mode nothing is presented to the token: the module finds the token, reads its PIN state (and
+    says whether a login would be refused), lists its certificates and checks them against the CA set."
+author:
+  - tokentrust contributors
+requirements:
+  - NSS (libnss3, libssl3, libnspr4) on the host
+  - cryptography >= 41
+options:
+  module:
+    description:
+      - Path of the PKCS#11 library of the token middleware on the host.
+      - Default by OS, Linux C(/usr/lib/pkcs11/libgclib.so), macOS
+        C(/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11ClassicClient/libgclib.dylib).
+    type: path
+  token_label:
+    description:
+      - Label of the token to use. Without it, the only token present is used; several tokens are an error.
+    type: str
+  pin:
+    description:
+      - The user PIN. From Ansible Vault or a prompt. Never returned nor logged.
+      - Required unless in check mode.
+    type: str
+  allow_final_try:
+    description:
+      - Present the PIN even when the token says the next wrong PIN locks it. Only after checking the PIN with
+        its holder.
+    type: bool
+    default: false
+  ca_set:
+    description:
+      - The CA set (the C(tokentrust_ca_set) fact of the C(ca_certificates) role), a list of dicts with at least
+        C(name) and C(pem). Every certificate with a key on the token must chain to a root of this set.
+      - When omitted, the chain is not checked.
+    type: list
+    elements: raw
+  url:
+    description:
+      - The test page. An empty string skips the TLS step.
+    type: str
+    default: https://services.certeurope.fr/
+  server_ca:
+    description:
+      - CA certificates trusted to identify the test page server, each a PEM text or a path on the host.
+    type: list
+    elements: str
+    default: []
+  builtin_roots:
+    description:
+      - Also trust NSS's built-in root CAs (libnssckbi) for the server, as Firefox does.
+    type: bool
+    default: true
+  certificate:
+    description:
+      - Which certificate of the token to log in with, by SHA-256 fingerprint, label or holder name. Default, the
+        usable certificate (valid, client authentication, in the CA set) with the most days left. A chosen
+        certificate that is not usable is tried anyway, with a warning.
+    type: str
+  timeout:
+    description: Seconds for the TCP connection, the TLS handshake and each read.
+    type: int
+    default: 20
+  body_bytes:
+    description: How many characters of the page to return in C(tls.body_start).
+    type: int
+    default: 1024
+  min_days_left:
+    description: Warn when a certificate expires in fewer days than this.
+    type: int
+    default: 30
+  tls_max_version:
+    description: Highest TLS version offered (default, what NSS supports).
+    type: str
+    choices: ['1.2', '1.3']
+  fail_on_error:
+    description:
+      - Fail the task when the login, a certificate check or the test page fails. With V(false) the module always
+        returns its report (C(ok) false, C(error), C(problems)) so that a fleet report can be built; the
+        C(token_verify) role asserts afterwards.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    details: No PIN is presented and no TLS connection is made in check mode.
+  diff_mode:
+    support: none
+notes:
+  - NSS and the token's PKCS#11 module are per process; every run of the module opens a throw-away NSS database
+    in a temporary directory and removes it.
+  - The CAs of the set are imported into that temporary database without trust, so that NSS sends the
+    intermediate certificates with the client certificate.
+seealso:
+  - module: pkcs11_pin
+"""
+
+EXAMPLES = r"""
+- name: Test login with the key (PIN from the vault)
+  pkcs11_token_login:
+    pin: "{{ token_verify_pin }}"
+    ca_set: "{{ tokentrust_ca_set }}"
+  no_log: false
+  register: login
+
+- name: Lab token and test page, explicit module and server CA
+  pkcs11_token_login:
+    module: /var/lib/tokentrust-lab/token/libpin_guard.so
+    token_label: CERTEUROPE LAB
+    pin: "{{ token_verify_pin }}"
+    ca_set: "{{ tokentrust_ca_set }}"
+    url: https://127.0.0.1:8443/
+    server_ca: [/var/lib/tokentrust-lab/testpage/tls-ca.pem]
+    fail_on_error: false
+  register: login
+"""
+
+RETURN = r"""
+ok:
+  description: True when the login, every certificate check and the test page passed.
+  returned: always
+  type: bool
+error:
+  description: What stopped the test (kind, message, nss_error). C(kind) is one of module_missing, module_load,
+    no_token, several_tokens, token_not_found, pin_locked, pin_final_try, wrong_pin, login, ca_set, url, resolve,
+    connect, timeout, server_untrusted, client_cert_rejected, client_cert_required, handshake, http, nss.
+  returned: always
+  type: dict
+  sample: {"kind": "pin_final_try", "message": "the token 'CERTEUROPE LAB' says the next wrong PIN locks it..."}
+problems:
+  description: Certificate or page problems found (expired, not in the CA set, HTTP status not 200).
+  returned: always
+  type: list
+  elements: str
+token:
+  description: The token after the call (label, serial, manufacturer, model, flags, user_pin and so_pin states
+    C(ok)/C(count_low)/C(final_try)/C(locked), PIN length bounds).
+  returned: when a token was found
+  type: dict
+pkcs11_module:
+  description: The PKCS#11 library used.
+  returned: always
+  type: str
+pin_state_before:
+  description: The user PIN state read before anything was presented.
+  returned: when a token was found
+  type: str
+pin_attempts:
+  description: How many times the PIN was presented to the token by this run (0 or 1).
+  returned: always
+  type: int
+logged_in:
+  description: Whether the login succeeded.
+  returned: always
+  type: bool
+certificates:
+  description: Certificates with their private key on the token (holder, subject, issuer, serial, not_before,
+    not_after, days_left, expired, key_usage, extended_key_usage, client_auth, sha256, nickname, has_key,
+    in_ca_set, chain, problem, usable).
+  returned: always
+  type: list
+  elements: dict
+login_certificate:
+  description: The certificate used for the TLS login.
+  returned: always
+  type: dict
+holder:
+  description: Holder name (common name) of the login certificate.
+  returned: always
+  type: str
+  sample: JEAN DUPONT
+not_after:
+  description: Expiry of the login certificate (UTC, ISO 8601).
+  returned: always
+  type: str
+days_left:
+  description: Days before the login certificate expires.
+  returned: always
+  type: int
+tls:
+  description: The TLS login (url, status, reason, content_type, body_start, tls_version, cipher_suite,
+    client_cert_requested, client_cert_sent, server_certificate, page with holder_found, says_valid, expiry).
+  returned: when the handshake was made
+  type: dict
+"""
+
+import os
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from ansible.module_utils.tokentrust_nss.token import default_module, verify_token
+
+    HAS_NSS_BINDINGS = True
+    NSS_IMPORT_ERROR = None
+except ImportError:
+    HAS_NSS_BINDINGS = False
+    NSS_IMPORT_ERROR = traceback.format_exc()
+
+
+def _server_cas(module, items):
+    out = []
+    for i, item in enumerate(items):
+        if item.lstrip().startswith("-----BEGIN"):
+            out.append(item.encode())
+            continue
+        try:
+            with open(item, "rb") as f:
+                out.append(f.read())
+        except OSError as exc:
+            module.fail_json(msg="server_ca[%d]: cannot read %s on the host: %s" % (i, item, exc.strerror))
+    return out
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            module=dict(type="path"),
+            token_label=dict(type="str"),
+            pin=dict(type="str", no_log=True),
+            allow_final_try=dict(type="bool", default=False),
+            ca_set=dict(type="list", elements="raw"),
+            url=dict(type="str", default="https://services.certeurope.fr/"),
+            server_ca=dict(type="list", elements="str", default=[]),
+            builtin_roots=dict(type="bool", default=True),
+            certificate=dict(type="str"),
+            timeout=dict(type="int", default=20),
+            body_bytes=dict(type="int", default=1024),
+            min_days_left=dict(type="int", default=30),
+            tls_max_version=dict(type="str", choices=["1.2", "1.3"]),
+            fail_on_error=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    if not HAS_NSS_BINDINGS:
+        module.fail_json(msg=missing_required_lib("cffi and NSS (libnss3)"), exception=NSS_IMPORT_ERROR)
+    p = module.params
+    if not p["pin"] and not module.check_mode:
+        module.fail_json(msg="pin is required (from the vault variable or a prompt); nothing was presented to the "
+                         "token")
+    path = p["module"] or default_module()
+    if path:
+        path = os.path.expanduser(path)
+    try:
+        rep = verify_token(
+            path, p["pin"], label=p["token_label"], ca_set=p["ca_set"], url=p["url"],
+            server_ca_pems=_server_cas(module, p["server_ca"]), builtin_roots=p["builtin_roots"],
+            allow_final_try=p["allow_final_try"], certificate=p["certificate"], tls=bool(p["url"]),
+            timeout=p["timeout"], body_bytes=p["body_bytes"], min_days_left=p["min_days_left"],
+            check_mode=module.check_mode, tls_max=p["tls_max_version"],
+        )
+    except Exception as exc:  # noqa: BLE001 - an unexpected bug must still name itself
+        module.fail_json(msg="pkcs11_token_login: unexpected error: %s" % exc, exception=traceback.format_exc())
+    for w in rep.pop("warnings"):
+        module.warn(w)
+    failed = rep["error"] is not None or bool(rep["problems"])
+    if failed and p["fail_on_error"]:
+        if rep["error"]:
+            msg = rep["error"]["message"]
+        else:
+            msg = "test login found problems: " + " | ".join(rep["problems"])
+        module.fail_json(msg=msg, changed=False, **rep)
+    module.exit_json(changed=False, **rep)
+
+
+if __name__ == "__main__":
+    main()

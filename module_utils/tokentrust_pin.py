@@ -1,0 +1,97 @@
+# -*- coding: utf-8 -*-
+# Copyright: tokentrust contributors. GNU General Public License v3.0+
+"""PIN rules for the USB key (pure Python: no NSS, no token).
+
+A new PIN is checked before anything is presented to the token, so that a PIN the token would refuse
+never costs an attempt. Messages describe the rule, never the PIN.
+
+    problems = check_new_pin(new, confirm=confirm, old=old, min_len=4, max_len=8, charset="digits")
+"""
+from __future__ import annotations
+
+import string
+
+CHARSETS = {
+    "digits": ("0123456789", "digits 0-9"),
+    "alphanumeric": (string.ascii_letters + string.digits, "letters A-Z a-z and digits 0-9"),
+    "printable": ("".join(chr(c) for c in range(0x20, 0x7F)), "printable ASCII characters (no accents)"),
+}
+DEFAULT_MIN = 4
+DEFAULT_MAX = 16
+
+
+def bounds(token_min=None, token_max=None, min_len=None, max_len=None):
+    """(min, max) PIN length: the token's own bounds (ulMinPinLen/ulMaxPinLen), narrowed by the options.
+
+    The options may only narrow what the token accepts: a bound outside the token's range is a problem."""
+    problems = []
+    tmin = token_min if token_min else DEFAULT_MIN
+    tmax = token_max if token_max and token_max < 10000 else DEFAULT_MAX
+    lo, hi = tmin, tmax
+    if min_len is not None:
+        if min_len < tmin:
+            problems.append("pin_min_length %d is below what the token accepts (%d)" % (min_len, tmin))
+        lo = max(lo, min_len)
+    if max_len is not None:
+        if max_len > tmax:
+            problems.append("pin_max_length %d is above what the token accepts (%d)" % (max_len, tmax))
+        hi = min(hi, max_len)
+    if lo > hi:
+        problems.append("no PIN length fits: minimum %d > maximum %d" % (lo, hi))
+    return lo, hi, problems
+
+
+def is_weak(pin):
+    """True for PINs anyone would try first: one repeated character, or a run up/down (1234, 9876, abcd)."""
+    if len(pin) < 2:
+        return True
+    if len(set(pin)) == 1:
+        return True
+    steps = {ord(b) - ord(a) for a, b in zip(pin, pin[1:])}
+    return steps in ({1}, {-1})
+
+
+def check_new_pin(new, confirm=None, old=None, min_len=DEFAULT_MIN, max_len=DEFAULT_MAX, charset="printable",
+                  reject_weak=False, what="new PIN"):
+    """Problems with a new PIN (empty list = acceptable). Never quotes the PIN."""
+    problems = []
+    if charset not in CHARSETS:
+        return ["unknown PIN character set %r (choose: %s)" % (charset, ", ".join(sorted(CHARSETS)))]
+    if new is None or new == "":
+        return ["the %s is empty" % what]
+    if confirm is not None and confirm != new:
+        problems.append("the %s and its confirmation differ" % what)
+    n = len(new)
+    if n < min_len or n > max_len:
+        problems.append("the %s has %d characters; the token accepts %d to %d" % (what, n, min_len, max_len))
+    allowed, label = CHARSETS[charset]
+    bad = sorted({c for c in new if c not in allowed})
+    if bad:
+        problems.append("the %s contains %d character(s) outside the allowed set (%s)" % (what, len(bad), label))
+    if old is not None and new == old:
+        problems.append("the %s is the same as the current one" % what)
+    if reject_weak and is_weak(new):
+        problems.append("the %s is too easy to guess (repeated character or a run such as 1234)" % what)
+    return problems
+
+
+def scrub(text, secrets):
+    """`text` with every non-empty secret replaced by ********: a last line of defence for messages."""
+    if not isinstance(text, str):
+        return text
+    for s in secrets:
+        if s:
+            text = text.replace(s, "********")
+    return text
+
+
+def scrub_all(obj, secrets):
+    """scrub() applied to every string of a nested dict/list structure."""
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        return obj
+    if isinstance(obj, dict):
+        return {k: scrub_all(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub_all(v, secrets) for v in obj]
+    return scrub(obj, secrets)
