@@ -193,3 +193,37 @@ def test_issued_roundtrip_from_pem(tmp_path):
     back = build._load_issued(entry)
     assert isinstance(back, Issued) and back.sha256 == ca.sha256
     assert entry["sha256"] == ca.sha256_colon
+
+
+@needs_firefox
+@pytest.mark.firefox
+def test_firefox_loads_the_lab_token_module_without_any_environment(dirs, tmp_path):
+    """pin_guard is a drop-in module: registered in a Firefox-made profile, Firefox loads it and SoftHSM2."""
+    import time
+
+    run, inv = dirs
+    m = build.create(run, hosts=1, inventory=inv)
+    profile = next(p["path"] for p in m["hosts"][0]["profiles"] if p["databases"])
+    module = m["token"]["module"]
+    subprocess.run(["modutil", "-dbdir", f"sql:{profile}", "-add", "CERTEUROPE LAB", "-libfile", module, "-force"],
+                   check=True, capture_output=True, input=b"\n")
+    env = build._firefox_env(Path(m["hosts"][0]["home"]))
+    env.pop("SOFTHSM2_CONF", None)
+    ff = subprocess.Popen([shutil.which("firefox-esr"), "--headless", "--no-remote", "--profile", profile,
+                           "about:blank"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    loaded = set()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(loaded) < 2:
+            try:
+                maps = Path(f"/proc/{ff.pid}/maps").read_text()
+            except OSError:
+                break
+            loaded = {name for name in ("libpin_guard.so", "libsofthsm2.so") if name in maps}
+            time.sleep(0.2)
+    finally:
+        ff.terminate()
+        ff.wait(30)
+    assert loaded == {"libpin_guard.so", "libsofthsm2.so"}
+    assert json.loads(subprocess.run([sys.executable, "-m", "lab.token", "info", module], cwd=ROOT, check=True,
+                                     capture_output=True, text=True).stdout)[0]["pin_flags"] == []
