@@ -128,7 +128,7 @@ static void pg_read_conf(const char *path)
 /* The state file's default: next to the tokens, in SoftHSM's directories.tokendir. */
 static void pg_default_state(void)
 {
-    char line[PATH_MAX + 64], dir[PATH_MAX] = "/var/lib/softhsm/tokens";
+    char line[PATH_MAX + 64], dir[PATH_MAX - 32] = "/var/lib/softhsm/tokens";
     const char *conf = getenv("SOFTHSM2_CONF");
     FILE *f = fopen(conf && *conf ? conf : "/etc/softhsm/softhsm2.conf", "r");
     if (f) {
@@ -138,7 +138,7 @@ static void pg_default_state(void)
                 continue;
             *eq = '\0';
             if (!strcmp(pg_trim(line), "directories.tokendir"))
-                pg_copy(dir, pg_trim(eq + 1));
+                snprintf(dir, sizeof dir, "%s", pg_trim(eq + 1));
         }
         fclose(f);
     }
