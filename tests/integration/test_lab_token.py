@@ -302,3 +302,24 @@ def test_add_certificate_puts_an_expired_one_on_the_token(tok, pki):
     _, out = p11(tok, "--login", "--pin", tok.pin, "--list-objects")
     assert out.count("Certificate Object") == 3 and out.count(f"ID:         {obj.id_hex}") == 3
     assert labtoken.LabToken.load(tok.root).objects[-1].label == "JEAN DUPONT (expired)"
+
+
+def test_concurrent_wrong_pins_never_get_more_than_three_tries(tok):
+    """Wrong PINs from several processes at once: no attempt is lost or added, the lock holds at three.
+
+    SoftHSM2's file store itself is not made for concurrent processes: some of them may see "No slots" or
+    CKR_GENERAL_ERROR from SoftHSM2 (a real key serialises through PC/SC); those never reach C_Login."""
+    incorrect = 0
+    for _ in range(10):
+        procs = [subprocess.Popen(["pkcs11-tool", "--module", str(tok.module), "--login", "--pin", "0000", "-O"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+        got = sum("CKR_PIN_INCORRECT" in o for o in outs)
+        incorrect += got
+        assert tok.counters() == (min(incorrect, 3), 0)  # every wrong PIN counted once
+        assert incorrect <= 3
+        if incorrect == 3:
+            break
+    assert incorrect == 3
+    rc, out = login(tok, tok.pin)
+    assert "CKR_PIN_LOCKED" in out and tok.counters() == (3, 0) and pin_flags(tok) == LOW | LOCKED
