@@ -21,21 +21,22 @@ DEFAULT_MAX = 16
 
 
 def bounds(token_min=None, token_max=None, min_len=None, max_len=None):
-    """(min, max) PIN length: the token's own bounds (ulMinPinLen/ulMaxPinLen), narrowed by the options.
+    """(min, max, problems) PIN length: the token's own bounds (ulMinPinLen/ulMaxPinLen), the maximum capped at
+    16 by default (what the real keys accept; SoftHSM says 255), changed by the options.
 
-    The options may only narrow what the token accepts: a bound outside the token's range is a problem."""
+    The options may only stay within what the token accepts: a bound outside the token's range is a problem."""
     problems = []
     tmin = token_min if token_min else DEFAULT_MIN
     tmax = token_max if token_max and token_max < 10000 else DEFAULT_MAX
-    lo, hi = tmin, tmax
+    lo, hi = tmin, min(tmax, max(DEFAULT_MAX, tmin))  # default cap: 16, as the real keys
     if min_len is not None:
         if min_len < tmin:
             problems.append("pin_min_length %d is below what the token accepts (%d)" % (min_len, tmin))
-        lo = max(lo, min_len)
+        lo = max(tmin, min_len)
     if max_len is not None:
         if max_len > tmax:
             problems.append("pin_max_length %d is above what the token accepts (%d)" % (max_len, tmax))
-        hi = min(hi, max_len)
+        hi = min(tmax, max_len)
     if lo > hi:
         problems.append("no PIN length fits: minimum %d > maximum %d" % (lo, hi))
     return lo, hi, problems

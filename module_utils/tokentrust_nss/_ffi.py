@@ -249,8 +249,16 @@ _LIBS = {
     "smime3": ("libsmime3.so",),
     "ssl3": ("libssl3.so",),
 }
-_DIRS = (
-    os.environ.get("TOKENTRUST_NSS_LIBDIR", ""),
+# Firefox builds that ship their own NSS: a profile must be written by the NSS of the Firefox that uses it (NSS
+# 3.115+ stores trust as PKCS#11 3.2 CKO_TRUST objects, which older NSS reads as "no trust"), so these come first.
+FIREFOX_NSS_DIRS = (
+    "/usr/lib/firefox-esr",
+    "/usr/lib/firefox",
+    "/usr/lib64/firefox",
+    "/opt/firefox",
+    "/Applications/Firefox.app/Contents/MacOS",
+)
+SYSTEM_NSS_DIRS = (
     "/usr/lib/x86_64-linux-gnu",
     "/usr/lib/aarch64-linux-gnu",
     "/usr/lib64",
@@ -261,8 +269,21 @@ _DIRS = (
 )
 
 
+def nss_dirs():
+    """Where libnss3 is looked for, in order. TOKENTRUST_NSS_LIBDIR: a directory, or 'system' to skip Firefox's."""
+    env = os.environ.get("TOKENTRUST_NSS_LIBDIR", "")
+    if env == "system":
+        return SYSTEM_NSS_DIRS
+    return ((env,) if env else ()) + FIREFOX_NSS_DIRS + SYSTEM_NSS_DIRS
+
+
+def nss_libdir():
+    """The directory libnss3 is (or will be) loaded from."""
+    return os.path.dirname(_find("nss3", _LIBS["nss3"])) or None
+
+
 def _find(short: str, names) -> str:
-    for d in _DIRS:
+    for d in nss_dirs():
         if not d:
             continue
         for n in names:
@@ -276,11 +297,27 @@ def _find(short: str, names) -> str:
     return names[0]
 
 
+# Libraries that an NSS build may ship beside libnss3 and that must come from the same build (a Firefox install
+# ships its own libnssutil3 and libmozsqlite3; loading the system ones instead fails on symbol versions).
+_SIBLINGS = ("libnspr4.so", "libplc4.so", "libplds4.so", "libnssutil3.so", "libmozsqlite3.so")
+
+
 class _Libs:
     """Lazily dlopen'ed libraries: importing this module never fails for lack of NSS; using it does."""
 
     def __init__(self):
         self._loaded = {}
+        self._preloaded = set()
+
+    def _preload_siblings(self, path):
+        d = os.path.dirname(path)
+        if d in self._preloaded:
+            return
+        self._preloaded.add(d)
+        for name in _SIBLINGS:
+            p = os.path.join(d, name)
+            if os.path.exists(p):
+                ctypes.CDLL(p, mode=ctypes.RTLD_GLOBAL)
 
     def __getattr__(self, short):
         if short.startswith("_"):
@@ -289,6 +326,8 @@ class _Libs:
             names = _LIBS[short]
             path = _find(short, names)
             try:
+                if os.path.isabs(path):
+                    self._preload_siblings(path)
                 self._loaded[short] = ffi.dlopen(path)
             except OSError as exc:
                 raise ImportError(
@@ -296,6 +335,10 @@ class _Libs:
                     "RHEL: dnf install nss; macOS: brew install nss) or set TOKENTRUST_NSS_LIBDIR" % (path, exc)
                 ) from exc
         return self._loaded[short]
+
+    def paths(self):
+        """Where each loaded library came from (for reports and error messages)."""
+        return {k: getattr(v, "_name", None) for k, v in self._loaded.items()}
 
 
 lib = _Libs()
@@ -315,5 +358,41 @@ ffi.cdef(
     SECStatus SSL_GetChannelInfo(PRFileDesc *fd, SSLChannelInfo *info, unsigned int len);
     typedef struct SSLVersionRangeStr { PRUint16 min; PRUint16 max; } SSLVersionRange;
     SECStatus SSL_VersionRangeSet(PRFileDesc *fd, const SSLVersionRange *vrange);
+    """
+)
+
+# ---------------------------------------------------------------------------------------------- raw PKCS#11
+# (appended for token.py: PIN change and PUK unblock talk to the module directly, without NSS, because NSS keeps a
+# read-only session open on every token and PKCS#11 refuses an SO login while one exists:
+# CKR_SESSION_READ_ONLY_EXISTS). A prefix of CK_FUNCTION_LIST (pkcs11f.h order, version 2.x) up to C_Logout.
+ffi.cdef(
+    """
+    typedef CK_ULONG CK_RV;
+    typedef struct CK_FUNCTION_LIST {
+        CK_VERSION version;
+        CK_RV (*C_Initialize)(void *pInitArgs);
+        CK_RV (*C_Finalize)(void *pReserved);
+        void *C_GetInfo;
+        void *C_GetFunctionList;
+        CK_RV (*C_GetSlotList)(unsigned char tokenPresent, CK_ULONG *pSlotList, CK_ULONG *pulCount);
+        void *C_GetSlotInfo;
+        CK_RV (*C_GetTokenInfo)(CK_ULONG slotID, CK_TOKEN_INFO *pInfo);
+        void *C_GetMechanismList;
+        void *C_GetMechanismInfo;
+        void *C_InitToken;
+        CK_RV (*C_InitPIN)(CK_ULONG hSession, unsigned char *pPin, CK_ULONG ulPinLen);
+        CK_RV (*C_SetPIN)(CK_ULONG hSession, unsigned char *pOldPin, CK_ULONG ulOldLen, unsigned char *pNewPin,
+                          CK_ULONG ulNewLen);
+        CK_RV (*C_OpenSession)(CK_ULONG slotID, CK_FLAGS flags, void *pApplication, void *Notify,
+                               CK_ULONG *phSession);
+        CK_RV (*C_CloseSession)(CK_ULONG hSession);
+        void *C_CloseAllSessions;
+        void *C_GetSessionInfo;
+        void *C_GetOperationState;
+        void *C_SetOperationState;
+        CK_RV (*C_Login)(CK_ULONG hSession, CK_ULONG userType, unsigned char *pPin, CK_ULONG ulPinLen);
+        CK_RV (*C_Logout)(CK_ULONG hSession);
+    } CK_FUNCTION_LIST;
+    CK_RV C_GetFunctionList(CK_FUNCTION_LIST **ppFunctionList);
     """
 )

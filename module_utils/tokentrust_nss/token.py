@@ -272,6 +272,232 @@ def usable_for_login(desc):
     return None
 
 
+def check_guard(info, who="user", allow_final_try=False, label=None):
+    """Refuse (TokenError) when presenting a PIN (who='user') or PUK (who='so') could lock the token, or when it is
+    locked, from the token's info(). Returns warnings (count low; final try allowed)."""
+    label = label or info.get("label")
+    state = info["user_pin" if who == "user" else "so_pin"]
+    what = "PIN" if who == "user" else "PUK (SO PIN)"
+    kind = "pin" if who == "user" else "puk"
+    warns = []
+    if state == "locked":
+        more = (" Unblock it with the PUK (tokentrust: pkcs11_pin action=unblock)." if who == "user" else
+                " A locked PUK cannot be unblocked: the key must be replaced (contact the CA).")
+        raise TokenError(kind + "_locked", "the %s of token %r is locked: no attempt was made.%s"
+                         % (what, label, more), token=info)
+    if state == "final_try":
+        msg = "the token %r says the next wrong %s locks it (final try)" % (label, what)
+        if not allow_final_try:
+            raise TokenError(kind + "_final_try", msg + ": no attempt was made. Check the %s with its holder, "
+                             "then run again with allow_final_try=true (one attempt)." % what, token=info)
+        warns.append(msg + "; presenting it anyway (allow_final_try=true)")
+    elif state == "count_low":
+        warns.append("the token %r reports wrong %s attempts since the last success (count low): "
+                     "check the %s before trying again" % (label, what, what))
+    return warns
+
+
+def _info_dict(ti, slot_name):
+    flags = int(ti.flags)
+    return {
+        "label": _padded(ti.label),
+        "manufacturer": _padded(ti.manufacturerID),
+        "model": _padded(ti.model),
+        "serial": _padded(ti.serialNumber),
+        "flags": token_flags(flags),
+        "flags_value": flags,
+        "user_pin": pin_state(flags, "user"),
+        "so_pin": pin_state(flags, "so"),
+        "min_pin_len": int(ti.ulMinPinLen),
+        "max_pin_len": int(ti.ulMaxPinLen),
+        "protected_authentication_path": bool(flags & CKF_PROTECTED_AUTHENTICATION_PATH),
+        "slot": slot_name,
+    }
+
+
+def _select(found, label, module_path, slot_count):
+    """The one entry of `found` ([(label, obj)]) to use; TokenError no_token / token_not_found / several_tokens."""
+    labels = [lb for lb, _ in found]
+    if not found:
+        raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty): plug in "
+                         "the key (and check the reader), then run again" % (module_path, slot_count),
+                         module=module_path)
+    if label:
+        match = [o for lb, o in found if lb == label]
+        if not match:
+            raise TokenError("token_not_found", "no token labelled %r on %s; present: %s"
+                             % (label, module_path, ", ".join(repr(x) for x in labels)), present=labels)
+        if len(match) > 1:
+            raise TokenError("several_tokens", "%d tokens labelled %r are present: plug in one key at a time"
+                             % (len(match), label), present=labels)
+        return match[0]
+    if len(found) > 1:
+        raise TokenError("several_tokens", "%d tokens are present (%s): set the token label to choose one, or "
+                         "plug in one key at a time" % (len(found), ", ".join(repr(x) for x in labels)),
+                         present=labels)
+    return found[0][1]
+
+
+# PKCS#11 return values we name
+CKR = {0x0: "CKR_OK", 0x5: "CKR_GENERAL_ERROR", 0x6: "CKR_FUNCTION_FAILED", 0x30: "CKR_DEVICE_ERROR",
+       0x32: "CKR_DEVICE_REMOVED", 0xA0: "CKR_PIN_INCORRECT", 0xA1: "CKR_PIN_INVALID", 0xA2: "CKR_PIN_LEN_RANGE",
+       0xA3: "CKR_PIN_EXPIRED", 0xA4: "CKR_PIN_LOCKED", 0xB3: "CKR_SESSION_HANDLE_INVALID",
+       0xB7: "CKR_SESSION_READ_ONLY_EXISTS", 0xE0: "CKR_TOKEN_NOT_PRESENT", 0x100: "CKR_USER_ALREADY_LOGGED_IN",
+       0x101: "CKR_USER_NOT_LOGGED_IN", 0x103: "CKR_USER_TYPE_INVALID", 0x104: "CKR_USER_ANOTHER_ALREADY_LOGGED_IN",
+       0x191: "CKR_CRYPTOKI_ALREADY_INITIALIZED"}
+CKU_SO, CKU_USER = 0, 1
+CKF_RW_SESSION, CKF_SERIAL_SESSION = 0x2, 0x4
+
+
+def _ckr(rv):
+    return CKR.get(int(rv), "CKR_0x%X" % int(rv))
+
+
+class RawToken:
+    """The token through its PKCS#11 module directly (no NSS), for PIN change and PUK unblock: one C_SetPIN or one
+    SO C_Login per call, in a read-write session of our own. Context manager; one per process at a time."""
+
+    def __init__(self, library, label=None):
+        self.module_path = library
+        self.want_label = label
+        self._lib = None
+        self.fl = None
+        self._initialized = False
+        self.slot = None
+        self.label = None
+        self.pin_presentations = 0
+        self.puk_presentations = 0
+
+    def __enter__(self):
+        _check_library(self.module_path)
+        try:
+            self._lib = ffi.dlopen(self.module_path)
+            getfl = self._lib.C_GetFunctionList
+        except (OSError, AttributeError) as exc:
+            raise TokenError("module_load", "cannot load %s as a PKCS#11 module (%s): is it the token middleware's "
+                             "PKCS#11 library, for this architecture?" % (self.module_path, exc),
+                             module=self.module_path) from None
+        pfl = ffi.new("CK_FUNCTION_LIST **")
+        rv = getfl(pfl)
+        if rv != 0:
+            raise TokenError("module_load", "C_GetFunctionList of %s failed: %s" % (self.module_path, _ckr(rv)))
+        self.fl = pfl[0]
+        rv = self.fl.C_Initialize(ffi.NULL)
+        if rv not in (0, 0x191):
+            raise TokenError("module_load", "C_Initialize of %s failed: %s" % (self.module_path, _ckr(rv)))
+        self._initialized = rv == 0
+        try:
+            count = ffi.new("CK_ULONG *")
+            self._call("C_GetSlotList", self.fl.C_GetSlotList(1, ffi.NULL, count))
+            slots = ffi.new("CK_ULONG[]", max(count[0], 1))
+            self._call("C_GetSlotList", self.fl.C_GetSlotList(1, slots, count))
+            found = []
+            for i in range(count[0]):
+                ti = ffi.new("CK_TOKEN_INFO *")
+                if self.fl.C_GetTokenInfo(slots[i], ti) == 0:
+                    found.append((_padded(ti.label), int(slots[i])))
+            self.slot = _select(found, self.want_label, self.module_path, count[0])
+            self.label = dict((s, lb) for lb, s in found)[self.slot]
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        if self.fl is not None and self._initialized:
+            self.fl.C_Finalize(ffi.NULL)
+        self.fl = None
+        self._initialized = False
+        return False
+
+    def _call(self, what, rv):
+        if rv != 0:
+            raise TokenError("nss" if what != "C_GetSlotList" else "module_load", "%s on %s failed: %s"
+                             % (what, self.module_path, _ckr(rv)), _ckr(rv))
+        return rv
+
+    def info(self):
+        ti = ffi.new("CK_TOKEN_INFO *")
+        self._call("C_GetTokenInfo", self.fl.C_GetTokenInfo(self.slot, ti))
+        return _info_dict(ti, "slot %d" % self.slot)
+
+    def guard(self, who="user", allow_final_try=False):
+        return check_guard(self.info(), who, allow_final_try, self.label)
+
+    def _session(self):
+        h = ffi.new("CK_ULONG *")
+        self._call("C_OpenSession", self.fl.C_OpenSession(self.slot, CKF_RW_SESSION | CKF_SERIAL_SESSION, ffi.NULL,
+                                                            ffi.NULL, h))
+        return h[0]
+
+    def _fail(self, who, rv, op):
+        name = _ckr(rv)
+        info = self.info()
+        what = "PIN" if who == "user" else "PUK (SO PIN)"
+        kind = "pin" if who == "user" else "puk"
+        state = info["user_pin" if who == "user" else "so_pin"]
+        if name == "CKR_PIN_INCORRECT":
+            if state == "locked":
+                return TokenError(kind + "_locked", "wrong %s for token %r (one attempt used): it is now LOCKED"
+                                  % (what, self.label), name, token=info)
+            after = "the next wrong %s locks it" % what if state == "final_try" else "wrong attempts recorded"
+            return TokenError("wrong_" + kind, "wrong %s for token %r: one attempt used and not retried; token "
+                              "state now: %s" % (what, self.label, after), name, token=info)
+        if name == "CKR_PIN_LOCKED":
+            return TokenError(kind + "_locked", "the %s of token %r is locked" % (what, self.label), name,
+                              token=info)
+        if name in ("CKR_PIN_INVALID", "CKR_PIN_LEN_RANGE"):
+            return TokenError("pin_rules", "the token refused the new PIN (%s): check its length and characters"
+                              % name, name, token=info)
+        return TokenError(op, "%s on token %r failed: %s" % (op, self.label, name), name, token=info)
+
+    def change_pin(self, old_pin, new_pin, allow_final_try=False):
+        """C_SetPIN(old, new) in a R/W public session: one presentation of the old PIN. Returns warnings."""
+        warns = self.guard("user", allow_final_try)
+        h = self._session()
+        try:
+            old, new = old_pin.encode("utf-8"), new_pin.encode("utf-8")
+            self.pin_presentations += 1
+            rv = self.fl.C_SetPIN(h, old, len(old), new, len(new))
+        finally:
+            self.fl.C_CloseSession(h)
+        if rv != 0:
+            raise self._fail("user", rv, "change")
+        return warns
+
+    def unblock(self, puk, new_pin, allow_final_try=False):
+        """C_Login(SO, PUK) then C_InitPIN(new PIN): one presentation of the PUK. Returns warnings."""
+        warns = self.guard("so", allow_final_try)
+        h = self._session()
+        try:
+            so, new = puk.encode("utf-8"), new_pin.encode("utf-8")
+            self.puk_presentations += 1
+            rv = self.fl.C_Login(h, CKU_SO, so, len(so))
+            if rv != 0:
+                raise self._fail("so", rv, "unblock")
+            try:
+                rv = self.fl.C_InitPIN(h, new, len(new))
+            finally:
+                self.fl.C_Logout(h)
+            if rv != 0:
+                raise self._fail("user", rv, "unblock")
+        finally:
+            self.fl.C_CloseSession(h)
+        return warns
+
+
+def _check_library(lib_path):
+    if not lib_path:
+        raise TokenError("module_missing", "no PKCS#11 module path: set `module` (the Gemalto Classic Client "
+                         "library has no default on %s)" % platform.system())
+    if not os.path.exists(lib_path):
+        raise TokenError("module_missing", "PKCS#11 module %s does not exist on this host: install the token "
+                         "middleware (Gemalto/Thales Classic Client) or set `module` to its library"
+                         % lib_path, module=lib_path)
+    if not os.path.isfile(lib_path):
+        raise TokenError("module_missing", "PKCS#11 module %s is not a file" % lib_path, module=lib_path)
+
+
 # ---------------------------------------------------------------------------------------------- the token
 class Token:
     """One token (a present slot) of the loaded module. Holds a slot reference until the session closes."""
@@ -283,7 +509,6 @@ class Token:
         self.slot_name = _str(lib.nss3.PK11_GetSlotName(self.slot))
         self.logged_in = False
         self.pin_presentations = 0
-        self.puk_presentations = 0
 
     def close(self):
         if self.slot is not None:
@@ -298,46 +523,11 @@ class Token:
         if lib.nss3.PK11_GetTokenInfo(self.slot, ti) != 0:
             err = last_error("read token info", self.session.module_path)
             raise TokenError("nss", "cannot read the token's information (C_GetTokenInfo): %s" % err, err.name)
-        flags = int(ti.flags)
-        return {
-            "label": _padded(ti.label),
-            "manufacturer": _padded(ti.manufacturerID),
-            "model": _padded(ti.model),
-            "serial": _padded(ti.serialNumber),
-            "flags": token_flags(flags),
-            "flags_value": flags,
-            "user_pin": pin_state(flags, "user"),
-            "so_pin": pin_state(flags, "so"),
-            "min_pin_len": int(ti.ulMinPinLen),
-            "max_pin_len": int(ti.ulMaxPinLen),
-            "protected_authentication_path": bool(flags & CKF_PROTECTED_AUTHENTICATION_PATH),
-            "slot": self.slot_name,
-        }
+        return _info_dict(ti, self.slot_name)
 
-    # -------------------------------------------------------------- guards
     def guard(self, who="user", allow_final_try=False):
-        """Refuse (TokenError) when presenting a PIN (who='user') or PUK (who='so') could lock the token or
-        when it is locked. Returns warnings (count low; final try allowed)."""
-        info = self.info()
-        state = info["user_pin" if who == "user" else "so_pin"]
-        what = "PIN" if who == "user" else "PUK (SO PIN)"
-        kind = "pin" if who == "user" else "puk"
-        warns = []
-        if state == "locked":
-            more = (" Unblock it with the PUK (tokentrust: pkcs11_pin action=unblock)." if who == "user" else
-                    " A locked PUK cannot be unblocked: the key must be replaced (contact the CA).")
-            raise TokenError(kind + "_locked", "the %s of token %r is locked: no attempt was made.%s"
-                             % (what, self.label, more), token=info)
-        if state == "final_try":
-            msg = ("the token %r says the next wrong %s locks it (final try)" % (self.label, what))
-            if not allow_final_try:
-                raise TokenError(kind + "_final_try", msg + ": no attempt was made. Check the %s with its holder, "
-                                 "then run again with allow_final_try=true (one attempt)." % what, token=info)
-            warns.append(msg + "; presenting it anyway (allow_final_try=true)")
-        elif state == "count_low":
-            warns.append("the token %r reports wrong %s attempts since the last success (count low): "
-                         "check the %s before trying again" % (self.label, what, what))
-        return warns
+        """See check_guard(): raises TokenError, returns warnings."""
+        return check_guard(self.info(), who, allow_final_try, self.label)
 
     # -------------------------------------------------------------- login
     def login(self, pin, allow_final_try=False):
@@ -392,25 +582,6 @@ class Token:
                               token=info)
         return TokenError(op.split()[0] if op != "log in" else "login", "%s on token %r failed: %s"
                           % (op, self.label, err or "unknown error"), name, token=info)
-
-    # -------------------------------------------------------------- PIN change / unblock
-    def change_pin(self, old_pin, new_pin, allow_final_try=False):
-        """C_SetPIN(old, new): one presentation of the old PIN. Returns warnings."""
-        warns = self.guard("user", allow_final_try)
-        self.pin_presentations += 1
-        rv = lib.nss3.PK11_ChangePW(self.slot, old_pin.encode("utf-8"), new_pin.encode("utf-8"))
-        if rv != 0:
-            raise self._pin_error("user", last_error("change PIN", self.session.module_path), "change PIN")
-        return warns
-
-    def unblock(self, puk, new_pin, allow_final_try=False):
-        """SO login with the PUK, then C_InitPIN(new PIN): one presentation of the PUK. Returns warnings."""
-        warns = self.guard("so", allow_final_try)
-        self.puk_presentations += 1
-        rv = lib.nss3.PK11_InitPin(self.slot, puk.encode("utf-8"), new_pin.encode("utf-8"))
-        if rv != 0:
-            raise self._pin_error("so", last_error("unblock PIN", self.session.module_path), "unblock PIN")
-        return warns
 
     # -------------------------------------------------------------- certificates
     def certificates(self, cas=None, now=None):
@@ -474,15 +645,7 @@ class TokenSession:
     # ------------------------------------------------------------------ open / close
     def __enter__(self):
         lib_path = self.module_path
-        if not lib_path:
-            raise TokenError("module_missing", "no PKCS#11 module path: set `module` (the Gemalto Classic Client "
-                             "library has no default on %s)" % platform.system())
-        if not os.path.exists(lib_path):
-            raise TokenError("module_missing", "PKCS#11 module %s does not exist on this host: install the token "
-                             "middleware (Gemalto/Thales Classic Client) or set `module` to its library"
-                             % lib_path, module=lib_path)
-        if not os.path.isfile(lib_path):
-            raise TokenError("module_missing", "PKCS#11 module %s is not a file" % lib_path, module=lib_path)
+        _check_library(lib_path)
         self._tmp = tempfile.mkdtemp(prefix="tokentrust-nss-")
         try:
             self._db = NSSDatabase(self._tmp, readonly=False)
@@ -579,27 +742,7 @@ class TokenSession:
             if lib.nss3.PK11_IsPresent(slot):
                 present.append(Token(self, slot))
         self.tokens = present
-        labels = [t.label for t in present]
-        if not present:
-            raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty): plug in "
-                             "the key (and check the reader), then run again" % (self.module_path, mod.slotCount),
-                             module=self.module_path)
-        if self.label:
-            match = [t for t in present if t.label == self.label]
-            if not match:
-                raise TokenError("token_not_found", "no token labelled %r on %s; present: %s"
-                                 % (self.label, self.module_path, ", ".join(repr(x) for x in labels)),
-                                 present=labels)
-            if len(match) > 1:
-                raise TokenError("several_tokens", "%d tokens labelled %r are present: plug in one key at a time"
-                                 % (len(match), self.label), present=labels)
-            self.token = match[0]
-        elif len(present) > 1:
-            raise TokenError("several_tokens", "%d tokens are present (%s): set the token label to choose one, or "
-                             "plug in one key at a time" % (len(present), ", ".join(repr(x) for x in labels)),
-                             present=labels)
-        else:
-            self.token = present[0]
+        self.token = _select([(t.label, t) for t in present], self.label, self.module_path, mod.slotCount)
         return self.token
 
     @property
@@ -732,8 +875,7 @@ def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None
     rep = {"changed": False, "action": action, "token": None, "token_before": None, "error": None, "warnings": [],
            "pin_attempts": 0, "puk_attempts": 0, "pin_rules": None, "check_mode": bool(check_mode)}
     try:
-        with TokenSession(module_path, label) as ts:
-            tok = ts.token
+        with RawToken(module_path, label) as tok:
             info = tok.info()
             rep["token_before"] = _public_token(info)
             rep["token"] = rep["token_before"]
@@ -774,6 +916,4 @@ def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None
         rep["error"] = e.to_dict()
         if "token" in rep["error"]:
             rep["token"] = _public_token(rep["error"].pop("token"))
-    except NSSError as e:
-        rep["error"] = {"kind": "nss", "message": str(e), "nss_error": e.name}
     return rep

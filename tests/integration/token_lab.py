@@ -113,8 +113,10 @@ def wrong_pins(tok, n: int, so: bool = False) -> None:
     """Present `n` wrong PINs (or PUKs) with an independent tool (pkcs11-tool through pin_guard)."""
     for _ in range(n):
         cmd = ["pkcs11-tool", "--module", str(tok.module), "--token-label", tok.label]
-        cmd += ["--login", "--login-type", "so", "--so-pin", "0000000000"] if so else ["--login", "--pin", "000000"]
-        cmd += ["--list-objects"]
+        if so:  # an SO login needs a read-write session: --init-pin opens one
+            cmd += ["--login", "--login-type", "so", "--so-pin", "0000000000", "--init-pin", "--new-pin", "975312"]
+        else:
+            cmd += ["--login", "--pin", "000000", "--list-objects"]
         subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 
 
