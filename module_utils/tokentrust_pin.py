@@ -72,7 +72,7 @@ def check_new_pin(new, confirm=None, old=None, min_len=DEFAULT_MIN, max_len=DEFA
     if old is not None and new == old:
         problems.append("the %s is the same as the current one" % what)
     if reject_weak and is_weak(new):
-        problems.append("the %s is too easy to guess (repeated character or a run such as 1234)" % what)
+        problems.append("the %s is too easy to guess (repeated or consecutive characters)" % what)
     return problems
 
 
