@@ -20,11 +20,13 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import conftest  # noqa: F401,E402 - makes ansible.module_utils.tokentrust_nss importable
 from ansible.module_utils.tokentrust_nss import NSSDatabase  # noqa: E402
-from ansible.module_utils.tokentrust_nss._ffi import lib  # noqa: E402
+from ansible.module_utils.tokentrust_nss._ffi import lib, nss_libdir  # noqa: E402
 
 from lab.pki import certeurope_standin  # noqa: E402
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+# certutil/modutil run on the same NSS build as the bindings (Firefox's own when it ships one)
+TOOL_ENV = dict(os.environ, LD_LIBRARY_PATH=nss_libdir() or "")
 
 
 def fresh_profiles(base, k):
@@ -32,7 +34,8 @@ def fresh_profiles(base, k):
     for i in range(k):
         d = os.path.join(base, "p%03d" % i)
         os.makedirs(d)
-        subprocess.run(["certutil", "-N", "-d", "sql:" + d, "--empty-password"], check=True, capture_output=True)
+        subprocess.run(["certutil", "-N", "-d", "sql:" + d, "--empty-password"], check=True, capture_output=True,
+                       env=TOOL_ENV)
         dirs.append(d)
     return dirs
 
@@ -58,9 +61,9 @@ def run_tools(dirs, certs, tmp):
     for d in dirs:
         for name, p, trust in files:
             subprocess.run(["certutil", "-A", "-d", "sql:" + d, "-n", name, "-t", trust, "-i", p], check=True,
-                           capture_output=True)
+                           capture_output=True, env=TOOL_ENV)
         subprocess.run(["modutil", "-dbdir", "sql:" + d, "-add", "gem", "-libfile", MODULE, "-force"], check=True,
-                       capture_output=True)
+                       capture_output=True, env=TOOL_ENV)
     return time.perf_counter() - t
 
 
@@ -84,6 +87,9 @@ def main():
         floor = run_floor(fresh_profiles(os.path.join(tmp, "floor"), k))
     finally:
         shutil.rmtree(tmp)
+    from ansible.module_utils.tokentrust_nss import nss_version
+
+    print("NSS %s from %s (certutil/modutil on the same build)" % (nss_version(), nss_libdir()))
     print("profiles: %d, certificates: %d, modules: 1" % (k, len(certs)))
     print("floor (NSS init+shutdown only): %.3f s  (%.1f ms/profile)" % (floor, 1000 * floor / k))
     print("ours (in-process):              %.3f s  (%.1f ms/profile, %.2fx floor)" % (ours, 1000 * ours / k,

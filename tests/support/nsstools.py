@@ -5,9 +5,21 @@ import re
 import subprocess
 
 
+def tool_env():
+    """certutil/modutil run against the same NSS build as our bindings (TOKENTRUST_NSS_LIBDIR, e.g. Firefox's)."""
+    from ansible.module_utils.tokentrust_nss._ffi import nss_libdir
+
+    env = dict(os.environ)
+    libdir = nss_libdir()
+    if libdir:
+        env["LD_LIBRARY_PATH"] = libdir
+    return env
+
+
 def certutil_list(d):
     """{nickname: trust} as `certutil -L` prints it."""
-    out = subprocess.run(["certutil", "-L", "-d", "sql:%s" % d], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["certutil", "-L", "-d", "sql:%s" % d], capture_output=True, text=True, check=True,
+                         env=tool_env()).stdout
     res = {}
     for line in out.splitlines()[4:]:
         m = re.match(r"^(.*\S)\s+(\S*,\S*,\S*)\s*$", line)
@@ -18,13 +30,13 @@ def certutil_list(d):
 
 def certutil_der(d, nickname):
     return subprocess.run(["certutil", "-L", "-d", "sql:%s" % d, "-n", nickname, "-r"],
-                          capture_output=True, check=True).stdout
+                          capture_output=True, check=True, env=tool_env()).stdout
 
 
 def modutil_modules(d):
     """{module name: library path or None} from `modutil -list`."""
     out = subprocess.run(["modutil", "-list", "-dbdir", "sql:%s" % d], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, env=tool_env()).stdout
     mods = {}
     cur = None
     for line in out.splitlines():
