@@ -1,0 +1,224 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: tokentrust contributors. GNU General Public License v3.0+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: fleet_report
+short_description: Write the tokentrust fleet report (fleet.json and a self-contained fleet.html)
+description:
+  - "Runs on the controller (C(hosts: localhost) or C(delegate_to: localhost)). Takes what role C(fleet_report)
+    gathered on every host, the CA set and the test-login results, decides per host whether it is fine (green),
+    needs attention (amber) or needs action (red), with the reasons in words, and writes
+    C(fleet.json) (machine-readable, see C(docs/report.md)) and C(fleet.html) (one file, inline CSS, JavaScript and
+    SVG, no network: a sortable host table, summary counts and the certificate expiry timeline)."
+  - A host without a test-login result in O(hosts[].token) gets the one in O(token_dir)C(/<host>.json) when that
+    file exists (written by C(playbooks/verify.yml)), else "not run".
+  - Files are written atomically and only when their content changed.
+version_added: "1.0.0"
+author: tokentrust contributors
+options:
+  hosts:
+    description:
+      - One entry per host of the report, with C(name), C(data) (the C(fleet_report_host) fact, or null when the
+        host was not reached) and optionally C(token) (the C(tokentrust_token_report) fact).
+    type: list
+    elements: dict
+    required: true
+  ca_set:
+    description: The CA set (the C(tokentrust_ca_set) fact); PEMs are not needed and not copied into the report.
+    type: list
+    elements: dict
+    default: []
+  dest:
+    description: Directory of C(fleet.json) and C(fleet.html) (created when missing).
+    type: path
+    required: true
+  token_dir:
+    description: Directory of the per-host test-login results (C(<inventory_hostname>.json)). Empty to not look.
+    type: path
+    default: ""
+  expiry_warning_days:
+    description: A certificate with fewer days left makes its host amber.
+    type: int
+    default: 90
+  expiry_critical_days:
+    description: A certificate with fewer days left (or expired) makes its host red.
+    type: int
+    default: 30
+  token_required:
+    description: A host without a test-login result is amber (otherwise the report only says "not run").
+    type: bool
+    default: false
+  check_policies:
+    description: Linux/macOS hosts must have our entries in the policies.json Firefox reads.
+    type: bool
+    default: true
+  title:
+    description: Title of the page.
+    type: str
+    default: tokentrust fleet report
+attributes:
+  check_mode:
+    support: full
+    details: Builds the report and says whether the files would change, without writing them.
+  diff_mode:
+    support: partial
+    details: The diff shows the per-host statuses before and after.
+"""
+
+EXAMPLES = r"""
+# Normally through role fleet_report (tasks_from: render) in playbooks/report.yml.
+- name: Write the report of two hosts (one not reached)
+  fleet_report:
+    hosts:
+      - name: ws1
+        data: "{{ hostvars['ws1'].fleet_report_host }}"
+      - name: ws2
+        data: null
+    ca_set: "{{ tokentrust_ca_set }}"
+    dest: "{{ playbook_dir }}/../reports"
+    token_dir: "{{ playbook_dir }}/../reports/token"
+"""
+
+RETURN = r"""
+summary:
+  description: Counts (hosts, ok, warning, failed, profiles, profiles_ok, token_ok, token_failed, token_not_run,
+    windows_hosts, cas, next_expiry_days).
+  returned: always
+  type: dict
+statuses:
+  description: Host name to status (ok, warning, failed).
+  returned: always
+  type: dict
+  sample: {"lab-ws-01": "ok", "lab-ws-02": "failed"}
+reasons:
+  description: Host name to the reasons in words (failed and warning only).
+  returned: always
+  type: dict
+json_path:
+  description: Path of fleet.json.
+  returned: always
+  type: str
+html_path:
+  description: Path of fleet.html.
+  returned: always
+  type: str
+"""
+
+import json
+import os
+import tempfile
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule
+
+try:
+    from ansible.module_utils.tokentrust_report import ReportError, build_report, render_html, to_json
+
+    IMPORT_ERROR = None
+except ImportError:
+    IMPORT_ERROR = traceback.format_exc()
+
+
+def read_token_file(module, token_dir, host):
+    if not token_dir:
+        return None
+    path = os.path.join(token_dir, "%s.json" % host)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        module.fail_json(msg="fleet_report: cannot read the test-login result %s: %s (fix or delete the file, then "
+                         "run again)" % (path, exc))
+
+
+def previous_statuses(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        return {h["name"]: h["status"] for h in doc.get("hosts", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_if_changed(module, path, text):
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return False
+    except OSError:
+        pass
+    if module.check_mode:
+        return True
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=os.path.dirname(path))
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    module.atomic_move(tmp, path)
+    return True
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            hosts=dict(type="list", elements="dict", required=True),
+            ca_set=dict(type="list", elements="dict", default=[]),
+            dest=dict(type="path", required=True),
+            token_dir=dict(type="path", default=""),
+            expiry_warning_days=dict(type="int", default=90),
+            expiry_critical_days=dict(type="int", default=30),
+            token_required=dict(type="bool", default=False),
+            check_policies=dict(type="bool", default=True),
+            title=dict(type="str", default="tokentrust fleet report"),
+        ),
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(msg="fleet_report: module_utils tokentrust_report not found", exception=IMPORT_ERROR)
+    p = module.params
+    hosts = []
+    for h in p["hosts"]:
+        h = dict(h)
+        if not h.get("token"):
+            h["token"] = read_token_file(module, p["token_dir"], h.get("name"))
+        hosts.append(h)
+    ca_set = [{k: v for k, v in ca.items() if k not in ("pem", "der")} for ca in p["ca_set"]]
+    try:
+        report = build_report(hosts, ca_set, settings={k: p[k] for k in (
+            "expiry_warning_days", "expiry_critical_days", "token_required", "check_policies", "title")})
+        page = render_html(report)
+    except ReportError as exc:
+        module.fail_json(msg="fleet_report: %s" % exc)
+    dest = p["dest"]
+    if not os.path.isdir(dest):
+        if os.path.exists(dest):
+            module.fail_json(msg="fleet_report: dest %s exists and is not a directory" % dest)
+        if not module.check_mode:
+            os.makedirs(dest, mode=0o755)
+    json_path, html_path = os.path.join(dest, "fleet.json"), os.path.join(dest, "fleet.html")
+    before = previous_statuses(json_path)
+    changed = False
+    if os.path.isdir(dest):
+        changed = write_if_changed(module, json_path, to_json(report))
+        changed = write_if_changed(module, html_path, page) or changed
+    else:
+        changed = True
+    statuses = {m["name"]: m["status"] for m in report["hosts"]}
+    result = dict(
+        changed=changed, summary=report["summary"], statuses=statuses, json_path=json_path, html_path=html_path,
+        reasons={m["name"]: [r["text"] for r in m["reasons"] if r["level"] in ("failed", "warning")]
+                 for m in report["hosts"]},
+    )
+    if module._diff:
+        result["diff"] = {"before": json.dumps(before, indent=2, sort_keys=True) + "\n",
+                          "after": json.dumps(statuses, indent=2, sort_keys=True) + "\n",
+                          "before_header": json_path, "after_header": json_path}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
