@@ -338,6 +338,21 @@ def write_inventory(inv: Path, manifest: dict, python: str) -> list:
         "# The CA's test page stand-in (lab/testpage.py), on this machine only.\n",
         f"tokentrust_test_url: {_yaml_str(page['url'])}\n",
         f"tokentrust_lab_testpage_log: {_yaml_str(page['log'])}\n",
+        "# The roles, pointed at the lab: nothing is written outside the lab folder (each workstation's\n"
+        "# system paths live under hosts/<name>/), no system package is installed, the token's module is the\n"
+        "# stand-in.\n",
+        f"ca_certificates_dest: {_yaml_str(str(Path(manifest['dir']) / 'cache' / 'ca'))}\n",
+        "firefox_nss_install_packages: false\n",
+        "firefox_nss_module_library: \"{{ tokentrust_token_module }}\"\n",
+        "firefox_nss_missing_library: fail\n",
+        "firefox_policies_path: \"{{ tokentrust_lab_dir }}/hosts/{{ inventory_hostname }}/etc/firefox/policies/"
+        "policies.json\"\n",
+        "firefox_policies_ca_dir: \"{{ tokentrust_lab_dir }}/hosts/{{ inventory_hostname }}/share/tokentrust/ca\"\n",
+        "firefox_policies_module_path: \"{{ tokentrust_token_module }}\"\n",
+        "token_verify_module: \"{{ tokentrust_token_module }}\"\n",
+        "token_verify_token_label: \"{{ tokentrust_token_label }}\"\n",
+        "token_verify_url: \"{{ tokentrust_test_url }}\"\n",
+        "token_verify_pin: \"{{ tokentrust_lab_token_pin }}\"\n",
     ]
     secrets = (
         "---\n"
