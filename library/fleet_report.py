@@ -136,13 +136,29 @@ def read_token_file(module, token_dir, host):
                          "run again)" % (path, exc))
 
 
-def previous_statuses(path):
+def read_text(path):
     try:
         with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-        return {h["name"]: h["status"] for h in doc.get("hosts", [])}
-    except (OSError, ValueError, KeyError, TypeError):
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def previous_statuses(text):
+    try:
+        return {h["name"]: h["status"] for h in json.loads(text).get("hosts", [])}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return {}
+
+
+def same_as_previous(report, text):
+    """The report with the previous time stamp when nothing else differs, else None."""
+    try:
+        generated = json.loads(text)["generated"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    candidate = dict(report, generated=generated)
+    return candidate if to_json(candidate) == text else None
 
 
 def write_if_changed(module, path, text):
@@ -187,20 +203,25 @@ def main():
             h["token"] = read_token_file(module, p["token_dir"], h.get("name"))
         hosts.append(h)
     ca_set = [{k: v for k, v in ca.items() if k not in ("pem", "der")} for ca in p["ca_set"]]
+    dest = p["dest"]
+    json_path, html_path = os.path.join(dest, "fleet.json"), os.path.join(dest, "fleet.html")
+    previous = read_text(json_path)
     try:
         report = build_report(hosts, ca_set, settings={k: p[k] for k in (
             "expiry_warning_days", "expiry_critical_days", "token_required", "check_policies", "title")})
+        # Same findings as the report on disk: keep its time stamp, so that an unchanged fleet changes nothing.
+        same = same_as_previous(report, previous)
+        if same is not None:
+            report = same
         page = render_html(report)
     except ReportError as exc:
         module.fail_json(msg="fleet_report: %s" % exc)
-    dest = p["dest"]
     if not os.path.isdir(dest):
         if os.path.exists(dest):
             module.fail_json(msg="fleet_report: dest %s exists and is not a directory" % dest)
         if not module.check_mode:
             os.makedirs(dest, mode=0o755)
-    json_path, html_path = os.path.join(dest, "fleet.json"), os.path.join(dest, "fleet.html")
-    before = previous_statuses(json_path)
+    before = previous_statuses(previous)
     changed = False
     if os.path.isdir(dest):
         changed = write_if_changed(module, json_path, to_json(report))
