@@ -729,7 +729,12 @@ class TokenSession:
         return mod
 
     def _load_builtin_roots(self):
-        for p in BUILTIN_ROOTS:
+        """NSS's built-in roots: the libnssckbi of the loaded NSS build first, else a system one."""
+        from ansible.module_utils.tokentrust_nss import _ffi
+
+        here = _ffi.nss_libdir() if hasattr(_ffi, "nss_libdir") else None
+        first = (os.path.join(here, "libnssckbi.so"), os.path.join(here, "libnssckbi.dylib")) if here else ()
+        for p in first + BUILTIN_ROOTS:
             if os.path.exists(p):
                 self._load(p, "tokentrust builtin roots")
                 return p
