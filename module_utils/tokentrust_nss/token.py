@@ -621,7 +621,7 @@ class TokenSession:
     """Temp NSS database + the PKCS#11 module loaded as a user module + the token found on it.
 
     library: path of the PKCS#11 module. label: the token's label (None: the only token present).
-    ca_pems: CA set certificates (PEM/DER) imported without trust (chain building for client auth).
+    ca_pems: CA set certificates (PEM/DER, or (PEM, NSS trust) pairs; default trust ",,": chain building only).
     server_ca_pems: CAs trusted to identify TLS servers (trust C,,). builtin_roots: also trust NSS's built-in
     root CAs (libnssckbi) for servers.
     """
@@ -697,12 +697,13 @@ class TokenSession:
             der = self._der(pem, "server CA #%d" % (i + 1))
             seen.add(der)
             self._db.add_certificate(der, "tokentrust server CA %d" % (i + 1), "C,,")
-        for i, pem in enumerate(self.ca_pems):
+        for i, item in enumerate(self.ca_pems):
+            pem, trust = item if isinstance(item, tuple) else (item, ",,")
             der = self._der(pem, "CA set entry #%d" % (i + 1))
             if der in seen:
                 continue
             seen.add(der)
-            self._db.add_certificate(der, "tokentrust CA set %d" % (i + 1), ",,")
+            self._db.add_certificate(der, "tokentrust CA set %d" % (i + 1), trust or ",,")
 
     @staticmethod
     def _der(pem, what):
@@ -802,7 +803,10 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
            "check_mode": bool(check_mode)}
     try:
         cas = _load_ca_set(ca_set) if ca_set is not None else None
-        pems = [ca["pem"] if isinstance(ca, dict) else ca for ca in (ca_set or [])]
+        # the set's own NSS trust (nss_trust, as the ca_certificates role gives it to Firefox: roots "C,,"), so the
+        # test page is trusted exactly as the browser would trust it; bare PEMs: no trust (chain building only)
+        pems = [(ca["pem"], ca.get("nss_trust") or ",,") if isinstance(ca, dict) else (ca, ",,")
+                for ca in (ca_set or [])]
         with TokenSession(module_path, label, ca_pems=pems, server_ca_pems=server_ca_pems,
                           builtin_roots=builtin_roots and tls and not check_mode) as ts:
             tok = ts.token

@@ -263,6 +263,16 @@ def test_server_not_trusted(tok, pki, ident, page, tmp_path):
     assert res["failed"] is True and res["error"]["kind"] == "server_untrusted"
     assert res["error"]["nss_error"] == "SEC_ERROR_UNKNOWN_ISSUER"
     assert "is not trusted" in res["msg"] and "CN=127.0.0.1" in res["msg"]
+    # the page's CA in the CA set, trusted for servers as the browser gets it (nss_trust C,,): trusted
+    tls_ca = {"name": "Lab TLS CA", "pem": ident["ca"].read_text(), "role": "root", "nss_trust": "C,,"}
+    res, _ = run_module(tmp_path, "pkcs11_token_login",
+                        login_args(tok, pki, ident, page, server_ca=[], ca_set=ca_set_fact(pki) + [tls_ca]),
+                        {"tt_pin": PIN})
+    assert res["ok"] is True and res["tls"]["status"] == 200
+    res, _ = run_module(tmp_path, "pkcs11_token_login",
+                        login_args(tok, pki, ident, page, server_ca=[], ca_set=ca_set_fact(pki) + [
+                            dict(tls_ca, nss_trust=",,")]), {"tt_pin": PIN})
+    assert res["error"]["kind"] == "server_untrusted"
     assert tok.counters() == (0, 0) and flags_of(tok) == []
 
 
