@@ -277,7 +277,8 @@ def _nss_profiles(raw, cas, reasons):
         label = _profile_label(p)
         owner = p.get("owner")
         entry = {"name": p.get("name") or "", "path": p.get("path") or "", "kind": p.get("kind") or "",
-                 "format": p.get("format") or "", "owner": owner.get("name") if isinstance(owner, dict) else owner, "in_use": bool(p.get("in_use")),
+                 "format": p.get("format") or "", "owner": owner.get("name") if isinstance(owner, dict) else owner,
+                 "in_use": bool(p.get("in_use")),
                  "missing": [], "wrong_trust": [], "module_ok": None, "error": None, "status": OK,
                  "certificates": []}
         if p.get("format") == "dbm":
@@ -514,7 +515,7 @@ li.failed{color:#a50e0e;font-weight:600}li.warning{color:#8a5a00}li.info{color:#
 details summary{cursor:pointer;color:#1a73e8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .muted{color:#5f6368}code{font-size:12px}svg text{font:12px system-ui,"DejaVu Sans",sans-serif}
 table.inner td,table.inner th{font-size:12px;padding:3px 6px;background:none;cursor:default}
-table.inner th:after{content:""}
+table.inner th:after{content:""}#hosts>tbody>tr>td:first-child{white-space:nowrap}
 """
 
 JS = """
@@ -650,7 +651,7 @@ def timeline_svg(entries, now, settings, width=960):
         t = min(max(t, start), span_end)
         return left + plot * (t - start).total_seconds() / total
 
-    height = top + row * len(entries) + 16
+    height = top + row * len(entries) + 30
     out = ['<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" '
            'role="img" aria-label="Certificate expiry timeline">' % (width, height, width, height),
            '<rect x="0" y="0" width="%d" height="%d" fill="#ffffff"/>' % (width, height)]
@@ -658,17 +659,17 @@ def timeline_svg(entries, now, settings, width=960):
     step = max(1, len(years) // 10 + (1 if len(years) % 10 else 0)) if len(years) > 10 else 1
     for yr in list(years)[::step]:
         xx = x(_dt.datetime(yr, 1, 1, tzinfo=_dt.timezone.utc))
-        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#e0e0e0"/>' % (xx, top - 8, xx, height - 10))
+        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#e0e0e0"/>' % (xx, top - 8, xx, height - 14))
         out.append('<text x="%.1f" y="%d" text-anchor="middle" fill="#5f6368">%d</text>' % (xx, top - 12, yr))
     for days, colour in ((settings["expiry_critical_days"], COLOURS[FAILED]),
                          (settings["expiry_warning_days"], COLOURS[WARNING])):
         xx = x(now + _dt.timedelta(days=days))
         out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="%s" stroke-dasharray="4 3"/>'
-                   % (xx, top - 4, xx, height - 10, colour))
+                   % (xx, top - 4, xx, height - 14, colour))
     xn = x(now)
     out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#202124" stroke-width="2"/>'
-               % (xn, top - 20, xn, height - 10))
-    out.append('<text x="%.1f" y="%d" text-anchor="end" fill="#202124">today</text>' % (xn - 4, 12))
+               % (xn, top - 8, xn, height - 14))
+    out.append('<text x="%.1f" y="%d" text-anchor="middle" fill="#202124">today</text>' % (xn, height - 2))
     for i, (e, t) in enumerate(dated):
         y = top + i * row
         colour = COLOURS[e["level"]]
