@@ -12,7 +12,7 @@ import datetime
 import hashlib
 import os
 
-from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError, der_from_bytes, normalize_trust
+from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError, der_from_bytes, normalize_trust, read_pkcs11_txt
 
 
 class InputError(ValueError):
@@ -311,4 +311,115 @@ def _module_decide(entry, mods, name, library, state):
         after.append({"name": name, "library": library, "internal": False})
     out.update(action=action, changed=changed, after=_module_lines(after),
                restart_needed=changed and entry.get("in_use", False))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- one call per host
+
+
+def _module_plan(path, module_spec, lib_exists):
+    """Decide the module action from pkcs11.txt read as text (no library loaded)."""
+    if not module_spec or module_spec.get("state") == "ignore":
+        return None
+    state = module_spec.get("state", "present")
+    if state == "present" and not lib_exists:
+        return {"action": "skipped_missing_library", "changed": False, "other_names": [], "before": "", "after": ""}
+    mods = read_pkcs11_txt(path)
+    entry = {"in_use": False}
+    return _module_decide(entry, mods, module_spec["name"], module_spec.get("library"), state)
+
+
+def provision(databases, certificates, module_spec=None, state="present", check_mode=False,
+              nickname_conflict="fail", backup=False, fail_fast=False, password=None):
+    """Certificates and the PKCS#11 module on every database, ONE NSS open per database.
+
+    module_spec: {name, library, state (present|absent|ignore), missing_library (warn|fail)} or None.
+    The PKCS#11 module database (pkcs11.txt) is loaded only when the module must change, so a token library
+    registered there is not loaded just to import certificates. Returns (results, changed, failed, warnings).
+    """
+    for w in certificates:
+        w["trust_encoded"] = encoded_trust(w["trust"])
+    warnings = []
+    lib_exists = True
+    if module_spec and module_spec.get("state", "present") == "present":
+        lib_exists = bool(module_spec.get("library")) and os.path.isfile(module_spec["library"])
+        if not lib_exists:
+            msg = ("PKCS#11 library %s does not exist on this host: install the middleware (Gemalto/Thales Classic "
+                   "Client) first; the module was not registered (NSS must load a library to register it)"
+                   % module_spec.get("library"))
+            if module_spec.get("missing_library") == "fail":
+                raise InputError(msg)
+            warnings.append(msg)
+    results, failed = [], []
+    any_changed = False
+    for entry in databases:
+        path = entry["path"]
+        res = {"path": path, "name": entry.get("name"), "kind": entry.get("kind"), "changed": False,
+               "certificates": [], "module": None, "restart_needed": False, "created": False, "backup": None,
+               "error": None}
+        if entry.get("format") == "dbm":
+            res["error"] = None
+            res["skipped"] = "legacy dbm database (cert8.db): start a current Firefox once on it, then run again"
+            results.append(res)
+            continue
+        try:
+            res.update(_provision_one(entry, certificates, module_spec, lib_exists, state, check_mode,
+                                      nickname_conflict, backup, password))
+        except NSSError as exc:
+            res["error"] = str(exc)
+            res["error_name"] = exc.name
+            failed.append(path)
+        results.append(res)
+        any_changed = any_changed or res["changed"]
+        if res["error"] and fail_fast:
+            break
+    return results, any_changed, failed, warnings
+
+
+def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, nickname_conflict, backup, password):
+    path = entry["path"]
+    if not os.path.isdir(path):
+        raise NSSError("open", "sql:%s" % path, text="directory %s does not exist" % path)
+    exists = os.path.exists(os.path.join(path, "cert9.db"))
+    mod = _module_plan(path, module_spec, lib_exists)
+    mod_change = bool(mod and mod["changed"])
+    out = {}
+    if check_mode or (state == "absent" and not exists and not mod_change):
+        current = []
+        if exists:
+            with NSSDatabase(path, readonly=True, password=password, modules=False) as db:
+                current = db.certificates()
+        plan = _plan_certificates(current, wanted, state, nickname_conflict)
+        cert_change = any(a != "ok" for a, _, _ in plan)
+        out["before"] = _state_lines([c.to_dict() for c in current])
+        out["after"] = _state_lines(_simulate(current, plan))
+        out["created"] = not exists and (cert_change or mod_change)
+    else:
+        with NSSDatabase(path, readonly=False, password=password, modules=mod_change) as db:
+            current = db.certificates()
+            plan = _plan_certificates(current, wanted, state, nickname_conflict)
+            cert_change = any(a != "ok" for a, _, _ in plan)
+            out["before"] = _state_lines([c.to_dict() for c in current])
+            if (cert_change or mod_change) and backup and not db.created:
+                out["backup"] = _backup(db, path)
+            for action, w, nick in plan:
+                if action in ("add", "trust"):
+                    db.add_certificate(w["der"], nick, w["trust"])
+                elif action == "delete":
+                    db.delete_certificate(der=w["der"])
+            if mod_change:
+                if mod["action"] in ("replace", "delete"):
+                    db.delete_module(module_spec["name"])
+                if mod["action"] in ("add", "replace"):
+                    db.add_module(module_spec["name"], module_spec["library"])
+            out["after"] = _state_lines([c.to_dict() for c in db.certificates()])
+            out["created"] = db.created
+    out["certificates"] = [{"name": w["name"], "nickname": n, "action": a, "sha256": w["sha256"]}
+                           for a, w, n in plan]
+    if mod is not None:
+        out["module"] = {"name": module_spec["name"], "library": module_spec.get("library"), "action": mod["action"],
+                         "other_names": mod["other_names"]}
+        out["module_before"], out["module_after"] = mod["before"], mod["after"]
+    out["changed"] = cert_change or mod_change or bool(out["created"])
+    out["restart_needed"] = out["changed"] and bool(entry.get("in_use"))
     return out

@@ -16,6 +16,7 @@ from ansible.module_utils.tokentrust_nss.database import (  # noqa: F401
     check_sqlite_file,
     der_from_bytes,
     normalize_trust,
+    read_pkcs11_txt,
     slot_info,
     split_dbspec,
     token_flags,

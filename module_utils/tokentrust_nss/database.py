@@ -34,6 +34,7 @@ LEGACY_FILES = ("cert8.db", "key3.db", "secmod.db")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 NSS_INIT_READONLY = 0x1
+NSS_INIT_NOMODDB = 0x4
 NSS_INIT_NOROOTINIT = 0x10
 NSS_INIT_OPTIMIZESPACE = 0x20
 
@@ -236,13 +237,16 @@ class NSSDatabase:
     readonly=True opens with NSS_INIT_READONLY; a missing database is then an error. readonly=False creates
     cert9.db / key4.db / pkcs11.txt when the directory has none yet (as Firefox does), with an empty password.
     `password` is the database's primary password when it has one (needed to write to a protected database).
+    modules=False opens the certificate and key databases only (NSS_INIT_NOMODDB): faster, and no PKCS#11 library
+    registered in pkcs11.txt (middleware, a token) is loaded; module methods then refuse to run.
     """
 
-    def __init__(self, path, readonly=True, password=None):
+    def __init__(self, path, readonly=True, password=None, modules=True):
         self.prefix, self.directory = split_dbspec(path)
         self.spec = "sql:%s" % self.directory
         self.readonly = readonly
         self.password = password
+        self.load_modules = modules
         self._snapshot = None
         self._before = None
         self._dir_stat = None
@@ -322,6 +326,9 @@ class NSSDatabase:
         flags = NSS_INIT_NOROOTINIT | NSS_INIT_OPTIMIZESPACE
         if self.readonly:
             flags |= NSS_INIT_READONLY
+        if not self.load_modules:
+            # certificates only: pkcs11.txt is neither read nor written, no PKCS#11 library is loaded
+            flags |= NSS_INIT_NOMODDB
         old_umask = os.umask(0o077)
         try:
             rv = lib.nss3.NSS_Initialize(self.spec.encode(), b"", b"", b"secmod.db", flags)
@@ -580,6 +587,9 @@ class NSSDatabase:
     def modules(self):
         """PKCS#11 modules known to the database (pkcs11.txt), with their slots and tokens."""
         self._need_open()
+        if not self.load_modules:
+            raise NSSError("list modules", self.spec, text="database opened without its module database "
+                           "(modules=False)")
         lock = lib.nss3.SECMOD_GetDefaultModuleListLock()
         out = []
         lib.nss3.SECMOD_GetReadLock(lock)
@@ -653,6 +663,27 @@ def _module_dict(mod):
         "fips": bool(mod.isFIPS),
         "slots": slots,
     }
+
+
+def read_pkcs11_txt(directory):
+    """Modules registered in a database's pkcs11.txt, read as text (nothing loaded): [{name, library}]."""
+    path = os.path.join(directory, "pkcs11.txt")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for block in re.split(r"\n\s*\n", text):
+        fields = {}
+        for line in block.splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                fields.setdefault(k.strip(), v.strip())
+        if "name" in fields:
+            out.append({"name": fields["name"], "library": fields.get("library") or None,
+                        "internal": not fields.get("library")})
+    return out
 
 
 def token_flags(flags):

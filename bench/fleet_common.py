@@ -1,0 +1,88 @@
+"""Shared by bench/fleet.py and bench/site.py: a lab of N hosts with P profiles each, timed playbook runs."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+LAB_DIR = os.path.join(ROOT, "lab", "build", "bench", "run")
+INVENTORY = os.path.join(ROOT, "lab", "build", "bench", "inventory")
+PRISTINE = os.path.join(ROOT, "lab", "build", "bench", "pristine-homes")
+# The PKCS#11 library both sides register: OpenSC's (a real middleware library, no card needed). The lab's
+# SoftHSM2-backed stand-in is meant for one token user at a time, not for 50 hosts loading it at once.
+MODULE = os.environ.get("BENCH_PKCS11_MODULE", "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")
+EXTRA = ["-e", "tokentrust_token_module=%s" % MODULE]
+
+
+def env():
+    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles") + ":" + os.path.join(ROOT, "bench", "peer", "roles"),
+                PATH=BIN + os.pathsep + os.environ["PATH"], ANSIBLE_FORKS=os.environ.get("ANSIBLE_FORKS", "20"))
+
+
+def build_lab(hosts, profiles):
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "lab.build", "create", "--hosts", str(hosts), "--profiles", str(profiles),
+                    "--dir", LAB_DIR, "--inventory", INVENTORY], cwd=ROOT, check=True, capture_output=True)
+    homes = os.path.join(LAB_DIR, "homes")
+    if os.path.exists(PRISTINE):
+        shutil.rmtree(PRISTINE)
+    shutil.copytree(homes, PRISTINE, symlinks=True)
+    return time.perf_counter() - t
+
+
+def reset_homes():
+    """Every run starts from the same fresh profiles (and no policies or CA cache written by a previous run)."""
+    homes = os.path.join(LAB_DIR, "homes")
+    shutil.rmtree(homes)
+    shutil.copytree(PRISTINE, homes, symlinks=True)
+    for sub in ("hosts", "cache"):
+        shutil.rmtree(os.path.join(LAB_DIR, sub), ignore_errors=True)
+
+
+def destroy_lab():
+    subprocess.run([sys.executable, "-m", "lab.build", "destroy", "--dir", LAB_DIR, "--inventory", INVENTORY],
+                   cwd=ROOT, capture_output=True)
+    shutil.rmtree(PRISTINE, ignore_errors=True)
+
+
+def timed(cmd):
+    t = time.perf_counter()
+    p = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    if p.returncode != 0:
+        sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
+        raise SystemExit("benchmark run failed: %s" % " ".join(cmd))
+    changed = sum(int(c) for c in re.findall(r"changed=(\d+)", p.stdout))
+    return dt, changed
+
+
+def playbook(path):
+    return timed([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, path] + EXTRA)
+
+
+def ping():
+    return timed([os.path.join(BIN, "ansible"), "workstations", "-i", INVENTORY, "-m", "ansible.builtin.ping"])
+
+
+def compare(ours_playbook, label, hosts, profiles):
+    print("lab: %d hosts x %d profiles (+ Firefox's own), building..." % (hosts, profiles), flush=True)
+    print("lab built in %.1f s" % build_lab(hosts, profiles), flush=True)
+    try:
+        reset_homes()
+        ours1, c1 = playbook(ours_playbook)
+        ours2, c2 = playbook(ours_playbook)
+        reset_homes()
+        peer1, p1 = playbook(os.path.join(ROOT, "bench", "peer", "naive.yml"))
+        peer2, p2 = playbook(os.path.join(ROOT, "bench", "peer", "naive.yml"))
+        pong, _ = ping()
+    finally:
+        destroy_lab()
+    print("%-28s first run %7.1f s (changed=%d)   second run %7.1f s (changed=%d)" % (label, ours1, c1, ours2, c2))
+    print("%-28s first run %7.1f s (changed=%d)   second run %7.1f s (changed=%d)" % (
+        "naive certutil/modutil role", peer1, p1, peer2, p2))
+    print("ansible -m ping, same hosts: %.1f s; our second run = %.2fx ping" % (pong, ours2 / pong))
+    print("ratio: %.1f" % (peer1 / ours1))

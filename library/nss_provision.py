@@ -1,0 +1,249 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: tokentrust contributors. GNU General Public License v3.0+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: nss_provision
+short_description: Every Firefox/NSS profile of a host, the CA set and the token's PKCS#11 module, in one call
+description:
+  - The one module call per host that the firefox_nss role makes. It finds the profiles of the given homes or
+    users (as M(firefox_profiles_info) does), then, for each profile, opens its NSS database once, in-process
+    through tokentrust's cffi bindings to libnss3, applies the certificates (as M(nss_certificate)) and registers
+    the PKCS#11 module (as M(nss_pkcs11_module)).
+  - The module database (C(pkcs11.txt)) is read as text to decide; NSS loads it, and with it the token library,
+    only in a profile where the module must change.
+  - Profiles still in the legacy dbm format are skipped and reported. A failing profile is left untouched and
+    reported with its path; the others complete unless O(fail_fast=true); the module then fails at the end.
+version_added: "1.0.0"
+author: tokentrust contributors
+requirements:
+  - libnss3, libnspr4, libsmime3 on the target (Firefox's own NSS is used when the Firefox install ships one)
+  - python cffi on the target
+options:
+  homes:
+    description: Home directories to scan (each home's owner is the directory's owner).
+    type: list
+    elements: path
+  users:
+    description: User names whose homes are scanned; with neither O(homes) nor O(users) nor O(databases), all users.
+    type: list
+    elements: str
+  databases:
+    description: Explicit NSS database directories instead of discovery.
+    type: list
+    elements: raw
+  include_thunderbird:
+    description: Also provision Thunderbird profiles.
+    type: bool
+    default: false
+  include_chromium:
+    description: Also provision the shared Chromium database C(~/.pki/nssdb).
+    type: bool
+    default: false
+  certificates:
+    description:
+      - Certificates, as for M(nss_certificate) (C(name) plus C(content), C(pem) or C(path); optional C(trust),
+        C(sha256)); the C(tokentrust_ca_set) fact is accepted as it is.
+    type: list
+    elements: dict
+    default: []
+  trust:
+    description: Default trust string for entries without one.
+    type: str
+    default: "C,,"
+  state:
+    description:
+      - C(present) applies, C(absent) removes the certificates (and the module, unless O(module_state) says
+        otherwise).
+    type: str
+    choices: [present, absent]
+    default: present
+  nickname_conflict:
+    description: What to do when a nickname is already used by a different certificate.
+    type: str
+    choices: [fail, rename]
+    default: fail
+  module_name:
+    description: Security device name of the PKCS#11 module.
+    type: str
+    default: gem
+  module_library:
+    description: PKCS#11 library path (default per OS, Gemalto Classic Client).
+    type: path
+  module_state:
+    description: C(present), C(absent), or C(ignore) to leave modules alone. Default follows O(state).
+    type: str
+    choices: [present, absent, ignore]
+  missing_library:
+    description: When the library does not exist on the host, C(warn) and skip the module, or C(fail).
+    type: str
+    choices: [warn, fail]
+    default: warn
+  backup:
+    description: Copy the database files into a C(tokentrust-backup-<time>) directory of the profile before a change.
+    type: bool
+    default: false
+  fail_fast:
+    description: Stop at the first failing profile.
+    type: bool
+    default: false
+  password:
+    description: Primary password of the databases, if they have one.
+    type: str
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+seealso:
+  - module: firefox_profiles_info
+  - module: nss_certificate
+  - module: nss_pkcs11_module
+"""
+
+EXAMPLES = r"""
+- name: CA set and token module in every profile of every user of the host
+  nss_provision:
+    certificates: "{{ tokentrust_ca_set }}"
+    module_name: gem
+    module_library: /usr/lib/pkcs11/libgclib.so
+
+- name: One lab home
+  nss_provision:
+    homes: [/srv/lab/home-01]
+    certificates: "{{ tokentrust_ca_set }}"
+    module_library: /srv/lab/token/libpin_guard.so
+    missing_library: fail
+"""
+
+RETURN = r"""
+profiles:
+  description: The profiles found (as M(firefox_profiles_info) returns them).
+  returned: always
+  type: list
+  elements: dict
+databases:
+  description: One entry per profile database.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path: {description: Profile directory., type: str}
+    changed: {description: Whether it was (or would be) changed., type: bool}
+    certificates:
+      description: "Per certificate: name, nickname, sha256 and action (add, trust, delete, ok)."
+      type: list
+    module: {description: "The module: name, library, action, other_names.", type: dict}
+    restart_needed: {description: A running Firefox holds the profile and must restart., type: bool}
+    skipped: {description: Why the profile was left alone (legacy format)., type: str}
+    error: {description: Why this profile failed (it was left untouched)., type: str}
+changed_databases:
+  description: Number of databases changed.
+  returned: always
+  type: int
+failed_databases:
+  description: Paths of the databases that failed.
+  returned: always
+  type: list
+  elements: str
+restart_needed:
+  description: True when a changed profile is in use by a running Firefox.
+  returned: always
+  type: bool
+"""
+
+import platform
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from ansible.module_utils.tokentrust_profiles import ProfilesError, find_profiles
+    from ansible.module_utils.tokentrust_provision import (
+        InputError,
+        normalise_certificates,
+        normalise_databases,
+        provision,
+    )
+
+    IMPORT_ERROR = None
+except ImportError:
+    IMPORT_ERROR = traceback.format_exc()
+
+DEFAULT_LIBRARY = {
+    "Linux": "/usr/lib/pkcs11/libgclib.so",
+    "Darwin": "/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Libraries/libgclib.dylib",
+}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            homes=dict(type="list", elements="path"),
+            users=dict(type="list", elements="str"),
+            databases=dict(type="list", elements="raw"),
+            include_thunderbird=dict(type="bool", default=False),
+            include_chromium=dict(type="bool", default=False),
+            certificates=dict(type="list", elements="dict", default=[]),
+            trust=dict(type="str", default="C,,"),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            nickname_conflict=dict(type="str", choices=["fail", "rename"], default="fail"),
+            module_name=dict(type="str", default="gem"),
+            module_library=dict(type="path"),
+            module_state=dict(type="str", choices=["present", "absent", "ignore"]),
+            missing_library=dict(type="str", choices=["warn", "fail"], default="warn"),
+            backup=dict(type="bool", default=False),
+            fail_fast=dict(type="bool", default=False),
+            password=dict(type="str", no_log=True),
+        ),
+        mutually_exclusive=[("databases", "homes"), ("databases", "users")],
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("cffi (python3-cffi)"), exception=IMPORT_ERROR)
+    p = module.params
+    found = {"profiles": [], "warnings": []}
+    try:
+        if p["databases"] is not None:
+            dbs = normalise_databases(p["databases"])
+        else:
+            found = find_profiles(users=p["users"], homes=p["homes"], include_thunderbird=p["include_thunderbird"],
+                                  include_chromium=p["include_chromium"])
+            dbs = normalise_databases(found["profiles"])
+        certs = normalise_certificates(p["certificates"], p["trust"])
+        library = p["module_library"] or DEFAULT_LIBRARY.get(platform.system(), DEFAULT_LIBRARY["Linux"])
+        mstate = p["module_state"] or p["state"]
+        spec = {"name": p["module_name"], "library": library, "state": mstate, "missing_library": p["missing_library"]}
+        results, changed, failed, warnings = provision(
+            dbs, certs, spec, state=p["state"], check_mode=module.check_mode,
+            nickname_conflict=p["nickname_conflict"], backup=p["backup"], fail_fast=p["fail_fast"],
+            password=p["password"],
+        )
+    except (InputError, ProfilesError) as exc:
+        module.fail_json(msg="nss_provision: %s" % exc, changed=False, databases=[], profiles=found["profiles"])
+    for w in list(found.get("warnings", [])) + warnings:
+        module.warn(w)
+    for r in results:
+        if r.get("skipped"):
+            module.warn("%s: %s" % (r["path"], r["skipped"]))
+    diff = []
+    for r in results:
+        before, after = r.pop("before", ""), r.pop("after", "")
+        mb, ma = r.pop("module_before", ""), r.pop("module_after", "")
+        if r["changed"]:
+            diff.append({"before_header": "%s (before)" % r["path"], "after_header": "%s (after)" % r["path"],
+                         "before": before + ("modules:\n" + mb if mb else ""),
+                         "after": after + ("modules:\n" + ma if ma else "")})
+    out = dict(changed=changed, profiles=found["profiles"], databases=results, failed_databases=failed,
+               changed_databases=sum(1 for r in results if r["changed"]),
+               restart_needed=any(r["restart_needed"] for r in results), diff=diff)
+    if failed:
+        module.fail_json(msg="nss_provision failed on %d of %d databases (the others completed): %s" % (
+            len(failed), len(dbs), "; ".join(r["error"] for r in results if r["error"])), **out)
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()
