@@ -148,6 +148,7 @@ try:
         apply_certificates,
         normalise_certificates,
         normalise_databases,
+        quiet_stdout,
     )
 
     IMPORT_ERROR = None
@@ -177,10 +178,11 @@ def main():
         certs = normalise_certificates(p["certificates"], p["trust"])
     except InputError as exc:
         module.fail_json(msg="nss_certificate: %s" % exc, databases=[], changed=False)
-    results, changed, failed = apply_certificates(
-        dbs, certs, state=p["state"], check_mode=module.check_mode, nickname_conflict=p["nickname_conflict"],
-        backup=p["backup"], fail_fast=p["fail_fast"], password=p["password"],
-    )
+    with quiet_stdout():
+        results, changed, failed = apply_certificates(
+            dbs, certs, state=p["state"], check_mode=module.check_mode, nickname_conflict=p["nickname_conflict"],
+            backup=p["backup"], fail_fast=p["fail_fast"], password=p["password"],
+        )
     diff = [
         {"before_header": "%s (before)" % r["path"], "after_header": "%s (after)" % r["path"],
          "before": r.get("before", ""), "after": r.get("after", "")}

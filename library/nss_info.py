@@ -74,7 +74,12 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError
-    from ansible.module_utils.tokentrust_provision import InputError, encoded_trust, normalise_databases
+    from ansible.module_utils.tokentrust_provision import (
+        InputError,
+        encoded_trust,
+        normalise_databases,
+        quiet_stdout,
+    )
 
     IMPORT_ERROR = None
 except ImportError:
@@ -124,8 +129,9 @@ def main():
         dbs = normalise_databases(module.params["databases"])
     except InputError as exc:
         module.fail_json(msg="nss_info: %s" % exc)
-    results = [read_one(d["path"], module.params["expected_certificates"], module.params["expected_module"])
-               for d in dbs]
+    with quiet_stdout():
+        results = [read_one(d["path"], module.params["expected_certificates"], module.params["expected_module"])
+                   for d in dbs]
     module.exit_json(changed=False, databases=results,
                      compliant=all(r["compliant"] for r in results) if results else False)
 

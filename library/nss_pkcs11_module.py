@@ -112,7 +112,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
-    from ansible.module_utils.tokentrust_provision import InputError, apply_module, normalise_databases
+    from ansible.module_utils.tokentrust_provision import InputError, apply_module, normalise_databases, quiet_stdout
 
     IMPORT_ERROR = None
 except ImportError:
@@ -143,10 +143,11 @@ def main():
     library = p["library"] or DEFAULT_LIBRARY.get(platform.system(), DEFAULT_LIBRARY["Linux"])
     try:
         dbs = normalise_databases(p["databases"])
-        results, changed, failed, warnings = apply_module(
-            dbs, p["name"], library, state=p["state"], check_mode=module.check_mode,
-            missing_library=p["missing_library"], backup=p["backup"], fail_fast=p["fail_fast"],
-        )
+        with quiet_stdout():
+            results, changed, failed, warnings = apply_module(
+                dbs, p["name"], library, state=p["state"], check_mode=module.check_mode,
+                missing_library=p["missing_library"], backup=p["backup"], fail_fast=p["fail_fast"],
+            )
     except InputError as exc:
         module.fail_json(msg="nss_pkcs11_module: %s" % exc, library=library, databases=[], changed=False)
     for w in warnings:

@@ -166,6 +166,7 @@ try:
         normalise_certificates,
         normalise_databases,
         provision,
+        quiet_stdout,
     )
 
     IMPORT_ERROR = None
@@ -216,11 +217,12 @@ def main():
         library = p["module_library"] or DEFAULT_LIBRARY.get(platform.system(), DEFAULT_LIBRARY["Linux"])
         mstate = p["module_state"] or p["state"]
         spec = {"name": p["module_name"], "library": library, "state": mstate, "missing_library": p["missing_library"]}
-        results, changed, failed, warnings = provision(
-            dbs, certs, spec, state=p["state"], check_mode=module.check_mode,
-            nickname_conflict=p["nickname_conflict"], backup=p["backup"], fail_fast=p["fail_fast"],
-            password=p["password"],
-        )
+        with quiet_stdout():
+            results, changed, failed, warnings = provision(
+                dbs, certs, spec, state=p["state"], check_mode=module.check_mode,
+                nickname_conflict=p["nickname_conflict"], backup=p["backup"], fail_fast=p["fail_fast"],
+                password=p["password"],
+            )
     except (InputError, ProfilesError) as exc:
         module.fail_json(msg="nss_provision: %s" % exc, changed=False, databases=[], profiles=found["profiles"])
     for w in list(found.get("warnings", [])) + warnings:

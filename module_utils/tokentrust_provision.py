@@ -15,6 +15,27 @@ import os
 from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError, der_from_bytes, normalize_trust, read_pkcs11_txt
 
 
+class quiet_stdout:  # noqa: N801 - used as a context manager
+    """Send file descriptor 1 to stderr while NSS and PKCS#11 libraries run.
+
+    A module's result is the JSON on stdout: a PKCS#11 library that prints (debug builds of middleware, OpenSC's
+    pkcs11-spy) would corrupt it. Python-level prints are not affected (sys.stdout is flushed first).
+    """
+
+    def __enter__(self):
+        import sys
+
+        sys.stdout.flush()
+        self._saved = os.dup(1)
+        os.dup2(2, 1)
+        return self
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+        return False
+
+
 class InputError(ValueError):
     """Bad module input: reported before any database is opened."""
 

@@ -1,0 +1,113 @@
+"""nss_provision: discovery + certificates + module in one call per host (through ansible), checked with
+certutil/modutil; the token library is loaded only where the module must change (proved with pkcs11-spy)."""
+import os
+
+import pytest
+
+from lab.pki import certeurope_standin
+from tests.support.ansible_run import run_module
+from tests.support.firefox import create_profile
+from tests.support.nsstools import certutil_list, modutil_modules, snapshot
+
+OPENSC = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
+SPY = "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so"
+
+
+@pytest.fixture(scope="module")
+def ca_set():
+    out = []
+    for name, c in certeurope_standin().items():
+        root = c.cert.issuer == c.cert.subject
+        out.append({"name": name, "pem": c.pem.decode(), "sha256": c.sha256, "nss_trust": "C,," if root else ",,"})
+    return out
+
+
+@pytest.fixture
+def home(tmp_path):
+    h = str(tmp_path / "home")
+    os.makedirs(h)
+    a = create_profile(h, "alpha")
+    b = create_profile(h, "beta", path=os.path.join(h, ".mozilla", "firefox", "beta.custom"))
+    return h, [a, b]
+
+
+def test_one_call_check_real_idempotent(home, ca_set):
+    h, profiles = home
+    args = {"homes": [h], "certificates": ca_set, "module_library": OPENSC}
+    r = run_module("nss_provision", args, check=True, diff=True)
+    assert r["changed"] is True and r["changed_databases"] == 2
+    assert all(not os.path.exists(os.path.join(p, "cert9.db")) for p in profiles)
+    assert sorted(p["path"] for p in r["profiles"]) == sorted(profiles)
+    r = run_module("nss_provision", args, diff=True)
+    assert r["changed"] is True, r
+    for p in profiles:
+        listed = certutil_list(p)
+        assert listed["Lab Root CA 2"] == "C,," and listed["Lab Advanced CA V3"] == ",,"
+        assert modutil_modules(p)["gem"] == OPENSC
+    assert {d["module"]["action"] for d in r["databases"]} == {"add"}
+    assert "modules:" in r["diff"][0]["after"] and "gem" in r["diff"][0]["after"]
+    before = {p: snapshot(p) for p in profiles}
+    r = run_module("nss_provision", args)
+    assert r["changed"] is False
+    assert {d["module"]["action"] for d in r["databases"]} == {"ok"}
+    assert {p: snapshot(p) for p in profiles} == before
+    r = run_module("nss_provision", dict(args, state="absent"))
+    assert r["changed"] is True
+    for p in profiles:
+        assert certutil_list(p) == {} and "gem" not in modutil_modules(p)
+
+
+def test_token_library_loaded_only_when_module_changes(ca_set, tmp_path, monkeypatch):
+    if not os.path.exists(SPY):
+        pytest.skip("pkcs11-spy (opensc) not installed")
+    # one profile: pkcs11-spy itself does not survive being loaded twice in one process
+    h = str(tmp_path / "spyhome")
+    os.makedirs(h)
+    profiles = [create_profile(h, "alpha")]
+    log = tmp_path / "spy.log"
+    monkeypatch.setenv("PKCS11SPY", OPENSC)
+    monkeypatch.setenv("PKCS11SPY_OUTPUT", str(log))
+    args = {"homes": [h], "certificates": ca_set, "module_library": SPY}
+    r = run_module("nss_provision", args)
+    assert r["changed"] is True, r.get("msg")
+    assert log.exists() and "C_Initialize" in log.read_text(), "registering the module loads it"
+    log.unlink()
+    # a new certificate only: the module is already registered, so the library must not be loaded
+    extra = certeurope_standin()
+    more = ca_set + [{"name": "Another CA", "pem": extra["Lab Root CA"].pem.decode(), "nss_trust": "C,,"}]
+    r = run_module("nss_provision", dict(args, certificates=more))
+    assert r["changed"] is True
+    actions = {c["name"]: c["action"] for c in r["databases"][0]["certificates"]}
+    assert actions["Another CA"] == "add" and r["databases"][0]["module"]["action"] == "ok"
+    assert not log.exists(), "the token library was loaded although the module did not change"
+
+
+def test_legacy_profile_skipped_and_broken_one_reported(home, ca_set):
+    h, profiles = home
+    with open(os.path.join(profiles[1], "cert8.db"), "wb") as f:
+        f.write(b"\0" * 100)
+    args = {"homes": [h], "certificates": ca_set, "module_library": OPENSC}
+    r = run_module("nss_provision", args)
+    assert r["changed"] is True and not r.get("failed")
+    skipped = [d for d in r["databases"] if d.get("skipped")]
+    assert [d["path"] for d in skipped] == [profiles[1]]
+    assert any("legacy dbm" in w for w in r["warnings"])
+    assert os.listdir(profiles[1]) == ["cert8.db"] or "cert9.db" not in os.listdir(profiles[1])
+    # a broken database fails alone, with its path; the other one is fine
+    os.unlink(os.path.join(profiles[1], "cert8.db"))
+    with open(os.path.join(profiles[1], "cert9.db"), "wb") as f:
+        f.write(b"junk" * 40)
+    r = run_module("nss_provision", args)
+    assert r["failed"] is True and r["failed_databases"] == [profiles[1]]
+    assert "not an SQLite database" in r["msg"] and profiles[1] in r["msg"]
+
+
+def test_missing_library_warn_or_fail(home, ca_set):
+    h, profiles = home
+    args = {"homes": [h], "certificates": ca_set, "module_library": "/nonexistent/libgclib.so"}
+    r = run_module("nss_provision", args)
+    assert r["changed"] is True and any("does not exist on this host" in w for w in r["warnings"])
+    assert {d["module"]["action"] for d in r["databases"]} == {"skipped_missing_library"}
+    assert "gem" not in modutil_modules(profiles[0])
+    r = run_module("nss_provision", dict(args, missing_library="fail"))
+    assert r["failed"] is True and "does not exist on this host" in r["msg"]
