@@ -5,7 +5,7 @@ BIN   := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: setup demo test lint unit integration bench clean lab-destroy
+.PHONY: setup demo test lint unit integration bench bench-fleet clean lab lab-destroy
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,16 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/nss_apply.py
+
+bench-fleet: setup
+	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/site.py
+
+lab: setup
+	$(BIN)/python -m lab.build create --hosts $${LAB_HOSTS:-5}
+
+lab-destroy: setup
+	$(BIN)/python -m lab.build destroy
 
 clean:
 	rm -rf .stamps .pytest_cache reports .demo

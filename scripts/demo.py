@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""`make demo`: the main job on the embedded lab, with readable progress and a one-screen summary.
+
+1. the lab (lab/build.py): N workstations' homes with real Firefox ESR profiles, the CertEurope stand-in CA chain,
+   the SoftHSM2 token behind pin_guard, the local HTTPS test page, inventories/lab/
+2. playbooks/site.yml against the lab (CA set proven first, then policies and every profile)
+3. playbooks/verify.yml: the test login with the key on the token, TLS client authentication to the test page
+4. playbooks/report.yml: reports/fleet.html and reports/fleet.json
+Writes only under lab/run/ (the lab) and reports/. DEMO_HOSTS=N sets the number of workstations (default 5).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+INVENTORY = os.path.join(ROOT, "inventories", "lab")
+BOLD, GREEN, RED, AMBER, DIM, OFF = "\033[1m", "\033[32m", "\033[31m", "\033[33m", "\033[2m", "\033[0m"
+if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
+    BOLD = GREEN = RED = AMBER = DIM = OFF = ""
+
+
+def step(n, title):
+    print("\n%s[%d/4] %s%s" % (BOLD, n, title, OFF), flush=True)
+
+
+def run(cmd, what):
+    t = time.perf_counter()
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    log = os.path.join(ROOT, "lab", "run", "demo-%s.log" % what)
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "w") as f:
+        f.write(p.stdout + p.stderr)
+    recap = re.findall(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", p.stdout, re.M)
+    hosts = [r for r in recap if r[0] != "localhost"]
+    changed = sum(int(r[2]) for r in hosts)
+    failed = sum(int(r[4]) + int(r[3]) for r in recap)
+    if p.returncode != 0:
+        print("  %sfailed%s after %.1f s (full log: %s)" % (RED, OFF, dt, os.path.relpath(log, ROOT)))
+        tail = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()][-25:]
+        print("\n".join("    " + ln for ln in tail))
+        sys.exit(1)
+    if recap:
+        print("  done in %.1f s: %d host(s), %d change(s) on the hosts, %d failure(s)  %s(log: %s)%s"
+              % (dt, len(hosts), changed, failed, DIM, os.path.relpath(log, ROOT), OFF))
+    else:
+        print("  done in %.1f s" % dt)
+    return p, changed
+
+
+def main():
+    n = os.environ.get("DEMO_HOSTS", "5")
+    t0 = time.perf_counter()
+    step(1, "Lab: %s workstations with real Firefox ESR profiles, stand-in CA chain, token, test page" % n)
+    p, _ = run([sys.executable, "-m", "lab.build", "create", "--hosts", n], "lab")
+    print("  " + (p.stdout.strip().splitlines() or [""])[-1][:150])
+    step(2, "site.yml: prove the CA set, then policies and every profile of every workstation")
+    _, changed = run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/site.yml"], "site")
+    if changed == 0:
+        print("  %sno change on the hosts: they were already provisioned (idempotent)%s" % (GREEN, OFF))
+    step(3, "verify.yml: test login with the key on the token (PIN, TLS client certificate, test page)")
+    run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/verify.yml"], "verify")
+    step(4, "report.yml: the fleet report")
+    run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/report.yml"], "report")
+    summary(time.perf_counter() - t0)
+
+
+def summary(elapsed):
+    path = os.path.join(ROOT, "reports", "fleet.json")
+    with open(path) as f:
+        rep = json.load(f)
+    hosts = rep.get("hosts", [])
+    colour = {"ok": GREEN, "warning": AMBER, "failed": RED}
+    sm = rep.get("summary", {})
+    print("\n%sSummary%s (%.0f s)" % (BOLD, OFF, elapsed))
+    print("  hosts %d: %s%d fine%s, %s%d need attention%s, %s%d need action%s; profiles %d/%d compliant; "
+          "test login %d ok, %d failed, %d not run" % (
+              sm.get("hosts", 0), GREEN, sm.get("ok", 0), OFF, AMBER, sm.get("warning", 0), OFF, RED,
+              sm.get("failed", 0), OFF, sm.get("profiles_ok", 0), sm.get("profiles", 0), sm.get("token_ok", 0),
+              sm.get("token_failed", 0), sm.get("token_not_run", 0)))
+    for h in hosts:
+        st = h.get("status", "?")
+        counts = h.get("counts") or {}
+        module = h.get("module") or {}
+        token = h.get("token") or {}
+        certs = token.get("certificates") or []
+        expiry = min((c.get("days_left") for c in certs if c.get("days_left") is not None), default=None)
+        login = token.get("status") or "not run"
+        if token.get("holder"):
+            login += " as %s" % token["holder"]
+        if token.get("http_status"):
+            login += " (HTTP %s)" % token["http_status"]
+        print("  %s%-10s%s %s%-7s%s profiles %d/%d, module %s %s, test login %s%s" % (
+            BOLD, h.get("name", "?"), OFF, colour.get(st, ""), st, OFF, counts.get("profiles_ok", 0),
+            counts.get("profiles", 0), module.get("name", "gem"), "registered" if module.get("ok") else "MISSING",
+            login, (", key expires in %d days" % expiry) if expiry is not None else ""))
+        for r in h.get("reasons") or []:
+            if r.get("level") in ("warning", "failed"):
+                print("      %s- %s%s" % (colour.get(r["level"], ""), r.get("text"), OFF))
+    cas = rep.get("ca_set") or []
+    if cas:
+        print("  CA set: %s" % "; ".join("%s (%s, %s days)" % (c.get("name"), c.get("role"), c.get("days_left"))
+                                          for c in cas))
+    print("\n  report: %s" % os.path.join(ROOT, "reports", "fleet.html"))
+    print("  json:   %s" % path)
+    print("  %sremove the lab with: make lab-destroy%s" % (DIM, OFF))
+
+
+if __name__ == "__main__":
+    main()
