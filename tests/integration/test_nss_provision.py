@@ -63,7 +63,7 @@ def test_token_library_loaded_only_when_module_changes(ca_set, tmp_path, monkeyp
     # one profile: pkcs11-spy itself does not survive being loaded twice in one process
     h = str(tmp_path / "spyhome")
     os.makedirs(h)
-    profiles = [create_profile(h, "alpha")]
+    create_profile(h, "alpha")
     log = tmp_path / "spy.log"
     monkeypatch.setenv("PKCS11SPY", OPENSC)
     monkeypatch.setenv("PKCS11SPY_OUTPUT", str(log))
