@@ -33,7 +33,7 @@ then run this again."
   fi
   say "installing system packages: ${missing[*]}"
   "${SUDO[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null \
     || die "apt-get could not install: ${missing[*]} (see the output above)."
 else
   say "system packages present"
