@@ -111,3 +111,47 @@ def test_missing_library_warn_or_fail(home, ca_set):
     assert "gem" not in modutil_modules(profiles[0])
     r = run_module("nss_provision", dict(args, missing_library="fail"))
     assert r["failed"] is True and "does not exist on this host" in r["msg"]
+
+
+@pytest.fixture
+def real_user():
+    import pwd
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to provision another user's profiles")
+    name = "tt_prov_user"
+    subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+    subprocess.run(["useradd", "-m", name], check=True)
+    yield pwd.getpwnam(name)
+    subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+
+
+def test_root_on_real_users_profiles_leaves_nothing_owned_by_root(real_user, ca_set):
+    import subprocess
+
+    home = real_user.pw_dir
+    prof = create_profile(home, "work", user=real_user.pw_name)
+    # the user starts Firefox once, so the profile has the user's own databases
+    from tests.support.firefox import start_once
+
+    start_once(prof, user=real_user.pw_name, home=home)
+    fresh = create_profile(home, "fresh", user=real_user.pw_name)  # never started: no database yet
+    r = run_module("nss_provision", {"users": [real_user.pw_name], "certificates": ca_set, "module_library": OPENSC})
+    assert r["changed"] is True and r["changed_databases"] == 2, r
+    for d in (prof, fresh):
+        for root, dirs, files in os.walk(d):
+            for name in dirs + files:
+                st = os.lstat(os.path.join(root, name))
+                assert (st.st_uid, st.st_gid) == (real_user.pw_uid, real_user.pw_gid), os.path.join(root, name)
+        assert "Lab Root CA 2" in certutil_list(d)
+    # the user can read what we wrote with NSS's own tool
+    out = subprocess.run(["runuser", "-u", real_user.pw_name, "--", "certutil", "-L", "-d", "sql:" + fresh],
+                         capture_output=True, text=True, env=dict(os.environ, LD_LIBRARY_PATH=_libdir()))
+    assert "Lab Root CA 2" in out.stdout, out.stderr
+
+
+def _libdir():
+    from ansible.module_utils.tokentrust_nss._ffi import nss_libdir
+
+    return nss_libdir() or ""
