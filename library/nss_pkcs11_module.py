@@ -106,23 +106,22 @@ failed_databases:
   elements: str
 """
 
-import platform
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
-    from ansible.module_utils.tokentrust_provision import InputError, apply_module, normalise_databases, quiet_stdout
+    from ansible.module_utils.tokentrust_provision import (
+        InputError,
+        apply_module,
+        default_library,
+        normalise_databases,
+        quiet_stdout,
+    )
 
     IMPORT_ERROR = None
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
-
-DEFAULT_LIBRARY = {
-    "Linux": "/usr/lib/pkcs11/libgclib.so",
-    "Darwin": "/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Libraries/libgclib.dylib",
-}
-
 
 def main():
     module = AnsibleModule(
@@ -140,7 +139,7 @@ def main():
     if IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("cffi (python3-cffi)"), exception=IMPORT_ERROR)
     p = module.params
-    library = p["library"] or DEFAULT_LIBRARY.get(platform.system(), DEFAULT_LIBRARY["Linux"])
+    library = p["library"] or default_library()
     try:
         dbs = normalise_databases(p["databases"])
         with quiet_stdout():

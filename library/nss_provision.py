@@ -154,7 +154,6 @@ restart_needed:
   type: bool
 """
 
-import platform
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -163,6 +162,7 @@ try:
     from ansible.module_utils.tokentrust_profiles import ProfilesError, find_profiles
     from ansible.module_utils.tokentrust_provision import (
         InputError,
+        default_library,
         normalise_certificates,
         normalise_databases,
         provision,
@@ -172,12 +172,6 @@ try:
     IMPORT_ERROR = None
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
-
-DEFAULT_LIBRARY = {
-    "Linux": "/usr/lib/pkcs11/libgclib.so",
-    "Darwin": "/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Libraries/libgclib.dylib",
-}
-
 
 def main():
     module = AnsibleModule(
@@ -214,7 +208,7 @@ def main():
                                   include_chromium=p["include_chromium"])
             dbs = normalise_databases(found["profiles"])
         certs = normalise_certificates(p["certificates"], p["trust"])
-        library = p["module_library"] or DEFAULT_LIBRARY.get(platform.system(), DEFAULT_LIBRARY["Linux"])
+        library = p["module_library"] or default_library()
         mstate = p["module_state"] or p["state"]
         spec = {"name": p["module_name"], "library": library, "state": mstate, "missing_library": p["missing_library"]}
         with quiet_stdout():

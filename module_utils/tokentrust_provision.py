@@ -36,6 +36,24 @@ class quiet_stdout:  # noqa: N801 - used as a context manager
         return False
 
 
+# Gemalto/Thales Classic Client's PKCS#11 library per OS (platform.system()).
+DEFAULT_LIBRARY = {
+    "Linux": "/usr/lib/pkcs11/libgclib.so",
+    "Darwin": "/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Libraries/libgclib.dylib",
+}
+
+
+def default_library():
+    import platform
+
+    return DEFAULT_LIBRARY.get(platform.system(), DEFAULT_LIBRARY["Linux"])
+
+
+def missing_library_message(library):
+    return ("PKCS#11 library %s does not exist on this host: install the middleware (Gemalto/Thales Classic Client) "
+            "first; the module was not registered (NSS must load a library to register it)" % library)
+
+
 class InputError(ValueError):
     """Bad module input: reported before any database is opened."""
 
@@ -258,8 +276,7 @@ def apply_module(databases, name, library, state="present", check_mode=False, mi
     any_changed = False
     lib_exists = os.path.isfile(library) if library else False
     if state == "present" and not lib_exists:
-        msg = ("PKCS#11 library %s does not exist on this host: install the middleware (Gemalto/Thales Classic "
-               "Client) first; the module was not registered (NSS must load a library to register it)" % library)
+        msg = missing_library_message(library)
         if missing_library == "fail":
             raise InputError(msg)
         warnings.append(msg)
@@ -365,9 +382,7 @@ def provision(databases, certificates, module_spec=None, state="present", check_
     if module_spec and module_spec.get("state", "present") == "present":
         lib_exists = bool(module_spec.get("library")) and os.path.isfile(module_spec["library"])
         if not lib_exists:
-            msg = ("PKCS#11 library %s does not exist on this host: install the middleware (Gemalto/Thales Classic "
-                   "Client) first; the module was not registered (NSS must load a library to register it)"
-                   % module_spec.get("library"))
+            msg = missing_library_message(module_spec.get("library"))
             if module_spec.get("missing_library") == "fail":
                 raise InputError(msg)
             warnings.append(msg)
