@@ -25,7 +25,7 @@ description:
     whether the page shows the holder's name.
   - The server is verified against NSS's built-in roots (O(builtin_roots)), the CAs in O(server_ca), and the CAs
     of O(ca_set) whose C(nss_trust) trusts them for TLS servers (as the C(ca_certificates) role gives roots to
-    Firefox, C(C,,)), host name included: the page is trusted exactly as the provisioned browser trusts it.
+    Firefox, C(C,,)), host name included; so the page is trusted exactly as the provisioned browser trusts it.
   - "In check mode nothing is presented to the token: the module finds the token, reads its PIN state (and
     says whether a login would be refused), lists its certificates and checks them against the CA set."
 author:
