@@ -55,11 +55,47 @@ options:
     type: list
     elements: path
     default: []
+  certificate_set:
+    description:
+      - CA certificates to deploy as files and list in C(Certificates.Install), in one call with the policies
+        (entries with C(nickname) or C(name), and C(pem)), such as the C(tokentrust_ca_set) fact.
+      - Each is written to C(<certificate_dir>/<nickname, lower case, non-alphanumerics as _>.pem), atomically and
+        only when its content differs; O(state=absent) removes exactly these files.
+    type: list
+    elements: dict
+    default: []
+  certificate_dir:
+    description: Directory for the O(certificate_set) files (created 0755 when missing).
+    type: path
+    default: /usr/local/share/tokentrust/ca
+  certificate_owner:
+    description: Owner of the deployed files (default the user running the module).
+    type: str
+  certificate_group:
+    description: Group of the deployed files (default the user's primary group, root or wheel).
+    type: str
+  install_certificate_set:
+    description: List the O(certificate_set) files in C(Certificates.Install) (otherwise only deploy them).
+    type: bool
+    default: true
   devices:
     description:
       - PKCS#11 modules for C(SecurityDevices.Add), as a dict name -> library path.
     type: dict
     default: {}
+  device_name:
+    description:
+      - Name of one more security device whose library is the first existing of O(device_candidates)
+        (or the first candidate when none exists yet).
+    type: str
+  device_candidates:
+    description:
+      - Library paths for O(device_name). Empty means the Gemalto Classic Client paths of the OS (Linux
+        C(/usr/lib/pkcs11/libgclib.so), C(/usr/lib64/pkcs11/libgclib.so), C(/usr/lib/ClassicClient/libgclib.so);
+        macOS C(libgclib.dylib) in C(Pkcs11ClassicClient.framework)).
+    type: list
+    elements: path
+    default: []
   import_enterprise_roots:
     description:
       - Value of C(Certificates.ImportEnterpriseRoots) (only has an effect on Windows and macOS).
@@ -159,14 +195,26 @@ backup_file:
   description: The backup copy, when O(backup=true) and the file changed.
   returned: changed and backup
   type: str
+certificate_files:
+  description: The O(certificate_set) files, with C(path), C(name) and C(action) (C(written), C(ok), C(removed)).
+  returned: always
+  type: list
+  elements: dict
+device_library:
+  description: The library chosen for O(device_name).
+  returned: when O(device_name) is set
+  type: str
 restart_required:
   description: True when the file changed; running Firefox instances only apply policies on restart.
   returned: always
   type: bool
 """
 
+import grp
 import os
 import platform
+import pwd
+import re
 import tempfile
 import traceback
 
@@ -201,6 +249,70 @@ def _write(module, path, text):
     os.chmod(path, 0o644)
 
 
+DEVICE_CANDIDATES = {
+    "Linux": ["/usr/lib/pkcs11/libgclib.so", "/usr/lib64/pkcs11/libgclib.so", "/usr/lib/ClassicClient/libgclib.so"],
+    "Darwin": ["/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Libraries/libgclib.dylib",
+               "/usr/local/lib/ClassicClient/libgclib.dylib"],
+}
+
+
+def certificate_file_name(nickname):
+    """Same naming as before the files moved into this module (the fleet report relies on it)."""
+    slug = re.sub(r"^_+|_+$", "", re.sub(r"[^a-z0-9]+", "_", nickname.lower()))
+    return (slug or "ca") + ".pem"
+
+
+def _ids(module, owner, group):
+    try:
+        uid = pwd.getpwnam(owner).pw_uid if owner else -1
+        gid = grp.getgrnam(group).gr_gid if group else -1
+    except KeyError as e:
+        module.fail_json(msg=f"unknown owner or group for the certificate files: {to_native(e)}")
+    return uid, gid
+
+
+def deploy_certificate_files(module, p):
+    """Write (or remove) the certificate_set files; returns (entries, changed)."""
+    out, changed = [], False
+    d = p["certificate_dir"]
+    uid, gid = _ids(module, p["certificate_owner"], p["certificate_group"])
+    for i, ca in enumerate(p["certificate_set"]):
+        nick = ca.get("nickname") or ca.get("name")
+        pem = ca.get("pem")
+        if not nick or not pem:
+            module.fail_json(msg=f"certificate_set[{i}]: needs 'nickname' (or 'name') and 'pem'")
+        path = os.path.join(d, certificate_file_name(nick))
+        content = pem.strip() + "\n"
+        entry = {"name": ca.get("name") or nick, "path": path}
+        exists = os.path.isfile(path)
+        if p["state"] == "absent":
+            entry["action"] = "removed" if exists else "ok"
+            if exists and not module.check_mode:
+                os.unlink(path)
+        else:
+            same = False
+            if exists:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    same = f.read() == content
+                st = os.stat(path)
+                same = same and (st.st_mode & 0o777) == 0o644 and uid in (-1, st.st_uid) and gid in (-1, st.st_gid)
+            entry["action"] = "ok" if same else "written"
+            if not same and not module.check_mode:
+                if not os.path.isdir(d):
+                    os.makedirs(d, 0o755)
+                fd, tmp = tempfile.mkstemp(prefix=".tokentrust-ca.", suffix=".tmp", dir=d)
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(content)
+                os.chmod(tmp, 0o644)
+                if uid != -1 or gid != -1:
+                    os.chown(tmp, uid, gid)
+                module.atomic_move(tmp, path)
+                os.chmod(path, 0o644)
+        changed = changed or entry["action"] != "ok"
+        out.append(entry)
+    return out, changed
+
+
 def run(module):
     p = module.params
     path = p["path"]
@@ -210,7 +322,17 @@ def run(module):
     if os.path.isdir(path):
         module.fail_json(msg=f"{path} is a directory, expected the policies.json file path", path=path)
 
-    desired = desired_policies(p["certificates"], p["devices"], p["import_enterprise_roots"])
+    files, files_changed = deploy_certificate_files(module, p)
+    certificates = list(p["certificates"])
+    if p["install_certificate_set"]:
+        certificates += [f["path"] for f in files]
+    devices = dict(p["devices"])
+    device_library = None
+    if p["device_name"]:
+        candidates = p["device_candidates"] or DEVICE_CANDIDATES.get(platform.system(), DEVICE_CANDIDATES["Linux"])
+        device_library = next((c for c in candidates if os.path.isfile(c)), candidates[0])
+        devices[p["device_name"]] = device_library
+    desired = desired_policies(certificates, devices, p["import_enterprise_roots"])
 
     before_text = ""
     existing = {}
@@ -224,24 +346,27 @@ def run(module):
     for w in res.warnings:
         module.warn(f"{path}: {w}")
     if p["check_files"] and p["state"] == "present":
-        for c in p["certificates"]:
+        for c in p["certificates"]:  # the certificate_set files are ours: written above
             if not os.path.isfile(c):
                 module.warn(f"certificate file {c} does not exist on this host: Firefox will report "
                             "'Unable to find certificate' at start-up")
-        for name, lib in p["devices"].items():
+        for name, lib in devices.items():
             if not os.path.isfile(lib):
                 module.warn(f"library {lib} of security device {name!r} does not exist on this host: "
                             "Firefox will fail to add it")
 
     after_text = dump_policies(res.doc) if res.changed else before_text
     result = {
-        "changed": res.changed,
+        "changed": res.changed or files_changed,
+        "certificate_files": files,
         "path": path,
         "policies": res.doc.get("policies", {}),
         "flat_security_devices": flat_security_devices(res.doc),
-        "restart_required": res.changed,
+        "restart_required": res.changed or files_changed,
         **res.as_dict(),
     }
+    if device_library:
+        result["device_library"] = device_library
     result.pop("warnings")
     if module._diff:
         result["diff"] = {"before": before_text, "after": after_text,
@@ -261,6 +386,13 @@ def main():
             install_dir=dict(type="path"),
             certificates=dict(type="list", elements="path", default=[]),
             devices=dict(type="dict", default={}),
+            device_name=dict(type="str"),
+            device_candidates=dict(type="list", elements="path", default=[]),
+            certificate_set=dict(type="list", elements="dict", default=[]),
+            certificate_dir=dict(type="path", default="/usr/local/share/tokentrust/ca"),
+            certificate_owner=dict(type="str"),
+            certificate_group=dict(type="str"),
+            install_certificate_set=dict(type="bool", default=True),
             import_enterprise_roots=dict(type="bool"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             backup=dict(type="bool", default=False),

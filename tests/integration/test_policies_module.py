@@ -187,3 +187,36 @@ def test_missing_files_warn(tmp_path):
     w = " ".join(r.get("warnings", []))
     assert "certificate file /nonexistent/ca.pem does not exist" in w
     assert "library /nonexistent/libgclib.so of security device 'gem' does not exist" in w
+
+
+def test_certificate_set_files_deployed_rewritten_removed(tmp_path):
+    from lab.pki import make_ca
+
+    a, b = make_ca("Files Root"), make_ca("Files Other CA")
+    policies = tmp_path / "etc" / "policies.json"
+    ca_dir = tmp_path / "share" / "ca"
+    cas = [{"name": "Files Root", "nickname": "Files Root", "pem": a.pem.decode()},
+           {"name": "Files Other CA", "nickname": "Files Other CA", "pem": b.pem.decode()}]
+    args = {"path": str(policies), "certificate_set": cas, "certificate_dir": str(ca_dir),
+            "device_name": "gem", "device_candidates": ["/nonexistent/libgclib.so", SOFTHSM]}
+    r = run_module("firefox_policies", args, check=True)
+    assert r["changed"] is True and not ca_dir.exists() and not policies.exists()
+    r = run_module("firefox_policies", args)
+    assert r["changed"] is True and r["device_library"] == SOFTHSM
+    assert sorted(os.listdir(ca_dir)) == ["files_other_ca.pem", "files_root.pem"]
+    assert (ca_dir / "files_root.pem").read_bytes() == a.pem
+    doc = json.loads(policies.read_text())
+    assert doc["policies"]["Certificates"]["Install"] == [str(ca_dir / "files_root.pem"),
+                                                          str(ca_dir / "files_other_ca.pem")]
+    assert doc["policies"]["SecurityDevices"]["Add"] == {"gem": SOFTHSM}
+    assert run_module("firefox_policies", args)["changed"] is False
+    # a tampered file is put back, and only it
+    (ca_dir / "files_root.pem").write_text("tampered\n")
+    r = run_module("firefox_policies", args)
+    assert r["changed"] is True
+    assert {f["path"].split("/")[-1]: f["action"] for f in r["certificate_files"]} == {
+        "files_root.pem": "written", "files_other_ca.pem": "ok"}
+    assert (ca_dir / "files_root.pem").read_bytes() == a.pem
+    r = run_module("firefox_policies", dict(args, state="absent"))
+    assert r["changed"] is True and os.listdir(ca_dir) == []
+    assert "Certificates" not in json.loads(policies.read_text()).get("policies", {})

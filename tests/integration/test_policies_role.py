@@ -65,11 +65,11 @@ def test_role_check_real_idempotent_absent(lab):
     ca_dir = tmp / "share/ca"
 
     stats, tasks = play(tmp, check=True)
-    assert stats["changed"] >= 2
+    assert stats["changed"] >= 1
     assert not policies.exists() and not ca_dir.exists(), "check mode wrote something"
 
     stats, tasks = play(tmp)
-    assert stats["changed"] >= 3, stats
+    assert stats["changed"] >= 1, stats
     files = sorted(os.listdir(ca_dir))
     assert files == sorted(slug(n) + ".pem" for n in chain)
     for n, c in chain.items():
@@ -92,7 +92,7 @@ def test_role_check_real_idempotent_absent(lab):
     doc["policies"]["DisableTelemetry"] = True
     policies.write_text(json.dumps(doc))
     stats, _ = play(tmp, "-e", "firefox_policies_state=absent")
-    assert stats["changed"] >= 2
+    assert stats["changed"] >= 1
     assert json.loads(policies.read_text()) == {"policies": {"DisableTelemetry": True}}
     assert os.listdir(ca_dir) == []
     stats, _ = play(tmp, "-e", "firefox_policies_state=absent")
@@ -102,13 +102,15 @@ def test_role_check_real_idempotent_absent(lab):
 def test_role_tags_per_part(lab):
     tmp, chain = lab
     policies = tmp / "etc/firefox/policies/policies.json"
+    # one module call does both parts (files and policies.json): either sub-tag runs it
     stats, _ = play(tmp, "--tags", "firefox_policies:certificates")
-    assert stats["changed"] == 2   # tasks: the directory, the files (one loop)
-    assert len(os.listdir(tmp / "share/ca")) == len(chain)
-    assert not policies.exists()
-    stats, _ = play(tmp, "--tags", "firefox_policies:policies")
     assert stats["changed"] == 1
+    assert len(os.listdir(tmp / "share/ca")) == len(chain)
     assert json.loads(policies.read_text())["policies"]["SecurityDevices"]["Add"]["gem"] == SOFTHSM
+    stats, _ = play(tmp, "--tags", "firefox_policies:policies")
+    assert stats["changed"] == 0
+    stats, _ = play(tmp, "--tags", "firefox_nss")  # another role's tag: nothing of ours runs
+    assert stats["changed"] == 0
 
 
 def test_role_module_path_first_found_and_bad_ca_set(lab):
