@@ -6,7 +6,8 @@
 2. playbooks/site.yml against the lab (CA set proven first, then policies and every profile)
 3. playbooks/verify.yml: the test login with the key on the token, TLS client authentication to the test page
 4. playbooks/report.yml: reports/fleet.html and reports/fleet.json
-Writes only under lab/run/ (the lab) and reports/. DEMO_HOSTS=N sets the number of workstations (default 5).
+Writes only under lab/run/ (the lab) and reports/. DEMO_HOSTS=N sets the number of workstations (default 5);
+DEMO_DIR=<dir> puts the lab, its inventory and the reports under <dir> instead (the tests use it).
 """
 import json
 import os
@@ -17,7 +18,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
-INVENTORY = os.path.join(ROOT, "inventories", "lab")
+DEMO_DIR = os.environ.get("DEMO_DIR")
+LAB_DIR = os.path.join(DEMO_DIR, "lab") if DEMO_DIR else os.path.join(ROOT, "lab", "run")
+INVENTORY = os.path.join(DEMO_DIR, "inventory") if DEMO_DIR else os.path.join(ROOT, "inventories", "lab")
+REPORTS = os.path.join(DEMO_DIR, "reports") if DEMO_DIR else os.path.join(ROOT, "reports")
+OUT_VARS = ["-e", "fleet_report_dest=%s" % REPORTS, "-e", "token_verify_report_dir=%s" % os.path.join(REPORTS, "token")]
 BOLD, GREEN, RED, AMBER, DIM, OFF = "\033[1m", "\033[32m", "\033[31m", "\033[33m", "\033[2m", "\033[0m"
 if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
     BOLD = GREEN = RED = AMBER = DIM = OFF = ""
@@ -33,7 +38,7 @@ def run(cmd, what):
                PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     dt = time.perf_counter() - t
-    log = os.path.join(ROOT, "lab", "run", "demo-%s.log" % what)
+    log = os.path.join(LAB_DIR, "demo-%s.log" % what)
     os.makedirs(os.path.dirname(log), exist_ok=True)
     with open(log, "w") as f:
         f.write(p.stdout + p.stderr)
@@ -58,21 +63,22 @@ def main():
     n = os.environ.get("DEMO_HOSTS", "5")
     t0 = time.perf_counter()
     step(1, "Lab: %s workstations with real Firefox ESR profiles, stand-in CA chain, token, test page" % n)
-    p, _ = run([sys.executable, "-m", "lab.build", "create", "--hosts", n], "lab")
+    p, _ = run([sys.executable, "-m", "lab.build", "create", "--hosts", n, "--dir", LAB_DIR, "--inventory", INVENTORY],
+               "lab")
     print("  " + (p.stdout.strip().splitlines() or [""])[-1][:150])
     step(2, "site.yml: prove the CA set, then policies and every profile of every workstation")
     _, changed = run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/site.yml"], "site")
     if changed == 0:
         print("  %sno change on the hosts: they were already provisioned (idempotent)%s" % (GREEN, OFF))
     step(3, "verify.yml: test login with the key on the token (PIN, TLS client certificate, test page)")
-    run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/verify.yml"], "verify")
+    run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/verify.yml"] + OUT_VARS, "verify")
     step(4, "report.yml: the fleet report")
-    run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/report.yml"], "report")
+    run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/report.yml"] + OUT_VARS, "report")
     summary(time.perf_counter() - t0)
 
 
 def summary(elapsed):
-    path = os.path.join(ROOT, "reports", "fleet.json")
+    path = os.path.join(REPORTS, "fleet.json")
     with open(path) as f:
         rep = json.load(f)
     hosts = rep.get("hosts", [])
@@ -107,9 +113,10 @@ def summary(elapsed):
     if cas:
         print("  CA set: %s" % "; ".join("%s (%s, %s days)" % (c.get("name"), c.get("role"), c.get("days_left"))
                                           for c in cas))
-    print("\n  report: %s" % os.path.join(ROOT, "reports", "fleet.html"))
+    print("\n  report: %s" % os.path.join(REPORTS, "fleet.html"))
     print("  json:   %s" % path)
-    print("  %sremove the lab with: make lab-destroy%s" % (DIM, OFF))
+    if not DEMO_DIR:
+        print("  %sremove the lab with: make lab-destroy%s" % (DIM, OFF))
 
 
 if __name__ == "__main__":
