@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.token_lab import BIN, PYTHON, ROOT, ansible_env
+from tests.support.token_lab import BIN, PYTHON, ROOT, ansible_env
 
 pytestmark = [
     pytest.mark.firefox,

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from tests.integration.token_lab import PIN, PUK, flags_of, run_inproc, run_module, wrong_pins
+from tests.support.token_lab import PIN, PUK, flags_of, run_inproc, run_module, wrong_pins
 
 pytestmark = pytest.mark.skipif(shutil.which("softhsm2-util") is None or shutil.which("pkcs11-tool") is None,
                                 reason="softhsm2 / opensc not installed")

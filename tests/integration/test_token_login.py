@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.token_lab import (
+from tests.support.token_lab import (
     PIN,
     PUK,
     ca_set_fact,

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.integration.token_lab import BIN, PIN, PUK, PYTHON, ROOT, ansible_env, flags_of, write_pems
+from tests.support.token_lab import BIN, PIN, PUK, PYTHON, ROOT, ansible_env, flags_of, write_pems
 
 pytestmark = pytest.mark.skipif(shutil.which("softhsm2-util") is None, reason="softhsm2 not installed")
 NEW = "73920581"
@@ -131,7 +131,7 @@ def test_token_pin_playbook_batch_change_then_unblock(lab):
     assert lab["tok"].counters() == (0, 0)
 
     # lock the PIN, then unblock with the PUK (the action follows from what is given: PUK, no current PIN)
-    from tests.integration.token_lab import wrong_pins
+    from tests.support.token_lab import wrong_pins
 
     wrong_pins(lab["tok"], 3)
     assert "user_pin_locked" in flags_of(lab["tok"])
