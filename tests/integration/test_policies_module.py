@@ -6,31 +6,15 @@ and idempotent run.
 import json
 import os
 import stat
-import subprocess
 import sys
 
 import pytest
 
+from tests.support.ansible_run import run_module  # noqa: F401 - also used by the other policies tests
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
-
-
-def run_module(name, args, check=False, diff=False):
-    """Run one module through the real `ansible` CLI; return the host's result dict."""
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-               ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_NOCOLOR="1")
-    cmd = [ANSIBLE, "localhost", "-i", "localhost,", "-c", "local",
-           "-e", f"ansible_python_interpreter={sys.executable}", "-m", name]
-    if args:
-        cmd += ["-a", json.dumps(args)]
-    if check:
-        cmd.append("--check")
-    if diff:
-        cmd.append("--diff")
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    out = json.loads(p.stdout)
-    return out["plays"][0]["tasks"][0]["hosts"]["localhost"]
 
 
 @pytest.fixture
