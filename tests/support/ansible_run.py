@@ -19,7 +19,9 @@ def run_module(name, args, check=False, diff=False, verbose=False):
     """One module through `ansible localhost -m`; returns the host's result dict (with `_stdout` for log checks)."""
     env = ansible_env(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
     cmd = [os.path.join(BIN, "ansible"), "localhost", "-i", "localhost,", "-c", "local",
-           "-e", "ansible_python_interpreter=%s" % sys.executable, "-m", name, "-a", json.dumps(args)]
+           "-e", "ansible_python_interpreter=%s" % sys.executable, "-m", name]
+    if args:  # `-a {}` would be taken as free-form parameters
+        cmd += ["-a", json.dumps(args)]
     if check:
         cmd.append("--check")
     if diff:
