@@ -224,6 +224,11 @@ def main():
     for r in results:
         if r.get("skipped"):
             module.warn("%s: %s" % (r["path"], r["skipped"]))
+    in_use = [r["path"] for r in results if r["restart_needed"]]
+    if in_use:
+        module.warn("Firefox is running on %s: it loads security devices at start-up, so ask the user to restart "
+                    "Firefox (nothing is lost: the change is on disk, and certificates are already seen)"
+                    % ", ".join(in_use))
     diff = []
     for r in results:
         before, after = r.pop("before", ""), r.pop("after", "")

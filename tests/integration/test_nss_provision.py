@@ -155,3 +155,16 @@ def _libdir():
     from ansible.module_utils.tokentrust_nss._ffi import nss_libdir
 
     return nss_libdir() or ""
+
+
+def test_profile_in_use_is_reported_with_a_restart_message(home, ca_set):
+    h, profiles = home
+    # a live lock as Firefox leaves it: "<address>:+<pid>" of a running process on this host
+    os.symlink("127.0.0.1:+%d" % os.getpid(), os.path.join(profiles[0], "lock"))
+    r = run_module("nss_provision", {"homes": [h], "certificates": ca_set, "module_library": OPENSC})
+    by_path = {d["path"]: d for d in r["databases"]}
+    assert by_path[profiles[0]]["restart_needed"] is True and by_path[profiles[1]]["restart_needed"] is False
+    assert r["restart_needed"] is True
+    msg = [w for w in r["warnings"] if "ask the user to restart Firefox" in w]
+    assert msg and profiles[0] in msg[0] and profiles[1] not in msg[0]
+    assert "Lab Root CA 2" in certutil_list(profiles[0])  # written all the same: SQLite locking keeps it safe
