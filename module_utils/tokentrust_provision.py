@@ -58,6 +58,28 @@ class InputError(ValueError):
     """Bad module input: reported before any database is opened."""
 
 
+def _each_database(databases, fresh, work, fail_fast):
+    """Run work(entry) on each database, one after another; an NSSError fails that database only.
+
+    fresh(entry) gives the result skeleton (with "skipped" set to leave the database alone).
+    Returns (results, changed, failed paths); stops after the first failure when fail_fast.
+    """
+    results, failed = [], []
+    for entry in databases:
+        res = fresh(entry)
+        if not res.get("skipped"):
+            try:
+                res.update(work(entry))
+            except NSSError as exc:
+                res["error"] = str(exc) if exc.database else "%s (%s)" % (exc, entry["path"])
+                res["error_name"] = exc.name
+                failed.append(entry["path"])
+        results.append(res)
+        if res["error"] and fail_fast:
+            break
+    return results, any(r["changed"] for r in results), failed
+
+
 def normalise_databases(databases):
     """Paths, 'sql:' specs or profile dicts (from firefox_profiles_info) -> list of dicts {path, in_use, owner}."""
     out = []
@@ -190,25 +212,13 @@ def apply_certificates(databases, certificates, state="present", check_mode=Fals
     wanted = certificates
     for w in wanted:
         w["trust_encoded"] = encoded_trust(w["trust"])
-    results = []
-    any_changed = False
-    failed = []
-    for entry in databases:
-        path = entry["path"]
-        res = {"path": path, "changed": False, "actions": [], "restart_needed": False, "error": None,
-               "created": False, "backup": None}
-        try:
-            res.update(_apply_one(entry, wanted, state, check_mode, nickname_conflict, backup, password))
-        except NSSError as exc:
-            exc.database = exc.database or "sql:%s" % path
-            res["error"] = str(exc) if exc.database in str(exc) else "%s (%s)" % (exc, path)
-            res["error_name"] = exc.name
-            failed.append(path)
-        results.append(res)
-        any_changed = any_changed or res["changed"]
-        if res["error"] and fail_fast:
-            break
-    return results, any_changed, failed
+    return _each_database(
+        databases,
+        lambda e: {"path": e["path"], "changed": False, "actions": [], "restart_needed": False, "error": None,
+                   "created": False, "backup": None},
+        lambda e: _apply_one(e, wanted, state, check_mode, nickname_conflict, backup, password),
+        fail_fast,
+    )
 
 
 def _apply_one(entry, wanted, state, check_mode, nickname_conflict, backup, password):
@@ -272,29 +282,21 @@ def _simulate(current, plan):
 def apply_module(databases, name, library, state="present", check_mode=False, missing_library="warn",
                  backup=False, fail_fast=False):
     """Register / remove a PKCS#11 module in each database. Returns (results, changed, failed, warnings)."""
-    results, failed, warnings = [], [], []
-    any_changed = False
+    warnings = []
     lib_exists = os.path.isfile(library) if library else False
     if state == "present" and not lib_exists:
         msg = missing_library_message(library)
         if missing_library == "fail":
             raise InputError(msg)
         warnings.append(msg)
-    for entry in databases:
-        path = entry["path"]
-        res = {"path": path, "changed": False, "action": "ok", "restart_needed": False, "error": None,
-               "other_names": [], "backup": None}
-        try:
-            res.update(_module_one(entry, name, library, state, check_mode, lib_exists, backup))
-        except NSSError as exc:
-            res["error"] = str(exc)
-            res["error_name"] = exc.name
-            failed.append(path)
-        results.append(res)
-        any_changed = any_changed or res["changed"]
-        if res["error"] and fail_fast:
-            break
-    return results, any_changed, failed, warnings
+    results, changed, failed = _each_database(
+        databases,
+        lambda e: {"path": e["path"], "changed": False, "action": "ok", "restart_needed": False, "error": None,
+                   "other_names": [], "backup": None},
+        lambda e: _module_one(e, name, library, state, check_mode, lib_exists, backup),
+        fail_fast,
+    )
+    return results, changed, failed, warnings
 
 
 def _module_lines(mods):
@@ -386,30 +388,21 @@ def provision(databases, certificates, module_spec=None, state="present", check_
             if module_spec.get("missing_library") == "fail":
                 raise InputError(msg)
             warnings.append(msg)
-    results, failed = [], []
-    any_changed = False
-    for entry in databases:
-        path = entry["path"]
-        res = {"path": path, "name": entry.get("name"), "kind": entry.get("kind"), "changed": False,
+    def fresh(entry):
+        res = {"path": entry["path"], "name": entry.get("name"), "kind": entry.get("kind"), "changed": False,
                "certificates": [], "module": None, "restart_needed": False, "created": False, "backup": None,
                "error": None}
         if entry.get("format") == "dbm":
-            res["error"] = None
             res["skipped"] = "legacy dbm database (cert8.db): start a current Firefox once on it, then run again"
-            results.append(res)
-            continue
-        try:
-            res.update(_provision_one(entry, certificates, module_spec, lib_exists, state, check_mode,
-                                      nickname_conflict, backup, password))
-        except NSSError as exc:
-            res["error"] = str(exc)
-            res["error_name"] = exc.name
-            failed.append(path)
-        results.append(res)
-        any_changed = any_changed or res["changed"]
-        if res["error"] and fail_fast:
-            break
-    return results, any_changed, failed, warnings
+        return res
+
+    results, changed, failed = _each_database(
+        databases, fresh,
+        lambda e: _provision_one(e, certificates, module_spec, lib_exists, state, check_mode, nickname_conflict,
+                                 backup, password),
+        fail_fast,
+    )
+    return results, changed, failed, warnings
 
 
 def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, nickname_conflict, backup, password):

@@ -34,6 +34,25 @@ class NSSError(Exception):
         }
 
 
+class KindError(Exception):
+    """An error with a stable ``kind`` keyword (matched by tests and roles), a message, the NSS error name if
+    any, and details; ``to_dict()`` is what modules return. Base of TokenError and TLSError."""
+
+    def __init__(self, kind, message, nss_error=None, **details):
+        self.kind = kind
+        self.message = message
+        self.nss_error = nss_error
+        self.details = details
+        super().__init__(message)
+
+    def to_dict(self):
+        out = {"kind": self.kind, "message": self.message}
+        if self.nss_error:
+            out["nss_error"] = self.nss_error
+        out.update(self.details)
+        return out
+
+
 class LegacyDatabaseError(NSSError):
     """The directory holds only a legacy dbm database (cert8.db / secmod.db)."""
 

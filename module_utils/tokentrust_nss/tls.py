@@ -19,7 +19,7 @@ import re
 from urllib.parse import urlsplit
 
 from ansible.module_utils.tokentrust_nss._ffi import ffi, lib
-from ansible.module_utils.tokentrust_nss.errors import last_error
+from ansible.module_utils.tokentrust_nss.errors import KindError, last_error
 
 # ssl.h options
 SSL_SECURITY = 1
@@ -49,20 +49,9 @@ CLIENT_CERT_REQUIRED = ("SSL_ERROR_RX_CERTIFICATE_REQUIRED_ALERT", "SSL_ERROR_NO
 TIMEOUTS = ("PR_IO_TIMEOUT_ERROR",)
 
 
-class TLSError(Exception):
-    def __init__(self, kind, message, nss_error=None, **details):
-        self.kind = kind
-        self.message = message
-        self.nss_error = nss_error
-        self.details = details
-        super().__init__(message)
-
-    def to_dict(self):
-        out = {"kind": self.kind, "message": self.message}
-        if self.nss_error:
-            out["nss_error"] = self.nss_error
-        out.update(self.details)
-        return out
+class TLSError(KindError):
+    """The TLS test login failed; kinds: server_untrusted, client_cert_rejected, client_cert_required, connect,
+    timeout, handshake, ..."""
 
 
 def _der_of(cert):

@@ -37,7 +37,7 @@ from ansible.module_utils.tokentrust_nss.database import (
     der_from_bytes,
     token_flags,
 )
-from ansible.module_utils.tokentrust_nss.errors import NSSError, last_error
+from ansible.module_utils.tokentrust_nss.errors import KindError, NSSError, last_error
 
 UTC = datetime.timezone.utc
 
@@ -86,26 +86,12 @@ def pin_state(flags, who="user"):
     return "ok"
 
 
-class TokenError(Exception):
+class TokenError(KindError):
     """A token operation cannot be done or failed. ``kind`` is a stable keyword tests and roles match on.
 
     kinds: module_missing, module_load, no_token, several_tokens, token_not_found, pin_locked, pin_final_try,
     puk_locked, puk_final_try, wrong_pin, wrong_puk, pin_rules, login, change, unblock, nss.
     """
-
-    def __init__(self, kind, message, nss_error=None, **details):
-        self.kind = kind
-        self.message = message
-        self.nss_error = nss_error
-        self.details = details
-        super().__init__(message)
-
-    def to_dict(self):
-        out = {"kind": self.kind, "message": self.message}
-        if self.nss_error:
-            out["nss_error"] = self.nss_error
-        out.update(self.details)
-        return out
 
 
 # ---------------------------------------------------------------------------------------------- PIN hand-over
