@@ -76,10 +76,10 @@ try:
     from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError
     from ansible.module_utils.tokentrust_provision import (
         InputError,
-        encoded_trust,
         normalise_databases,
         quiet_stdout,
     )
+    from ansible.module_utils.tokentrust_trust import encoded_trust
 
     IMPORT_ERROR = None
 except ImportError:

@@ -13,6 +13,7 @@ import hashlib
 import os
 
 from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError, der_from_bytes, normalize_trust, read_pkcs11_txt
+from ansible.module_utils.tokentrust_trust import encoded_trust
 
 
 class quiet_stdout:  # noqa: N801 - used as a context manager
@@ -190,20 +191,6 @@ def _plan_certificates(current, wanted, state, nickname_conflict):
                                "'%s (%s)'" % (nick, other.sha256, other.subject, nick, w["sha256"][:8]))
         plan.append(("add", w, nick))
     return plan
-
-
-def encoded_trust(trust):
-    # certutil's own rendering of a trust string (C implies c, etc.) without NSS: reorder/normalise letters
-    order = "cpCTPuwIG"
-    fields = []
-    for f in trust.split(","):
-        letters = set(f)
-        if "C" in letters or "T" in letters:
-            letters.discard("c")
-        if "P" in letters:
-            letters.discard("p")
-        fields.append("".join(ch for ch in order if ch in letters))
-    return ",".join(fields)
 
 
 def apply_certificates(databases, certificates, state="present", check_mode=False, nickname_conflict="fail",

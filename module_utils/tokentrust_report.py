@@ -30,6 +30,7 @@ from ansible.module_utils.tokentrust_policies import (
     flat_security_devices,
     load_policies,
 )
+from ansible.module_utils.tokentrust_trust import encoded_trust
 
 FORMAT = "tokentrust-fleet-report/1"
 FAILED, WARNING, OK, INFO = "failed", "warning", "ok", "info"
@@ -110,20 +111,6 @@ def _fp(value):
     return str(value or "").replace(":", "").replace(" ", "").upper()
 
 
-def _trust(value):
-    # certutil's rendering (C implies c, P implies p); same rule as tokentrust_provision.encoded_trust
-    order = "cpCTPuwIG"
-    fields = []
-    for f in str(value).split(","):
-        letters = set(f)
-        if "C" in letters or "T" in letters:
-            letters.discard("c")
-        if "P" in letters:
-            letters.discard("p")
-        fields.append("".join(ch for ch in order if ch in letters))
-    return ",".join(fields)
-
-
 def settings_with_defaults(settings):
     out = dict(DEFAULT_SETTINGS)
     for k, v in (settings or {}).items():
@@ -156,7 +143,7 @@ def ca_entries(ca_set, settings, now):
             "name": ca["name"], "role": ca.get("role") or "", "sha256": _fp(ca.get("sha256")),
             "subject": ca.get("subject") or "", "not_after": ca.get("not_after") or "",
             "days_left": d, "level": expiry_level(d, settings),
-            "nss_trust": _trust(ca.get("nss_trust") or ca.get("trust") or "C,,"),
+            "nss_trust": encoded_trust(ca.get("nss_trust") or ca.get("trust") or "C,,"),
         })
     return out
 
@@ -312,7 +299,7 @@ def _nss_profiles(raw, cas, reasons):
             if c is None:
                 entry["missing"].append(ca["name"])
                 reasons.append(_reason(FAILED, "profile %s lacks CA %s" % (label, ca["name"]), "certificates"))
-            elif _trust(c.get("trust") or "") != ca["nss_trust"]:
+            elif encoded_trust(c.get("trust") or "") != ca["nss_trust"]:
                 entry["wrong_trust"].append(ca["name"])
                 reasons.append(_reason(FAILED, "profile %s: CA %s has trust '%s', expected '%s'"
                                        % (label, ca["name"], c.get("trust"), ca["nss_trust"]), "certificates"))
