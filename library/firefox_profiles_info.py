@@ -143,6 +143,14 @@ homes:
   returned: always
   type: list
   elements: dict
+refused:
+  description:
+    - Profiles refused by the privilege model, with C(path), C(owner) and C(reason) (a C(profiles.ini) Path
+      or a symlink leading outside the owner's home, a profile owned by another user). They are not listed in
+      RV(profiles).
+  returned: always
+  type: list
+  elements: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -13,6 +13,7 @@ description:
     PKCS#11 modules (name, library, slots and tokens with their flags).
   - Optionally compares each database with an expected CA set and module, for reports and verification.
   - Never writes anything; a database that cannot be read is reported with its error and the others still are.
+  - Run as root, each database is read in a forked child acting as the database's owner (see M(nss_provision)).
 version_added: "1.0.0"
 author: tokentrust contributors
 requirements:
@@ -74,6 +75,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError
+    from ansible.module_utils.tokentrust_privsep import ChildError, PrivilegeError, acting_owner, run_as
     from ansible.module_utils.tokentrust_provision import (
         InputError,
         normalise_databases,
@@ -129,9 +131,17 @@ def main():
         dbs = normalise_databases(module.params["databases"])
     except InputError as exc:
         module.fail_json(msg="nss_info: %s" % exc)
+    results = []
     with quiet_stdout():
-        results = [read_one(d["path"], module.params["expected_certificates"], module.params["expected_module"])
-                   for d in dbs]
+        for d in dbs:
+            try:
+                # read as the database's owner, in a child (tokentrust_privsep): root never opens a user's files
+                owner = acting_owner(d["path"], d.get("owner_uid"))
+                results.append(run_as(owner, read_one, d["path"], module.params["expected_certificates"],
+                                      module.params["expected_module"]))
+            except (PrivilegeError, ChildError) as exc:
+                results.append({"path": d["path"], "certificates": [], "modules": [], "missing": [],
+                                "wrong_trust": [], "module_ok": None, "compliant": False, "error": str(exc)})
     module.exit_json(changed=False, databases=results,
                      compliant=all(r["compliant"] for r in results) if results else False)
 

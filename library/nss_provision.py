@@ -92,6 +92,20 @@ options:
   password:
     description: Primary password of the databases, if they have one.
     type: str
+  lock_timeout:
+    description:
+      - Seconds to wait for another tokentrust run working on the same profile (runs take a per-profile lock).
+        After that the profile fails as busy, unchanged.
+    type: int
+    default: 60
+notes:
+  - Privilege model. Run as root, the module never opens a file inside a user's home itself: each home is
+    scanned, and each profile provisioned, in a forked child that has dropped to the owner's uid, gid and groups.
+    Profiles that resolve outside their owner's home, or are owned by another user, are refused and reported as
+    failed (RV(refused)). Database files that are symbolic links are refused.
+  - A profile's failure, including a PKCS#11 library that crashes when NSS loads it, is reported for that
+    profile only. The certificates are applied with no PKCS#11 library loaded; a library that cannot be loaded
+    costs the module registration only (a warning with O(missing_library=warn), a failure with C(fail)).
 attributes:
   check_mode:
     support: full
@@ -152,6 +166,11 @@ restart_needed:
   description: True when a changed profile is in use by a running Firefox.
   returned: always
   type: bool
+refused:
+  description: Profiles refused by the privilege model (path and reason); each also fails the task.
+  returned: always
+  type: list
+  elements: dict
 """
 
 import traceback
@@ -192,6 +211,7 @@ def main():
             backup=dict(type="bool", default=False),
             fail_fast=dict(type="bool", default=False),
             password=dict(type="str", no_log=True),
+            lock_timeout=dict(type="int", default=60),
         ),
         mutually_exclusive=[("databases", "homes"), ("databases", "users")],
         supports_check_mode=True,
@@ -207,6 +227,7 @@ def main():
             found = find_profiles(users=p["users"], homes=p["homes"], include_thunderbird=p["include_thunderbird"],
                                   include_chromium=p["include_chromium"])
             dbs = normalise_databases(found["profiles"])
+            dbs += [{"path": r["path"], "refused": r["reason"], "in_use": False} for r in found.get("refused", [])]
         certs = normalise_certificates(p["certificates"], p["trust"])
         library = p["module_library"] or default_library()
         mstate = p["module_state"] or p["state"]
@@ -215,10 +236,11 @@ def main():
             results, changed, failed, warnings = provision(
                 dbs, certs, spec, state=p["state"], check_mode=module.check_mode,
                 nickname_conflict=p["nickname_conflict"], backup=p["backup"], fail_fast=p["fail_fast"],
-                password=p["password"],
+                password=p["password"], lock_timeout=p["lock_timeout"],
             )
     except (InputError, ProfilesError) as exc:
-        module.fail_json(msg="nss_provision: %s" % exc, changed=False, databases=[], profiles=found["profiles"])
+        module.fail_json(msg="nss_provision: %s" % exc, changed=False, databases=[], profiles=found["profiles"],
+                         refused=found.get("refused", []))
     for w in list(found.get("warnings", [])) + warnings:
         module.warn(w)
     for r in results:
@@ -237,7 +259,8 @@ def main():
             diff.append({"before_header": "%s (before)" % r["path"], "after_header": "%s (after)" % r["path"],
                          "before": before + ("modules:\n" + mb if mb else ""),
                          "after": after + ("modules:\n" + ma if ma else "")})
-    out = dict(changed=changed, profiles=found["profiles"], databases=results, failed_databases=failed,
+    out = dict(changed=changed, profiles=found["profiles"], refused=found.get("refused", []), databases=results,
+               failed_databases=failed,
                changed_databases=sum(1 for r in results if r["changed"]),
                restart_needed=any(r["restart_needed"] for r in results), diff=diff)
     if failed:

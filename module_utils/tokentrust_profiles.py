@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Find Firefox (and optionally Thunderbird / Chromium) NSS profiles of local users.
 
-Pure Python (stdlib only), read-only. Sources of truth are each root's `profiles.ini` and
+Pure Python (stdlib only), read-only; each home is read as its owner
+(tokentrust_privsep). Sources of truth are each root's `profiles.ini` and
 `installs.ini`:
 
     [Profile0]                 [Install4F96D1932A9F858E]      (installs.ini, or the same
@@ -22,6 +23,8 @@ import platform
 import pwd
 import socket
 import struct
+
+from ansible.module_utils.tokentrust_privsep import ChildError, run_as
 
 # (kind, path relative to the home, needs include_*)
 FIREFOX_ROOTS = (
@@ -271,8 +274,6 @@ def scan_root(root, kind, owner, locks=True, local_addresses=None):
             "path_owner": _owner(st.st_uid, st.st_gid),
             "nss_db": "sql:" + path,
         }
-        if st.st_uid != owner["uid"]:
-            warnings.append(f"{path} is owned by uid {st.st_uid}, not by {owner['name']} (uid {owner['uid']})")
         if locks:
             entry["in_use"], entry["lock"] = lock_state(path, local_addresses)
         profiles.append(entry)
@@ -293,34 +294,85 @@ def chromium_db(home, owner):
     }
 
 
+def _inside(path, top):
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def scan_home(home, owner, roots_def, include_chromium=False, locks=True, local_addresses=None):
+    """Profiles of one home, confined to it: every root and profile directory is resolved, and one that leaves
+    the home (`Path=../..`, a symlink) or is not the home owner's is refused (listed in "refused", never
+    provisioned). Meant to run as the home's owner (tokentrust_privsep.run_as)."""
+    out = {"profiles": [], "roots": [], "refused": [], "warnings": []}
+    top = os.path.realpath(home)
+    seen = set()
+
+    def admit(p, what):
+        rp = os.path.realpath(p["path"])
+        why = None
+        if not _inside(rp, top):
+            why = f"{what} {p['path']} resolves to {rp}, outside the home {home}: refused"
+        else:
+            st = os.stat(rp)
+            if st.st_uid != owner["uid"]:
+                why = (f"{what} {p['path']} is owned by uid {st.st_uid}, not by {owner['name']} "
+                       f"(uid {owner['uid']}): refused")
+        if why:
+            out["refused"].append({"path": p["path"], "owner": dict(owner), "reason": why})
+            out["warnings"].append(why)
+            return False
+        if rp in seen:
+            return False
+        seen.add(rp)
+        return True
+
+    for kind, rel in roots_def:
+        root = os.path.join(home, rel)
+        if not os.path.isfile(os.path.join(root, "profiles.ini")):
+            continue
+        real = os.path.realpath(root)
+        if not _inside(real, top):
+            why = f"profile root {root} resolves to {real}, outside the home {home}: refused"
+            out["refused"].append({"path": root, "owner": dict(owner), "reason": why})
+            out["warnings"].append(why)
+            continue
+        if real in seen:
+            continue
+        seen.add(real)
+        profiles, report, warnings = scan_root(root, kind, owner, locks, local_addresses)
+        out["roots"].append(report)
+        out["warnings"].extend(warnings)
+        out["profiles"].extend(p for p in profiles if admit(p, "profile"))
+    if include_chromium:
+        c = chromium_db(home, owner)
+        if c and admit(c, "Chromium database"):
+            out["profiles"].append(c)
+    return out
+
+
 def find_profiles(users=None, homes=None, include_thunderbird=False, include_chromium=False, locks=True):
-    """Everything: {"profiles": [...], "roots": [...], "homes": [...], "warnings": [...]}."""
+    """Everything: {"profiles": [...], "roots": [...], "homes": [...], "refused": [...], "warnings": [...]}.
+
+    Each home is read by its owner (a forked child that dropped to that user when we run as root): root never
+    opens a file inside a user's home.
+    """
     roots_def = list(FIREFOX_ROOTS) + (list(THUNDERBIRD_ROOTS) if include_thunderbird else [])
-    local = _local_addresses() if locks else None
-    result = {"profiles": [], "roots": [], "homes": [], "warnings": []}
+    local = sorted(_local_addresses()) if locks else None
+    result = {"profiles": [], "roots": [], "homes": [], "refused": [], "warnings": []}
     seen = set()
     for home, owner in select_homes(users, homes):
         result["homes"].append({"path": home, "owner": owner})
-        for kind, rel in roots_def:
-            root = os.path.join(home, rel)
-            if not os.path.isfile(os.path.join(root, "profiles.ini")):
+        try:
+            found = run_as(owner, scan_home, home, owner, roots_def, include_chromium, locks, local)
+        except ChildError as exc:
+            result["warnings"].append(f"{home}: could not be scanned as {owner['name']}: {exc}")
+            continue
+        result["roots"].extend(found["roots"])
+        result["refused"].extend(found["refused"])
+        result["warnings"].extend(found["warnings"])
+        for p in found["profiles"]:
+            rp = os.path.realpath(p["path"])
+            if rp in seen:
                 continue
-            real = os.path.realpath(root)
-            if real in seen:
-                continue
-            seen.add(real)
-            profiles, report, warnings = scan_root(root, kind, owner, locks, local)
-            result["roots"].append(report)
-            result["warnings"].extend(warnings)
-            for p in profiles:
-                rp = os.path.realpath(p["path"])
-                if rp in seen:
-                    continue
-                seen.add(rp)
-                result["profiles"].append(p)
-        if include_chromium:
-            c = chromium_db(home, owner)
-            if c and os.path.realpath(c["path"]) not in seen:
-                seen.add(os.path.realpath(c["path"]))
-                result["profiles"].append(c)
+            seen.add(rp)
+            result["profiles"].append(p)
     return result

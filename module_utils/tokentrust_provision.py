@@ -13,7 +13,20 @@ import hashlib
 import os
 
 from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError, der_from_bytes, normalize_trust, read_pkcs11_txt
+from ansible.module_utils.tokentrust_privsep import (
+    ChildError,
+    PrivilegeError,
+    acting_owner,
+    clean_leftovers,
+    profile_lock,
+    read_bounded,
+    run_as,
+)
 from ansible.module_utils.tokentrust_trust import encoded_trust
+
+DEFAULT_LOCK_TIMEOUT = 60
+# security device names and nicknames end up in pkcs11.txt lines and NSS attributes
+MAX_NAME_LENGTH = 128
 
 
 class quiet_stdout:  # noqa: N801 - used as a context manager
@@ -59,8 +72,10 @@ class InputError(ValueError):
     """Bad module input: reported before any database is opened."""
 
 
-def _each_database(databases, fresh, work, fail_fast):
-    """Run work(entry) on each database, one after another; an NSSError fails that database only.
+def _each_database(databases, fresh, work, fail_fast, lock_timeout=DEFAULT_LOCK_TIMEOUT):
+    """Run work(entry) on each database, one after another, each in a child acting as the database's owner
+    (tokentrust_privsep) under our per-profile lock; any failure there (an exception, a crash) fails that
+    database only.
 
     fresh(entry) gives the result skeleton (with "skipped" set to leave the database alone).
     Returns (results, changed, failed paths); stops after the first failure when fail_fast.
@@ -70,15 +85,56 @@ def _each_database(databases, fresh, work, fail_fast):
         res = fresh(entry)
         if not res.get("skipped"):
             try:
-                res.update(work(entry))
-            except NSSError as exc:
-                res["error"] = str(exc) if exc.database else "%s (%s)" % (exc, entry["path"])
+                owner = acting_owner(entry["path"], entry.get("owner_uid"))
+                res.update(run_as(owner, _locked_work, entry, work, lock_timeout))
+            except (NSSError, PrivilegeError, ChildError) as exc:
+                text = str(exc)
+                if entry["path"] not in text:
+                    text = "%s (%s)" % (text, entry["path"])
+                res["error"] = text
                 res["error_name"] = exc.name
                 failed.append(entry["path"])
         results.append(res)
         if res["error"] and fail_fast:
             break
     return results, any(r["changed"] for r in results), failed
+
+
+def _locked_work(entry, work, lock_timeout):
+    """In the owner's child: take our profile lock, clean what an interrupted run left, then work."""
+    path = entry["path"]
+    with profile_lock(path, lock_timeout):
+        leftovers = clean_leftovers(path)
+        out = work(entry)
+    if leftovers:
+        out["cleaned"] = leftovers
+    return out
+
+
+def check_name(value, what):
+    """A security device name or a nickname: non-empty, bounded, no control characters (they would inject lines
+    into pkcs11.txt), no surrounding spaces."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError("%s is empty: give a name" % what)
+    if len(value) > MAX_NAME_LENGTH:
+        raise InputError("%s is %d characters long; at most %d are allowed" % (what, len(value), MAX_NAME_LENGTH))
+    bad = sorted({"%r" % ch for ch in value if ord(ch) < 0x20 or ord(ch) == 0x7F})
+    if bad:
+        raise InputError("%s %r holds control characters (%s): newlines would inject lines into pkcs11.txt; "
+                         "use a plain one-line name" % (what, value, ", ".join(bad)))
+    if value != value.strip():
+        raise InputError("%s %r has leading or trailing spaces" % (what, value))
+    return value
+
+
+def check_library_path(value, what="module library"):
+    if value is None:
+        return value
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise InputError("%s %r holds control characters: give a plain file path" % (what, value))
+    if not os.path.isabs(value):
+        raise InputError("%s %r is not an absolute path" % (what, value))
+    return value
 
 
 def normalise_databases(databases):
@@ -91,6 +147,8 @@ def normalise_databases(databases):
             if not path:
                 raise InputError("databases[%d]: a profile entry needs 'path' (or 'nss_db')" % i)
             entry = {"path": path, "in_use": bool(d.get("in_use")), "name": d.get("name"), "kind": d.get("kind")}
+            if isinstance(d.get("owner"), dict) and d["owner"].get("uid") is not None:
+                entry["owner_uid"] = int(d["owner"]["uid"])
             if d.get("format") == "dbm":
                 entry["format"] = "dbm"
         else:
@@ -115,16 +173,14 @@ def normalise_certificates(certificates, default_trust="C,,"):
         name = c.get("nickname") or c.get("name")
         if not name:
             raise InputError("certificates[%d]: 'name' is required (it becomes the NSS nickname)" % i)
+        check_name(name, "certificates[%d] name" % i)
         data = c.get("content") or c.get("pem")
-        if data is None and c.get("path"):
-            try:
-                with open(c["path"], "rb") as f:
-                    data = f.read()
-            except OSError as exc:
-                raise InputError("certificates[%d] (%s): cannot read %s: %s" % (i, name, c["path"], exc)) from None
-        if data is None and c.get("der_path"):
-            with open(c["der_path"], "rb") as f:
-                data = f.read()
+        for key in ("path", "der_path"):
+            if data is None and c.get(key):
+                try:
+                    data = read_bounded(c[key], "certificates[%d] (%s) %s" % (i, name, key))
+                except ValueError as exc:
+                    raise InputError(str(exc)) from None
         if data is None:
             raise InputError("certificates[%d] (%s): give 'content' (PEM text), 'pem' or 'path'" % (i, name))
         try:
@@ -150,20 +206,20 @@ def _state_lines(certs):
 
 
 def _backup(db, directory):
+    """Copy the database files as they were before this open into a new tokentrust-backup-<time> directory of the
+    profile. Runs as the profile's owner (tokentrust_privsep); each copy keeps its original's mode, and is created
+    new (O_EXCL, O_NOFOLLOW): nothing planted there is followed."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     dest = os.path.join(directory, "tokentrust-backup-%s" % stamp)
     os.mkdir(dest, 0o700)
-    st = os.stat(directory)
+    before = db.file_modes()
     for name, data in (db.snapshot or {}).items():
         if data is None:
             continue
-        p = os.path.join(dest, name)
-        with open(p, "wb") as f:
+        fd = os.open(os.path.join(dest, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                     before.get(name, 0o600))
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
-        if os.geteuid() == 0:
-            os.chown(p, st.st_uid, st.st_gid)
-    if os.geteuid() == 0:
-        os.chown(dest, st.st_uid, st.st_gid)
     return dest
 
 
@@ -357,17 +413,22 @@ def _module_plan(path, module_spec, lib_exists):
 
 
 def provision(databases, certificates, module_spec=None, state="present", check_mode=False,
-              nickname_conflict="fail", backup=False, fail_fast=False, password=None):
-    """Certificates and the PKCS#11 module on every database, ONE NSS open per database.
+              nickname_conflict="fail", backup=False, fail_fast=False, password=None,
+              lock_timeout=DEFAULT_LOCK_TIMEOUT):
+    """Certificates and the PKCS#11 module on every database, each in a child acting as its owner.
 
     module_spec: {name, library, state (present|absent|ignore), missing_library (warn|fail)} or None.
-    The PKCS#11 module database (pkcs11.txt) is loaded only when the module must change, so a token library
-    registered there is not loaded just to import certificates. Returns (results, changed, failed, warnings).
+    Certificates are applied with the module database closed (no PKCS#11 library loaded); the module, when it
+    must change, in a second open in a child of its own: a token library that cannot be loaded, or crashes,
+    costs the module only, never the CA set. Returns (results, changed, failed, warnings).
     """
     for w in certificates:
         w["trust_encoded"] = encoded_trust(w["trust"])
     warnings = []
     lib_exists = True
+    if module_spec:
+        check_name(module_spec.get("name"), "module_name")
+        check_library_path(module_spec.get("library"))
     if module_spec and module_spec.get("state", "present") == "present":
         lib_exists = bool(module_spec.get("library")) and os.path.isfile(module_spec["library"])
         if not lib_exists:
@@ -375,21 +436,49 @@ def provision(databases, certificates, module_spec=None, state="present", check_
             if module_spec.get("missing_library") == "fail":
                 raise InputError(msg)
             warnings.append(msg)
+
     def fresh(entry):
         res = {"path": entry["path"], "name": entry.get("name"), "kind": entry.get("kind"), "changed": False,
                "certificates": [], "module": None, "restart_needed": False, "created": False, "backup": None,
                "error": None}
         if entry.get("format") == "dbm":
             res["skipped"] = "legacy dbm database (cert8.db): start a current Firefox once on it, then run again"
+        if entry.get("refused"):
+            res["error"] = entry["refused"]
+            res["error_name"] = "TT_REFUSED"
+            res["skipped"] = "refused"
         return res
 
     results, changed, failed = _each_database(
         databases, fresh,
         lambda e: _provision_one(e, certificates, module_spec, lib_exists, state, check_mode, nickname_conflict,
                                  backup, password),
-        fail_fast,
+        fail_fast, lock_timeout,
     )
+    for r in results:
+        if r.get("skipped") == "refused":
+            failed.append(r["path"])
+        mod = r.get("module") or {}
+        if mod.get("error"):
+            msg = "%s: the CA set is in place, but PKCS#11 module %r could not be %s: %s" % (
+                r["path"], mod["name"], "registered" if mod["action"] != "delete" else "removed", mod["error"])
+            if (module_spec or {}).get("missing_library") == "fail" or mod["action"] == "delete":
+                r["error"] = msg
+                r["error_name"] = "TT_MODULE_FAILED"
+                failed.append(r["path"])
+            else:
+                warnings.append(msg + " (missing_library=warn: not failing the host)")
     return results, changed, failed, warnings
+
+
+def _module_change(path, module_spec, action, password):
+    """The module change of one profile (second open, pkcs11.txt loaded): runs in a child of its own."""
+    with NSSDatabase(path, readonly=False, password=password, modules=True) as db:
+        if action in ("replace", "delete"):
+            db.delete_module(module_spec["name"])
+        if action in ("add", "replace"):
+            db.add_module(module_spec["name"], module_spec["library"])
+        return _module_lines(db.modules())
 
 
 def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, nickname_conflict, backup, password):
@@ -411,7 +500,7 @@ def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, ni
         out["after"] = _state_lines(_simulate(current, plan))
         out["created"] = not exists and (cert_change or mod_change)
     else:
-        with NSSDatabase(path, readonly=False, password=password, modules=mod_change) as db:
+        with NSSDatabase(path, readonly=False, password=password, modules=False) as db:
             current = db.certificates()
             plan = _plan_certificates(current, wanted, state, nickname_conflict)
             cert_change = any(a != "ok" for a, _, _ in plan)
@@ -423,18 +512,22 @@ def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, ni
                     db.add_certificate(w["der"], nick, w["trust"])
                 elif action == "delete":
                     db.delete_certificate(der=w["der"])
-            if mod_change:
-                if mod["action"] in ("replace", "delete"):
-                    db.delete_module(module_spec["name"])
-                if mod["action"] in ("add", "replace"):
-                    db.add_module(module_spec["name"], module_spec["library"])
             out["after"] = _state_lines([c.to_dict() for c in db.certificates()])
             out["created"] = db.created
+        if mod_change:
+            try:
+                mod["after"] = run_as(acting_owner(path), _module_change, path, module_spec, mod["action"], password)
+            except (NSSError, ChildError) as exc:
+                mod["error"] = str(exc)
+                mod["after"] = mod["before"]
+                mod_change = False
     out["certificates"] = [{"name": w["name"], "nickname": n, "action": a, "sha256": w["sha256"]}
                            for a, w, n in plan]
     if mod is not None:
         out["module"] = {"name": module_spec["name"], "library": module_spec.get("library"), "action": mod["action"],
                          "other_names": mod["other_names"]}
+        if mod.get("error"):
+            out["module"]["error"] = mod["error"]
         out["module_before"], out["module_after"] = mod["before"], mod["after"]
     out["changed"] = cert_change or mod_change or bool(out["created"])
     out["restart_needed"] = out["changed"] and bool(entry.get("in_use"))

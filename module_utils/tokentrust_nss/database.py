@@ -218,12 +218,21 @@ def _prtime_iso(t):
             + datetime.timedelta(microseconds=t)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _fix_fd(fd, uid, gid, mode):
+    """Owner (when root) and mode of an open file, without following any path."""
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) != (uid, gid) and os.geteuid() == 0:
+        os.fchown(fd, uid, gid)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+
+
 def _file_state(directory):
     out = {}
     for name in DB_FILES:
         p = os.path.join(directory, name)
         try:
-            st = os.stat(p)
+            st = os.lstat(p)
         except FileNotFoundError:
             out[name] = None
             continue
@@ -269,6 +278,12 @@ class NSSDatabase:
         if not os.path.isdir(d):
             raise NSSError("open", self.spec, text="%s is not a directory" % d)
         present = {n for n in os.listdir(d)}
+        for name in DB_FILES + LEGACY_FILES:
+            if name in present and os.path.islink(os.path.join(d, name)):
+                raise NSSError("open", self.spec, name="TT_SYMLINK",
+                               text="%s is a symbolic link (to %s): tokentrust never follows links inside a profile; "
+                               "replace it with the real file (or remove it: Firefox recreates it); nothing was "
+                               "changed" % (os.path.join(d, name), os.readlink(os.path.join(d, name))))
         legacy = [n for n in LEGACY_FILES if n in present]
         if legacy and "cert9.db" not in present:
             raise LegacyDatabaseError(
@@ -316,7 +331,7 @@ class NSSDatabase:
             for name in DB_FILES:
                 p = os.path.join(self.directory, name)
                 if self._before[name] is not None:
-                    with open(p, "rb") as f:
+                    with os.fdopen(os.open(p, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
                         self._snapshot[name] = f.read()
                 else:
                     self._snapshot[name] = None
@@ -380,36 +395,45 @@ class NSSDatabase:
                     os.unlink(p)
                 continue
             try:
-                with open(p, "rb") as f:
+                with os.fdopen(os.open(p, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
                     if f.read() == data:
                         continue
+            except OSError:  # gone, or a link planted in its place: replaced below, never followed
+                pass
+            st = self._before[name]
+            tmp = p + ".tokentrust-restore"
+            try:
+                os.unlink(tmp)  # a leftover of an interrupted run (never followed: unlink acts on the link itself)
             except FileNotFoundError:
                 pass
-            tmp = p + ".tokentrust-restore"
-            with open(tmp, "wb") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, stat.S_IMODE(st.st_mode))
+            with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                _fix_fd(f.fileno(), st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
             os.replace(tmp, p)
-            st = self._before[name]
-            os.chmod(p, stat.S_IMODE(st.st_mode))
-            if os.geteuid() == 0:
-                os.chown(p, st.st_uid, st.st_gid)
 
     def _fix_ownership(self):
-        """Every database file keeps its owner and mode; a new one gets the directory's owner and mode 0600."""
+        """Every database file keeps its owner and mode; a new one gets the directory's owner and mode 0600.
+        Files are opened with O_NOFOLLOW: a link planted in their place is left alone, never followed."""
         d = self._dir_stat
         for name in DB_FILES:
             p = os.path.join(self.directory, name)
-            try:
-                st = os.stat(p)
-            except FileNotFoundError:
-                continue
             before = self._before.get(name)
             uid, gid = (before.st_uid, before.st_gid) if before else (d.st_uid, d.st_gid)
             mode = stat.S_IMODE(before.st_mode) if before else 0o600
-            if (st.st_uid, st.st_gid) != (uid, gid) and os.geteuid() == 0:
-                os.chown(p, uid, gid)
-            if stat.S_IMODE(st.st_mode) != mode:
-                os.chmod(p, mode)
+            try:
+                fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    _fix_fd(fd, uid, gid, mode)
+            finally:
+                os.close(fd)
+
+    def file_modes(self):
+        """{file name: permission bits} of the database files as they were before this open."""
+        return {n: stat.S_IMODE(st.st_mode) for n, st in (self._before or {}).items() if st is not None}
 
     @property
     def snapshot(self):

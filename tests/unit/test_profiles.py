@@ -50,7 +50,7 @@ def by_path(res):
 
 def test_legacy_root_relative_absolute_defaults_formats(home, tmp_path):
     root = os.path.join(home, ".mozilla/firefox")
-    elsewhere = str(tmp_path / "elsewhere" / "work")
+    elsewhere = os.path.join(home, "elsewhere", "work")  # absolute, inside the home (outside: refused, see below)
     make_root(root, [
         {"Name": "default-esr", "IsRelative": "1", "Path": "abcd.default-esr", "Default": "1"},
         {"Name": "work", "IsRelative": "0", "Path": elsewhere},
