@@ -219,15 +219,19 @@ def main():
     if not os.path.isdir(dest):
         if os.path.exists(dest):
             module.fail_json(msg="fleet_report: dest %s exists and is not a directory" % dest)
-        if not module.check_mode:
-            os.makedirs(dest, mode=0o755)
     before = previous_statuses(previous)
-    changed = False
-    if os.path.isdir(dest):
-        changed = write_if_changed(module, json_path, to_json(report))
-        changed = write_if_changed(module, html_path, page) or changed
-    else:
-        changed = True
+    try:
+        if not os.path.isdir(dest) and not module.check_mode:
+            os.makedirs(dest, mode=0o755)
+        if os.path.isdir(dest):
+            changed = write_if_changed(module, json_path, to_json(report))
+            changed = write_if_changed(module, html_path, page) or changed
+        else:
+            changed = True
+    except OSError as exc:
+        module.fail_json(msg="fleet_report: cannot write the report into %s: %s (%s). Choose a writable dest "
+                         "(fleet_report_dest) or fix its permissions; nothing was written"
+                         % (dest, exc.strerror or exc, exc.filename or dest))
     statuses = {m["name"]: m["status"] for m in report["hosts"]}
     result = dict(
         changed=changed, summary=report["summary"], statuses=statuses, json_path=json_path, html_path=html_path,

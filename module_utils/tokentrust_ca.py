@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from ansible.module_utils.tokentrust_privsep import read_bounded
+
 try:
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
@@ -507,8 +509,11 @@ def _as_list(value) -> List[str]:
 
 
 def _read_file(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
+    """A local certificate file: a regular file of at most 1 MiB (not /dev/zero, a FIFO, a directory)."""
+    try:
+        return read_bounded(path, "CA file")
+    except ValueError as exc:
+        raise OSError(str(exc)) from None
 
 
 def _acquire(ca: dict, name: str, pin: str, dest: str, opts: Options, fetch: Callable) -> Tuple[object, str, list]:

@@ -692,8 +692,13 @@ def _module_dict(mod):
 def read_pkcs11_txt(directory):
     """Modules registered in a database's pkcs11.txt, read as text (nothing loaded): [{name, library}]."""
     path = os.path.join(directory, "pkcs11.txt")
+    if os.path.islink(path):
+        raise NSSError("read modules", "sql:%s" % directory, name="TT_SYMLINK",
+                       text="%s is a symbolic link (to %s): tokentrust never follows links inside a profile; replace "
+                       "it with the real file (or remove it: Firefox recreates it); nothing was changed"
+                       % (path, os.readlink(path)))
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8", errors="replace") as f:
             text = f.read()
     except FileNotFoundError:
         return []
