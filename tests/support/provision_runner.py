@@ -24,8 +24,8 @@ def main():
     spec = json.loads(sys.argv[1])
     certs = normalise_certificates(spec["certificates"])
     mod = dict(spec["module"], state="present", missing_library="fail") if spec.get("module") else None
-    results, changed, failed, warnings = provision(normalise_databases(spec["databases"]), certs, mod,
-                                                   lock_timeout=spec.get("lock_timeout", 60))
+    extra = {"lock_timeout": spec["lock_timeout"]} if "lock_timeout" in spec else {}
+    results, changed, failed, warnings = provision(normalise_databases(spec["databases"]), certs, mod, **extra)
     json.dump({"results": results, "changed": changed, "failed": failed, "warnings": warnings}, sys.stdout)
 
 
