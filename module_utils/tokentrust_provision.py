@@ -326,6 +326,8 @@ def apply_module(databases, name, library, state="present", check_mode=False, mi
                  backup=False, fail_fast=False):
     """Register / remove a PKCS#11 module in each database. Returns (results, changed, failed, warnings)."""
     warnings = []
+    check_name(name, "module name")
+    check_library_path(library)
     lib_exists = os.path.isfile(library) if library else False
     if state == "present" and not lib_exists:
         msg = missing_library_message(library)

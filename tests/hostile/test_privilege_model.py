@@ -438,3 +438,26 @@ def test_kill9_loop_never_corrupts_and_leftovers_are_cleaned(ca_set, tmp_path):
     print("\nkill -9: %d kills over %d profiles, %d corrupted databases, converged on the next run"
           % (kills, len(profs), corrupted))
     assert corrupted == 0
+
+
+# ---------------------------------------------------------------------------------------------- issue 10, item 5
+
+
+def test_an_unloadable_token_library_does_not_cost_the_ca_set(ca_set, tmp_path):
+    """A PKCS#11 library that exists but cannot be loaded (not a shared object, as opensc without libpcsclite1
+    fails to load): every certificate is imported all the same; the module is a warning (warn) or a failure."""
+    bad = tmp_path / "libbroken.so"
+    bad.write_text("not an ELF shared object\n")
+    profs = []
+    for n in ("a", "b"):
+        (tmp_path / n).mkdir()
+        profs.append(str(tmp_path / n))
+    args = {"databases": profs, "certificates": ca_set, "module_library": str(bad)}
+    r = run_module("nss_provision", args)
+    assert not r.get("failed") and r["changed"] is True, r
+    assert sum("could not be registered" in w for w in r["warnings"]) == 2, r["warnings"]
+    for p in profs:
+        assert len(certutil_list(p)) == len(ca_set) and "gem" not in modutil_modules(p)
+    r = run_module("nss_provision", dict(args, missing_library="fail"))
+    assert r["failed"] is True and sorted(r["failed_databases"]) == sorted(profs)
+    assert "CA set is in place" in r["msg"]
