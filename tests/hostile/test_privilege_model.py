@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from lab.pki import certeurope_standin
 from tests.support.ansible_run import ROOT, run_module
+from tests.support.ca import standin_ca_set
 from tests.support.nsstools import certutil_list, modutil_modules
 
 OPENSC = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
@@ -31,11 +31,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks need root
 
 @pytest.fixture(scope="module")
 def ca_set():
-    out = []
-    for name, c in certeurope_standin().items():
-        root = c.cert.issuer == c.cert.subject
-        out.append({"name": name, "pem": c.pem.decode(), "sha256": c.sha256, "nss_trust": "C,," if root else ",,"})
-    return out
+    return standin_ca_set()
 
 
 @pytest.fixture

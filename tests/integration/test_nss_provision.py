@@ -6,6 +6,7 @@ import pytest
 
 from lab.pki import certeurope_standin
 from tests.support.ansible_run import run_module
+from tests.support.ca import standin_ca_set
 from tests.support.firefox import create_profile
 from tests.support.nsstools import certutil_list, modutil_modules, snapshot
 
@@ -15,11 +16,7 @@ SPY = "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so"
 
 @pytest.fixture(scope="module")
 def ca_set():
-    out = []
-    for name, c in certeurope_standin().items():
-        root = c.cert.issuer == c.cert.subject
-        out.append({"name": name, "pem": c.pem.decode(), "sha256": c.sha256, "nss_trust": "C,," if root else ",,"})
-    return out
+    return standin_ca_set()
 
 
 @pytest.fixture
