@@ -347,11 +347,9 @@ def clean_leftovers(directory, names=("cert9.db", "key4.db", "pkcs11.txt")):
 
 
 def read_bounded(path, what="file", limit=MAX_INPUT_BYTES):
-    """Bytes of a local input file: a regular file of at most `limit` bytes; ValueError with the reason otherwise."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise ValueError("%s: cannot read %s: %s" % (what, path, exc.strerror)) from None
+    """Bytes of a local input file: a regular file of at most `limit` bytes; ValueError with the reason otherwise
+    (OSError when it cannot be opened)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # OSError (missing, no access) to the caller
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):

@@ -179,6 +179,9 @@ def normalise_certificates(certificates, default_trust="C,,"):
             if data is None and c.get(key):
                 try:
                     data = read_bounded(c[key], "certificates[%d] (%s) %s" % (i, name, key))
+                except OSError as exc:
+                    raise InputError("certificates[%d] (%s): cannot read %s: %s" % (i, name, c[key], exc.strerror)
+                                     ) from None
                 except ValueError as exc:
                     raise InputError(str(exc)) from None
         if data is None:
