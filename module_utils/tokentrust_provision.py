@@ -72,6 +72,19 @@ class InputError(ValueError):
     """Bad module input: reported before any database is opened."""
 
 
+def _preload_nss():
+    """dlopen NSS once in the parent: each per-profile child inherits the mapped libraries instead of loading them
+    again (faster), and never has to read a library file after dropping privileges. A missing NSS is left for the
+    first use to report, as before."""
+    from ansible.module_utils.tokentrust_nss._ffi import lib
+
+    for short in ("nspr4", "nss3", "smime3"):
+        try:
+            getattr(lib, short)
+        except Exception:  # noqa: BLE001 - reported, with its message, where NSS is used
+            return
+
+
 def _each_database(databases, fresh, work, fail_fast, lock_timeout=DEFAULT_LOCK_TIMEOUT):
     """Run work(entry) on each database, one after another, each in a child acting as the database's owner
     (tokentrust_privsep) under our per-profile lock; any failure there (an exception, a crash) fails that
@@ -81,6 +94,8 @@ def _each_database(databases, fresh, work, fail_fast, lock_timeout=DEFAULT_LOCK_
     Returns (results, changed, failed paths); stops after the first failure when fail_fast.
     """
     results, failed = [], []
+    if databases:
+        _preload_nss()
     for entry in databases:
         res = fresh(entry)
         if not res.get("skipped"):
