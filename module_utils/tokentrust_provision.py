@@ -78,7 +78,7 @@ def _preload_nss():
     first use to report, as before."""
     from ansible.module_utils.tokentrust_nss._ffi import lib
 
-    for short in ("nspr4", "nss3", "smime3"):
+    for short in ("nss3", "smime3"):  # nss3 first: it brings the siblings of its own build
         try:
             getattr(lib, short)
         except Exception:  # noqa: BLE001 - reported, with its message, where NSS is used
