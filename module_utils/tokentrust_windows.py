@@ -38,8 +38,11 @@ IE_ZONE_NAMES = {0: "Local computer", 1: "Local intranet", 2: "Trusted sites", 3
 IE_PROTECTED_MODE_VALUE = "2500"
 IE_PROTECTED_MODE_OFF = 3
 IE_TRUSTED_ZONE = 2
-# our store names (the system store names) -> the .NET StoreName that win_certificate_* take
-STORE_MODULE_NAMES = {"Root": "Root", "CA": "CertificateAuthority"}
+# our store names -> the store_name given to win_certificate_info / win_certificate_store: the SYSTEM
+# store names. win_certificate_info passes store_name unchanged to X509Store(string, location), so the
+# .NET enum name "CertificateAuthority" would open an (empty) store of that name and hide every
+# intermediate; only win_certificate_store maps CertificateAuthority -> CA. "CA" works for both.
+STORE_MODULE_NAMES = {"Root": "Root", "CA": "CA"}
 HIVE_MOUNT = "HKLM:\\ANSIBLE"  # where win_regedit loads the `hive:` file
 
 # IMAGE_FILE_HEADER.Machine -> architecture (https://learn.microsoft.com/windows/win32/debug/pe-format)
@@ -111,12 +114,18 @@ def _removal(thumb, store, name):
 
 
 def store_thumbprints(results):
-    """{"Root": [...], "CA": [...]} from looped win_certificate_info results (item = .NET store name)."""
+    """{"Root": [...], "CA": [...]} from looped win_certificate_info results (item = system store name).
+
+    A store name other than Root / CA is refused: win_certificate_info reads an unknown name as an
+    empty store, which would make every certificate look missing.
+    """
     back = {v: k for k, v in STORE_MODULE_NAMES.items()}
     out = {}
     for r in results or []:
-        store = back.get(r.get("item"), r.get("item"))
-        out[store] = [c["thumbprint"] for c in r.get("certificates") or []]
+        if r.get("item") not in back:
+            raise WindowsPlanError(f"win_certificate_info was looped over store {r.get('item')!r}: read the system "
+                                   f"stores {', '.join(back)} (an unknown name reads as an empty store)")
+        out[back[r["item"]]] = [c["thumbprint"] for c in r.get("certificates") or []]
     return out
 
 

@@ -80,7 +80,7 @@ def test_store_plan_stale(ca_set):
     keep = tw.store_plan(ca_set, recorded=recorded)
     assert keep["remove"] == [] and keep["record_remove"] == []
     rm = tw.store_plan(ca_set, recorded=recorded, remove_stale=True)
-    assert rm["remove"] == [{"thumbprint": stale, "store": "CA", "store_name": "CertificateAuthority", "name": stale}]
+    assert rm["remove"] == [{"thumbprint": stale, "store": "CA", "store_name": "CA", "name": stale}]
     assert rm["record_remove"] == [stale]
 
 
@@ -93,7 +93,7 @@ def test_store_plan_absent_removes_only_ours(ca_set):
 
 def test_store_thumbprints_from_module_results():
     results = [{"item": "Root", "certificates": [{"thumbprint": "AA" * 20}]},
-               {"item": "CertificateAuthority", "certificates": []}]
+               {"item": "CA", "certificates": []}]
     assert tw.store_thumbprints(results) == {"Root": ["AA" * 20], "CA": []}
 
 
