@@ -75,5 +75,6 @@ class FilterModule:
             "tokentrust_win_check": tw.check,
             "tokentrust_win_report": tw.report,
             "tokentrust_win_reg_values": _reg_values,
+            "tokentrust_win_path": tw.win_path,
         }
         return {k: _wrap(v) for k, v in f.items()}

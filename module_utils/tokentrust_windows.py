@@ -79,6 +79,25 @@ def _entry(path, name, data=None, vtype="string", state="present", scope="machin
     return e
 
 
+def win_path(base, names):
+    """`base\\name` for one name or a list of names, with exactly one backslash between them.
+
+    Joining in Jinja (`dir ~ '\\\\'`) gives one or two backslashes depending on the YAML quoting
+    and the ansible-core version (two under 2.19 in a folded scalar), so the roles join here.
+    """
+    base = str(base or "").replace("/", "\\").rstrip("\\")
+    if not base:
+        raise WindowsPlanError("empty folder given for a Windows path")
+
+    def one(name):
+        n = str(name or "").replace("/", "\\").strip("\\")
+        if not n or ".." in n.split("\\"):
+            raise WindowsPlanError(f"{name!r} is not a file name to put under {base}")
+        return base + "\\" + n
+
+    return [one(n) for n in names] if isinstance(names, (list, tuple)) else one(names)
+
+
 # ---------------------------------------------------------------------------------------------
 # trust stores
 # ---------------------------------------------------------------------------------------------

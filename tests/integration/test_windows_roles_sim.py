@@ -60,3 +60,61 @@ def test_preexisting_intermediate_is_seen_kept_and_verified(tmp_path, cas):
     stores = host.load()["stores"]
     assert list(stores["LocalMachine\\CA"]) == [inter["sha1"]]
     assert stores["LocalMachine\\Root"] == {}
+
+
+FIREFOX = "C:\\Program Files\\Mozilla Firefox"
+GCLIB64 = "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll"
+
+
+def firefox_probe(version="128.5.0", gpo=None, policies_json=None):
+    """MOCK of roles/windows_firefox_policies/files/firefox_probe.ps1 output: 64-bit Firefox and Classic Client."""
+    return {"installs": [{"path": FIREFOX + "\\firefox.exe", "dir": FIREFOX, "exists": True, "machine": 34404,
+                          "version": version}],
+            "gclib": [{"path": GCLIB64, "exists": True, "machine": 34404}],
+            "gpo": gpo or {}, "policies_json": policies_json or {}}
+
+
+def _firefox_host(tmp_path, **probe):
+    state = new_state()
+    state["powershell"]["read-only probe of Firefox installs"] = firefox_probe(**probe)
+    return Host(tmp_path, state)
+
+
+def _written_policies(host):
+    import json  # noqa: PLC0415
+
+    key = (FIREFOX + "\\distribution\\policies.json").casefold()
+    return json.loads(host.load()["files"][key]["content"])
+
+
+def test_certificates_install_paths_are_the_files_copied(tmp_path, cas):
+    host = _firefox_host(tmp_path)
+    p = host.role("windows_firefox_policies", extra_vars={"tokentrust_ca_set": cas})
+    assert p.returncode == 0, p.stdout[-3000:]
+    paths = _written_policies(host)["policies"]["Certificates"]["Install"]
+    assert len(paths) == len(cas)
+    copied = {c["args"]["dest"] for c in host.calls("win_copy") if c["args"]["dest"].endswith((".pem", ".cer"))}
+    assert set(paths) == copied
+    for path in paths:
+        assert "\\\\" not in path, path
+        assert path.startswith("C:\\ProgramData\\tokentrust\\certs\\") and path.count("\\") == 4, path
+
+
+def _middleware_host(tmp_path, entries=()):
+    state = new_state()
+    state["powershell"]["list the machine-wide Uninstall entries"] = {"entries": list(entries)}
+    return Host(tmp_path, state)
+
+
+def test_controller_msi_is_installed_from_the_path_it_was_copied_to(tmp_path):
+    msi = tmp_path / "ClassicClient-x64.msi"
+    msi.write_bytes(b"not really an msi")
+    host = _middleware_host(tmp_path)
+    p = host.role("token_middleware", extra_vars={"token_middleware_msi_src": str(msi),
+                                                  "token_middleware_msi_checksum": "00" * 32,
+                                                  "token_middleware_verify": False})
+    assert p.returncode == 0, p.stdout[-3000:]
+    dest = [c["args"]["dest"] for c in host.calls("win_copy")]
+    installed = [c["args"]["path"] for c in host.calls("win_package") if c["args"].get("state") == "present"]
+    assert dest == ["C:\\ProgramData\\tokentrust\\cache\\ClassicClient-x64.msi"]
+    assert installed == dest

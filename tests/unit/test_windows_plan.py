@@ -553,3 +553,19 @@ def test_check_stores(ca_set):
     present = {"Root": [c["sha1"] for c in ca_set if c["windows_store"] == "Root"], "CA": []}
     checks = tw.check_stores(plan, present)
     assert sum(c["ok"] for c in checks) == 2 and len(checks) == 4
+
+
+@pytest.mark.parametrize("base,names,want", [
+    ("C:\\ProgramData\\tokentrust\\certs", "A.pem", "C:\\ProgramData\\tokentrust\\certs\\A.pem"),
+    ("C:\\ProgramData\\tokentrust\\certs\\", ["A.pem", "B.cer"],
+     ["C:\\ProgramData\\tokentrust\\certs\\A.pem", "C:\\ProgramData\\tokentrust\\certs\\B.cer"]),
+    ("C:/certs", "A.pem", "C:\\certs\\A.pem"),
+])
+def test_win_path_joins_with_one_backslash(base, names, want):
+    assert tw.win_path(base, names) == want
+
+
+@pytest.mark.parametrize("base,name,msg", [("", "a", "empty folder"), ("C:\\x", "..\\evil", "is not a file name")])
+def test_win_path_refuses(base, name, msg):
+    with pytest.raises(tw.WindowsPlanError, match=msg):
+        tw.win_path(base, name)
