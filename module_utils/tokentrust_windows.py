@@ -256,13 +256,18 @@ def uac_record_decode(text):
     return dict(vals)
 
 
-def uac_plan(mode, phase, current, record_text=None, disable_lua=True):
+def uac_plan(mode, phase, current, record_text=None, disable_lua=True, install_pending=True):
     """The UAC steps for one phase; `before` runs before the install, `after` after it.
 
     Crash safety: the original values are written on the host (one REG_SZ value, one atomic write)
     BEFORE anything is changed, and never overwritten while it exists; any later run that finds
     the record (phase `after`, or mode `keep`) restores exactly those values (absent ones deleted)
     and deletes the record.
+
+    `install_pending` (disable_for_install, phase `before`): whether the middleware role has anything
+    to install or remove on this host (`middleware_pending`). When it has not, UAC is left alone (no
+    record, no disable, no reboot), so a run with nothing to install changes nothing; a leftover
+    record of an interrupted run is restored instead.
     """
     if mode not in UAC_MODES:
         raise WindowsPlanError(f"windows_uac_mode must be one of {', '.join(UAC_MODES)}, got {mode!r}")
@@ -273,7 +278,15 @@ def uac_plan(mode, phase, current, record_text=None, disable_lua=True):
     plan = {"record_write": None, "record_delete": False, "target": None, "set": [], "reboot": False,
             "messages": [], "restore": False}
     if mode == "disable_for_install":
-        if phase == "before":
+        if phase == "before" and not install_pending:
+            if record is not None:
+                plan["target"], plan["record_delete"], plan["restore"] = record, True, True
+                plan["messages"].append("nothing to install; restoring the UAC values recorded by an earlier, "
+                                        "interrupted run")
+            else:
+                plan["messages"].append("disable_for_install: nothing to install or remove on this host, "
+                                        "UAC left as it is")
+        elif phase == "before":
             if record is None:
                 plan["record_write"] = uac_record_encode(current, mode)
             else:
@@ -303,7 +316,8 @@ def uac_plan(mode, phase, current, record_text=None, disable_lua=True):
         expected = uac_mode_values(mode, disable_lua)
     plan["expected"] = [_entry(UAC_KEY, n, v, "dword", "absent" if v is None else "present")
                         for n, v in (expected or {}).items()]
-    plan["record_expected"] = "absent" if (phase == "after" or mode != "disable_for_install") else "present"
+    plan["record_expected"] = ("absent" if (phase == "after" or mode != "disable_for_install" or not install_pending)
+                               else "present")
     plan["reboot"] = any(e["name"] == "EnableLUA" for e in plan["set"])
     plan["changed"] = bool(plan["set"] or plan["record_write"] or plan["record_delete"])
     return plan
@@ -761,6 +775,32 @@ def middleware_checks(entries, product_id=None, patterns=DEFAULT_LEGACY_PRODUCTS
         out.append(check(f"middleware {'installed' if want else 'removed'}", bool(have) == want,
                          f"{name} {'is' if have else 'is not'} in the Uninstall keys", role))
     return out
+
+
+def middleware_pending(entries, msi_src="", product_id="", patterns=DEFAULT_LEGACY_PRODUCTS, state="present",
+                       remove_legacy=True):
+    """Whether role token_middleware will install or remove anything: {pending, reasons}.
+
+    Read before the UAC window opens, so that `disable_for_install` only disables UAC (and reboots
+    twice) when there is something to do. Without a ProductCode an install cannot be known to be
+    done already: it counts as pending (set token_middleware_product_id for idempotent runs).
+    """
+    reasons = []
+    pid = str(product_id or "")
+    have = {str(e.get("key", "")).casefold() for e in entries or []}
+    if state == "absent":
+        if pid and pid.casefold() in have:
+            reasons.append(f"{pid} is installed and token_middleware_state is absent")
+    elif msi_src:
+        if not pid:
+            reasons.append("no token_middleware_product_id: the install cannot be known to be done")
+        elif pid.casefold() not in have:
+            reasons.append(f"{pid} is not installed")
+    if remove_legacy and (msi_src or state == "absent"):
+        left = legacy_match(entries, patterns, exclude_ids=[pid] if pid else ())
+        if left:
+            reasons.append("legacy products installed: " + ", ".join(x["display_name"] for x in left))
+    return {"pending": bool(reasons), "reasons": reasons}
 
 
 def msi_source(src):

@@ -118,3 +118,63 @@ def test_controller_msi_is_installed_from_the_path_it_was_copied_to(tmp_path):
     installed = [c["args"]["path"] for c in host.calls("win_package") if c["args"].get("state") == "present"]
     assert dest == ["C:\\ProgramData\\tokentrust\\cache\\ClassicClient-x64.msi"]
     assert installed == dest
+
+
+PRODUCT = "{6B0B7AC4-1B7E-4E3A-9C5D-2F1B3C4D5E6F}"
+UAC_KEY = "hklm:\\software\\microsoft\\windows\\currentversion\\policies\\system"
+
+
+def _site_host(tmp_path, legacy=()):
+    state = new_state()
+    state["powershell"]["read-only probe of Firefox installs"] = firefox_probe()
+    state["uninstall_entries"] = list(legacy)
+    return Host(tmp_path, state)
+
+
+def _uac_writes(host):
+    return [c for c in host.calls("win_regedit") if "policies\\system" in c["args"]["path"].casefold()
+            or "tokentrust\\uac" in c["args"]["path"].casefold()]
+
+
+def test_uac_window_is_not_opened_when_there_is_nothing_to_install(tmp_path, cas):
+    host = _site_host(tmp_path)
+    p = host.playbook("playbooks/windows.yml", {"tokentrust_ca_set": cas, "windows_uac_mode": "disable_for_install"})
+    assert p.returncode == 0, p.stdout[-4000:]
+    assert _uac_writes(host) == [] and host.load()["reboots"] == 0
+    assert "nothing to install or remove on this host" in p.stdout
+
+
+def test_uac_window_opens_once_then_the_next_run_changes_nothing(tmp_path, cas):
+    msi = tmp_path / "ClassicClient-x64.msi"
+    msi.write_bytes(b"msi")
+    host = _site_host(tmp_path, legacy=[{"key": "{11111111-2222-3333-4444-555555555555}",
+                                         "display_name": "GemSafe Standard Edition", "windows_installer": 1,
+                                         "view": 64}])
+    ev = {"tokentrust_ca_set": cas, "windows_uac_mode": "disable_for_install", "token_middleware_msi_src": str(msi),
+          "token_middleware_msi_checksum": "00" * 32, "token_middleware_product_id": PRODUCT}
+    p = host.playbook("playbooks/windows.yml", ev)
+    assert p.returncode == 0, p.stdout[-4000:]
+    s = host.load()
+    assert s["reboots"] == 2  # EnableLUA off, then back on
+    assert {k: v["data"] for k, v in s["registry"][UAC_KEY].items()} == {
+        "EnableLUA": 1, "ConsentPromptBehaviorAdmin": 5, "PromptOnSecureDesktop": 1}
+    assert "Original" not in s["registry"].get("hklm:\\software\\tokentrust\\uac", {})
+    assert [e["key"] for e in s["uninstall_entries"]] == [PRODUCT]
+    host.clear_calls()
+    p2 = host.playbook("playbooks/windows.yml", ev)
+    assert p2.returncode == 0, p2.stdout[-4000:]
+    assert recap(p2)["changed"] == 0, p2.stdout[-4000:]
+    assert _uac_writes(host) == [] and host.load()["reboots"] == 2
+
+
+def test_ie_zones_on_a_fresh_host(tmp_path):
+    # win_reg_stat returns no raw_value for a value that does not exist (win_reg_stat.ps1): the
+    # role must plan from that, not fail on it
+    host = Host(tmp_path)
+    p, facts = host.run(["windows_ie_zones"], facts=["windows_ie_zones_checks"])
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert facts["windows_ie_zones_checks"] and all(c["ok"] for c in facts["windows_ie_zones_checks"])
+    zonemap = host.load()["registry"][
+        "hklm:\\software\\policies\\microsoft\\windows\\currentversion\\internet settings\\zonemapkey"]
+    assert zonemap == {"https://services.certeurope.fr": {"type": "REG_SZ", "data": "2"},
+                       "https://services2.certeurope.fr": {"type": "REG_SZ", "data": "2"}}

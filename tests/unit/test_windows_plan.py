@@ -569,3 +569,36 @@ def test_win_path_joins_with_one_backslash(base, names, want):
 def test_win_path_refuses(base, name, msg):
     with pytest.raises(tw.WindowsPlanError, match=msg):
         tw.win_path(base, name)
+
+
+def test_uac_disable_for_install_with_nothing_pending_leaves_uac_alone():
+    plan = tw.uac_plan("disable_for_install", "before", DEFAULT_UAC, install_pending=False)
+    assert not plan["changed"] and plan["record_write"] is None and not plan["reboot"]
+    assert plan["record_expected"] == "absent"
+    assert "UAC left as it is" in plan["messages"][0]
+
+
+def test_uac_nothing_pending_still_restores_a_leftover_record():
+    rec = tw.uac_record_encode(DEFAULT_UAC, "disable_for_install")
+    off = {"EnableLUA": 0, "ConsentPromptBehaviorAdmin": 0, "PromptOnSecureDesktop": 0}
+    plan = tw.uac_plan("disable_for_install", "before", off, rec, install_pending=False)
+    assert plan["restore"] and plan["record_delete"] and plan["reboot"]
+    assert _set(plan)["EnableLUA"] == (1, "present")
+
+
+PID = "{6B0B7AC4-1B7E-4E3A-9C5D-2F1B3C4D5E6F}"
+
+
+@pytest.mark.parametrize("entries,kw,pending", [
+    ([], {"msi_src": "", "product_id": ""}, False),                               # nothing configured
+    ([], {"msi_src": "x.msi", "product_id": PID}, True),                          # not installed yet
+    ([{"key": PID, "display_name": "Classic Client"}], {"msi_src": "x.msi", "product_id": PID}, False),
+    ([{"key": PID, "display_name": "Classic Client"}], {"msi_src": "x.msi", "product_id": ""}, True),  # unknowable
+    ([{"key": PID, "display_name": "Classic Client"},
+      {"key": "G", "display_name": "GemSafe Libraries", "uninstall_string": "u.exe"}],
+     {"msi_src": "x.msi", "product_id": PID}, True),                              # legacy left
+    ([{"key": PID, "display_name": "Classic Client"}], {"product_id": PID, "state": "absent"}, True),
+    ([], {"product_id": PID, "state": "absent"}, False),
+])
+def test_middleware_pending(entries, kw, pending):
+    assert tw.middleware_pending(entries, **kw)["pending"] is pending

@@ -95,6 +95,9 @@ def new_state(**kw):
     state = {"stores": {f"LocalMachine\\{n}": {} for n in names}, "registry": {}, "files": {}, "dirs": {},
              "powershell": {}, "calls": [], "installed": [], "reboots": 0}
     state["dirs"]["c:\\programdata"] = {"owner": "NT AUTHORITY\\SYSTEM", "inherit": False, "acl": []}
+    state["registry"]["hklm:\\software\\microsoft\\windows\\currentversion\\policies\\system"] = {
+        "EnableLUA": {"type": "REG_DWORD", "data": 1}, "ConsentPromptBehaviorAdmin": {"type": "REG_DWORD", "data": 5},
+        "PromptOnSecureDesktop": {"type": "REG_DWORD", "data": 1}}
     state.update(kw)
     return state
 
@@ -131,6 +134,14 @@ class Host:
         pb = os.path.join(str(self.tmp), name)
         with open(pb, "w", encoding="utf-8") as f:
             json.dump([{"name": "winsim", "hosts": "winpc", "gather_facts": False, "tasks": tasks}], f)
+        return self._run_file(pb, extra_vars, check)
+
+    def playbook(self, path, extra_vars=None, check=False):
+        """One of our playbooks (path relative to the repository) against the MOCK host."""
+        return self._run_file(os.path.join(ROOT, path), dict({"tokentrust_windows_hosts": "winpc"}, **(extra_vars or {})),
+                              check)
+
+    def _run_file(self, pb, extra_vars=None, check=False):
         env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_COLLECTIONS_PATH=self.collections, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
                    ANSIBLE_ACTION_PLUGINS=os.path.join(HERE, "action_plugins"),

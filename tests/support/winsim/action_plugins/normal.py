@@ -250,6 +250,8 @@ class ActionModule(ActionBase):
     # ---- scripts, packages, reboots ----
     def _win_powershell(self, state, a, check):
         first = a["script"].lstrip().splitlines()[0]
+        if "list the machine-wide Uninstall entries" in first:  # follows what win_package did to the host
+            return {"result": {"entries": state.get("uninstall_entries", [])}, "output": [], "error": []}
         for marker, res in state.get("powershell", {}).items():
             if marker in first:
                 return {"result": res, "output": [], "error": []}
@@ -258,14 +260,20 @@ class ActionModule(ActionBase):
     def _win_package(self, state, a, check):
         pid = a.get("product_id") or a.get("path")
         installed = state.setdefault("installed", [])
+        entries = state.setdefault("uninstall_entries", [])
+        keys = [e["key"].casefold() for e in entries]
         if a.get("state", "present") == "present":
-            changed = pid not in installed
+            # like the real module: idempotent only when it can find the ProductCode in the Uninstall keys
+            changed = not (a.get("product_id") and a["product_id"].casefold() in keys)
             if changed and not check:
                 installed.append(pid)
+                if a.get("product_id"):
+                    entries.append({"key": a["product_id"], "display_name": "Classic Client", "windows_installer": 1,
+                                    "view": 64})
         else:
-            changed = pid in installed
+            changed = pid.casefold() in keys
             if changed and not check:
-                installed.remove(pid)
+                state["uninstall_entries"] = [e for e in entries if e["key"].casefold() != pid.casefold()]
         return {"changed": changed, "reboot_required": False, "rc": 0}
 
     def _win_reboot(self, state, a, check):
