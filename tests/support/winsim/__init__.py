@@ -138,8 +138,8 @@ class Host:
 
     def playbook(self, path, extra_vars=None, check=False):
         """One of our playbooks (path relative to the repository) against the MOCK host."""
-        return self._run_file(os.path.join(ROOT, path), dict({"tokentrust_windows_hosts": "winpc"}, **(extra_vars or {})),
-                              check)
+        ev = dict({"tokentrust_windows_hosts": "winpc"}, **(extra_vars or {}))
+        return self._run_file(os.path.join(ROOT, path), ev, check)
 
     def _run_file(self, pb, extra_vars=None, check=False):
         env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
