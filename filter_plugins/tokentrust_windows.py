@@ -75,6 +75,7 @@ class FilterModule:
             "tokentrust_win_policies_json": _policies_json,
             "tokentrust_win_legacy_match": tw.legacy_match,
             "tokentrust_win_msi_source": tw.msi_source,
+            "tokentrust_win_msi_second_hop": tw.msi_second_hop,
             "tokentrust_win_middleware_checks": tw.middleware_checks,
             "tokentrust_win_middleware_pending": tw.middleware_pending,
             "tokentrust_win_check_stores": tw.check_stores,

@@ -818,6 +818,25 @@ def msi_source(src):
     return "controller"
 
 
+def msi_second_hop(src, transport="ntlm", kerberos_delegation=False):
+    """None when the host can read the MSI source over this WinRM transport, else why not.
+
+    A \\\\server\\share path is a second hop: the WinRM session must pass the user's credentials on,
+    which only CredSSP and Kerberos with delegation do. With NTLM, basic, certificate or Kerberos
+    without delegation, win_package gets "access denied" on the share.
+    """
+    if msi_source(src) != "unc":
+        return None
+    t = str(transport or "ntlm").lower()
+    if t == "credssp" or (t == "kerberos" and bool(kerberos_delegation)):
+        return None
+    how = "kerberos without ansible_winrm_kerberos_delegation" if t == "kerberos" else t
+    return (f"token_middleware_msi_src {src} is a network share, but this host connects with WinRM {how}, which "
+            "does not pass credentials on to the share (second hop): win_package would fail with access denied. "
+            "Use an https:// URL or a controller file, or connect with credssp or kerberos with "
+            "ansible_winrm_kerberos_delegation: true")
+
+
 # ---------------------------------------------------------------------------------------------
 # verification
 # ---------------------------------------------------------------------------------------------

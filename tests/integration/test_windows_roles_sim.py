@@ -178,3 +178,13 @@ def test_ie_zones_on_a_fresh_host(tmp_path):
         "hklm:\\software\\policies\\microsoft\\windows\\currentversion\\internet settings\\zonemapkey"]
     assert zonemap == {"https://services.certeurope.fr": {"type": "REG_SZ", "data": "2"},
                        "https://services2.certeurope.fr": {"type": "REG_SZ", "data": "2"}}
+
+
+def test_share_msi_over_ntlm_is_refused_before_anything_runs(tmp_path):
+    host = _middleware_host(tmp_path)
+    p = host.role("token_middleware", extra_vars={"token_middleware_msi_src": "\\\\fs.example.lan\\deploy\\cc.msi",
+                                                  "token_middleware_msi_checksum": "00" * 32,
+                                                  "ansible_winrm_transport": "ntlm"})
+    assert p.returncode != 0
+    assert "is a network share, but this host connects with WinRM ntlm" in p.stdout
+    assert host.calls() == []

@@ -602,3 +602,18 @@ PID = "{6B0B7AC4-1B7E-4E3A-9C5D-2F1B3C4D5E6F}"
 ])
 def test_middleware_pending(entries, kw, pending):
     assert tw.middleware_pending(entries, **kw)["pending"] is pending
+
+
+@pytest.mark.parametrize("src,transport,deleg,ok", [
+    ("\\\\fs\\deploy\\cc.msi", "ntlm", False, False),
+    ("\\\\fs\\deploy\\cc.msi", "kerberos", False, False),
+    ("\\\\fs\\deploy\\cc.msi", "kerberos", True, True),
+    ("\\\\fs\\deploy\\cc.msi", "credssp", False, True),
+    ("https://deploy.example.lan/cc.msi", "ntlm", False, True),
+    ("files/cc.msi", "ntlm", False, True),
+])
+def test_msi_second_hop(src, transport, deleg, ok):
+    msg = tw.msi_second_hop(src, transport, deleg)
+    assert (msg is None) is ok
+    if not ok:
+        assert "second hop" in msg and src in msg and "credssp" in msg
