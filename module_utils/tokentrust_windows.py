@@ -99,6 +99,45 @@ def win_path(base, names):
 
 
 # ---------------------------------------------------------------------------------------------
+# admin-only folders (role windows_private_dir)
+# ---------------------------------------------------------------------------------------------
+ADMIN_OWNERS = ("BUILTIN\\Administrators", "NT AUTHORITY\\SYSTEM")
+_ADMIN_SIDS = ("S-1-5-32-544", "S-1-5-18")
+
+
+def private_chain(path):
+    """The folders to create admin-only for `path`: itself and its parents from the drive's second
+    level down (C:\\ProgramData\\tokentrust\\certs -> [C:\\ProgramData\\tokentrust, ...\\certs]); the
+    drive and its top-level folder (C:\\ProgramData, owned by the system) are not touched."""
+    p = str(path or "").replace("/", "\\").rstrip("\\")
+    m = re.match(r"^([A-Za-z]:)((?:\\[^\\]+)+)$", p)
+    if not m or any(part in ("", ".", "..") for part in m.group(2).split("\\")[1:]):
+        raise WindowsPlanError(f"{path!r} is not an absolute local Windows folder (C:\\...): give a folder such as "
+                               "C:\\ProgramData\\tokentrust\\certs")
+    parts = m.group(2).split("\\")[1:]
+    start = 2 if len(parts) > 1 else 1
+    return [m.group(1) + "\\" + "\\".join(parts[:i]) for i in range(start, len(parts) + 1)]
+
+
+def private_dir_problems(stat_results, owners=ADMIN_OWNERS):
+    """Why folders of the chain cannot be trusted, from looped win_stat results (empty list: all fine)."""
+    ok_owners = {o.casefold() for o in owners or ()} | {s.casefold() for s in _ADMIN_SIDS}
+    out = []
+    for r in stat_results or []:
+        st, where = r.get("stat") or {}, r.get("item")
+        if not st.get("exists"):
+            continue
+        if st.get("islnk") or st.get("isjunction") or not st.get("isdir"):
+            kind = "a link or junction" if (st.get("islnk") or st.get("isjunction")) else "not a folder"
+            out.append(f"{where} exists but is {kind}: remove it (and check what put it there), then run again")
+        elif str(st.get("owner") or "").casefold() not in ok_owners:
+            out.append(f"{where} exists and is owned by {st.get('owner') or 'an unknown account'}, not by "
+                       f"{' or '.join(owners)}: a standard user can create folders in ProgramData, so its "
+                       "content cannot be trusted. Check it, delete it, then run again")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # trust stores
 # ---------------------------------------------------------------------------------------------
 def normalize_thumbprint(value):

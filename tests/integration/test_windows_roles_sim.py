@@ -188,3 +188,45 @@ def test_share_msi_over_ntlm_is_refused_before_anything_runs(tmp_path):
     assert p.returncode != 0
     assert "is a network share, but this host connects with WinRM ntlm" in p.stdout
     assert host.calls() == []
+
+
+ADMINS_ONLY = [{"user": "BUILTIN\\Administrators", "rights": "FullControl", "type": "allow", "state": "present"},
+               {"user": "NT AUTHORITY\\SYSTEM", "rights": "FullControl", "type": "allow", "state": "present"}]
+
+
+@pytest.mark.parametrize("role,var,folder", [
+    ("windows_trust_store", None, "c:\\programdata\\tokentrust\\certs"),
+    ("windows_firefox_policies", None, "c:\\programdata\\tokentrust\\certs"),
+    ("token_middleware", None, "c:\\programdata\\tokentrust\\cache"),
+])
+def test_staging_folders_are_admin_only(tmp_path, cas, role, var, folder):
+    msi = tmp_path / "cc.msi"
+    msi.write_bytes(b"msi")
+    state = new_state(uninstall_entries=[])
+    state["powershell"]["read-only probe of Firefox installs"] = firefox_probe()
+    host = Host(tmp_path, state)
+    p = host.role(role, extra_vars={"tokentrust_ca_set": cas, "token_middleware_msi_src": str(msi),
+                                    "token_middleware_msi_checksum": "00" * 32, "token_middleware_verify": False})
+    assert p.returncode == 0, p.stdout[-3000:]
+    dirs = host.load()["dirs"]
+    for d in ("c:\\programdata\\tokentrust", folder):
+        assert dirs[d]["inherit"] is False, d  # cut from ProgramData's ACL (Users may create, CREATOR OWNER)
+        assert dirs[d]["owner"] == "BUILTIN\\Administrators"
+        assert [{k: a[k] for k in ("user", "rights", "type", "state")} for a in dirs[d]["acl"]] == ADMINS_ONLY
+    assert dirs["c:\\programdata"]["acl"] == []  # ProgramData itself is left alone
+
+
+@pytest.mark.parametrize("planted", [
+    {"c:\\programdata\\tokentrust": {"owner": "PC-01\\mallory", "inherit": True, "acl": []}},
+    {"c:\\programdata\\tokentrust": {"owner": "BUILTIN\\Administrators", "inherit": False, "acl": []},
+     "c:\\programdata\\tokentrust\\certs": {"owner": "PC-01\\mallory", "inherit": True, "acl": []}},
+])
+def test_a_folder_planted_by_a_user_stops_the_run(tmp_path, cas, planted):
+    state = new_state()
+    state["dirs"].update(planted)
+    host = Host(tmp_path, state)
+    p = host.role("windows_trust_store", extra_vars={"tokentrust_ca_set": cas})
+    assert p.returncode != 0
+    assert "is owned by PC-01\\mallory, not by BUILTIN\\Administrators or NT AUTHORITY\\SYSTEM" in p.stdout + p.stderr
+    assert host.calls("win_copy") == [] and host.calls("win_certificate_store") == []
+    assert host.calls("win_acl") == [] and host.load()["stores"]["LocalMachine\\Root"] == {}

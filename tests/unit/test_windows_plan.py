@@ -617,3 +617,25 @@ def test_msi_second_hop(src, transport, deleg, ok):
     assert (msg is None) is ok
     if not ok:
         assert "second hop" in msg and src in msg and "credssp" in msg
+
+
+def test_private_chain():
+    assert tw.private_chain("C:\\ProgramData\\tokentrust\\certs") == [
+        "C:\\ProgramData\\tokentrust", "C:\\ProgramData\\tokentrust\\certs"]
+    assert tw.private_chain("D:\\tt\\") == ["D:\\tt"]
+    for bad in ("", "certs", "\\\\srv\\share\\x", "C:\\ProgramData\\..\\Windows"):
+        with pytest.raises(tw.WindowsPlanError, match="absolute local Windows folder"):
+            tw.private_chain(bad)
+
+
+@pytest.mark.parametrize("stat,msg", [
+    ({"exists": False}, None),
+    ({"exists": True, "isdir": True, "owner": "BUILTIN\\Administrators"}, None),
+    ({"exists": True, "isdir": True, "owner": "S-1-5-18"}, None),
+    ({"exists": True, "isdir": True, "owner": "PC\\bob"}, "owned by PC\\bob"),
+    ({"exists": True, "isdir": True, "isjunction": True, "owner": "BUILTIN\\Administrators"}, "link or junction"),
+    ({"exists": True, "isdir": False, "owner": "BUILTIN\\Administrators"}, "not a folder"),
+])
+def test_private_dir_problems(stat, msg):
+    got = tw.private_dir_problems([{"item": "C:\\ProgramData\\tokentrust", "stat": stat}])
+    assert (got == []) if msg is None else (len(got) == 1 and msg in got[0] and "C:\\ProgramData\\tokentrust" in got[0])

@@ -66,8 +66,24 @@ def option_specs(doc):
     out = {}
     for name, o in (doc.get("options") or {}).items():
         for n in [name, *(o.get("aliases") or [])]:
-            out[n] = {"choices": o.get("choices")}
+            out[n] = {"choices": o.get("choices"), "comma": comma_separated(o)}
     return out
+
+
+def comma_separated(option_doc):
+    """True for a str option whose documentation says it takes a comma separated list of its choices
+    (win_acl `inherit`: "ContainerInherit, ObjectInherit")."""
+    text = " ".join(option_doc.get("description") or []) if isinstance(option_doc.get("description"), list) \
+        else str(option_doc.get("description") or "")
+    return option_doc.get("type", "str") == "str" and "comma separated" in text.lower()
+
+
+def split_value(value, comma):
+    if isinstance(value, list):
+        return value
+    if comma and isinstance(value, str):
+        return [v.strip() for v in value.split(",")]
+    return [value]
 
 
 SIMULATED = ("win_certificate_info", "win_certificate_store", "win_reg_stat", "win_regedit", "win_stat", "win_file",

@@ -13,7 +13,7 @@ import sys
 
 import yaml
 
-from tests.support.winsim import ROOT, ansible_doc
+from tests.support.winsim import ROOT, ansible_doc, comma_separated, split_value
 
 PREFIXES = ("ansible.windows.", "community.windows.")
 TASK_KEYS = {"name", "when", "loop", "loop_control", "register", "tags", "vars", "no_log", "changed_when",
@@ -71,8 +71,7 @@ def check(calls):
             choices = opts[arg].get("choices")
             if not choices:
                 continue
-            values = value if isinstance(value, list) else [value]
-            for v in values:
+            for v in split_value(value, comma_separated(opts[arg])):
                 if isinstance(v, str) and "{{" in v:
                     continue
                 if isinstance(choices, dict):

@@ -82,7 +82,12 @@ class ActionModule(ActionBase):
                 return f"Unsupported parameters for ({module}) module: {name}"
             choices = specs[name].get("choices")
             if choices and value is not None:
-                values = value if isinstance(value, list) else [value]
+                if isinstance(value, list):
+                    values = value
+                elif specs[name].get("comma") and isinstance(value, str):
+                    values = [v.strip() for v in value.split(",")]
+                else:
+                    values = [value]
                 for v in values:
                     if str(v) not in [str(c) for c in choices]:
                         return f"value of {name} must be one of: {', '.join(map(str, choices))}, got: {v}"
@@ -166,7 +171,8 @@ class ActionModule(ActionBase):
         p = _k(a["path"])
         if p in state["dirs"]:
             d = state["dirs"][p]
-            return {"stat": {"exists": True, "isdir": True, "owner": d.get("owner", "BUILTIN\\Administrators")}}
+            return {"stat": {"exists": True, "isdir": True, "islnk": False, "isjunction": False,
+                             "owner": d.get("owner", "BUILTIN\\Administrators")}}
         if p in state["files"]:
             f = state["files"][p]
             return {"stat": {"exists": True, "isdir": False, "owner": f.get("owner", "BUILTIN\\Administrators"),
