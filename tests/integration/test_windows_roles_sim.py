@@ -195,7 +195,7 @@ ADMINS_ONLY = [{"user": "BUILTIN\\Administrators", "rights": "FullControl", "typ
 
 
 @pytest.mark.parametrize("role,var,folder", [
-    ("windows_trust_store", None, "c:\\programdata\\tokentrust\\certs"),
+    ("windows_trust_store", None, "c:\\programdata\\tokentrust\\staging"),
     ("windows_firefox_policies", None, "c:\\programdata\\tokentrust\\certs"),
     ("token_middleware", None, "c:\\programdata\\tokentrust\\cache"),
 ])
@@ -219,7 +219,7 @@ def test_staging_folders_are_admin_only(tmp_path, cas, role, var, folder):
 @pytest.mark.parametrize("planted", [
     {"c:\\programdata\\tokentrust": {"owner": "PC-01\\mallory", "inherit": True, "acl": []}},
     {"c:\\programdata\\tokentrust": {"owner": "BUILTIN\\Administrators", "inherit": False, "acl": []},
-     "c:\\programdata\\tokentrust\\certs": {"owner": "PC-01\\mallory", "inherit": True, "acl": []}},
+     "c:\\programdata\\tokentrust\\staging": {"owner": "PC-01\\mallory", "inherit": True, "acl": []}},
 ])
 def test_a_folder_planted_by_a_user_stops_the_run(tmp_path, cas, planted):
     state = new_state()
@@ -230,3 +230,25 @@ def test_a_folder_planted_by_a_user_stops_the_run(tmp_path, cas, planted):
     assert "is owned by PC-01\\mallory, not by BUILTIN\\Administrators or NT AUTHORITY\\SYSTEM" in p.stdout + p.stderr
     assert host.calls("win_copy") == [] and host.calls("win_certificate_store") == []
     assert host.calls("win_acl") == [] and host.load()["stores"]["LocalMachine\\Root"] == {}
+
+
+def test_firefox_policies_absent_removes_the_ca_files_too(tmp_path, cas):
+    host = _firefox_host(tmp_path)
+    p = host.role("windows_firefox_policies", extra_vars={"tokentrust_ca_set": cas})
+    assert p.returncode == 0, p.stdout[-3000:]
+    listed = _written_policies(host)["policies"]["Certificates"]["Install"]
+    files = host.load()["files"]
+    assert all(x.casefold() in files for x in listed)
+    # the probe now sees what the first run wrote
+    s = host.load()
+    probe = s["powershell"]["read-only probe of Firefox installs"]
+    key = (FIREFOX + "\\distribution\\policies.json")
+    probe["policies_json"] = {key: s["files"][key.casefold()]["content"]}
+    host.save(s)
+    p2 = host.role("windows_firefox_policies", extra_vars={"tokentrust_ca_set": cas,
+                                                          "windows_firefox_policies_state": "absent"})
+    assert p2.returncode == 0, p2.stdout[-3000:]
+    files = host.load()["files"]
+    assert [x for x in listed if x.casefold() in files] == []
+    assert "Certificates" not in _written_policies(host).get("policies", {}) or \
+        not _written_policies(host)["policies"]["Certificates"].get("Install")
