@@ -65,7 +65,9 @@ DEFAULT_TRUSTED_SITES = ("services.certeurope.fr", "services2.certeurope.fr")
 _HEX40 = re.compile(r"^[0-9A-F]{40}$")
 _GUID = re.compile(r"^\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}$")
 _HOST = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
-_SID = re.compile(r"^S-1-5-21(-\d+)+$")
+# user SIDs: local and AD accounts (S-1-5-21-...), Microsoft Entra ID accounts (S-1-12-1-...)
+_SID = re.compile(r"^S-1-(5-21|12-1)(-\d+)+$")
+PSL_PATHS = ("/usr/share/publicsuffix/public_suffix_list.dat", "/usr/share/publicsuffix/effective_tld_names.dat")
 
 
 class WindowsPlanError(ValueError):
@@ -372,12 +374,76 @@ def _check_host(host):
     return host.lower()
 
 
-def zonemap_domain(host):
-    """(domain, subkey) of ZoneMap\\Domains for a host: services.certeurope.fr -> (certeurope.fr, services)."""
-    labels = _check_host(host).split(".")
-    if len(labels) <= 2:
-        return ".".join(labels), None
-    return ".".join(labels[-2:]), ".".join(labels[:-2])
+def load_psl(paths=PSL_PATHS):
+    """The Public Suffix List rules ({"rules", "wildcards", "exceptions"}) from the first file found, or None."""
+    for path in paths or ():
+        try:
+            with open(path, encoding="utf-8") as f:
+                return parse_psl(f.read())
+        except OSError:
+            continue
+    return None
+
+
+def parse_psl(text):
+    rules, wild, exc = set(), set(), set()
+    for line in text.splitlines():
+        r = line.strip().split(" ")[0].lower()
+        if not r or r.startswith("//"):
+            continue
+        if r.startswith("!"):
+            exc.add(r[1:])
+        elif r.startswith("*."):
+            wild.add(r[2:])
+        else:
+            rules.add(r)
+    return {"rules": rules, "wildcards": wild, "exceptions": exc}
+
+
+def registrable_domain(host, psl):
+    """The registrable domain of `host` by the Public Suffix List algorithm (example.co.uk for a.example.co.uk)."""
+    labels = host.lower().split(".")
+    suffix_len = 1  # the default rule "*"
+    for i in range(len(labels)):
+        cand = ".".join(labels[i:])
+        if cand in psl["exceptions"]:
+            suffix_len = len(labels) - i - 1
+            break
+        parent = ".".join(labels[i + 1:])
+        if cand in psl["rules"] or (parent and parent in psl["wildcards"]):
+            suffix_len = len(labels) - i
+            break
+    if suffix_len >= len(labels):
+        return None
+    return ".".join(labels[-(suffix_len + 1):])
+
+
+def zonemap_domain(host, domains=None, psl=None):
+    """(domain, subkey) of ZoneMap\\Domains for a host: services.certeurope.fr -> (certeurope.fr, services).
+
+    The domain is the registrable domain (Public Suffix List), so services.example.co.uk -> (example.co.uk,
+    services), not (co.uk, services.example). `domains` ({host: domain}) overrides it; without a PSL
+    (`psl` None: see load_psl) a host of three labels or more needs such an override.
+    """
+    h = _check_host(host)
+    labels = h.split(".")
+    given = {str(k).lower(): str(v).lower() for k, v in (domains or {}).items()}
+    if h in given:
+        domain = given[h]
+        if h != domain and not h.endswith("." + domain):
+            raise WindowsPlanError(f"windows_ie_zones_site_domains: {domain!r} is not a parent domain of {h!r}")
+    elif len(labels) <= 2:
+        domain = h
+    elif psl is not None:
+        domain = registrable_domain(h, psl)
+        if domain is None:
+            raise WindowsPlanError(f"trusted site {h!r} is a public suffix, not a site")
+    else:
+        raise WindowsPlanError(f"cannot tell the registrable domain of {h!r} without the Public Suffix List (install "
+                               "the publicsuffix package on the controller) or windows_ie_zones_site_domains "
+                               f"({{'{h}': '<its domain>'}})")
+    sub = h[: -len(domain) - 1] if h != domain else None
+    return domain, sub or None
 
 
 def _check_zones(zones):
@@ -396,7 +462,7 @@ def _check_zones(zones):
 
 
 def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", users=None, per_user=False,
-            current_policy=None):
+            current_policy=None, machine_policy=True, domains=None, psl="system"):
     """Registry entries for the IE zone settings.
 
     Machine policy (HKLM\\SOFTWARE\\Policies\\..., wins over every user's own settings):
@@ -408,6 +474,12 @@ def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", use
     Per user (`per_user`), for each entry of `users` ({sid, profile_path, loaded}): the same
     settings in that user's hive: HKU:\\<SID> when loaded, else the NTUSER.DAT file loaded by
     win_regedit under HKLM:\\ANSIBLE. Never the WinRM account's HKCU.
+
+    Side effect of the machine policy: once the Site to Zone Assignment List policy is on, Windows
+    uses ONLY its list: every user's own zone assignments are ignored and users cannot edit their
+    lists. `machine_policy=False` leaves the machine policy out (per-user settings only).
+    `domains` / `psl` pick the ZoneMap\\Domains key of a site (zonemap_domain); psl "system" loads
+    the Public Suffix List of the controller.
     """
     if mode not in IE_MODES:
         raise WindowsPlanError(f"windows_ie_zones_mode must be one of {', '.join(IE_MODES)}, got {mode!r}")
@@ -418,30 +490,36 @@ def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", use
     entries = []
     if mode == "keep":
         return entries
-    if hosts:
+    if not machine_policy and not per_user:
+        raise WindowsPlanError("windows_ie_zones_machine_policy and windows_ie_zones_per_user are both false: "
+                               "nothing would be written; use mode keep, or turn one on")
+    if hosts and machine_policy:
         entries.append(_entry(IE_POLICY_KEY, "ListBox_Support_ZoneMapKey", 1, "dword"))
-    for h in hosts:
+    for h in hosts if machine_policy else []:
         name = h if scheme == "*" else f"{scheme}://{h}"
         entries.append(_entry(IE_POLICY_KEY + "\\ZoneMapKey", name, str(IE_TRUSTED_ZONE)))
     current_policy = {int(k): v for k, v in (current_policy or {}).items()}
     for z in zones:
         path = f"{IE_POLICY_KEY}\\Zones\\{z}"
-        if mode == "disable_protected_mode":
+        if mode == "disable_protected_mode" and machine_policy:
             entries.append(_entry(path, IE_PROTECTED_MODE_VALUE, IE_PROTECTED_MODE_OFF, "dword"))
         elif current_policy.get(z) is not None and int(current_policy[z]) == IE_PROTECTED_MODE_OFF:
             entries.append(_entry(path, IE_PROTECTED_MODE_VALUE, None, "dword", "absent"))
     if per_user:
+        if psl == "system":
+            psl = load_psl()
         for u in users or []:
-            entries += _ie_user_entries(mode, hosts, zones, scheme, u)
+            entries += _ie_user_entries(mode, hosts, zones, scheme, u, domains, psl)
     return entries
 
 
-def _ie_user_entries(mode, hosts, zones, scheme, user):
+def _ie_user_entries(mode, hosts, zones, scheme, user, domains=None, psl=None):
     sid = user.get("sid", "")
     profile = (user.get("profile_path") or "").rstrip("\\")
     default = sid in ("Default", ".DEFAULT_PROFILE")
     if not default and not _SID.match(sid):
-        raise WindowsPlanError(f"user SID {sid!r} is not a local or domain user SID (S-1-5-21-...)")
+        raise WindowsPlanError(f"user SID {sid!r} is not a local, domain or Entra ID user SID "
+                               "(S-1-5-21-... or S-1-12-1-...)")
     if user.get("loaded") and not default:
         base, hive = f"HKU:\\{sid}\\{IE_USER_SUBKEY}", None
     else:
@@ -451,7 +529,7 @@ def _ie_user_entries(mode, hosts, zones, scheme, user):
     scope = f"user:{sid}"
     out = []
     for h in hosts:
-        domain, sub = zonemap_domain(h)
+        domain, sub = zonemap_domain(h, domains, psl)
         path = f"{base}\\ZoneMap\\Domains\\{domain}" + (f"\\{sub}" if sub else "")
         out.append(_entry(path, scheme, IE_TRUSTED_ZONE, "dword", scope=scope, hive=hive))
     if mode == "disable_protected_mode":

@@ -252,3 +252,33 @@ def test_firefox_policies_absent_removes_the_ca_files_too(tmp_path, cas):
     assert [x for x in listed if x.casefold() in files] == []
     assert "Certificates" not in _written_policies(host).get("policies", {}) or \
         not _written_policies(host)["policies"]["Certificates"].get("Install")
+
+
+def test_ie_zones_warns_that_the_machine_list_replaces_the_users_lists(tmp_path):
+    host = Host(tmp_path)
+    p = host.role("windows_ie_zones")
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert "users can no longer edit their" in " ".join(p.stdout.split())
+    # once the policy is on (our first run), the warning is not repeated
+    p2 = host.role("windows_ie_zones")
+    assert "users can no longer edit their" not in " ".join(p2.stdout.split()) and recap(p2)["changed"] == 0
+
+
+def test_ie_zones_per_user_only_for_an_entra_id_user(tmp_path):
+    entra = "S-1-12-1-1111111111-2222222222-3333333333-4444444444"
+    state = new_state()
+    state["powershell"]["list the user profiles"] = {
+        "profiles": [{"sid": entra, "profile_path": "C:\\Users\\anna", "loaded": True}],
+        "connection_sid": "S-1-5-21-9-9-9-500"}
+    host = Host(tmp_path, state)
+    site = "services.example.co.uk"
+    p = host.role("windows_ie_zones", extra_vars={
+        "windows_ie_zones_machine_policy": False, "windows_ie_zones_per_user": True,
+        "windows_ie_zones_default_user": False, "windows_ie_zones_trusted_sites": [site],
+        "windows_ie_zones_site_domains": {site: "example.co.uk"}})
+    assert p.returncode == 0, p.stdout[-3000:]
+    reg = host.load()["registry"]
+    key = (f"hku:\\{entra}\\software\\microsoft\\windows\\currentversion\\internet settings"
+           "\\zonemap\\domains\\example.co.uk\\services")
+    assert reg[key.casefold()] == {"https": {"type": "REG_DWORD", "data": 2}}
+    assert not [k for k in reg if k.startswith("hklm:\\software\\policies\\microsoft")]

@@ -276,20 +276,59 @@ def test_ie_per_user_hives():
     ({"mode": "trusted_sites", "sites": ["https://services.certeurope.fr/x"]}, "is not a host name"),
     ({"mode": "disable_protected_mode", "zones": [7]}, "IE zone 7 does not exist"),
     ({"mode": "trusted_sites", "scheme": "ftp"}, "scheme must be"),
-    ({"mode": "trusted_sites", "per_user": True, "users": [{"sid": "S-1-5-18"}]}, "not a local or domain user SID"),
+    ({"mode": "trusted_sites", "per_user": True, "users": [{"sid": "S-1-5-18"}]},
+     "not a local, domain or Entra ID user SID"),
+    ({"mode": "trusted_sites", "machine_policy": False}, "nothing would be written"),
 ])
 def test_ie_errors(kw, msg):
     with pytest.raises(tw.WindowsPlanError, match=msg):
         tw.ie_plan(**kw)
 
 
+# a few lines of the real Public Suffix List format (rules, wildcard, exception)
+PSL = tw.parse_psl("// comment\nfr\ngouv.fr\nuk\nco.uk\norg\nus\nk12.ma.us\n*.ck\n!www.ck\n")
+
+
 @pytest.mark.parametrize("host,out", [
     ("services.certeurope.fr", ("certeurope.fr", "services")),
     ("a.b.example.org", ("example.org", "a.b")),
     ("certeurope.fr", ("certeurope.fr", None)),
+    ("services.example.co.uk", ("example.co.uk", "services")),   # not (co.uk, services.example)
+    ("teleservices.impots.gouv.fr", ("impots.gouv.fr", "teleservices")),
+    ("a.b.c.ck", ("b.c.ck", "a")),                                # wildcard rule *.ck
+    ("a.www.ck", ("www.ck", "a")),                                # exception rule !www.ck
 ])
 def test_zonemap_domain(host, out):
-    assert tw.zonemap_domain(host) == out
+    assert tw.zonemap_domain(host, psl=PSL) == out
+
+
+def test_zonemap_domain_override_and_errors():
+    assert tw.zonemap_domain("svc.example.co.uk", {"svc.example.co.uk": "example.co.uk"}) == ("example.co.uk", "svc")
+    with pytest.raises(tw.WindowsPlanError, match="not a parent domain"):
+        tw.zonemap_domain("svc.example.co.uk", {"svc.example.co.uk": "other.uk"})
+    with pytest.raises(tw.WindowsPlanError, match="without the Public Suffix List"):
+        tw.zonemap_domain("svc.example.co.uk", psl=None)
+    with pytest.raises(tw.WindowsPlanError, match="is a public suffix, not a site"):
+        tw.zonemap_domain("k12.ma.us", psl=PSL)
+
+
+def test_entra_id_users_get_per_user_settings():
+    entra = "S-1-12-1-1234567890-1234567890-1234567890-1234567890"
+    users = tw.ie_users([{"sid": entra, "profile_path": "C:\\Users\\anna", "loaded": True},
+                         {"sid": "S-1-5-18", "profile_path": "C:\\Windows\\system32", "loaded": True}],
+                        include_default=False)
+    assert [u["sid"] for u in users] == [entra]
+    plan = tw.ie_plan("trusted_sites", users=users, per_user=True, psl=PSL)
+    assert [e["path"] for e in plan if e["scope"] == f"user:{entra}"] == [
+        f"HKU:\\{entra}\\{tw.IE_USER_SUBKEY}\\ZoneMap\\Domains\\certeurope.fr\\services",
+        f"HKU:\\{entra}\\{tw.IE_USER_SUBKEY}\\ZoneMap\\Domains\\certeurope.fr\\services2"]
+
+
+def test_ie_per_user_only_leaves_the_machine_policy_alone():
+    users = [{"sid": "S-1-5-21-1-2-3-1001", "profile_path": "C:\\Users\\bob", "loaded": True}]
+    plan = tw.ie_plan("disable_protected_mode", users=users, per_user=True, machine_policy=False, psl=PSL)
+    assert plan and all(e["scope"].startswith("user:") for e in plan)
+    assert not any(e["path"].startswith(tw.IE_POLICY_KEY) for e in plan)
 
 
 # ------------------------------------------------------------------ Firefox bitness
@@ -639,3 +678,8 @@ def test_private_chain():
 def test_private_dir_problems(stat, msg):
     got = tw.private_dir_problems([{"item": "C:\\ProgramData\\tokentrust", "stat": stat}])
     assert (got == []) if msg is None else (len(got) == 1 and msg in got[0] and "C:\\ProgramData\\tokentrust" in got[0])
+
+
+@pytest.mark.skipif(tw.load_psl() is None, reason="no Public Suffix List file on this machine (package publicsuffix)")
+def test_zonemap_domain_with_the_system_public_suffix_list():
+    assert tw.zonemap_domain("services.example.co.uk", psl=tw.load_psl()) == ("example.co.uk", "services")
