@@ -635,6 +635,15 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
         if not security_device:
             i["gclib"] = None
             continue
+        add_ok = supports_security_devices_add(i.get("version"))
+        if add_ok is False:
+            raise WindowsPlanError(
+                f"Firefox {i['path']} is version {i.get('version')}: SecurityDevices.Add needs Firefox 114 or "
+                "ESR 102.12 and later, this one would ignore it. Update Firefox (ESR 115 or later), or set "
+                "windows_firefox_policies_security_device: false")
+        if add_ok is None and i.get("version") is not None:
+            warnings.append(f"Firefox {i['path']}: version {i.get('version')!r} unreadable; SecurityDevices.Add "
+                            "needs Firefox 114 / ESR 102.12 or later")
         try:
             i["gclib"] = choose_gclib(i, probe.get("gclib"))["path"]
         except WindowsPlanError:
@@ -647,7 +656,12 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
     def fragment(dll):
         return desired_fragment(certificate_paths, {device_name: dll} if dll else {}, import_enterprise_roots)
 
-    out = {"target": target, "installs": installs, "json": [], "registry": [], "conflicts": [], "warnings": warnings}
+    out = {"target": target, "installs": installs, "json": [], "registry": [], "conflicts": [], "warnings": warnings,
+           "gpo_values": []}
+    if target == "registry" and gpo_present(probe.get("gpo")):
+        warnings.append("target registry on a host with Firefox Group Policy: if a GPO manages "
+                        "Certificates\\Install or SecurityDevices\\Add, each Group Policy refresh replaces those "
+                        "lists and removes our values; add them to the GPO instead")
     if target == "registry":
         dlls = sorted({i["gclib"] for i in installs if i["gclib"]})
         if len(dlls) > 1:
@@ -668,10 +682,21 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
                                 "changed": r["changed"], "warnings": r["warnings"], "desired": desired})
             out["warnings"] += r["warnings"]
         if state == "present":
-            out["conflicts"] = gpo_conflicts(probe.get("gpo"), out["json"][0]["desired"])
+            desired = out["json"][0]["desired"]
+            scopes = [("HKLM", probe.get("gpo"))] + [(f"HKU\\{sid}", d)
+                                                      for sid, d in sorted((probe.get("gpo_users") or {}).items())]
+            found = {}
+            for scope, dump in scopes:
+                for c in gpo_conflicts(dump, desired):
+                    found.setdefault(c, []).append(scope)
+            out["conflicts"] = sorted(found)
+            # what to add to the GPO so that the policy holds our entries (the registry form of the fragment)
+            out["gpo_values"] = gpo_values({k: desired[k] for k in out["conflicts"]})
             for c in out["conflicts"]:
-                out["warnings"].append(f"the Firefox GPO registry already sets policy {c}: GPO wins over "
-                                       f"policies.json for it, so our {c} in policies.json has no effect")
+                out["warnings"].append(
+                    f"Group Policy ({', '.join(found[c])}) already sets the Firefox policy {c}: it wins over "
+                    f"policies.json, so our {c} entries have no effect. Add them to that GPO: "
+                    + "; ".join(v["value"] for v in out["gpo_values"] if v["policy"] == c))
     return out
 
 
@@ -692,6 +717,12 @@ def firefox_checks(plan, probe_after, state="present", role="windows_firefox_pol
             except WindowsPlanError as e:
                 ok, detail = False, str(e)
             out.append(check(f"policies.json {j['path']}", ok, detail, role))
+    if state == "present":
+        for c in plan.get("conflicts") or []:
+            out.append(check(f"Firefox policy {c} not overridden by Group Policy", False,
+                             f"Group Policy sets {c}, so our policies.json entries for it have no effect; add to the "
+                             "GPO: " + "; ".join(v["value"] for v in plan.get("gpo_values") or [] if v["policy"] == c),
+                             role))
     gclib = {c["path"]: c for c in probe_after.get("gclib") or []}
     for i in plan["installs"]:
         if not i.get("gclib") or state == "absent":
@@ -721,17 +752,51 @@ def firefox_installs(probe_installs):
 
 
 def firefox_target(gpo_present, prefer="auto"):
-    """Where our policies go: `registry` (GPO) when the host has Firefox GPO policies, else `json`."""
+    """Where our policies go: `json` (distribution\\policies.json) unless `registry` is asked for.
+
+    `auto` never writes into HKLM\\SOFTWARE\\Policies\\Mozilla\\Firefox, even on a host with Firefox
+    GPO policies: that key belongs to Group Policy, whose list policies (Certificates\\Install,
+    SecurityDevices\\Add) are not additive, so each refresh would wipe our values and each run re-add
+    them. Policies that Group Policy already sets are reported as conflicts instead (gpo_conflicts).
+    """
     if prefer not in ("auto", "json", "registry"):
         raise WindowsPlanError(f"windows_firefox_policies_target must be auto, json or registry, got {prefer!r}")
-    if prefer != "auto":
-        return prefer
-    return "registry" if gpo_present else "json"
+    return "json" if prefer == "auto" else prefer
 
 
 def gpo_present(dump):
     """True when the GPO key HKLM\\SOFTWARE\\Policies\\Mozilla\\Firefox holds any value."""
     return any(bool(v) for v in (dump or {}).values())
+
+
+# SecurityDevices.Add / Delete: Firefox 114, ESR 102.12 (mozilla/policy-templates); older ones only
+# know the deprecated flat form.
+SECURITY_DEVICES_ADD_SINCE = ((114, 0), (102, 12))
+
+
+def firefox_version(text):
+    """(major, minor) of a Firefox ProductVersion ("128.5.0", "115.0esr"), or None when unreadable."""
+    m = re.match(r"^\s*(\d+)(?:\.(\d+))?", str(text or ""))
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
+
+
+def supports_security_devices_add(version):
+    v = firefox_version(version)
+    if v is None:
+        return None
+    new, esr = SECURITY_DEVICES_ADD_SINCE
+    return v >= new or (v[0] == esr[0] and v >= esr)
+
+
+def gpo_values(fragment):
+    """The GPO registry values (mozilla/policy-templates form) that carry `fragment`: what an administrator
+    adds to the GPO when Group Policy owns a policy. [{policy, value: "Software\\...\\Name = data"}]"""
+    out = []
+    for e in gpo_plan({}, fragment):
+        rel = e["path"][len(FIREFOX_GPO_KEY) + 1:]
+        out.append({"policy": rel.split("\\")[0],
+                    "value": f"Software\\Policies\\Mozilla\\Firefox\\{rel}\\{e['name']} = {e['data']}"})
+    return out
 
 
 def gpo_conflicts(dump, desired):

@@ -239,12 +239,6 @@ def test_firefox_policies_absent_removes_the_ca_files_too(tmp_path, cas):
     listed = _written_policies(host)["policies"]["Certificates"]["Install"]
     files = host.load()["files"]
     assert all(x.casefold() in files for x in listed)
-    # the probe now sees what the first run wrote
-    s = host.load()
-    probe = s["powershell"]["read-only probe of Firefox installs"]
-    key = (FIREFOX + "\\distribution\\policies.json")
-    probe["policies_json"] = {key: s["files"][key.casefold()]["content"]}
-    host.save(s)
     p2 = host.role("windows_firefox_policies", extra_vars={"tokentrust_ca_set": cas,
                                                           "windows_firefox_policies_state": "absent"})
     assert p2.returncode == 0, p2.stdout[-3000:]
@@ -282,3 +276,26 @@ def test_ie_zones_per_user_only_for_an_entra_id_user(tmp_path):
            "\\zonemap\\domains\\example.co.uk\\services")
     assert reg[key.casefold()] == {"https": {"type": "REG_DWORD", "data": 2}}
     assert not [k for k in reg if k.startswith("hklm:\\software\\policies\\microsoft")]
+
+
+def test_firefox_with_group_policy_certificates_reports_the_override(tmp_path, cas):
+    gpo = {"": {"DisableAppUpdate": 1}, "Certificates\\Install": {"1": "C:\\corp\\root.cer"}}
+    host = _firefox_host(tmp_path, gpo=gpo)
+    p, facts = host.run(["windows_firefox_policies"], {"tokentrust_ca_set": cas},
+                        facts=["windows_firefox_policies_checks"])
+    assert p.returncode == 0, p.stdout[-3000:]
+    # nothing written into the key Group Policy owns (it would be wiped at the next refresh)
+    assert not [c for c in host.calls("win_regedit") if "policies\\mozilla" in c["args"]["path"].casefold()]
+    assert _written_policies(host)["policies"]["Certificates"]["Install"]
+    failed = [c for c in facts["windows_firefox_policies_checks"] if not c["ok"]]
+    assert [c["name"] for c in failed] == ["Firefox policy Certificates not overridden by Group Policy"]
+    assert "Software\\Policies\\Mozilla\\Firefox\\Certificates\\Install\\1 = C:\\ProgramData\\tokentrust\\certs\\" \
+        in failed[0]["detail"]
+
+
+def test_firefox_too_old_for_security_devices_add_stops(tmp_path, cas):
+    host = _firefox_host(tmp_path, version="102.11.0")
+    p = host.role("windows_firefox_policies", extra_vars={"tokentrust_ca_set": cas})
+    assert p.returncode != 0
+    assert "is version 102.11.0: SecurityDevices.Add needs Firefox 114" in p.stdout + p.stderr
+    assert host.calls("win_copy") == []

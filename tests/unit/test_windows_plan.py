@@ -394,7 +394,7 @@ def desired():
 
 @pytest.mark.parametrize("dump,prefer,target", [
     ({}, "auto", "json"),
-    ({"": {"DisableTelemetry": 1}}, "auto", "registry"),
+    ({"": {"DisableTelemetry": 1}}, "auto", "json"),  # never into the key Group Policy owns
     ({"Certificates": {}}, "auto", "json"),
     ({}, "registry", "registry"),
     ({"": {"X": 1}}, "json", "json"),
@@ -486,9 +486,15 @@ def test_firefox_plan_json_then_idempotent():
     assert [c["ok"] for c in bad] == [False, False]
 
 
-def test_firefox_plan_registry_when_gpo_exists():
+def test_firefox_plan_auto_stays_json_when_gpo_exists():
     plan = tw.firefox_plan(_probe(gpo={"": {"DisableAppUpdate": 1}}), CERTS)
+    assert plan["target"] == "json" and plan["registry"] == [] and plan["conflicts"] == []
+
+
+def test_firefox_plan_registry_when_asked():
+    plan = tw.firefox_plan(_probe(gpo={"": {"DisableAppUpdate": 1}}), CERTS, prefer="registry")
     assert plan["target"] == "registry" and plan["json"] == []
+    assert "each Group Policy refresh replaces those lists" in plan["warnings"][0]
     assert (GPO + "\\SecurityDevices\\Add", "gem") in _keyed(plan["registry"])
     done = {"": {"DisableAppUpdate": 1}, "Certificates\\Install": {"1": CERTS[0], "2": CERTS[1]},
             "Certificates": {"ImportEnterpriseRoots": 1}, "SecurityDevices\\Add": {"gem": G64["path"]}}
@@ -499,13 +505,37 @@ def test_firefox_plan_registry_when_gpo_exists():
 
 def test_firefox_plan_json_warns_about_gpo_conflict():
     plan = tw.firefox_plan(_probe(gpo={"Certificates": {"ImportEnterpriseRoots": 0}}), CERTS, prefer="json")
-    assert plan["conflicts"] == ["Certificates"] and "GPO wins" in plan["warnings"][0]
+    assert plan["conflicts"] == ["Certificates"]
+    assert "Group Policy (HKLM) already sets the Firefox policy Certificates" in plan["warnings"][0]
+    assert "Software\\Policies\\Mozilla\\Firefox\\Certificates\\Install\\1 = " + CERTS[0] in plan["warnings"][0]
+    assert [v["policy"] for v in plan["gpo_values"]] == ["Certificates"] * 3  # Install 1, 2, ImportEnterpriseRoots
+    checks = tw.firefox_checks(plan, _probe(policies_json={plan["json"][0]["path"]: plan["json"][0]["text"]}))
+    assert [c["name"] for c in checks if not c["ok"]] == ["Firefox policy Certificates not overridden by Group Policy"]
+
+
+def test_firefox_plan_reads_user_group_policy_too():
+    plan = tw.firefox_plan(_probe(gpo_users={"S-1-5-21-1-2-3-1001": {"SecurityDevices\\Add": {"other": "x.dll"}}}),
+                           CERTS)
+    assert plan["conflicts"] == ["SecurityDevices"]
+    assert "Group Policy (HKU\\S-1-5-21-1-2-3-1001)" in plan["warnings"][0]
+
+
+@pytest.mark.parametrize("version,ok", [("128.5.0", True), ("115.0esr", True), ("114.0", True), ("102.12.0", True),
+                                        ("113.0.2", False), ("102.11.0", False), ("91.13.0", False)])
+def test_firefox_plan_security_devices_add_needs_114_or_esr_102_12(version, ok):
+    probe = _probe(installs=[dict(FX64, dir="C:\\Program Files\\Mozilla Firefox", version=version)])
+    if ok:
+        assert tw.firefox_plan(probe, CERTS)["installs"][0]["gclib"] == G64["path"]
+    else:
+        with pytest.raises(tw.WindowsPlanError, match=f"is version {version}: SecurityDevices.Add needs Firefox 114"):
+            tw.firefox_plan(probe, CERTS)
+        assert tw.firefox_plan(probe, CERTS, security_device=False)["installs"][0]["gclib"] is None
 
 
 def test_firefox_plan_two_bitnesses_in_registry_fails():
     probe = _probe(installs=[FX64, FX32], gpo={"": {"X": 1}})
     with pytest.raises(tw.WindowsPlanError, match="different bitness need different gclib.dll"):
-        tw.firefox_plan(probe, CERTS)
+        tw.firefox_plan(probe, CERTS, prefer="registry")
     plan = tw.firefox_plan(probe, CERTS, prefer="json")
     assert [i["gclib"] for i in plan["installs"]] == [G64["path"], G32["path"]]
 

@@ -260,6 +260,13 @@ class ActionModule(ActionBase):
             return {"result": {"entries": state.get("uninstall_entries", [])}, "output": [], "error": []}
         for marker, res in state.get("powershell", {}).items():
             if marker in first:
+                if "read-only probe of Firefox installs" in first:  # policies.json as the host holds it now
+                    res = dict(res, policies_json=dict(res.get("policies_json") or {}))
+                    for i in res.get("installs") or []:
+                        path = i["dir"] + "\\distribution\\policies.json"
+                        f = state["files"].get(_k(path))
+                        if f is not None:
+                            res["policies_json"][path] = f["content"]
                 return {"result": res, "output": [], "error": []}
         return {"failed": True, "msg": f"winsim MOCK: no canned result for script {first!r}"}
 
