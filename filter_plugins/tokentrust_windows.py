@@ -82,6 +82,8 @@ class FilterModule:
             "tokentrust_win_check_registry": tw.check_registry,
             "tokentrust_win_check": tw.check,
             "tokentrust_win_report": tw.report,
+            "tokentrust_win_token_checks": tw.token_checks,
+            "tokentrust_win_token_not_verifiable": lambda _=None: list(tw.TOKEN_NOT_VERIFIABLE),
             "tokentrust_win_reg_values": _reg_values,
             "tokentrust_win_path": tw.win_path,
             "tokentrust_win_private_chain": tw.private_chain,

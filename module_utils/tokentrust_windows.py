@@ -1059,6 +1059,83 @@ def check_registry(entries, observed, role=""):
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# the key, as far as a WinRM session can see it (role windows_verify, files/token_probe.ps1)
+# ---------------------------------------------------------------------------------------------
+SCARD_ERRORS = {0x8010001D: "SCARD_E_NO_SERVICE", 0x8010002E: "SCARD_E_NO_READERS_AVAILABLE",
+                0x8010000A: "SCARD_E_TIMEOUT", 0x80100017: "SCARD_E_READER_UNAVAILABLE",
+                0x80100011: "SCARD_E_INVALID_VALUE", 0x80100066: "SCARD_W_UNRESPONSIVE_CARD"}
+# What the test login of the manual does and a WinRM session cannot: said in every report.
+TOKEN_NOT_VERIFIABLE = (
+    "PIN entry: the CSP/KSP and Classic Client ask for the PIN in a dialog on the user's desktop; a WinRM "
+    "session has no desktop (session 0, network logon), so no operation needing the PIN is attempted",
+    "signing or TLS client authentication with the key (the manual's test login in a browser)",
+    "certificate propagation of the card's certificates to the user's personal store (user session only)",
+    "what the logged-on user's Firefox shows: the security device loads at the user's next Firefox start",
+)
+
+
+def _scard_error(code):
+    if code in (None, ""):
+        return None
+    try:
+        n = int(str(code), 16) if str(code).lower().startswith("0x") else int(code)
+    except ValueError:
+        return str(code)
+    return f"0x{n:08X} ({SCARD_ERRORS.get(n, 'unknown')})"
+
+
+def atr_matches(atr, registered_atr, mask=None):
+    """Windows' ATR match of a card against a Calais\\SmartCards entry: same length and
+    (atr & mask) == (registered & mask) byte by byte (hex strings; no mask = exact)."""
+    try:
+        a, r = bytes.fromhex(atr or ""), bytes.fromhex(registered_atr or "")
+        m = bytes.fromhex(mask) if mask else b"\xff" * len(r)
+    except ValueError:
+        return False
+    if not a or len(a) != len(r) or len(m) != len(r):
+        return False
+    return all((x & k) == (y & k) for x, y, k in zip(a, r, m))
+
+
+def token_checks(probe, role="windows_verify"):
+    """Checks of the smart card side from the read-only token probe: service, reader, token inserted,
+    minidriver registered for the token's ATR. Nothing here needs the PIN."""
+    probe = probe or {}
+    out = []
+    svc = probe.get("service") or {}
+    svc_ok = bool(svc.get("exists")) and svc.get("start_type") != "Disabled"
+    out.append(check("smart card service", svc_ok,
+                     f"SCardSvr {svc.get('status')}, start {svc.get('start_type')}" if svc.get("exists")
+                     else "SCardSvr (Smart Card service) does not exist", role))
+    sc = probe.get("scard") or {}
+    err = _scard_error(sc.get("context_error")) or _scard_error(sc.get("list_error"))
+    readers = sc.get("readers") or []
+    pnp = probe.get("pnp_readers") or []
+    if readers:
+        out.append(check("smart card reader", True, "readers: " + ", ".join(r.get("name", "?") for r in readers), role))
+    else:
+        why = f"WinSCard: {err}" if err else "WinSCard lists no reader"
+        seen = ", ".join(f"{p.get('name')} ({p.get('status')})" for p in pnp)
+        out.append(check("smart card reader", False, why + (f"; Plug and Play sees: {seen}" if seen
+                                                            else "; no smart card reader in Plug and Play either: "
+                                                                 "is the token plugged in?"), role))
+    cards = [r for r in readers if r.get("present") and r.get("atr")]
+    out.append(check("token inserted", bool(cards),
+                     "; ".join(f"card in {r['name']}, ATR {r['atr']}" for r in cards) if cards
+                     else "no card in any reader", role))
+    registered = probe.get("registered_cards") or []
+    for r in cards:
+        hits = [c for c in registered if atr_matches(r["atr"], c.get("atr"), c.get("atr_mask"))
+                and (c.get("minidriver") or c.get("ksp") or c.get("csp"))]
+        detail = ("; ".join(f"{c['name']} ({c.get('view')}-bit): minidriver {c.get('minidriver') or '-'}, "
+                            f"KSP {c.get('ksp') or '-'}, CSP {c.get('csp') or '-'}" for c in hits) if hits
+                  else f"no Calais\\SmartCards entry matches ATR {r['atr']}: Windows has no minidriver for this "
+                       "token (install or repair Classic Client)")
+        out.append(check(f"minidriver for the token in {r['name']}", bool(hits), detail, role))
+    return out
+
+
 def report(host, checks, extra=None):
     """The per-host `tokentrust_windows_report` fact for the fleet report."""
     checks = list(checks or [])

@@ -124,9 +124,26 @@ PRODUCT = "{6B0B7AC4-1B7E-4E3A-9C5D-2F1B3C4D5E6F}"
 UAC_KEY = "hklm:\\software\\microsoft\\windows\\currentversion\\policies\\system"
 
 
+TOKEN_ATR = "3BFF9600008131FE4380318065B0846566FB120177829000F7"
+
+
+def token_probe(present=True):
+    """MOCK of roles/windows_verify/files/token_probe.ps1 output (made-up IDPrime-like ATR)."""
+    return {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
+            "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK"}],
+            "scard": {"context_error": None, "list_error": None,
+                      "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": present,
+                                   "atr": TOKEN_ATR if present else ""}]},
+            "registered_cards": [{"name": "Gemalto IDPrime", "view": 64, "atr": TOKEN_ATR,
+                                  "atr_mask": "FF" * (len(TOKEN_ATR) // 2), "minidriver": "axaltocm.dll",
+                                  "ksp": "Microsoft Smart Card Key Storage Provider", "csp": None}],
+            "session": {"interactive": False, "id": 0}}
+
+
 def _site_host(tmp_path, legacy=()):
     state = new_state()
     state["powershell"]["read-only probe of Firefox installs"] = firefox_probe()
+    state["powershell"]["read-only probe of the smart card side"] = token_probe()
     state["uninstall_entries"] = list(legacy)
     return Host(tmp_path, state)
 
@@ -299,3 +316,22 @@ def test_firefox_too_old_for_security_devices_add_stops(tmp_path, cas):
     assert p.returncode != 0
     assert "is version 102.11.0: SecurityDevices.Add needs Firefox 114" in p.stdout + p.stderr
     assert host.calls("win_copy") == []
+
+
+def test_windows_playbook_report_has_the_token_checks_and_says_what_was_not_verified(tmp_path, cas):
+    host = _site_host(tmp_path)
+    p, facts = host.run(["windows_trust_store", "windows_verify"], {"tokentrust_ca_set": cas},
+                        facts=["tokentrust_windows_report"])
+    assert p.returncode == 0, p.stdout[-3000:]
+    rep = facts["tokentrust_windows_report"]
+    token = [c for c in rep["checks"] if c["role"] == "windows_verify"]
+    assert [c["name"] for c in token] == ["smart card service", "smart card reader", "token inserted",
+                                          "minidriver for the token in Gemalto USB Smart Card Reader 0"]
+    assert rep["ok"] and any("PIN entry" in x for x in rep["not_verified"])
+    # token unplugged: the report says so and fails
+    s = host.load()
+    s["powershell"]["read-only probe of the smart card side"] = token_probe(present=False)
+    host.save(s)
+    p2, facts2 = host.run(["windows_verify"], {}, facts=["tokentrust_windows_report"])
+    assert p2.returncode == 0
+    assert facts2["tokentrust_windows_report"]["failed"] == ["token inserted"]

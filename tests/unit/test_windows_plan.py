@@ -713,3 +713,56 @@ def test_private_dir_problems(stat, msg):
 @pytest.mark.skipif(tw.load_psl() is None, reason="no Public Suffix List file on this machine (package publicsuffix)")
 def test_zonemap_domain_with_the_system_public_suffix_list():
     assert tw.zonemap_domain("services.example.co.uk", psl=tw.load_psl()) == ("example.co.uk", "services")
+
+
+# ------------------------------------------------------------------ token (MOCK probe outputs: no Windows here)
+IDPRIME_ATR = "3BFF9600008131FE4380318065B0846566FB120177829000F7"   # an IDPrime-like ATR (made up)
+
+
+def _token_probe(**kw):
+    p = {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
+         "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK"}],
+         "scard": {"context_error": None, "list_error": None,
+                   "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": True, "atr": IDPRIME_ATR}]},
+         "registered_cards": [{"name": "IDPrime", "view": 64, "atr": IDPRIME_ATR[:30] + "00" * 10,
+                               "atr_mask": "FF" * 15 + "00" * 10, "minidriver": "axaltocm.dll",
+                               "ksp": "Microsoft Smart Card Key Storage Provider", "csp": None}]}
+    p.update(kw)
+    return p
+
+
+def test_atr_matches_with_mask_like_windows():
+    assert tw.atr_matches("3B0102", "3B01FF", "FFFF00")
+    assert not tw.atr_matches("3B0102", "3B02FF", "FFFF00")
+    assert not tw.atr_matches("3B0102", "3B01", "FFFF")          # length differs
+    assert tw.atr_matches("3B0102", "3B0102") and not tw.atr_matches("3B0102", "3B0103")
+    assert not tw.atr_matches("zz", "3B")
+
+
+def test_token_checks_all_good():
+    checks = tw.token_checks(_token_probe())
+    assert [c["name"] for c in checks] == ["smart card service", "smart card reader", "token inserted",
+                                           "minidriver for the token in Gemalto USB Smart Card Reader 0"]
+    assert all(c["ok"] for c in checks) and "axaltocm.dll" in checks[-1]["detail"]
+
+
+def test_token_checks_no_service_from_session():
+    checks = tw.token_checks(_token_probe(scard={"context_error": "0x8010001D", "readers": []}))
+    reader = next(c for c in checks if c["name"] == "smart card reader")
+    assert not reader["ok"] and "0x8010001D (SCARD_E_NO_SERVICE)" in reader["detail"]
+    assert "Plug and Play sees: Gemalto USB Smart Card Reader (OK)" in reader["detail"]
+    assert not next(c for c in checks if c["name"] == "token inserted")["ok"]
+
+
+def test_token_checks_unknown_card_has_no_minidriver():
+    other = "3B8F8001804F0CA0000003060300030000000068"
+    checks = tw.token_checks(_token_probe(scard={"readers": [{"name": "R0", "present": True, "atr": other}]}))
+    assert checks[-1]["name"] == "minidriver for the token in R0" and not checks[-1]["ok"]
+    assert f"no Calais\\SmartCards entry matches ATR {other}" in checks[-1]["detail"]
+
+
+def test_token_checks_disabled_service_and_no_reader():
+    checks = tw.token_checks(_token_probe(service={"exists": True, "status": "Stopped", "start_type": "Disabled"},
+                                          pnp_readers=[], scard={"readers": []}))
+    assert [c["ok"] for c in checks] == [False, False, False]
+    assert "is the token plugged in?" in checks[1]["detail"]
