@@ -32,8 +32,8 @@ def _wrap(fn):
     return inner
 
 
-def _uac_plan(current_properties, mode, phase, record_text=None, disable_lua=True):
-    return tw.uac_plan(mode, phase, tw.uac_current(current_properties), record_text, disable_lua)
+def _uac_plan(current_properties, mode, phase, record_text=None, disable_lua=True, install_pending=True):
+    return tw.uac_plan(mode, phase, tw.uac_current(current_properties), record_text, disable_lua, install_pending)
 
 
 def _policies_json(existing_text, desired, state="present", path="policies.json"):
@@ -46,6 +46,12 @@ def _reg_values(reg_stat_result):
         return {}
     props = reg_stat_result.get("properties") or {}
     return {k: v.get("raw_value", v.get("value")) for k, v in props.items() if k and k.lower() != "(default)"}
+
+
+def _loop_values(results):
+    """{item: raw_value} of looped win_reg_stat results on one value each; None where the value does not
+    exist (win_reg_stat then returns no raw_value at all)."""
+    return {r.get("item"): (r.get("raw_value", r.get("value")) if r.get("exists") else None) for r in results or []}
 
 
 class FilterModule:
@@ -69,11 +75,19 @@ class FilterModule:
             "tokentrust_win_policies_json": _policies_json,
             "tokentrust_win_legacy_match": tw.legacy_match,
             "tokentrust_win_msi_source": tw.msi_source,
+            "tokentrust_win_msi_second_hop": tw.msi_second_hop,
             "tokentrust_win_middleware_checks": tw.middleware_checks,
+            "tokentrust_win_middleware_pending": tw.middleware_pending,
             "tokentrust_win_check_stores": tw.check_stores,
             "tokentrust_win_check_registry": tw.check_registry,
             "tokentrust_win_check": tw.check,
             "tokentrust_win_report": tw.report,
+            "tokentrust_win_token_checks": tw.token_checks,
+            "tokentrust_win_token_not_verifiable": lambda _=None: list(tw.TOKEN_NOT_VERIFIABLE),
             "tokentrust_win_reg_values": _reg_values,
+            "tokentrust_win_path": tw.win_path,
+            "tokentrust_win_private_chain": tw.private_chain,
+            "tokentrust_win_private_dir_problems": tw.private_dir_problems,
+            "tokentrust_win_loop_values": _loop_values,
         }
         return {k: _wrap(v) for k, v in f.items()}

@@ -38,8 +38,11 @@ IE_ZONE_NAMES = {0: "Local computer", 1: "Local intranet", 2: "Trusted sites", 3
 IE_PROTECTED_MODE_VALUE = "2500"
 IE_PROTECTED_MODE_OFF = 3
 IE_TRUSTED_ZONE = 2
-# our store names (the system store names) -> the .NET StoreName that win_certificate_* take
-STORE_MODULE_NAMES = {"Root": "Root", "CA": "CertificateAuthority"}
+# our store names -> the store_name given to win_certificate_info / win_certificate_store: the SYSTEM
+# store names. win_certificate_info passes store_name unchanged to X509Store(string, location), so the
+# .NET enum name "CertificateAuthority" would open an (empty) store of that name and hide every
+# intermediate; only win_certificate_store maps CertificateAuthority -> CA. "CA" works for both.
+STORE_MODULE_NAMES = {"Root": "Root", "CA": "CA"}
 HIVE_MOUNT = "HKLM:\\ANSIBLE"  # where win_regedit loads the `hive:` file
 
 # IMAGE_FILE_HEADER.Machine -> architecture (https://learn.microsoft.com/windows/win32/debug/pe-format)
@@ -62,7 +65,9 @@ DEFAULT_TRUSTED_SITES = ("services.certeurope.fr", "services2.certeurope.fr")
 _HEX40 = re.compile(r"^[0-9A-F]{40}$")
 _GUID = re.compile(r"^\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}$")
 _HOST = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
-_SID = re.compile(r"^S-1-5-21(-\d+)+$")
+# user SIDs: local and AD accounts (S-1-5-21-...), Microsoft Entra ID accounts (S-1-12-1-...)
+_SID = re.compile(r"^S-1-(5-21|12-1)(-\d+)+$")
+PSL_PATHS = ("/usr/share/publicsuffix/public_suffix_list.dat", "/usr/share/publicsuffix/effective_tld_names.dat")
 
 
 class WindowsPlanError(ValueError):
@@ -74,6 +79,64 @@ def _entry(path, name, data=None, vtype="string", state="present", scope="machin
     if hive:
         e["hive"] = hive
     return e
+
+
+def win_path(base, names):
+    """`base\\name` for one name or a list of names, with exactly one backslash between them.
+
+    Joining in Jinja (`dir ~ '\\\\'`) gives one or two backslashes depending on the YAML quoting
+    and the ansible-core version (two under 2.19 in a folded scalar), so the roles join here.
+    """
+    base = str(base or "").replace("/", "\\").rstrip("\\")
+    if not base:
+        raise WindowsPlanError("empty folder given for a Windows path")
+
+    def one(name):
+        n = str(name or "").replace("/", "\\").strip("\\")
+        if not n or ".." in n.split("\\"):
+            raise WindowsPlanError(f"{name!r} is not a file name to put under {base}")
+        return base + "\\" + n
+
+    return [one(n) for n in names] if isinstance(names, (list, tuple)) else one(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# admin-only folders (role windows_private_dir)
+# ---------------------------------------------------------------------------------------------
+ADMIN_OWNERS = ("BUILTIN\\Administrators", "NT AUTHORITY\\SYSTEM")
+_ADMIN_SIDS = ("S-1-5-32-544", "S-1-5-18")
+
+
+def private_chain(path):
+    """The folders to create admin-only for `path`: itself and its parents from the drive's second
+    level down (C:\\ProgramData\\tokentrust\\certs -> [C:\\ProgramData\\tokentrust, ...\\certs]); the
+    drive and its top-level folder (C:\\ProgramData, owned by the system) are not touched."""
+    p = str(path or "").replace("/", "\\").rstrip("\\")
+    m = re.match(r"^([A-Za-z]:)((?:\\[^\\]+)+)$", p)
+    if not m or any(part in ("", ".", "..") for part in m.group(2).split("\\")[1:]):
+        raise WindowsPlanError(f"{path!r} is not an absolute local Windows folder (C:\\...): give a folder such as "
+                               "C:\\ProgramData\\tokentrust\\certs")
+    parts = m.group(2).split("\\")[1:]
+    start = 2 if len(parts) > 1 else 1
+    return [m.group(1) + "\\" + "\\".join(parts[:i]) for i in range(start, len(parts) + 1)]
+
+
+def private_dir_problems(stat_results, owners=ADMIN_OWNERS):
+    """Why folders of the chain cannot be trusted, from looped win_stat results (empty list: all fine)."""
+    ok_owners = {o.casefold() for o in owners or ()} | {s.casefold() for s in _ADMIN_SIDS}
+    out = []
+    for r in stat_results or []:
+        st, where = r.get("stat") or {}, r.get("item")
+        if not st.get("exists"):
+            continue
+        if st.get("islnk") or st.get("isjunction") or not st.get("isdir"):
+            kind = "a link or junction" if (st.get("islnk") or st.get("isjunction")) else "not a folder"
+            out.append(f"{where} exists but is {kind}: remove it (and check what put it there), then run again")
+        elif str(st.get("owner") or "").casefold() not in ok_owners:
+            out.append(f"{where} exists and is owned by {st.get('owner') or 'an unknown account'}, not by "
+                       f"{' or '.join(owners)}: a standard user can create folders in ProgramData, so its "
+                       "content cannot be trusted. Check it, delete it, then run again")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,12 +174,18 @@ def _removal(thumb, store, name):
 
 
 def store_thumbprints(results):
-    """{"Root": [...], "CA": [...]} from looped win_certificate_info results (item = .NET store name)."""
+    """{"Root": [...], "CA": [...]} from looped win_certificate_info results (item = system store name).
+
+    A store name other than Root / CA is refused: win_certificate_info reads an unknown name as an
+    empty store, which would make every certificate look missing.
+    """
     back = {v: k for k, v in STORE_MODULE_NAMES.items()}
     out = {}
     for r in results or []:
-        store = back.get(r.get("item"), r.get("item"))
-        out[store] = [c["thumbprint"] for c in r.get("certificates") or []]
+        if r.get("item") not in back:
+            raise WindowsPlanError(f"win_certificate_info was looped over store {r.get('item')!r}: read the system "
+                                   f"stores {', '.join(back)} (an unknown name reads as an empty store)")
+        out[back[r["item"]]] = [c["thumbprint"] for c in r.get("certificates") or []]
     return out
 
 
@@ -228,13 +297,18 @@ def uac_record_decode(text):
     return dict(vals)
 
 
-def uac_plan(mode, phase, current, record_text=None, disable_lua=True):
+def uac_plan(mode, phase, current, record_text=None, disable_lua=True, install_pending=True):
     """The UAC steps for one phase; `before` runs before the install, `after` after it.
 
     Crash safety: the original values are written on the host (one REG_SZ value, one atomic write)
     BEFORE anything is changed, and never overwritten while it exists; any later run that finds
     the record (phase `after`, or mode `keep`) restores exactly those values (absent ones deleted)
     and deletes the record.
+
+    `install_pending` (disable_for_install, phase `before`): whether the middleware role has anything
+    to install or remove on this host (`middleware_pending`). When it has not, UAC is left alone (no
+    record, no disable, no reboot), so a run with nothing to install changes nothing; a leftover
+    record of an interrupted run is restored instead.
     """
     if mode not in UAC_MODES:
         raise WindowsPlanError(f"windows_uac_mode must be one of {', '.join(UAC_MODES)}, got {mode!r}")
@@ -245,7 +319,15 @@ def uac_plan(mode, phase, current, record_text=None, disable_lua=True):
     plan = {"record_write": None, "record_delete": False, "target": None, "set": [], "reboot": False,
             "messages": [], "restore": False}
     if mode == "disable_for_install":
-        if phase == "before":
+        if phase == "before" and not install_pending:
+            if record is not None:
+                plan["target"], plan["record_delete"], plan["restore"] = record, True, True
+                plan["messages"].append("nothing to install; restoring the UAC values recorded by an earlier, "
+                                        "interrupted run")
+            else:
+                plan["messages"].append("disable_for_install: nothing to install or remove on this host, "
+                                        "UAC left as it is")
+        elif phase == "before":
             if record is None:
                 plan["record_write"] = uac_record_encode(current, mode)
             else:
@@ -275,7 +357,8 @@ def uac_plan(mode, phase, current, record_text=None, disable_lua=True):
         expected = uac_mode_values(mode, disable_lua)
     plan["expected"] = [_entry(UAC_KEY, n, v, "dword", "absent" if v is None else "present")
                         for n, v in (expected or {}).items()]
-    plan["record_expected"] = "absent" if (phase == "after" or mode != "disable_for_install") else "present"
+    plan["record_expected"] = ("absent" if (phase == "after" or mode != "disable_for_install" or not install_pending)
+                               else "present")
     plan["reboot"] = any(e["name"] == "EnableLUA" for e in plan["set"])
     plan["changed"] = bool(plan["set"] or plan["record_write"] or plan["record_delete"])
     return plan
@@ -291,12 +374,76 @@ def _check_host(host):
     return host.lower()
 
 
-def zonemap_domain(host):
-    """(domain, subkey) of ZoneMap\\Domains for a host: services.certeurope.fr -> (certeurope.fr, services)."""
-    labels = _check_host(host).split(".")
-    if len(labels) <= 2:
-        return ".".join(labels), None
-    return ".".join(labels[-2:]), ".".join(labels[:-2])
+def load_psl(paths=PSL_PATHS):
+    """The Public Suffix List rules ({"rules", "wildcards", "exceptions"}) from the first file found, or None."""
+    for path in paths or ():
+        try:
+            with open(path, encoding="utf-8") as f:
+                return parse_psl(f.read())
+        except OSError:
+            continue
+    return None
+
+
+def parse_psl(text):
+    rules, wild, exc = set(), set(), set()
+    for line in text.splitlines():
+        r = line.strip().split(" ")[0].lower()
+        if not r or r.startswith("//"):
+            continue
+        if r.startswith("!"):
+            exc.add(r[1:])
+        elif r.startswith("*."):
+            wild.add(r[2:])
+        else:
+            rules.add(r)
+    return {"rules": rules, "wildcards": wild, "exceptions": exc}
+
+
+def registrable_domain(host, psl):
+    """The registrable domain of `host` by the Public Suffix List algorithm (example.co.uk for a.example.co.uk)."""
+    labels = host.lower().split(".")
+    suffix_len = 1  # the default rule "*"
+    for i in range(len(labels)):
+        cand = ".".join(labels[i:])
+        if cand in psl["exceptions"]:
+            suffix_len = len(labels) - i - 1
+            break
+        parent = ".".join(labels[i + 1:])
+        if cand in psl["rules"] or (parent and parent in psl["wildcards"]):
+            suffix_len = len(labels) - i
+            break
+    if suffix_len >= len(labels):
+        return None
+    return ".".join(labels[-(suffix_len + 1):])
+
+
+def zonemap_domain(host, domains=None, psl=None):
+    """(domain, subkey) of ZoneMap\\Domains for a host: services.certeurope.fr -> (certeurope.fr, services).
+
+    The domain is the registrable domain (Public Suffix List), so services.example.co.uk -> (example.co.uk,
+    services), not (co.uk, services.example). `domains` ({host: domain}) overrides it; without a PSL
+    (`psl` None: see load_psl) a host of three labels or more needs such an override.
+    """
+    h = _check_host(host)
+    labels = h.split(".")
+    given = {str(k).lower(): str(v).lower() for k, v in (domains or {}).items()}
+    if h in given:
+        domain = given[h]
+        if h != domain and not h.endswith("." + domain):
+            raise WindowsPlanError(f"windows_ie_zones_site_domains: {domain!r} is not a parent domain of {h!r}")
+    elif len(labels) <= 2:
+        domain = h
+    elif psl is not None:
+        domain = registrable_domain(h, psl)
+        if domain is None:
+            raise WindowsPlanError(f"trusted site {h!r} is a public suffix, not a site")
+    else:
+        raise WindowsPlanError(f"cannot tell the registrable domain of {h!r} without the Public Suffix List (install "
+                               "the publicsuffix package on the controller) or windows_ie_zones_site_domains "
+                               f"({{'{h}': '<its domain>'}})")
+    sub = h[: -len(domain) - 1] if h != domain else None
+    return domain, sub or None
 
 
 def _check_zones(zones):
@@ -315,7 +462,7 @@ def _check_zones(zones):
 
 
 def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", users=None, per_user=False,
-            current_policy=None):
+            current_policy=None, machine_policy=True, domains=None, psl="system"):
     """Registry entries for the IE zone settings.
 
     Machine policy (HKLM\\SOFTWARE\\Policies\\..., wins over every user's own settings):
@@ -327,6 +474,12 @@ def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", use
     Per user (`per_user`), for each entry of `users` ({sid, profile_path, loaded}): the same
     settings in that user's hive: HKU:\\<SID> when loaded, else the NTUSER.DAT file loaded by
     win_regedit under HKLM:\\ANSIBLE. Never the WinRM account's HKCU.
+
+    Side effect of the machine policy: once the Site to Zone Assignment List policy is on, Windows
+    uses ONLY its list: every user's own zone assignments are ignored and users cannot edit their
+    lists. `machine_policy=False` leaves the machine policy out (per-user settings only).
+    `domains` / `psl` pick the ZoneMap\\Domains key of a site (zonemap_domain); psl "system" loads
+    the Public Suffix List of the controller.
     """
     if mode not in IE_MODES:
         raise WindowsPlanError(f"windows_ie_zones_mode must be one of {', '.join(IE_MODES)}, got {mode!r}")
@@ -337,30 +490,36 @@ def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", use
     entries = []
     if mode == "keep":
         return entries
-    if hosts:
+    if not machine_policy and not per_user:
+        raise WindowsPlanError("windows_ie_zones_machine_policy and windows_ie_zones_per_user are both false: "
+                               "nothing would be written; use mode keep, or turn one on")
+    if hosts and machine_policy:
         entries.append(_entry(IE_POLICY_KEY, "ListBox_Support_ZoneMapKey", 1, "dword"))
-    for h in hosts:
+    for h in hosts if machine_policy else []:
         name = h if scheme == "*" else f"{scheme}://{h}"
         entries.append(_entry(IE_POLICY_KEY + "\\ZoneMapKey", name, str(IE_TRUSTED_ZONE)))
     current_policy = {int(k): v for k, v in (current_policy or {}).items()}
     for z in zones:
         path = f"{IE_POLICY_KEY}\\Zones\\{z}"
-        if mode == "disable_protected_mode":
+        if mode == "disable_protected_mode" and machine_policy:
             entries.append(_entry(path, IE_PROTECTED_MODE_VALUE, IE_PROTECTED_MODE_OFF, "dword"))
         elif current_policy.get(z) is not None and int(current_policy[z]) == IE_PROTECTED_MODE_OFF:
             entries.append(_entry(path, IE_PROTECTED_MODE_VALUE, None, "dword", "absent"))
     if per_user:
+        if psl == "system":
+            psl = load_psl()
         for u in users or []:
-            entries += _ie_user_entries(mode, hosts, zones, scheme, u)
+            entries += _ie_user_entries(mode, hosts, zones, scheme, u, domains, psl)
     return entries
 
 
-def _ie_user_entries(mode, hosts, zones, scheme, user):
+def _ie_user_entries(mode, hosts, zones, scheme, user, domains=None, psl=None):
     sid = user.get("sid", "")
     profile = (user.get("profile_path") or "").rstrip("\\")
     default = sid in ("Default", ".DEFAULT_PROFILE")
     if not default and not _SID.match(sid):
-        raise WindowsPlanError(f"user SID {sid!r} is not a local or domain user SID (S-1-5-21-...)")
+        raise WindowsPlanError(f"user SID {sid!r} is not a local, domain or Entra ID user SID "
+                               "(S-1-5-21-... or S-1-12-1-...)")
     if user.get("loaded") and not default:
         base, hive = f"HKU:\\{sid}\\{IE_USER_SUBKEY}", None
     else:
@@ -370,7 +529,7 @@ def _ie_user_entries(mode, hosts, zones, scheme, user):
     scope = f"user:{sid}"
     out = []
     for h in hosts:
-        domain, sub = zonemap_domain(h)
+        domain, sub = zonemap_domain(h, domains, psl)
         path = f"{base}\\ZoneMap\\Domains\\{domain}" + (f"\\{sub}" if sub else "")
         out.append(_entry(path, scheme, IE_TRUSTED_ZONE, "dword", scope=scope, hive=hive))
     if mode == "disable_protected_mode":
@@ -476,6 +635,15 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
         if not security_device:
             i["gclib"] = None
             continue
+        add_ok = supports_security_devices_add(i.get("version"))
+        if add_ok is False:
+            raise WindowsPlanError(
+                f"Firefox {i['path']} is version {i.get('version')}: SecurityDevices.Add needs Firefox 114 or "
+                "ESR 102.12 and later, this one would ignore it. Update Firefox (ESR 115 or later), or set "
+                "windows_firefox_policies_security_device: false")
+        if add_ok is None and i.get("version") is not None:
+            warnings.append(f"Firefox {i['path']}: version {i.get('version')!r} unreadable; SecurityDevices.Add "
+                            "needs Firefox 114 / ESR 102.12 or later")
         try:
             i["gclib"] = choose_gclib(i, probe.get("gclib"))["path"]
         except WindowsPlanError:
@@ -488,7 +656,12 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
     def fragment(dll):
         return desired_fragment(certificate_paths, {device_name: dll} if dll else {}, import_enterprise_roots)
 
-    out = {"target": target, "installs": installs, "json": [], "registry": [], "conflicts": [], "warnings": warnings}
+    out = {"target": target, "installs": installs, "json": [], "registry": [], "conflicts": [], "warnings": warnings,
+           "gpo_values": []}
+    if target == "registry" and gpo_present(probe.get("gpo")):
+        warnings.append("target registry on a host with Firefox Group Policy: if a GPO manages "
+                        "Certificates\\Install or SecurityDevices\\Add, each Group Policy refresh replaces those "
+                        "lists and removes our values; add them to the GPO instead")
     if target == "registry":
         dlls = sorted({i["gclib"] for i in installs if i["gclib"]})
         if len(dlls) > 1:
@@ -509,10 +682,21 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
                                 "changed": r["changed"], "warnings": r["warnings"], "desired": desired})
             out["warnings"] += r["warnings"]
         if state == "present":
-            out["conflicts"] = gpo_conflicts(probe.get("gpo"), out["json"][0]["desired"])
+            desired = out["json"][0]["desired"]
+            scopes = [("HKLM", probe.get("gpo"))] + [(f"HKU\\{sid}", d)
+                                                      for sid, d in sorted((probe.get("gpo_users") or {}).items())]
+            found = {}
+            for scope, dump in scopes:
+                for c in gpo_conflicts(dump, desired):
+                    found.setdefault(c, []).append(scope)
+            out["conflicts"] = sorted(found)
+            # what to add to the GPO so that the policy holds our entries (the registry form of the fragment)
+            out["gpo_values"] = gpo_values({k: desired[k] for k in out["conflicts"]})
             for c in out["conflicts"]:
-                out["warnings"].append(f"the Firefox GPO registry already sets policy {c}: GPO wins over "
-                                       f"policies.json for it, so our {c} in policies.json has no effect")
+                out["warnings"].append(
+                    f"Group Policy ({', '.join(found[c])}) already sets the Firefox policy {c}: it wins over "
+                    f"policies.json, so our {c} entries have no effect. Add them to that GPO: "
+                    + "; ".join(v["value"] for v in out["gpo_values"] if v["policy"] == c))
     return out
 
 
@@ -533,6 +717,12 @@ def firefox_checks(plan, probe_after, state="present", role="windows_firefox_pol
             except WindowsPlanError as e:
                 ok, detail = False, str(e)
             out.append(check(f"policies.json {j['path']}", ok, detail, role))
+    if state == "present":
+        for c in plan.get("conflicts") or []:
+            out.append(check(f"Firefox policy {c} not overridden by Group Policy", False,
+                             f"Group Policy sets {c}, so our policies.json entries for it have no effect; add to the "
+                             "GPO: " + "; ".join(v["value"] for v in plan.get("gpo_values") or [] if v["policy"] == c),
+                             role))
     gclib = {c["path"]: c for c in probe_after.get("gclib") or []}
     for i in plan["installs"]:
         if not i.get("gclib") or state == "absent":
@@ -562,17 +752,51 @@ def firefox_installs(probe_installs):
 
 
 def firefox_target(gpo_present, prefer="auto"):
-    """Where our policies go: `registry` (GPO) when the host has Firefox GPO policies, else `json`."""
+    """Where our policies go: `json` (distribution\\policies.json) unless `registry` is asked for.
+
+    `auto` never writes into HKLM\\SOFTWARE\\Policies\\Mozilla\\Firefox, even on a host with Firefox
+    GPO policies: that key belongs to Group Policy, whose list policies (Certificates\\Install,
+    SecurityDevices\\Add) are not additive, so each refresh would wipe our values and each run re-add
+    them. Policies that Group Policy already sets are reported as conflicts instead (gpo_conflicts).
+    """
     if prefer not in ("auto", "json", "registry"):
         raise WindowsPlanError(f"windows_firefox_policies_target must be auto, json or registry, got {prefer!r}")
-    if prefer != "auto":
-        return prefer
-    return "registry" if gpo_present else "json"
+    return "json" if prefer == "auto" else prefer
 
 
 def gpo_present(dump):
     """True when the GPO key HKLM\\SOFTWARE\\Policies\\Mozilla\\Firefox holds any value."""
     return any(bool(v) for v in (dump or {}).values())
+
+
+# SecurityDevices.Add / Delete: Firefox 114, ESR 102.12 (mozilla/policy-templates); older ones only
+# know the deprecated flat form.
+SECURITY_DEVICES_ADD_SINCE = ((114, 0), (102, 12))
+
+
+def firefox_version(text):
+    """(major, minor) of a Firefox ProductVersion ("128.5.0", "115.0esr"), or None when unreadable."""
+    m = re.match(r"^\s*(\d+)(?:\.(\d+))?", str(text or ""))
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
+
+
+def supports_security_devices_add(version):
+    v = firefox_version(version)
+    if v is None:
+        return None
+    new, esr = SECURITY_DEVICES_ADD_SINCE
+    return v >= new or (v[0] == esr[0] and v >= esr)
+
+
+def gpo_values(fragment):
+    """The GPO registry values (mozilla/policy-templates form) that carry `fragment`: what an administrator
+    adds to the GPO when Group Policy owns a policy. [{policy, value: "Software\\...\\Name = data"}]"""
+    out = []
+    for e in gpo_plan({}, fragment):
+        rel = e["path"][len(FIREFOX_GPO_KEY) + 1:]
+        out.append({"policy": rel.split("\\")[0],
+                    "value": f"Software\\Policies\\Mozilla\\Firefox\\{rel}\\{e['name']} = {e['data']}"})
+    return out
 
 
 def gpo_conflicts(dump, desired):
@@ -735,6 +959,32 @@ def middleware_checks(entries, product_id=None, patterns=DEFAULT_LEGACY_PRODUCTS
     return out
 
 
+def middleware_pending(entries, msi_src="", product_id="", patterns=DEFAULT_LEGACY_PRODUCTS, state="present",
+                       remove_legacy=True):
+    """Whether role token_middleware will install or remove anything: {pending, reasons}.
+
+    Read before the UAC window opens, so that `disable_for_install` only disables UAC (and reboots
+    twice) when there is something to do. Without a ProductCode an install cannot be known to be
+    done already: it counts as pending (set token_middleware_product_id for idempotent runs).
+    """
+    reasons = []
+    pid = str(product_id or "")
+    have = {str(e.get("key", "")).casefold() for e in entries or []}
+    if state == "absent":
+        if pid and pid.casefold() in have:
+            reasons.append(f"{pid} is installed and token_middleware_state is absent")
+    elif msi_src:
+        if not pid:
+            reasons.append("no token_middleware_product_id: the install cannot be known to be done")
+        elif pid.casefold() not in have:
+            reasons.append(f"{pid} is not installed")
+    if remove_legacy and (msi_src or state == "absent"):
+        left = legacy_match(entries, patterns, exclude_ids=[pid] if pid else ())
+        if left:
+            reasons.append("legacy products installed: " + ", ".join(x["display_name"] for x in left))
+    return {"pending": bool(reasons), "reasons": reasons}
+
+
 def msi_source(src):
     """Kind of an MSI source: url, unc, or controller (a file copied from the controller first)."""
     s = str(src or "")
@@ -748,6 +998,25 @@ def msi_source(src):
     if re.match(r"^[A-Za-z]:\\", s):
         return "remote"
     return "controller"
+
+
+def msi_second_hop(src, transport="ntlm", kerberos_delegation=False):
+    """None when the host can read the MSI source over this WinRM transport, else why not.
+
+    A \\\\server\\share path is a second hop: the WinRM session must pass the user's credentials on,
+    which only CredSSP and Kerberos with delegation do. With NTLM, basic, certificate or Kerberos
+    without delegation, win_package gets "access denied" on the share.
+    """
+    if msi_source(src) != "unc":
+        return None
+    t = str(transport or "ntlm").lower()
+    if t == "credssp" or (t == "kerberos" and bool(kerberos_delegation)):
+        return None
+    how = "kerberos without ansible_winrm_kerberos_delegation" if t == "kerberos" else t
+    return (f"token_middleware_msi_src {src} is a network share, but this host connects with WinRM {how}, which "
+            "does not pass credentials on to the share (second hop): win_package would fail with access denied. "
+            "Use an https:// URL or a controller file, or connect with credssp or kerberos with "
+            "ansible_winrm_kerberos_delegation: true")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -787,6 +1056,83 @@ def check_registry(entries, observed, role=""):
             ok = exists and str(have) == str(e["data"])
             detail = f"{where} = {have!r}" + ("" if ok else f", expected {e['data']!r}")
         out.append(check(where, ok, detail, role))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the key, as far as a WinRM session can see it (role windows_verify, files/token_probe.ps1)
+# ---------------------------------------------------------------------------------------------
+SCARD_ERRORS = {0x8010001D: "SCARD_E_NO_SERVICE", 0x8010002E: "SCARD_E_NO_READERS_AVAILABLE",
+                0x8010000A: "SCARD_E_TIMEOUT", 0x80100017: "SCARD_E_READER_UNAVAILABLE",
+                0x80100011: "SCARD_E_INVALID_VALUE", 0x80100066: "SCARD_W_UNRESPONSIVE_CARD"}
+# What the test login of the manual does and a WinRM session cannot: said in every report.
+TOKEN_NOT_VERIFIABLE = (
+    "PIN entry: the CSP/KSP and Classic Client ask for the PIN in a dialog on the user's desktop; a WinRM "
+    "session has no desktop (session 0, network logon), so no operation needing the PIN is attempted",
+    "signing or TLS client authentication with the key (the manual's test login in a browser)",
+    "certificate propagation of the card's certificates to the user's personal store (user session only)",
+    "what the logged-on user's Firefox shows: the security device loads at the user's next Firefox start",
+)
+
+
+def _scard_error(code):
+    if code in (None, ""):
+        return None
+    try:
+        n = int(str(code), 16) if str(code).lower().startswith("0x") else int(code)
+    except ValueError:
+        return str(code)
+    return f"0x{n:08X} ({SCARD_ERRORS.get(n, 'unknown')})"
+
+
+def atr_matches(atr, registered_atr, mask=None):
+    """Windows' ATR match of a card against a Calais\\SmartCards entry: same length and
+    (atr & mask) == (registered & mask) byte by byte (hex strings; no mask = exact)."""
+    try:
+        a, r = bytes.fromhex(atr or ""), bytes.fromhex(registered_atr or "")
+        m = bytes.fromhex(mask) if mask else b"\xff" * len(r)
+    except ValueError:
+        return False
+    if not a or len(a) != len(r) or len(m) != len(r):
+        return False
+    return all((x & k) == (y & k) for x, y, k in zip(a, r, m))
+
+
+def token_checks(probe, role="windows_verify"):
+    """Checks of the smart card side from the read-only token probe: service, reader, token inserted,
+    minidriver registered for the token's ATR. Nothing here needs the PIN."""
+    probe = probe or {}
+    out = []
+    svc = probe.get("service") or {}
+    svc_ok = bool(svc.get("exists")) and svc.get("start_type") != "Disabled"
+    out.append(check("smart card service", svc_ok,
+                     f"SCardSvr {svc.get('status')}, start {svc.get('start_type')}" if svc.get("exists")
+                     else "SCardSvr (Smart Card service) does not exist", role))
+    sc = probe.get("scard") or {}
+    err = _scard_error(sc.get("context_error")) or _scard_error(sc.get("list_error"))
+    readers = sc.get("readers") or []
+    pnp = probe.get("pnp_readers") or []
+    if readers:
+        out.append(check("smart card reader", True, "readers: " + ", ".join(r.get("name", "?") for r in readers), role))
+    else:
+        why = f"WinSCard: {err}" if err else "WinSCard lists no reader"
+        seen = ", ".join(f"{p.get('name')} ({p.get('status')})" for p in pnp)
+        out.append(check("smart card reader", False, why + (f"; Plug and Play sees: {seen}" if seen
+                                                            else "; no smart card reader in Plug and Play either: "
+                                                                 "is the token plugged in?"), role))
+    cards = [r for r in readers if r.get("present") and r.get("atr")]
+    out.append(check("token inserted", bool(cards),
+                     "; ".join(f"card in {r['name']}, ATR {r['atr']}" for r in cards) if cards
+                     else "no card in any reader", role))
+    registered = probe.get("registered_cards") or []
+    for r in cards:
+        hits = [c for c in registered if atr_matches(r["atr"], c.get("atr"), c.get("atr_mask"))
+                and (c.get("minidriver") or c.get("ksp") or c.get("csp"))]
+        detail = ("; ".join(f"{c['name']} ({c.get('view')}-bit): minidriver {c.get('minidriver') or '-'}, "
+                            f"KSP {c.get('ksp') or '-'}, CSP {c.get('csp') or '-'}" for c in hits) if hits
+                  else f"no Calais\\SmartCards entry matches ATR {r['atr']}: Windows has no minidriver for this "
+                       "token (install or repair Classic Client)")
+        out.append(check(f"minidriver for the token in {r['name']}", bool(hits), detail, role))
     return out
 
 

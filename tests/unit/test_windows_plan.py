@@ -80,7 +80,7 @@ def test_store_plan_stale(ca_set):
     keep = tw.store_plan(ca_set, recorded=recorded)
     assert keep["remove"] == [] and keep["record_remove"] == []
     rm = tw.store_plan(ca_set, recorded=recorded, remove_stale=True)
-    assert rm["remove"] == [{"thumbprint": stale, "store": "CA", "store_name": "CertificateAuthority", "name": stale}]
+    assert rm["remove"] == [{"thumbprint": stale, "store": "CA", "store_name": "CA", "name": stale}]
     assert rm["record_remove"] == [stale]
 
 
@@ -93,7 +93,7 @@ def test_store_plan_absent_removes_only_ours(ca_set):
 
 def test_store_thumbprints_from_module_results():
     results = [{"item": "Root", "certificates": [{"thumbprint": "AA" * 20}]},
-               {"item": "CertificateAuthority", "certificates": []}]
+               {"item": "CA", "certificates": []}]
     assert tw.store_thumbprints(results) == {"Root": ["AA" * 20], "CA": []}
 
 
@@ -276,20 +276,59 @@ def test_ie_per_user_hives():
     ({"mode": "trusted_sites", "sites": ["https://services.certeurope.fr/x"]}, "is not a host name"),
     ({"mode": "disable_protected_mode", "zones": [7]}, "IE zone 7 does not exist"),
     ({"mode": "trusted_sites", "scheme": "ftp"}, "scheme must be"),
-    ({"mode": "trusted_sites", "per_user": True, "users": [{"sid": "S-1-5-18"}]}, "not a local or domain user SID"),
+    ({"mode": "trusted_sites", "per_user": True, "users": [{"sid": "S-1-5-18"}]},
+     "not a local, domain or Entra ID user SID"),
+    ({"mode": "trusted_sites", "machine_policy": False}, "nothing would be written"),
 ])
 def test_ie_errors(kw, msg):
     with pytest.raises(tw.WindowsPlanError, match=msg):
         tw.ie_plan(**kw)
 
 
+# a few lines of the real Public Suffix List format (rules, wildcard, exception)
+PSL = tw.parse_psl("// comment\nfr\ngouv.fr\nuk\nco.uk\norg\nus\nk12.ma.us\n*.ck\n!www.ck\n")
+
+
 @pytest.mark.parametrize("host,out", [
     ("services.certeurope.fr", ("certeurope.fr", "services")),
     ("a.b.example.org", ("example.org", "a.b")),
     ("certeurope.fr", ("certeurope.fr", None)),
+    ("services.example.co.uk", ("example.co.uk", "services")),   # not (co.uk, services.example)
+    ("teleservices.impots.gouv.fr", ("impots.gouv.fr", "teleservices")),
+    ("a.b.c.ck", ("b.c.ck", "a")),                                # wildcard rule *.ck
+    ("a.www.ck", ("www.ck", "a")),                                # exception rule !www.ck
 ])
 def test_zonemap_domain(host, out):
-    assert tw.zonemap_domain(host) == out
+    assert tw.zonemap_domain(host, psl=PSL) == out
+
+
+def test_zonemap_domain_override_and_errors():
+    assert tw.zonemap_domain("svc.example.co.uk", {"svc.example.co.uk": "example.co.uk"}) == ("example.co.uk", "svc")
+    with pytest.raises(tw.WindowsPlanError, match="not a parent domain"):
+        tw.zonemap_domain("svc.example.co.uk", {"svc.example.co.uk": "other.uk"})
+    with pytest.raises(tw.WindowsPlanError, match="without the Public Suffix List"):
+        tw.zonemap_domain("svc.example.co.uk", psl=None)
+    with pytest.raises(tw.WindowsPlanError, match="is a public suffix, not a site"):
+        tw.zonemap_domain("k12.ma.us", psl=PSL)
+
+
+def test_entra_id_users_get_per_user_settings():
+    entra = "S-1-12-1-1234567890-1234567890-1234567890-1234567890"
+    users = tw.ie_users([{"sid": entra, "profile_path": "C:\\Users\\anna", "loaded": True},
+                         {"sid": "S-1-5-18", "profile_path": "C:\\Windows\\system32", "loaded": True}],
+                        include_default=False)
+    assert [u["sid"] for u in users] == [entra]
+    plan = tw.ie_plan("trusted_sites", users=users, per_user=True, psl=PSL)
+    assert [e["path"] for e in plan if e["scope"] == f"user:{entra}"] == [
+        f"HKU:\\{entra}\\{tw.IE_USER_SUBKEY}\\ZoneMap\\Domains\\certeurope.fr\\services",
+        f"HKU:\\{entra}\\{tw.IE_USER_SUBKEY}\\ZoneMap\\Domains\\certeurope.fr\\services2"]
+
+
+def test_ie_per_user_only_leaves_the_machine_policy_alone():
+    users = [{"sid": "S-1-5-21-1-2-3-1001", "profile_path": "C:\\Users\\bob", "loaded": True}]
+    plan = tw.ie_plan("disable_protected_mode", users=users, per_user=True, machine_policy=False, psl=PSL)
+    assert plan and all(e["scope"].startswith("user:") for e in plan)
+    assert not any(e["path"].startswith(tw.IE_POLICY_KEY) for e in plan)
 
 
 # ------------------------------------------------------------------ Firefox bitness
@@ -355,7 +394,7 @@ def desired():
 
 @pytest.mark.parametrize("dump,prefer,target", [
     ({}, "auto", "json"),
-    ({"": {"DisableTelemetry": 1}}, "auto", "registry"),
+    ({"": {"DisableTelemetry": 1}}, "auto", "json"),  # never into the key Group Policy owns
     ({"Certificates": {}}, "auto", "json"),
     ({}, "registry", "registry"),
     ({"": {"X": 1}}, "json", "json"),
@@ -447,9 +486,15 @@ def test_firefox_plan_json_then_idempotent():
     assert [c["ok"] for c in bad] == [False, False]
 
 
-def test_firefox_plan_registry_when_gpo_exists():
+def test_firefox_plan_auto_stays_json_when_gpo_exists():
     plan = tw.firefox_plan(_probe(gpo={"": {"DisableAppUpdate": 1}}), CERTS)
+    assert plan["target"] == "json" and plan["registry"] == [] and plan["conflicts"] == []
+
+
+def test_firefox_plan_registry_when_asked():
+    plan = tw.firefox_plan(_probe(gpo={"": {"DisableAppUpdate": 1}}), CERTS, prefer="registry")
     assert plan["target"] == "registry" and plan["json"] == []
+    assert "each Group Policy refresh replaces those lists" in plan["warnings"][0]
     assert (GPO + "\\SecurityDevices\\Add", "gem") in _keyed(plan["registry"])
     done = {"": {"DisableAppUpdate": 1}, "Certificates\\Install": {"1": CERTS[0], "2": CERTS[1]},
             "Certificates": {"ImportEnterpriseRoots": 1}, "SecurityDevices\\Add": {"gem": G64["path"]}}
@@ -460,13 +505,37 @@ def test_firefox_plan_registry_when_gpo_exists():
 
 def test_firefox_plan_json_warns_about_gpo_conflict():
     plan = tw.firefox_plan(_probe(gpo={"Certificates": {"ImportEnterpriseRoots": 0}}), CERTS, prefer="json")
-    assert plan["conflicts"] == ["Certificates"] and "GPO wins" in plan["warnings"][0]
+    assert plan["conflicts"] == ["Certificates"]
+    assert "Group Policy (HKLM) already sets the Firefox policy Certificates" in plan["warnings"][0]
+    assert "Software\\Policies\\Mozilla\\Firefox\\Certificates\\Install\\1 = " + CERTS[0] in plan["warnings"][0]
+    assert [v["policy"] for v in plan["gpo_values"]] == ["Certificates"] * 3  # Install 1, 2, ImportEnterpriseRoots
+    checks = tw.firefox_checks(plan, _probe(policies_json={plan["json"][0]["path"]: plan["json"][0]["text"]}))
+    assert [c["name"] for c in checks if not c["ok"]] == ["Firefox policy Certificates not overridden by Group Policy"]
+
+
+def test_firefox_plan_reads_user_group_policy_too():
+    plan = tw.firefox_plan(_probe(gpo_users={"S-1-5-21-1-2-3-1001": {"SecurityDevices\\Add": {"other": "x.dll"}}}),
+                           CERTS)
+    assert plan["conflicts"] == ["SecurityDevices"]
+    assert "Group Policy (HKU\\S-1-5-21-1-2-3-1001)" in plan["warnings"][0]
+
+
+@pytest.mark.parametrize("version,ok", [("128.5.0", True), ("115.0esr", True), ("114.0", True), ("102.12.0", True),
+                                        ("113.0.2", False), ("102.11.0", False), ("91.13.0", False)])
+def test_firefox_plan_security_devices_add_needs_114_or_esr_102_12(version, ok):
+    probe = _probe(installs=[dict(FX64, dir="C:\\Program Files\\Mozilla Firefox", version=version)])
+    if ok:
+        assert tw.firefox_plan(probe, CERTS)["installs"][0]["gclib"] == G64["path"]
+    else:
+        with pytest.raises(tw.WindowsPlanError, match=f"is version {version}: SecurityDevices.Add needs Firefox 114"):
+            tw.firefox_plan(probe, CERTS)
+        assert tw.firefox_plan(probe, CERTS, security_device=False)["installs"][0]["gclib"] is None
 
 
 def test_firefox_plan_two_bitnesses_in_registry_fails():
     probe = _probe(installs=[FX64, FX32], gpo={"": {"X": 1}})
     with pytest.raises(tw.WindowsPlanError, match="different bitness need different gclib.dll"):
-        tw.firefox_plan(probe, CERTS)
+        tw.firefox_plan(probe, CERTS, prefer="registry")
     plan = tw.firefox_plan(probe, CERTS, prefer="json")
     assert [i["gclib"] for i in plan["installs"]] == [G64["path"], G32["path"]]
 
@@ -553,3 +622,147 @@ def test_check_stores(ca_set):
     present = {"Root": [c["sha1"] for c in ca_set if c["windows_store"] == "Root"], "CA": []}
     checks = tw.check_stores(plan, present)
     assert sum(c["ok"] for c in checks) == 2 and len(checks) == 4
+
+
+@pytest.mark.parametrize("base,names,want", [
+    ("C:\\ProgramData\\tokentrust\\certs", "A.pem", "C:\\ProgramData\\tokentrust\\certs\\A.pem"),
+    ("C:\\ProgramData\\tokentrust\\certs\\", ["A.pem", "B.cer"],
+     ["C:\\ProgramData\\tokentrust\\certs\\A.pem", "C:\\ProgramData\\tokentrust\\certs\\B.cer"]),
+    ("C:/certs", "A.pem", "C:\\certs\\A.pem"),
+])
+def test_win_path_joins_with_one_backslash(base, names, want):
+    assert tw.win_path(base, names) == want
+
+
+@pytest.mark.parametrize("base,name,msg", [("", "a", "empty folder"), ("C:\\x", "..\\evil", "is not a file name")])
+def test_win_path_refuses(base, name, msg):
+    with pytest.raises(tw.WindowsPlanError, match=msg):
+        tw.win_path(base, name)
+
+
+def test_uac_disable_for_install_with_nothing_pending_leaves_uac_alone():
+    plan = tw.uac_plan("disable_for_install", "before", DEFAULT_UAC, install_pending=False)
+    assert not plan["changed"] and plan["record_write"] is None and not plan["reboot"]
+    assert plan["record_expected"] == "absent"
+    assert "UAC left as it is" in plan["messages"][0]
+
+
+def test_uac_nothing_pending_still_restores_a_leftover_record():
+    rec = tw.uac_record_encode(DEFAULT_UAC, "disable_for_install")
+    off = {"EnableLUA": 0, "ConsentPromptBehaviorAdmin": 0, "PromptOnSecureDesktop": 0}
+    plan = tw.uac_plan("disable_for_install", "before", off, rec, install_pending=False)
+    assert plan["restore"] and plan["record_delete"] and plan["reboot"]
+    assert _set(plan)["EnableLUA"] == (1, "present")
+
+
+PID = "{6B0B7AC4-1B7E-4E3A-9C5D-2F1B3C4D5E6F}"
+
+
+@pytest.mark.parametrize("entries,kw,pending", [
+    ([], {"msi_src": "", "product_id": ""}, False),                               # nothing configured
+    ([], {"msi_src": "x.msi", "product_id": PID}, True),                          # not installed yet
+    ([{"key": PID, "display_name": "Classic Client"}], {"msi_src": "x.msi", "product_id": PID}, False),
+    ([{"key": PID, "display_name": "Classic Client"}], {"msi_src": "x.msi", "product_id": ""}, True),  # unknowable
+    ([{"key": PID, "display_name": "Classic Client"},
+      {"key": "G", "display_name": "GemSafe Libraries", "uninstall_string": "u.exe"}],
+     {"msi_src": "x.msi", "product_id": PID}, True),                              # legacy left
+    ([{"key": PID, "display_name": "Classic Client"}], {"product_id": PID, "state": "absent"}, True),
+    ([], {"product_id": PID, "state": "absent"}, False),
+])
+def test_middleware_pending(entries, kw, pending):
+    assert tw.middleware_pending(entries, **kw)["pending"] is pending
+
+
+@pytest.mark.parametrize("src,transport,deleg,ok", [
+    ("\\\\fs\\deploy\\cc.msi", "ntlm", False, False),
+    ("\\\\fs\\deploy\\cc.msi", "kerberos", False, False),
+    ("\\\\fs\\deploy\\cc.msi", "kerberos", True, True),
+    ("\\\\fs\\deploy\\cc.msi", "credssp", False, True),
+    ("https://deploy.example.lan/cc.msi", "ntlm", False, True),
+    ("files/cc.msi", "ntlm", False, True),
+])
+def test_msi_second_hop(src, transport, deleg, ok):
+    msg = tw.msi_second_hop(src, transport, deleg)
+    assert (msg is None) is ok
+    if not ok:
+        assert "second hop" in msg and src in msg and "credssp" in msg
+
+
+def test_private_chain():
+    assert tw.private_chain("C:\\ProgramData\\tokentrust\\certs") == [
+        "C:\\ProgramData\\tokentrust", "C:\\ProgramData\\tokentrust\\certs"]
+    assert tw.private_chain("D:\\tt\\") == ["D:\\tt"]
+    for bad in ("", "certs", "\\\\srv\\share\\x", "C:\\ProgramData\\..\\Windows"):
+        with pytest.raises(tw.WindowsPlanError, match="absolute local Windows folder"):
+            tw.private_chain(bad)
+
+
+@pytest.mark.parametrize("stat,msg", [
+    ({"exists": False}, None),
+    ({"exists": True, "isdir": True, "owner": "BUILTIN\\Administrators"}, None),
+    ({"exists": True, "isdir": True, "owner": "S-1-5-18"}, None),
+    ({"exists": True, "isdir": True, "owner": "PC\\bob"}, "owned by PC\\bob"),
+    ({"exists": True, "isdir": True, "isjunction": True, "owner": "BUILTIN\\Administrators"}, "link or junction"),
+    ({"exists": True, "isdir": False, "owner": "BUILTIN\\Administrators"}, "not a folder"),
+])
+def test_private_dir_problems(stat, msg):
+    got = tw.private_dir_problems([{"item": "C:\\ProgramData\\tokentrust", "stat": stat}])
+    assert (got == []) if msg is None else (len(got) == 1 and msg in got[0] and "C:\\ProgramData\\tokentrust" in got[0])
+
+
+@pytest.mark.skipif(tw.load_psl() is None, reason="no Public Suffix List file on this machine (package publicsuffix)")
+def test_zonemap_domain_with_the_system_public_suffix_list():
+    assert tw.zonemap_domain("services.example.co.uk", psl=tw.load_psl()) == ("example.co.uk", "services")
+
+
+# ------------------------------------------------------------------ token (MOCK probe outputs: no Windows here)
+IDPRIME_ATR = "3BFF9600008131FE4380318065B0846566FB120177829000F7"   # an IDPrime-like ATR (made up)
+
+
+def _token_probe(**kw):
+    p = {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
+         "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK"}],
+         "scard": {"context_error": None, "list_error": None,
+                   "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": True, "atr": IDPRIME_ATR}]},
+         "registered_cards": [{"name": "IDPrime", "view": 64, "atr": IDPRIME_ATR[:30] + "00" * 10,
+                               "atr_mask": "FF" * 15 + "00" * 10, "minidriver": "axaltocm.dll",
+                               "ksp": "Microsoft Smart Card Key Storage Provider", "csp": None}]}
+    p.update(kw)
+    return p
+
+
+def test_atr_matches_with_mask_like_windows():
+    assert tw.atr_matches("3B0102", "3B01FF", "FFFF00")
+    assert not tw.atr_matches("3B0102", "3B02FF", "FFFF00")
+    assert not tw.atr_matches("3B0102", "3B01", "FFFF")          # length differs
+    assert tw.atr_matches("3B0102", "3B0102") and not tw.atr_matches("3B0102", "3B0103")
+    assert not tw.atr_matches("zz", "3B")
+
+
+def test_token_checks_all_good():
+    checks = tw.token_checks(_token_probe())
+    assert [c["name"] for c in checks] == ["smart card service", "smart card reader", "token inserted",
+                                           "minidriver for the token in Gemalto USB Smart Card Reader 0"]
+    assert all(c["ok"] for c in checks) and "axaltocm.dll" in checks[-1]["detail"]
+
+
+def test_token_checks_no_service_from_session():
+    checks = tw.token_checks(_token_probe(scard={"context_error": "0x8010001D", "readers": []}))
+    reader = next(c for c in checks if c["name"] == "smart card reader")
+    assert not reader["ok"] and "0x8010001D (SCARD_E_NO_SERVICE)" in reader["detail"]
+    assert "Plug and Play sees: Gemalto USB Smart Card Reader (OK)" in reader["detail"]
+    assert not next(c for c in checks if c["name"] == "token inserted")["ok"]
+
+
+def test_token_checks_unknown_card_has_no_minidriver():
+    other = "3B8F8001804F0CA0000003060300030000000068"
+    checks = tw.token_checks(_token_probe(scard={"readers": [{"name": "R0", "present": True, "atr": other}]}))
+    assert checks[-1]["name"] == "minidriver for the token in R0" and not checks[-1]["ok"]
+    assert f"no Calais\\SmartCards entry matches ATR {other}" in checks[-1]["detail"]
+
+
+def test_token_checks_disabled_service_and_no_reader():
+    checks = tw.token_checks(_token_probe(service={"exists": True, "status": "Stopped", "start_type": "Disabled"},
+                                          pnp_readers=[], scard={"readers": []}))
+    assert [c["ok"] for c in checks] == [False, False, False]
+    assert "is the token plugged in?" in checks[1]["detail"]

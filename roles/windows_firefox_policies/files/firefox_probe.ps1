@@ -53,22 +53,34 @@ foreach ($view in 'Registry64', 'Registry32') {
 $installs = @(foreach ($d in $dirs) { $i = Get-FileInfo "$d\firefox.exe"; $i.dir = $d; $i })
 $gclib = @(foreach ($p in $GclibPaths) { Get-FileInfo $p })
 
-# GPO registry: {relative key: {value name: data}}
-$gpo = @{}
-function Read-Key($Key, [string]$Rel) {
+# GPO registry: {relative key: {value name: data}}, machine (HKLM) and per loaded user hive (HKU\<SID>:
+# Firefox also reads user Group Policy from HKCU).
+function Read-Key($Key, [string]$Rel, [hashtable]$Into) {
     $values = @{}
     foreach ($n in $Key.GetValueNames()) {
         if ($n) { $values[$n] = $Key.GetValue($n, $null, 'DoNotExpandEnvironmentNames') }
     }
-    $gpo[$Rel] = $values
+    $Into[$Rel] = $values
     foreach ($s in $Key.GetSubKeyNames()) {
         $sub = $Key.OpenSubKey($s)
-        Read-Key $sub $(if ($Rel) { "$Rel\$s" } else { $s })
+        Read-Key $sub $(if ($Rel) { "$Rel\$s" } else { $s }) $Into
         $sub.Close()
     }
 }
+$gpo = @{}
 $root = [Microsoft.Win32.Registry]::LocalMachine.OpenSubKey('SOFTWARE\Policies\Mozilla\Firefox')
-if ($root) { Read-Key $root ''; $root.Close() }
+if ($root) { Read-Key $root '' $gpo; $root.Close() }
+$gpoUsers = @{}
+foreach ($sid in [Microsoft.Win32.Registry]::Users.GetSubKeyNames()) {
+    if ($sid -notmatch '^S-1-(5-21|12-1)-[\d-]+$') { continue }   # user hives, not *_Classes or well-known SIDs
+    $userRoot = [Microsoft.Win32.Registry]::Users.OpenSubKey("$sid\Software\Policies\Mozilla\Firefox")
+    if ($userRoot) {
+        $dump = @{}
+        Read-Key $userRoot '' $dump
+        $gpoUsers[$sid] = $dump
+        $userRoot.Close()
+    }
+}
 
 $policies = @{}
 foreach ($i in $installs) {
@@ -78,4 +90,4 @@ foreach ($i in $installs) {
     } else { $null }
 }
 
-$Ansible.Result = @{ installs = $installs; gclib = $gclib; gpo = $gpo; policies_json = $policies }
+$Ansible.Result = @{ installs = $installs; gclib = $gclib; gpo = $gpo; gpo_users = $gpoUsers; policies_json = $policies }

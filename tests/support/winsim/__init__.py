@@ -1,0 +1,213 @@
+"""MOCK Windows host harness: run our real Windows roles through the real ansible-playbook on the
+controller, with the ansible.windows modules replaced by tests/support/winsim/action_plugins/normal.py.
+
+What is real: Ansible's templating of every task (the args a module would receive), our filter plugin
+and module_utils, the roles' control flow, the installed ansible.windows modules' DOCUMENTATION (args
+are validated against it, through `ansible-doc --json`) and the store names of their .ps1 sources.
+What is a MOCK: the Windows host (a JSON state file) and the modules' effects on it.
+"""
+import functools
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+BIN = os.path.dirname(sys.executable)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def windows_collection():
+    """The installed ansible.windows folder (bundled with the `ansible` package)."""
+    hits = glob.glob(os.path.join(ROOT, ".venv", "lib", "python3*", "site-packages", "ansible_collections",
+                                  "ansible", "windows"))
+    if not hits:
+        import ansible_collections.ansible.windows as w  # noqa: PLC0415
+
+        hits = [os.path.dirname(w.__file__)]
+    return hits[0]
+
+
+def collection_version(path=None):
+    with open(os.path.join(path or windows_collection(), "MANIFEST.json"), encoding="utf-8") as f:
+        return json.load(f)["collection_info"]["version"]
+
+
+def module_source(module, ext="ps1"):
+    with open(os.path.join(windows_collection(), "plugins", "modules", f"{module}.{ext}"), encoding="utf-8") as f:
+        return f.read()
+
+
+def system_store_names():
+    """System store names win_certificate_store.ps1 itself lists (the stores of a Windows certificate
+    location), plus its one alias mapping {alias: name}."""
+    src = module_source("win_certificate_store")
+    m = re.search(r"((?:'[A-Za-z]+',\s*)+'[A-Za-z]+')\s*\|\s*\n?\s*ForEach-Object", src)
+    names = re.findall(r"'([A-Za-z]+)'", m.group(1))
+    aliases = dict(re.findall(r"if \(\$store_name -eq '([A-Za-z]+)'\) \{\s*\$store_name = '([A-Za-z]+)'", src))
+    return names, aliases
+
+
+@functools.cache
+def ansible_doc(fqcns):
+    """`ansible-doc --json` of the installed modules: {fqcn: doc}."""
+    p = subprocess.run([os.path.join(BIN, "ansible-doc"), "--json", "-t", "module", *fqcns], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg")))
+    if p.returncode != 0:
+        raise AssertionError(f"ansible-doc failed: {p.stderr}")
+    return {k: v["doc"] for k, v in json.loads(p.stdout).items()}
+
+
+def option_specs(doc):
+    """{option name and aliases: {choices}} from one module's ansible-doc."""
+    out = {}
+    for name, o in (doc.get("options") or {}).items():
+        for n in [name, *(o.get("aliases") or [])]:
+            out[n] = {"choices": o.get("choices"), "comma": comma_separated(o)}
+    return out
+
+
+def comma_separated(option_doc):
+    """True for a str option whose documentation says it takes a comma separated list of its choices
+    (win_acl `inherit`: "ContainerInherit, ObjectInherit")."""
+    text = " ".join(option_doc.get("description") or []) if isinstance(option_doc.get("description"), list) \
+        else str(option_doc.get("description") or "")
+    return option_doc.get("type", "str") == "str" and "comma separated" in text.lower()
+
+
+def split_value(value, comma):
+    if isinstance(value, list):
+        return value
+    if comma and isinstance(value, str):
+        return [v.strip() for v in value.split(",")]
+    return [value]
+
+
+SIMULATED = ("win_certificate_info", "win_certificate_store", "win_reg_stat", "win_regedit", "win_stat", "win_file",
+             "win_copy", "win_acl", "win_acl_inheritance", "win_owner", "win_powershell", "win_package",
+             "win_reboot", "win_ping")
+
+
+def shadow_collection(tmp):
+    """ansible.windows without its action plugins (so every module falls back to our MOCK `normal`)."""
+    real = windows_collection()
+    base = os.path.join(str(tmp), "ansible_collections", "ansible")
+    dst = os.path.join(base, "windows")
+    os.makedirs(os.path.join(dst, "plugins"), exist_ok=True)
+    for entry in os.listdir(real):
+        if entry != "plugins":
+            os.symlink(os.path.join(real, entry), os.path.join(dst, entry))
+    for entry in os.listdir(os.path.join(real, "plugins")):
+        if entry != "action":
+            os.symlink(os.path.join(real, "plugins", entry), os.path.join(dst, "plugins", entry))
+    return str(tmp)
+
+
+def new_state(**kw):
+    names, _ = system_store_names()
+    state = {"stores": {f"LocalMachine\\{n}": {} for n in names}, "registry": {}, "files": {}, "dirs": {},
+             "powershell": {}, "calls": [], "installed": [], "reboots": 0}
+    state["dirs"]["c:\\programdata"] = {"owner": "NT AUTHORITY\\SYSTEM", "inherit": False, "acl": []}
+    state["registry"]["hklm:\\software\\microsoft\\windows\\currentversion\\policies\\system"] = {
+        "EnableLUA": {"type": "REG_DWORD", "data": 1}, "ConsentPromptBehaviorAdmin": {"type": "REG_DWORD", "data": 5},
+        "PromptOnSecureDesktop": {"type": "REG_DWORD", "data": 1}}
+    state.update(kw)
+    return state
+
+
+class Host:
+    """One MOCK Windows host and the playbook runs against it."""
+
+    def __init__(self, tmp, state=None):
+        self.tmp = tmp
+        self.path = os.path.join(str(tmp), "winsim_state.json")
+        self.collections = shadow_collection(os.path.join(str(tmp), "collections"))
+        specs = ansible_doc(tuple(f"ansible.windows.{m}" for m in SIMULATED))
+        self.specs = {k.split(".")[-1]: option_specs(v) for k, v in specs.items()}
+        self.save(state or new_state())
+
+    def load(self):
+        with open(self.path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def save(self, state):
+        state["specs"] = self.specs
+        with open(self.path, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+
+    def calls(self, module=None):
+        return [c for c in self.load()["calls"] if module is None or c["module"] == module]
+
+    def clear_calls(self):
+        s = self.load()
+        s["calls"] = []
+        self.save(s)
+
+    def play(self, tasks, extra_vars=None, check=False, name="play.yml"):
+        pb = os.path.join(str(self.tmp), name)
+        with open(pb, "w", encoding="utf-8") as f:
+            json.dump([{"name": "winsim", "hosts": "winpc", "gather_facts": False, "tasks": tasks}], f)
+        return self._run_file(pb, extra_vars, check)
+
+    def playbook(self, path, extra_vars=None, check=False):
+        """One of our playbooks (path relative to the repository) against the MOCK host."""
+        ev = dict({"tokentrust_windows_hosts": "winpc"}, **(extra_vars or {}))
+        return self._run_file(os.path.join(ROOT, path), ev, check)
+
+    def _run_file(self, pb, extra_vars=None, check=False):
+        env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_COLLECTIONS_PATH=self.collections, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
+                   ANSIBLE_ACTION_PLUGINS=os.path.join(HERE, "action_plugins"),
+                   ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles"), TOKENTRUST_WINSIM_STATE=self.path,
+                   PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+        cmd = [os.path.join(BIN, "ansible-playbook"), "-i", "winpc,", "-c", "local", pb,
+               "-e", json.dumps({"ansible_python_interpreter": sys.executable, **(extra_vars or {})})]
+        if check:
+            cmd.append("--check")
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    def role(self, name, tasks_from="main", extra_vars=None, check=False):
+        return self.run([(name, tasks_from)], extra_vars, check)[0]
+
+    def run(self, roles, extra_vars=None, check=False, facts=()):
+        """Include each role (name or (name, tasks_from)), then dump `facts` to JSON; returns (proc, facts)."""
+        tasks = []
+        for r in roles:
+            name, tasks_from = (r, "main") if isinstance(r, str) else r
+            tasks.append({"name": f"role {name}",
+                          "ansible.builtin.include_role": {"name": name, "tasks_from": tasks_from}})
+        out = os.path.join(str(self.tmp), "facts.json")
+        if os.path.exists(out):
+            os.unlink(out)
+        if facts:
+            content = "{{ {" + ", ".join(f"'{f}': {f} | default(none)" for f in facts) + "} | to_json }}"
+            tasks.append({"name": "dump facts", "ansible.builtin.copy": {"dest": out, "content": content}})
+        p = self.play(tasks, extra_vars, check)
+        got = {}
+        if facts and os.path.exists(out):
+            with open(out, encoding="utf-8") as f:
+                got = json.load(f)
+        return p, got
+
+
+def ca_set():
+    """The lab's CertEurope stand-in as the CA set role ca_certificates would publish."""
+    from lab.pki import certeurope_standin  # noqa: PLC0415
+
+    out = []
+    for name, c in certeurope_standin().items():
+        root = c.cert.issuer == c.cert.subject
+        out.append({"name": name, "sha1": c.sha1, "sha256": c.sha256, "role": "root" if root else "intermediate",
+                    "pem": c.pem.decode(), "expired": False})
+    return out
+
+
+def recap(proc):
+    """{'ok': n, 'changed': n, 'failed': n, ...} of the one host."""
+    m = re.search(r"winpc\s+:\s+(.*)", proc.stdout)
+    if not m:
+        raise AssertionError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
