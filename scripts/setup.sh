@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(libnss3 libnss3-tools firefox-esr softhsm2 opensc openssl gcc libc6-dev python3-venv)
+APT_PACKAGES=(libnss3 libnss3-tools firefox-esr softhsm2 opensc openssl gcc libc6-dev python3-venv
+              publicsuffix)  # the IE zones planner splits registrable domains with it (windows_ie_zones)
 STAMP_DIR=.stamps
 VENV=.venv
 
