@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(libnss3 libnss3-tools firefox-esr softhsm2 opensc openssl gcc libc6-dev python3-venv
-              publicsuffix)  # the IE zones planner splits registrable domains with it (windows_ie_zones)
+              publicsuffix libkrb5-dev)  # IE zones planner (registrable domains); pywinrm[kerberos] builds on krb5
 STAMP_DIR=.stamps
 VENV=.venv
 
