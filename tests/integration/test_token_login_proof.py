@@ -170,6 +170,8 @@ def test_real_http11_answers_are_read_right(tok, pki, ident, tmp_path, transfer)
         res, _ = run_module(tmp_path, "pkcs11_token_login", login_args(tok, pki, ident, page.url, body_bytes=4096),
                             {"tt_pin": PIN})
         elapsed = time.monotonic() - t0
+    if transfer == "keepalive":  # the server keeps the connection open: the read must stop at Content-Length
+        assert elapsed < 8, elapsed  # (the server would close it only after its 10 s idle timeout)
     assert res["ok"] is True, res
     tls = res["tls"]
     assert tls["http_framing"] == {"keepalive": "content-length"}.get(transfer, transfer)
@@ -179,8 +181,6 @@ def test_real_http11_answers_are_read_right(tok, pki, ident, tmp_path, transfer)
     body = tls["body_start"]
     assert body.startswith("<!DOCTYPE html>") and body.rstrip().endswith("</html>")
     assert "\r\n7\r\n" not in body and "lab=1" not in body and "X-Lab-Trailer" not in body  # no chunk framing
-    if transfer == "keepalive":  # the server keeps the connection open: the read must stop at Content-Length
-        assert elapsed < 8, elapsed  # the server would close it only after its 10 s idle timeout
 
 
 # ------------------------------------------------------------------------------------ 3. the PIN guard's lock
