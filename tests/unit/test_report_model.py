@@ -291,9 +291,8 @@ def test_build_report_shape_and_summary():
     assert rep["format"] == "tokentrust-fleet-report/1" and rep["generated"] == "2026-06-01T12:00:00Z"
     assert [h["name"] for h in rep["hosts"]] == ["ws-a", "ws-d", "ws-e", "win-01", "ws-b", "ws-c"]
     assert rep["summary"] == {"hosts": 6, "ok": 3, "warning": 1, "failed": 2, "profiles": 4, "profiles_ok": 3,
-                              "token_ok": 3, "token_failed": 1, "token_not_run": 2, "token_unknown": 0, "windows_hosts": 1,
-                              "cas": 2,
-                              "next_expiry_days": 50}
+                              "token_ok": 3, "token_failed": 1, "token_not_run": 2, "token_unknown": 0,
+                              "windows_hosts": 1, "cas": 2, "next_expiry_days": 50}
     assert all("pem" not in c for c in rep["ca_set"])
     # the token certificate seen on three hosts is one timeline entry naming them
     tl = [e for e in rep["timeline"] if e["kind"] == "token"]
