@@ -137,6 +137,15 @@ def lock_path(token_info):
     return os.path.join(_lock_dir(), "token-%s.lock" % hashlib.sha256(key.encode("utf-8")).hexdigest()[:32])
 
 
+def library_lock_info(library):
+    """The lock key of a PKCS#11 library (its real path): runs through the same library are serialised from
+    loading it to the end, since a middleware (SoftHSM2's file store, a card reader) may show no token to one process
+    while another one logs in."""
+    import os
+
+    return {"manufacturer": "pkcs11-library", "serial": os.path.realpath(library or "")}
+
+
 class TokenLock:
     """Exclusive cross-process lock on one token (fcntl.flock on a file in a root-only / user-only directory), held
     from reading the PIN counter to the end of the login, so that no interleaving of runs presents a PIN that a

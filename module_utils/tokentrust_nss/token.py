@@ -820,6 +820,20 @@ def choose_certificate(descs, selector=None):
     return max(usable, key=lambda i: descs[i]["days_left"]), None
 
 
+def _locked(info, timeout=120):
+    """An entered-on-demand TokenLock whose failure to lock is TokenError('lock') (nothing presented)."""
+    from ansible.module_utils.tokentrust_pin import TokenLock
+
+    class _L(TokenLock):
+        def __enter__(self):
+            try:
+                return super().__enter__()
+            except (OSError, TimeoutError) as exc:
+                raise TokenError("lock", "cannot take the lock of %s, nothing was presented: %s"
+                                 % (info.get("label") or info.get("serial"), exc)) from None
+    return _L(info, timeout=timeout)
+
+
 def validate_inputs(url=None, tls=True, certificate=None, timeout=20, body_bytes=1024, min_days_left=30,
                     tls_max=None):
     """Every input of the test login checked before the key is touched (no PIN is presented on a bad input).
@@ -872,7 +886,7 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
     (tokentrust_pin.TokenLock) from reading the counter to the end of the login. With `run_id`, a run that already
     saw this PIN refused by this token does not present it again (hosts sharing one key in one playbook run)."""
     from ansible.module_utils.tokentrust_nss.tls import TLSError, https_get
-    from ansible.module_utils.tokentrust_pin import TokenLock
+    from ansible.module_utils.tokentrust_pin import library_lock_info
 
     rep = {"ok": False, "checked_at": _now_iso(), "pkcs11_module": module_path, "url": url if tls else None,
            "token": None, "pin_state_before": None, "logged_in": False, "pin_attempts": 0, "certificates": [],
@@ -888,8 +902,9 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
         # test page is trusted exactly as the browser would trust it; bare PEMs: no trust (chain building only)
         pems = [(ca["pem"], ca.get("nss_trust") or ",,") if isinstance(ca, dict) else (ca, ",,")
                 for ca in (ca_set or [])]
-        with TokenSession(module_path, label, ca_pems=pems, server_ca_pems=server_ca_pems,
-                          builtin_roots=builtin_roots and tls and not check_mode) as ts:
+        liblock = _locked(library_lock_info(module_path), lock_timeout)
+        with liblock, TokenSession(module_path, label, ca_pems=pems, server_ca_pems=server_ca_pems,
+                                   builtin_roots=builtin_roots and tls and not check_mode) as ts:
             tok = ts.token
             info = tok.info()
             rep["pin_state_before"] = info["user_pin"]
@@ -903,13 +918,10 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
                 _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, False, url, timeout,
                                       body_bytes, tls_max, https_get, check_mode)
             else:
+                lock = _locked(info, lock_timeout)
+                lock.__enter__()
                 try:
-                    lock = TokenLock(info, timeout=lock_timeout)
-                    lock.__enter__()
-                except (OSError, TimeoutError) as exc:
-                    raise TokenError("lock", "cannot take the token's lock, nothing was presented: %s" % exc) from None
-                try:
-                    rep["lock_waited"] = round(lock.waited, 3)
+                    rep["lock_waited"] = round(liblock.waited + lock.waited, 3)
                     record = lock.read()
                     info = tok.info()  # the counter, read under the lock
                     rep["pin_state_before"] = info["user_pin"]
@@ -1007,12 +1019,14 @@ def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None
                check_mode=False):
     """action 'change' (pin -> new_pin) or 'unblock' (puk, new_pin). Returns a report dict (never with a PIN);
     report['error'] set on failure, report['changed'] True when the token was changed."""
-    from ansible.module_utils.tokentrust_pin import TokenLock, bounds, check_new_pin
+    from ansible.module_utils.tokentrust_pin import bounds, check_new_pin, library_lock_info
 
     rep = {"changed": False, "action": action, "token": None, "token_before": None, "error": None, "warnings": [],
            "pin_attempts": 0, "puk_attempts": 0, "pin_rules": None, "check_mode": bool(check_mode)}
     try:
         with contextlib.ExitStack() as stack:
+            if not check_mode:
+                stack.enter_context(_locked(library_lock_info(module_path)))
             tok = stack.enter_context(RawToken(module_path, label))
             info = tok.info()
             rep["token_before"] = _public_token(info)
@@ -1027,12 +1041,7 @@ def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None
                 raise TokenError("pin_rules", "new PIN refused before anything was presented to the token: "
                                  + "; ".join(problems))
             if not check_mode:
-                try:
-                    lock = TokenLock(info)
-                    lock.__enter__()
-                except (OSError, TimeoutError) as exc:
-                    raise TokenError("lock", "cannot take the token's lock, nothing was presented: %s" % exc) from None
-                stack.callback(lock.__exit__, None, None, None)
+                stack.enter_context(_locked(info))
                 rep["token_before"] = rep["token"] = _public_token(tok.info())  # read again, under the lock
             if action == "change":
                 if not pin:
