@@ -26,11 +26,11 @@ description:
   - B(The login passes only when) the PIN was accepted, the chosen certificate is valid and chains to the CA set,
     the server B(asked for a client certificate), the token's certificate B(was sent and accepted) (the
     handshake completed with it) and the page answered HTTP 200. A server that never asks for a client
-    certificate is the failure C(no_client_auth): such a login proves nothing about the key. A page that says the
+    certificate is the failure C(no_client_auth), since such a login proves nothing about the key. A page that says the
     certificate is not valid ("n'est pas valide") is a problem.
-  - Every input (URL scheme and host, certificate selector, timeouts) is checked B(before the key is touched):
-    a bad input presents no PIN.
-  - The PIN guard holds an exclusive lock per token (keyed by the token's serial, C(fcntl.flock) on a file in
+  - Every input (URL scheme and host, certificate selector, timeouts) is checked B(before the key is touched),
+    so a bad input presents no PIN.
+  - The PIN guard holds an exclusive lock per token (keyed by the token's serial; C(fcntl.flock) on a file in
     C(/run/tokentrust) for root, else a private temporary directory) from reading the PIN counter to the end of
     the login, so parallel runs (several hosts sharing one key, two playbooks at once) never present a PIN that
     one run alone would not. With O(run_id), a run whose PIN this token already refused does not present it again.
