@@ -274,3 +274,21 @@ def test_missing_nss_is_a_written_message_not_a_traceback(tok, tmp_path):
         assert "MODULE FAILURE" not in text and "Traceback" not in res.get("msg", ""), text[:2000]
         assert "install NSS (Debian/Ubuntu: apt-get install libnss3" in text, text[:2000]
     assert tok.counters() == (0, 0)
+
+
+# ------------------------------------------------------------------------------------ 5. host name checked
+def test_server_certificate_for_another_host_name_is_refused(tok, pki, tmp_path):
+    """SSL_SetURL's return is checked and the name it sets is enforced: a page whose certificate (from a trusted
+    CA) names another host is server_untrusted with SSL_ERROR_BAD_CERT_DOMAIN, before any client certificate."""
+    from lab.testpage import TestPage, make_server_identity
+
+    other = make_server_identity(tmp_path / "other", names=("test-page.invalid",))
+    with TestPage(other["cert"], other["key"], write_pems(tmp_path / "cas", pki.values())) as page:
+        res, _ = run_module(tmp_path, "pkcs11_token_login",
+                            {"module": str(tok.module), "pin": "{{ tt_pin }}", "ca_set": ca_set_fact(pki),
+                             "url": page.url, "server_ca": [str(other["ca"])], "fail_on_error": False},
+                            {"tt_pin": PIN})
+        assert [e for e in page.entries() if e["event"] == "request"] == []
+    assert res["ok"] is False and res["error"]["kind"] == "server_untrusted"
+    assert res["error"]["nss_error"] == "SSL_ERROR_BAD_CERT_DOMAIN"
+    assert res["client_cert_sent"] is None
