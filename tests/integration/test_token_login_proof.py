@@ -260,12 +260,20 @@ def _masked_nss_run(tmp_path, module, args):
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
-def test_missing_nss_is_a_written_message_not_a_traceback(tok, tmp_path):
+def test_missing_nss_is_a_written_message_not_a_traceback(tok, pki, tmp_path):
+    from lab.token import SOFTHSM_MODULE
+
     db = tmp_path / "db"
     db.mkdir()
-    for module, args in (("nss_info", {"databases": [str(db)]}), ("pkcs11_token_login",
-                                                           {"module": str(tok.module), "pin": "x", "url": ""})):
-        res = _masked_nss_run(tmp_path, module, args)
+    subprocess.run(["certutil", "-N", "-d", "sql:%s" % db, "--empty-password"], check=True, capture_output=True)
+    cert = {"name": "Lab Root CA", "pem": pki["Lab Root CA"].pem.decode()}
+    for module, args in (("nss_info", {"databases": [str(db)]}),
+                         ("nss_certificate", {"databases": [str(db)], "certificates": [cert]}),
+                         ("nss_pkcs11_module", {"databases": [str(db)], "library": str(SOFTHSM_MODULE)}),
+                         ("nss_provision", {"databases": [str(db)], "certificates": [cert]}),
+                         ("pkcs11_token_login", {"module": str(tok.module), "pin": "x", "url": ""})):
+        (tmp_path / module).mkdir()
+        res = _masked_nss_run(tmp_path / module, module, args)
         text = json.dumps(res)
         if module == "nss_info":  # a per-database reader: the database's own error says it
             assert res["databases"][0]["error"], res
