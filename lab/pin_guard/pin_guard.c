@@ -20,7 +20,7 @@
  *                 module = ..., state = ..., softhsm2_conf = ..., max_user_tries = N,
  *                 max_so_tries = N, delay_ms = N (softhsm2_conf is exported as SOFTHSM2_CONF so a
  *                 copy of this library bound to one lab token needs no environment at all).
- *   delay_ms      a slow token: C_GetTokenInfo and C_Login wait this long before answering (tests
+ *   delay_ms      a slow token: C_GetTokenInfo, C_Login and C_SetPIN wait this long before answering (tests
  *                 of concurrent runs; PIN_GUARD_DELAY_MS in the environment too).
  *
  * This is test equipment, not a security boundary: whoever can write the state file can
@@ -520,6 +520,7 @@ static CK_RV pg_SetPIN(CK_SESSION_HANDLE h, CK_UTF8CHAR *old, CK_ULONG oldlen, C
     int so, dirty;
     CK_RV rv;
 
+    pg_slow();
     if ((rv = pg_session(h, serial, &state)) != CKR_OK)
         return rv;
     if ((rv = pg_begin(&t, serial)) != CKR_OK)

@@ -189,19 +189,20 @@ PARALLEL = textwrap.dedent("""\
     sys.path.insert(0, %r)
     import conftest  # noqa: F401
     from ansible.module_utils.tokentrust_nss import token
-    kwargs = json.load(sys.stdin)
-    print(json.dumps(token.verify_token(**kwargs), default=str))
+    func, kwargs = json.load(sys.stdin)
+    print(json.dumps(getattr(token, func)(**kwargs), default=str))
     """) % str(ROOT / "tests")
 
 
-def _parallel_wrong_pins(tok, n):
+def _parallel_wrong_pins(tok, n, func="verify_token", kwargs=None):
+    kwargs = kwargs or {"module_path": str(tok.module), "pin": "00000000", "tls": False}
     procs = []
     for _ in range(n):
         p = subprocess.Popen([PYTHON, "-c", PARALLEL], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
         procs.append(p)
     for p in procs:  # all started before any is fed: they load NSS and the token side by side
-        p.stdin.write(json.dumps({"module_path": str(tok.module), "pin": "00000000", "tls": False}))
+        p.stdin.write(json.dumps([func, kwargs]))
         p.stdin.close()
     out = []
     for p in procs:
@@ -231,6 +232,22 @@ def test_parallel_runs_on_a_slow_token_never_spend_a_try_one_run_would_not(tok):
         assert attempts == 1 and kinds == ["pin_final_try", "wrong_pin"], results
         assert tok.counters() == (2, 0)
         assert max(r["lock_waited"] or 0 for r in results) > 0.2  # one really waited for the other
+
+
+def test_parallel_pin_changes_on_a_slow_token_never_spend_a_try_one_run_would_not(tok):
+    """The same for pkcs11_pin (action change, a wrong current PIN): C_SetPIN is counted like a login."""
+    with open(tok.guard_conf, "a") as f:
+        f.write("delay_ms = 300\n")
+    for _ in range(2):
+        tok.reset_counters()
+        wrong_pins(tok, 1)
+        results = _parallel_wrong_pins(tok, 2, "pin_action", {
+            "module_path": str(tok.module), "action": "change", "pin": "00000000", "new_pin": "73920581",
+            "new_pin_confirm": "73920581"})
+        kinds = sorted(r["error"]["kind"] for r in results)
+        assert kinds == ["pin_final_try", "wrong_pin"], results
+        assert sum(r["pin_attempts"] for r in results) == 1 and tok.counters() == (2, 0)
+        assert "user_pin_locked" not in flags_of(tok)
 
 
 # ------------------------------------------------------------------------------------ 7. NSS missing
