@@ -111,15 +111,40 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - http.server's signature
         pass  # the JSON-lines log is the record
 
+    def setup(self):
+        super().setup()
+        # HTTP/1.1 for the chunked and keep-alive answers (how real servers answer), HTTP/1.0 otherwise
+        self.protocol_version = "HTTP/1.1" if self.server.transfer in ("chunked", "keepalive") else "HTTP/1.0"
+
     def _send(self, status: int, ctype: str, body: str) -> None:
         data = body.encode("utf-8")
+        transfer = self.server.transfer
         self.send_response(status)
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
+        if transfer == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "X-Lab-Trailer")
+        elif transfer != "close":
+            self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        if transfer == "keepalive":
+            self.send_header("Connection", "keep-alive")
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if transfer == "chunked":
+            # small chunks, so that the holder's name and the status line are split across chunk boundaries; a chunk
+            # extension and a trailer as RFC 9112 allows
+            for i in range(0, len(data), 7):
+                part = data[i:i + 7]
+                ext = ";lab=1" if i == 7 else ""
+                self.wfile.write(b"%X%s\r\n%s\r\n" % (len(part), ext.encode(), part))
+            self.wfile.write(b"0\r\nX-Lab-Trailer: done\r\n\r\n")
+        else:
             self.wfile.write(data)
+        self.wfile.flush()
+        if transfer == "keepalive":
+            self.close_connection = False  # ignore the client's "Connection: close": it must stop at Content-Length
 
     def do_HEAD(self):  # noqa: N802 - http.server's names
         self.do_GET()
@@ -158,9 +183,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr, ctx: ssl.SSLContext, log_path: Optional[Path]):
+    def __init__(self, addr, ctx: ssl.SSLContext, log_path: Optional[Path], transfer: str = "length"):
         self.ctx = ctx
         self.log_path = log_path
+        self.transfer = transfer
         self.entries: list = []
         self._lock = threading.Lock()
         super().__init__(addr, _Handler)
@@ -209,11 +235,18 @@ class TestPage:
 
     __test__ = False  # not a pytest class
 
+    TRANSFERS = ("length", "chunked", "close", "keepalive")
+
     def __init__(self, cert, key, client_cas: Sequence, *, host: str = "127.0.0.1", port: int = 0,
-                 log_path=None):
+                 log_path=None, transfer: str = "length"):
+        """transfer: how the answer is framed: "length" (HTTP/1.0 + Content-Length, the default), "chunked"
+        (HTTP/1.1 Transfer-Encoding: chunked, 7-byte chunks, an extension and a trailer), "close" (no length: the
+        end of the connection ends the page), "keepalive" (HTTP/1.1 + Content-Length, the connection left open)."""
+        if transfer not in self.TRANSFERS:
+            raise ValueError("transfer must be one of %s" % ", ".join(self.TRANSFERS))
         self.ctx = make_context(Path(cert), Path(key), [Path(c) for c in client_cas])
         self.log_path = Path(log_path) if log_path else None
-        self.server = _Server((host, port), self.ctx, self.log_path)
+        self.server = _Server((host, port), self.ctx, self.log_path, transfer)
         self.host, self.port = self.server.server_address[:2]
         self._thread: Optional[threading.Thread] = None
 
@@ -356,6 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 = pick a free port")
     ap.add_argument("--log", help="JSON-lines request log")
+    ap.add_argument("--transfer", default="length", choices=TestPage.TRANSFERS, help="how answers are framed")
     ap.add_argument("--pidfile")
     ap.add_argument("--state", help="JSON written once listening: pid, port, url")
     ap.add_argument("--daemon", action="store_true", help="detach, print the URL once listening")
@@ -382,7 +416,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(data["url"])
         return 0
 
-    page = TestPage(args.cert, args.key, args.client_ca, host=args.host, port=args.port, log_path=args.log)
+    page = TestPage(args.cert, args.key, args.client_ca, host=args.host, port=args.port, log_path=args.log,
+                    transfer=args.transfer)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -220,6 +220,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
+from ansible.module_utils.tokentrust_libraries import GEMALTO_CLASSIC_CLIENT
 from ansible.module_utils.tokentrust_policies import (
     PolicyError,
     default_policies_path,
@@ -249,11 +250,7 @@ def _write(module, path, text):
     os.chmod(path, 0o644)
 
 
-DEVICE_CANDIDATES = {
-    "Linux": ["/usr/lib/pkcs11/libgclib.so", "/usr/lib64/pkcs11/libgclib.so", "/usr/lib/ClassicClient/libgclib.so"],
-    "Darwin": ["/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Libraries/libgclib.dylib",
-               "/usr/local/lib/ClassicClient/libgclib.dylib"],
-}
+DEVICE_CANDIDATES = GEMALTO_CLASSIC_CLIENT  # the one per-OS table (module_utils/tokentrust_libraries.py)
 
 
 def certificate_file_name(nickname):

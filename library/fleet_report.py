@@ -51,6 +51,11 @@ options:
     description: A host without a test-login result is amber (otherwise the report only says "not run").
     type: bool
     default: false
+  token_max_age_hours:
+    description: A test-login result that said ok but is older than this many hours, or has no C(checked_at), is
+      "unknown" (amber), never ok.
+    type: int
+    default: 168
   check_policies:
     description: Linux/macOS hosts must have our entries in the policies.json Firefox reads.
     type: bool
@@ -188,6 +193,7 @@ def main():
             expiry_warning_days=dict(type="int", default=90),
             expiry_critical_days=dict(type="int", default=30),
             token_required=dict(type="bool", default=False),
+            token_max_age_hours=dict(type="int", default=168),
             check_policies=dict(type="bool", default=True),
             title=dict(type="str", default="tokentrust fleet report"),
         ),
@@ -208,7 +214,8 @@ def main():
     previous = read_text(json_path)
     try:
         report = build_report(hosts, ca_set, settings={k: p[k] for k in (
-            "expiry_warning_days", "expiry_critical_days", "token_required", "check_policies", "title")})
+            "expiry_warning_days", "expiry_critical_days", "token_required", "token_max_age_hours", "check_policies",
+            "title")})
         # Same findings as the report on disk: keep its time stamp, so that an unchanged fleet changes nothing.
         same = same_as_previous(report, previous)
         if same is not None:

@@ -19,6 +19,9 @@ description:
     the token says final try, unless O(allow_final_try=true), nor when locked. Three wrong PUKs block the key
     for good: a PUK at its final try deserves the same care as the last PIN attempt."
   - Each secret is presented at most once per run; none is returned or logged.
+  - The guard holds the same per-token lock as M(pkcs11_token_login) (keyed by the token's serial, across
+    processes) from reading the counters to the end of the change or unblock, so parallel runs never present a
+    PIN or PUK that one run alone would not.
   - This is an action, not a state. A second run with the same current PIN is a wrong PIN (it has changed),
     which the guard limits to one attempt; run it once per key.
 author:

@@ -23,6 +23,17 @@ description:
   - Performs a real TLS handshake with client-certificate authentication to O(url) with the key on the
     token, through NSS's libssl3 and NSPR sockets, and returns the HTTP status and the start of the page, and
     whether the page shows the holder's name.
+  - B(The login passes only when) the PIN was accepted, the chosen certificate is valid and chains to the CA set,
+    the server B(asked for a client certificate), the token's certificate B(was sent and accepted) (the
+    handshake completed with it) and the page answered HTTP 200. A server that never asks for a client
+    certificate is the failure C(no_client_auth), since such a login proves nothing about the key. A page that says the
+    certificate is not valid ("n'est pas valide") is a problem.
+  - Every input (URL scheme and host, certificate selector, timeouts) is checked B(before the key is touched),
+    so a bad input presents no PIN.
+  - The PIN guard holds an exclusive lock per token (keyed by the token's serial; C(fcntl.flock) on a file in
+    C(/run/tokentrust) for root, else a private temporary directory) from reading the PIN counter to the end of
+    the login, so parallel runs (several hosts sharing one key, two playbooks at once) never present a PIN that
+    one run alone would not. With O(run_id), a run whose PIN this token already refused does not present it again.
   - The server is verified against NSS's built-in roots (O(builtin_roots)), the CAs in O(server_ca), and the CAs
     of O(ca_set) whose C(nss_trust) trusts them for TLS servers (as the C(ca_certificates) role gives roots to
     Firefox, C(C,,)), host name included; so the page is trusted exactly as the provisioned browser trusts it.
@@ -32,12 +43,13 @@ author:
   - tokentrust contributors
 requirements:
   - NSS (libnss3, libssl3, libnspr4) on the host
-  - cryptography >= 41
+  - cffi and cryptography >= 38 (Debian 12's python3-cryptography) on the host's Python
 options:
   module:
     description:
       - Path of the PKCS#11 library of the token middleware on the host.
-      - Default by OS, Linux C(/usr/lib/pkcs11/libgclib.so), macOS
+      - Default by OS, from the one per-OS table (C(module_utils/tokentrust_libraries.py)), Linux
+        C(/usr/lib/pkcs11/libgclib.so), macOS
         C(/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11ClassicClient/libgclib.dylib).
     type: path
   token_label:
@@ -80,9 +92,11 @@ options:
     default: true
   certificate:
     description:
-      - Which certificate of the token to log in with, by SHA-256 fingerprint, label or holder name. Default, the
-        usable certificate (valid, client authentication, in the CA set) with the most days left. A chosen
-        certificate that is not usable is tried anyway, with a warning.
+      - Which certificate of the token to log in with, by SHA-256 fingerprint (64 hex digits, colons allowed),
+        label or holder name, matched B(exactly) (no substring). Several matching certificates are the error
+        C(certificate_ambiguous) (choose by SHA-256), none is C(certificate_not_found); both are found before
+        the PIN is presented. Default, the usable certificate (valid, client authentication, in the CA set) with
+        the most days left. A chosen certificate that is not usable is tried anyway, with a warning.
     type: str
   timeout:
     description: Seconds for the TCP connection, the TLS handshake and each read.
@@ -100,6 +114,12 @@ options:
     description: Highest TLS version offered (default, what NSS supports).
     type: str
     choices: ['1.2', '1.3']
+  run_id:
+    description:
+      - An identifier of the playbook run (the C(token_verify) role passes one per play). When this run already
+        had its PIN refused by the same token (hosts sharing one key), the PIN is not presented again (error
+        C(wrong_pin_this_run)).
+    type: str
   fail_on_error:
     description:
       - Fail the task when the login, a certificate check or the test page fails. With V(false) the module always
@@ -138,7 +158,13 @@ EXAMPLES = r"""
     ca_set: "{{ tokentrust_ca_set }}"
     url: https://127.0.0.1:8443/
     server_ca: [/var/lib/tokentrust-lab/testpage/tls-ca.pem]
-    fail_on_error: false
+    run_id:
+    description:
+      - An identifier of the playbook run (the C(token_verify) role passes one per play). When this run already
+        had its PIN refused by the same token (hosts sharing one key), the PIN is not presented again (error
+        C(wrong_pin_this_run)).
+    type: str
+  fail_on_error: false
   register: login
 """
 
@@ -150,7 +176,9 @@ ok:
 error:
   description: What stopped the test (kind, message, nss_error). C(kind) is one of module_missing, module_load,
     no_token, several_tokens, token_not_found, pin_locked, pin_final_try, wrong_pin, login, ca_set, url, resolve,
-    connect, timeout, server_untrusted, client_cert_rejected, client_cert_required, handshake, http, nss.
+    connect, timeout, server_untrusted, client_cert_rejected, client_cert_required, handshake, http, nss,
+    no_client_auth (the server did not ask for a client certificate), client_cert_not_sent, page_status (not
+    HTTP 200), certificate_ambiguous, certificate_not_found, input, lock, wrong_pin_this_run.
   returned: always
   type: dict
   sample: {"kind": "pin_final_try", "message": "the token 'CERTEUROPE LAB' says the next wrong PIN locks it..."}
@@ -204,9 +232,32 @@ days_left:
   description: Days before the login certificate expires.
   returned: always
   type: int
+checked_at:
+  description: When the test ran (UTC, ISO 8601).
+  returned: always
+  type: str
+  sample: "2026-11-26T02:30:00Z"
+url:
+  description: The test page (null when the TLS step was skipped).
+  returned: always
+  type: str
+client_cert_requested:
+  description: Whether the server asked for a client certificate (null when no handshake was made).
+  returned: always
+  type: bool
+client_cert_sent:
+  description: SHA-256 of the client certificate sent from the token (null when none was sent).
+  returned: always
+  type: str
+client_cert_accepted:
+  description: True when the handshake completed with the token's certificate and the page answered 200; false
+    when the server refused it; null when not tried.
+  returned: always
+  type: bool
 tls:
-  description: The TLS login (url, status, reason, content_type, body_start, tls_version, cipher_suite,
-    client_cert_requested, client_cert_sent, server_certificate, page with holder_found, says_valid, expiry).
+  description: The TLS login (url, status, reason, content_type, body_start, http_framing, tls_version,
+    cipher_suite, client_cert_requested, client_cert_sent, client_cert_accepted, server_certificate, page with
+    holder_found, says_valid, says_not_valid, expiry).
   returned: when the handshake was made
   type: dict
 """
@@ -256,6 +307,7 @@ def main():
             body_bytes=dict(type="int", default=1024),
             min_days_left=dict(type="int", default=30),
             tls_max_version=dict(type="str", choices=["1.2", "1.3"]),
+            run_id=dict(type="str"),
             fail_on_error=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
@@ -275,7 +327,7 @@ def main():
             server_ca_pems=_server_cas(module, p["server_ca"]), builtin_roots=p["builtin_roots"],
             allow_final_try=p["allow_final_try"], certificate=p["certificate"], tls=bool(p["url"]),
             timeout=p["timeout"], body_bytes=p["body_bytes"], min_days_left=p["min_days_left"],
-            check_mode=module.check_mode, tls_max=p["tls_max_version"],
+            check_mode=module.check_mode, tls_max=p["tls_max_version"], run_id=p["run_id"],
         )
     except Exception as exc:  # noqa: BLE001 - an unexpected bug must still name itself
         module.fail_json(msg="pkcs11_token_login: unexpected error: %s" % exc, exception=traceback.format_exc())

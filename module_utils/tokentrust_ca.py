@@ -282,7 +282,12 @@ def verify_signature(cert, issuer_public_key) -> None:
     """
     sig, tbs = cert.signature, cert.tbs_certificate_bytes
     algo = cert.signature_hash_algorithm
-    params = cert.signature_algorithm_parameters
+    try:
+        params = cert.signature_algorithm_parameters
+    except AttributeError:  # cryptography < 41 (Debian 12's python3-cryptography is 38): PKCS#1 v1.5 / ECDSA
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        params = ec.ECDSA(algo) if isinstance(issuer_public_key, ec.EllipticCurvePublicKey) else padding.PKCS1v15()
     if isinstance(issuer_public_key, rsa.RSAPublicKey):
         issuer_public_key.verify(sig, tbs, params, algo)
     elif isinstance(issuer_public_key, ec.EllipticCurvePublicKey):

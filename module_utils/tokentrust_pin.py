@@ -96,3 +96,122 @@ def scrub_all(obj, secrets):
     if isinstance(obj, (list, tuple)):
         return [scrub_all(v, secrets) for v in obj]
     return scrub(obj, secrets)
+
+
+# ---------------------------------------------------------------------------------------------- the per-token lock
+LOCK_DIR = "/run/tokentrust"
+
+
+def _lock_dir():
+    """A directory only we can write: /run/tokentrust for root, else <tmp>/tokentrust-<uid> (mode 0700, ours)."""
+    import os
+    import tempfile
+
+    uid = os.geteuid()
+    candidates = ([LOCK_DIR] if uid == 0 else []) + [os.path.join(tempfile.gettempdir(), "tokentrust-%d" % uid)]
+    problems = []
+    for d in candidates:
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            st = os.lstat(d)
+        except OSError as exc:
+            problems.append("%s: %s" % (d, exc.strerror))
+            continue
+        import stat
+
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
+            problems.append("%s is not a directory owned by uid %d and writable only by it" % (d, uid))
+            continue
+        return d
+    raise OSError("no safe directory for the token lock (%s)" % "; ".join(problems))
+
+
+def lock_path(token_info):
+    """The lock file of one token: keyed by manufacturer, model and serial (the label can be changed)."""
+    import hashlib
+    import os
+
+    key = "\0".join(str(token_info.get(k) or "") for k in ("manufacturer", "model", "serial"))
+    if not (token_info.get("serial") or "").strip():
+        key += "\0" + str(token_info.get("label") or "")  # no serial: the label is all we have
+    return os.path.join(_lock_dir(), "token-%s.lock" % hashlib.sha256(key.encode("utf-8")).hexdigest()[:32])
+
+
+def library_lock_info(library):
+    """The lock key of a PKCS#11 library (its real path): runs through the same library are serialised from
+    loading it to the end, since a middleware (SoftHSM2's file store, a card reader) may show no token to one process
+    while another one logs in."""
+    import os
+
+    return {"manufacturer": "pkcs11-library", "serial": os.path.realpath(library or "")}
+
+
+class TokenLock:
+    """Exclusive cross-process lock on one token (fcntl.flock on a file in a root-only / user-only directory), held
+    from reading the PIN counter to the end of the login, so that no interleaving of runs presents a PIN that a
+    single run would not. ``record`` is a small JSON state kept in the file (the last wrong PIN per run id)."""
+
+    def __init__(self, token_info, timeout=120.0):
+        self.path = lock_path(token_info)
+        self.timeout = timeout
+        self._fd = None
+        self.waited = 0.0
+
+    def __enter__(self):
+        import errno
+        import fcntl
+        import os
+        import time
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        t0 = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                if time.monotonic() - t0 > self.timeout:
+                    os.close(fd)
+                    raise TimeoutError("another run has held the lock of this token for more than %ds (%s)"
+                                       % (self.timeout, self.path)) from None
+                time.sleep(0.05)
+        self.waited = time.monotonic() - t0
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+        return False
+
+    def read(self):
+        import json
+        import os
+
+        os.lseek(self._fd, 0, 0)
+        data = b""
+        while True:
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+        try:
+            out = json.loads(data.decode("utf-8")) if data.strip() else {}
+        except ValueError:
+            out = {}
+        return out if isinstance(out, dict) else {}
+
+    def write(self, record):
+        import json
+        import os
+
+        data = json.dumps(record, sort_keys=True).encode("utf-8")
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, 0)
+        os.write(self._fd, data)

@@ -50,17 +50,11 @@ class quiet_stdout:  # noqa: N801 - used as a context manager
         return False
 
 
-# Gemalto/Thales Classic Client's PKCS#11 library per OS (platform.system()).
-DEFAULT_LIBRARY = {
-    "Linux": "/usr/lib/pkcs11/libgclib.so",
-    "Darwin": "/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Libraries/libgclib.dylib",
-}
-
-
+# Gemalto/Thales Classic Client's PKCS#11 library per OS: the one table (module_utils/tokentrust_libraries.py).
 def default_library():
-    import platform
+    from ansible.module_utils.tokentrust_libraries import default_library as _default
 
-    return DEFAULT_LIBRARY.get(platform.system(), DEFAULT_LIBRARY["Linux"])
+    return _default() or _default("Linux")
 
 
 def missing_library_message(library):

@@ -36,11 +36,13 @@ FORMAT = "tokentrust-fleet-report/1"
 FAILED, WARNING, OK, INFO = "failed", "warning", "ok", "info"
 RANK = {FAILED: 0, WARNING: 1, OK: 2, INFO: 3}
 NOT_RUN = "not run"
+UNKNOWN = "unknown"  # a test login said ok, but too long ago (or without a time): not counted as ok
 
 DEFAULT_SETTINGS = {
     "expiry_warning_days": 90,   # amber below this many days left
     "expiry_critical_days": 30,  # red below this many days left (and when expired)
     "token_required": False,     # a host without a test-login result is amber (else only "not run")
+    "token_max_age_hours": 168,  # an "ok" test login older than this (or without checked_at) is "unknown", amber
     "check_policies": True,      # Linux/macOS: policies.json must hold our entries
     "title": "tokentrust fleet report",
 }
@@ -116,11 +118,14 @@ def settings_with_defaults(settings):
     for k, v in (settings or {}).items():
         if v is not None:
             out[k] = v
-    for k in ("expiry_warning_days", "expiry_critical_days"):
+    for k in ("expiry_warning_days", "expiry_critical_days", "token_max_age_hours"):
         try:
             out[k] = int(out[k])
         except (TypeError, ValueError) as exc:
-            raise ReportError("%s must be a whole number of days, got %r" % (k, out[k])) from exc
+            raise ReportError("%s must be a whole number of %s, got %r"
+                              % (k, "hours" if k.endswith("hours") else "days", out[k])) from exc
+    if out["token_max_age_hours"] <= 0:
+        raise ReportError("token_max_age_hours must be at least 1, got %d" % out["token_max_age_hours"])
     if out["expiry_critical_days"] > out["expiry_warning_days"]:
         raise ReportError("expiry_critical_days (%d) must not exceed expiry_warning_days (%d)"
                           % (out["expiry_critical_days"], out["expiry_warning_days"]))
@@ -155,7 +160,9 @@ def normalise_token(data, settings, now):
     """The test-login result in one shape: status ok / failed / "not run", holder, certificates, error."""
     if not data:
         return {"status": NOT_RUN, "holder": None, "http_status": None, "error": None, "url": None,
-                "checked_at": None, "certificates": [], "problems": []}
+                "checked_at": None, "age_hours": None, "stale": None, "certificates": [], "problems": [],
+                "client_cert_requested": None, "client_cert_sent": None, "client_cert_accepted": None,
+                "login_certificate": None}
     if not isinstance(data, dict):
         raise ReportError("the token report must be a JSON object, got %s" % type(data).__name__)
     status = data.get("status")
@@ -178,9 +185,27 @@ def normalise_token(data, settings, now):
         certs.append({"holder": c.get("holder") or c.get("subject") or c.get("nickname") or "certificate",
                       "issuer": c.get("issuer") or "", "not_after": c.get("not_after") or "",
                       "sha256": _fp(c.get("sha256")), "days_left": d, "level": expiry_level(d, settings)})
+    # staleness: an "ok" is only as good as its time; none, or older than token_max_age_hours, is "unknown"
+    checked = parse_time(data.get("checked_at"))
+    age = round((now - checked).total_seconds() / 3600.0, 1) if checked else None
+    stale = None
+    if checked is None:
+        stale = "the result has no check time (checked_at)"
+    elif age > settings["token_max_age_hours"]:
+        stale = "checked %s, %d hours ago (more than %d)" % (data.get("checked_at"), int(age),
+                                                            settings["token_max_age_hours"])
+    if status == OK and stale:
+        status = UNKNOWN
+    if status == OK and data.get("client_cert_requested") is False:
+        status, err = FAILED, err or "the server did not ask for a client certificate: the key was not used"
+    cert = data.get("login_certificate") if isinstance(data.get("login_certificate"), dict) else None
     return {"status": status, "holder": data.get("holder"), "http_status": http_status,
-            "error": err, "url": data.get("url"), "checked_at": data.get("checked_at"),
-            "certificates": certs, "problems": list(data.get("problems") or [])}
+            "error": err, "url": data.get("url"), "checked_at": data.get("checked_at"), "age_hours": age,
+            "stale": stale, "certificates": certs, "problems": list(data.get("problems") or []),
+            "client_cert_requested": data.get("client_cert_requested"),
+            "client_cert_sent": data.get("client_cert_sent"), "client_cert_accepted": data.get("client_cert_accepted"),
+            "login_certificate": {k: cert.get(k) for k in ("holder", "issuer", "serial", "not_after", "sha256")}
+            if cert else None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +404,9 @@ def build_host(name, raw, cas, token, settings, now):
         reasons.append(_reason(FAILED, "test login failed: %s" % why, "token"))
     elif tok["status"] == NOT_RUN:
         reasons.append(_reason(WARNING if settings["token_required"] else INFO, "test login not run", "token"))
+    elif tok["status"] == UNKNOWN:
+        reasons.append(_reason(WARNING, "test login result unknown: it said ok, but %s; run playbooks/verify.yml "
+                               "again" % tok["stale"], "token"))
     elif tok["http_status"] not in (None, 200):
         reasons.append(_reason(WARNING, "test login: the test page answered HTTP %s" % tok["http_status"], "token"))
     # expiry: the CA set (trust breaks on every host) and the certificates on this host's token
@@ -435,6 +463,7 @@ def build_report(hosts, ca_set, settings=None, now=None, generated=None):
         "profiles": sum(m["counts"]["profiles"] for m in models),
         "profiles_ok": sum(m["counts"]["profiles_ok"] for m in models),
         "token_ok": tokens.count(OK), "token_failed": tokens.count(FAILED), "token_not_run": tokens.count(NOT_RUN),
+        "token_unknown": tokens.count(UNKNOWN),
         "windows_hosts": sum(1 for m in models if m["platform"] == "windows"),
         "cas": len(cas),
         "next_expiry_days": min([e["days_left"] for e in timeline(cas, models) if e["days_left"] is not None],
@@ -445,7 +474,7 @@ def build_report(hosts, ca_set, settings=None, now=None, generated=None):
         "title": settings["title"],
         "generated": generated or now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "settings": {k: settings[k] for k in ("expiry_warning_days", "expiry_critical_days", "token_required",
-                                              "check_policies")},
+                                              "token_max_age_hours", "check_policies")},
         "summary": summary,
         "ca_set": cas,
         "hosts": models,
@@ -573,9 +602,11 @@ def _host_row(m):
             tok_html += ' <span class="muted">HTTP %s</span>' % _E(str(tok["http_status"]))
     elif tok["status"] == FAILED:
         tok_html = _badge(FAILED, "failed") + " " + _E(tok["error"] or "")
+    elif tok["status"] == UNKNOWN:
+        tok_html = _badge(WARNING, "unknown") + " " + _E("ok, but %s" % tok["stale"])
     else:
         tok_html = _badge(NOT_RUN, "not run")
-    cells.append('<td data-sort="%d">%s</td>' % ({FAILED: 0, NOT_RUN: 1, OK: 2}[tok["status"]], tok_html))
+    cells.append('<td data-sort="%d">%s</td>' % ({FAILED: 0, UNKNOWN: 1, NOT_RUN: 1, OK: 2}[tok["status"]], tok_html))
     nx = m["next_expiry_days"]
     nx_level = worst([e["level"] for e in m["expiry"]]) if m["expiry"] else OK
     cells.append('<td class="num" data-sort="%s" style="color:%s">%s</td>'
@@ -689,8 +720,9 @@ def render_html(report, now=None):
                                                                               WARNING),
              ("failed", s[FAILED], "need action", FAILED),
              ("profiles", "%d/%d" % (s["profiles_ok"], s["profiles"]), "profiles compliant", ""),
-             ("token", "%d/%d" % (s["token_ok"], s["hosts"]), "test logins ok (%d failed, %d not run)"
-              % (s["token_failed"], s["token_not_run"]), FAILED if s["token_failed"] else ""),
+             ("token", "%d/%d" % (s["token_ok"], s["hosts"]), "test logins ok (%d failed, %d not run, %d unknown)"
+              % (s["token_failed"], s["token_not_run"], s.get("token_unknown", 0)),
+              FAILED if s["token_failed"] else ""),
              ("expiry", "n/a" if s["next_expiry_days"] is None else "%d d" % s["next_expiry_days"],
               "until the next expiry", expiry_level(s["next_expiry_days"], settings)
               if s["next_expiry_days"] is not None else "")]

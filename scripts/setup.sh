@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(libnss3 libnss3-tools firefox-esr softhsm2 opensc openssl gcc libc6-dev python3-venv
-              publicsuffix libkrb5-dev)  # IE zones planner (registrable domains); pywinrm[kerberos] builds on krb5
+              publicsuffix libkrb5-dev    # IE zones planner (registrable domains); pywinrm[kerberos] builds on krb5
+              python3-cffi python3-cryptography)  # the target side on the system Python (token test login)
 STAMP_DIR=.stamps
 VENV=.venv
 

@@ -18,8 +18,10 @@
  *                 PIN_GUARD_MAX_SO_TRIES
  *   config file   $PIN_GUARD_CONF, else "pin_guard.conf" next to this library:
  *                 module = ..., state = ..., softhsm2_conf = ..., max_user_tries = N,
- *                 max_so_tries = N (softhsm2_conf is exported as SOFTHSM2_CONF so a copy
- *                 of this library bound to one lab token needs no environment at all).
+ *                 max_so_tries = N, delay_ms = N (softhsm2_conf is exported as SOFTHSM2_CONF so a
+ *                 copy of this library bound to one lab token needs no environment at all).
+ *   delay_ms      a slow token: C_GetTokenInfo, C_Login and C_SetPIN wait this long before answering (tests
+ *                 of concurrent runs; PIN_GUARD_DELAY_MS in the environment too).
  *
  * This is test equipment, not a security boundary: whoever can write the state file can
  * reset the counters.
@@ -37,6 +39,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pkcs11_min.h"
@@ -55,6 +58,7 @@ static char pg_state[PATH_MAX];
 static char pg_softhsm_conf[PATH_MAX];
 static unsigned long pg_max_user = 3;
 static unsigned long pg_max_so = 3;
+static unsigned long pg_delay_ms = 0;
 
 struct pg_entry {
     char serial[PG_SERIAL_LEN + 1];
@@ -121,6 +125,8 @@ static void pg_read_conf(const char *path)
             pg_max_user = pg_tries(val, pg_max_user);
         else if (!strcmp(key, "max_so_tries"))
             pg_max_so = pg_tries(val, pg_max_so);
+        else if (!strcmp(key, "delay_ms"))
+            pg_delay_ms = strtoul(val, NULL, 10) % 60000;
     }
     fclose(f);
 }
@@ -159,6 +165,8 @@ static void pg_configure(void)
         pg_max_user = pg_tries(v, pg_max_user);
     if ((v = getenv("PIN_GUARD_MAX_SO_TRIES")) && *v)
         pg_max_so = pg_tries(v, pg_max_so);
+    if ((v = getenv("PIN_GUARD_DELAY_MS")) && *v)
+        pg_delay_ms = strtoul(v, NULL, 10) % 60000;
 
     if ((v = getenv("PIN_GUARD_CONF")) && *v) {
         pg_copy(conf, v);
@@ -447,6 +455,17 @@ static CK_RV pg_GetSlotList(CK_BBOOL present, CK_SLOT_ID *list, CK_ULONG *count)
     return rv;
 }
 
+static void pg_slow(void)
+{
+    struct timespec ts;
+    if (!pg_delay_ms)
+        return;
+    ts.tv_sec = (time_t)(pg_delay_ms / 1000);
+    ts.tv_nsec = (long)(pg_delay_ms % 1000) * 1000000L;
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
 static CK_RV pg_Login(CK_SESSION_HANDLE h, CK_USER_TYPE who, CK_UTF8CHAR *pin, CK_ULONG len)
 {
     char serial[PG_SERIAL_LEN + 1];
@@ -454,6 +473,8 @@ static CK_RV pg_Login(CK_SESSION_HANDLE h, CK_USER_TYPE who, CK_UTF8CHAR *pin, C
     unsigned long *fail, max;
     int dirty;
     CK_RV rv;
+
+    pg_slow();
 
     if (who != CKU_SO && who != CKU_USER && who != CKU_CONTEXT_SPECIFIC)
         return pg_real->C_Login(h, who, pin, len);
@@ -499,6 +520,7 @@ static CK_RV pg_SetPIN(CK_SESSION_HANDLE h, CK_UTF8CHAR *old, CK_ULONG oldlen, C
     int so, dirty;
     CK_RV rv;
 
+    pg_slow();
     if ((rv = pg_session(h, serial, &state)) != CKR_OK)
         return rv;
     if ((rv = pg_begin(&t, serial)) != CKR_OK)
@@ -551,8 +573,10 @@ static CK_RV pg_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO *info)
 {
     char serial[PG_SERIAL_LEN + 1];
     struct pg_txn t;
-    CK_RV rv = pg_real->C_GetTokenInfo(slot, info);
+    CK_RV rv;
 
+    pg_slow();
+    rv = pg_real->C_GetTokenInfo(slot, info);
     if (rv != CKR_OK || !info)
         return rv;
     pg_serial_of_info(info, slot, serial);

@@ -21,7 +21,12 @@ from ansible.module_utils.tokentrust_nss.database import (  # noqa: F401
     split_dbspec,
     token_flags,
 )
-from ansible.module_utils.tokentrust_nss.errors import DatabaseLockedError, LegacyDatabaseError, NSSError  # noqa: F401
+from ansible.module_utils.tokentrust_nss.errors import (  # noqa: F401
+    DatabaseLockedError,
+    LegacyDatabaseError,
+    NSSError,
+    NSSMissingError,
+)
 
 
 def nss_version():

@@ -330,10 +330,15 @@ class _Libs:
                     self._preload_siblings(path)
                 self._loaded[short] = ffi.dlopen(path)
             except OSError as exc:
-                raise ImportError(
+                # the package's own error type (an NSSError), so every module's NSS error handling applies and the
+                # user reads this message, not a traceback
+                from ansible.module_utils.tokentrust_nss.errors import NSSMissingError
+
+                raise NSSMissingError(
+                    "load NSS", None, None, "NSS_NOT_FOUND",
                     "cannot load %s (%s): install NSS (Debian/Ubuntu: apt-get install libnss3; "
                     "RHEL: dnf install nss; macOS: brew install nss) or set TOKENTRUST_NSS_LIBDIR" % (path, exc)
-                ) from exc
+                ) from None
         return self._loaded[short]
 
     def paths(self):

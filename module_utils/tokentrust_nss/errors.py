@@ -53,6 +53,10 @@ class KindError(Exception):
         return out
 
 
+class NSSMissingError(NSSError):
+    """NSS (libnss3 and friends) cannot be loaded on this host: the message says what to install."""
+
+
 class LegacyDatabaseError(NSSError):
     """The directory holds only a legacy dbm database (cert8.db / secmod.db)."""
 

@@ -15,6 +15,7 @@ client_cert_rejected, client_cert_required, handshake, http.
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 from urllib.parse import urlsplit
 
@@ -60,11 +61,12 @@ def _der_of(cert):
 
 def _cert_summary(der):
     try:
+        from ansible.module_utils.tokentrust_ca import cert_dates
         from cryptography import x509
 
         c = x509.load_der_x509_certificate(der)
         return {"subject": c.subject.rfc4514_string(), "issuer": c.issuer.rfc4514_string(),
-                "not_after": c.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "not_after": cert_dates(c)[1].strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "sha256": hashlib.sha256(der).hexdigest().upper()}
     except Exception:  # noqa: BLE001 - a summary is best effort
         return {"sha256": hashlib.sha256(der).hexdigest().upper()}
@@ -85,14 +87,25 @@ def parse_url(url):
     return parts.hostname, port, path
 
 
+# "valid" wording of a test page, and the negations that turn it around ("n'est pas valide", "is not valid", ...)
+_VALID = re.compile(r"\bvalide?\b")
+_NOT_VALID = re.compile(
+    r"n['\u2019 ]?\s*est\s+(?:pas|plus)\s+valide|\bnon[\s-]+valide|\binvalide?\b|\bnot\s+(?:\w+\s+)?valid\b"
+    r"|\bisn['\u2019]t\s+valid\b|\bno\s+longer\s+valid\b|\bpas\s+valide\b|\bplus\s+valide\b")
+
+
 def analyse_page(body, holder=None):
-    """What a "TEST DE BON FONCTIONNEMENT" page says: holder found, "valid" wording, expiry date if shown."""
+    """What a "TEST DE BON FONCTIONNEMENT" page says: holder found, "valid" wording (and not negated: "n'est pas
+    valide", "not valid", "invalide" count as not valid), expiry date if shown."""
     text = re.sub(r"<[^>]+>", " ", body or "")
+    text = html.unescape(text)
     text = re.sub(r"\s+", " ", text)
     low = text.lower()
+    negated = bool(_NOT_VALID.search(low))
     out = {
         "holder_found": bool(holder) and holder.lower() in low,
-        "says_valid": bool(re.search(r"certificat (est )?valide|certificate is valid|\bvalid\b", low)),
+        "says_valid": bool(_VALID.search(low)) and not negated,
+        "says_not_valid": negated,
         "expiry": None,
     }
     m = re.search(r"expire[s]?\s+(?:le\s+|on\s+)?(\d{2}/\d{2}/\d{4}|\d{4}-\d{2}-\d{2})", low)
@@ -101,29 +114,182 @@ def analyse_page(body, holder=None):
     return out
 
 
-def _parse_http(raw):
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        head, sep, body = raw.partition(b"\n\n")
-    lines = head.decode("iso-8859-1", "replace").splitlines()
-    if not lines:
+MAX_HEAD = 64 * 1024  # status line + headers
+MAX_PAGE = 1024 * 1024  # what is read of the page for the analysis (body_start returns less)
+
+
+def _parse_head(head):
+    """(status, reason, headers) of an HTTP/1.x answer head (bytes, without the blank line)."""
+    lines = head.decode("iso-8859-1", "replace").split("\r\n")
+    if len(lines) == 1:
+        lines = lines[0].split("\n")
+    lines = [ln.rstrip("\r") for ln in lines]
+    if not lines or not lines[0]:
         raise TLSError("http", "the server closed the connection without an HTTP answer")
-    m = re.match(r"^HTTP/(\d(?:\.\d)?)\s+(\d{3})\s*(.*)$", lines[0])
+    m = re.match(r"^HTTP/(\d(?:\.\d)?)\s+(\d{3})(?:\s+(.*))?$", lines[0])
     if not m:
         raise TLSError("http", "not an HTTP answer: %r" % lines[0][:80])
     headers = {}
     for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
+        if not line:
+            continue
+        k, sep, v = line.partition(":")
+        if not sep:
+            raise TLSError("http", "malformed HTTP header line %r" % line[:80])
+        k = k.strip().lower()
+        headers[k] = (headers[k] + ", " + v.strip()) if k in headers else v.strip()
+    return int(m.group(2)), m.group(3) or "", headers
+
+
+def _decode_text(body, headers):
+    enc = headers.get("content-encoding", "").lower()
+    if enc in ("gzip", "x-gzip", "deflate"):
+        import zlib
+
+        try:
+            body = zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(body, MAX_PAGE)
+        except zlib.error as exc:
+            raise TLSError("http", "the page is %s-encoded but does not decompress: %s" % (enc, exc)) from None
     charset = "utf-8"
-    cm = re.search(r"charset=([\w-]+)", headers.get("content-type", ""), re.I)
+    cm = re.search(r"charset=\"?([\w-]+)", headers.get("content-type", ""), re.I)
     if cm:
         charset = cm.group(1)
     try:
-        text = body.decode(charset, "replace")
+        return body.decode(charset, "replace")
     except LookupError:
-        text = body.decode("utf-8", "replace")
-    return int(m.group(2)), m.group(3), headers, text
+        return body.decode("utf-8", "replace")
+
+
+class HTTPReader:
+    """An HTTP/1.1 answer read from a byte source: ``recv()`` returns the next bytes, b"" at the end of the stream.
+
+    The body is framed as RFC 9112 says: ``Transfer-Encoding: chunked`` (chunks decoded, extensions and trailers
+    skipped), else ``Content-Length`` (exactly that many bytes, then stop: the server may keep the connection open),
+    else until the server closes. 1xx answers are skipped; 204 and 304 have no body. At most ``limit`` body bytes
+    are kept (the rest is not read)."""
+
+    def __init__(self, recv, limit=MAX_PAGE):
+        self._recv = recv
+        self.limit = limit
+        self.buf = bytearray()
+        self.eof = False
+        self.truncated = False
+        self.framing = None
+
+    def _fill(self):
+        if self.eof:
+            return False
+        data = self._recv()
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def _line(self, what):
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self.buf[:i]).rstrip(b"\r")
+                del self.buf[:i + 1]
+                return line
+            if len(self.buf) > MAX_HEAD:
+                raise TLSError("http", "%s line longer than %d bytes" % (what, MAX_HEAD))
+            if not self._fill():
+                raise TLSError("http", "the server closed the connection in the middle of the %s" % what)
+
+    def _exact(self, n, what):
+        while len(self.buf) < n:
+            if not self._fill():
+                raise TLSError("http", "the server closed the connection in the middle of the %s (%d of %d bytes)"
+                               % (what, len(self.buf), n))
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def _head(self):
+        while True:
+            for sep in (b"\r\n\r\n", b"\n\n"):
+                i = self.buf.find(sep)
+                if i >= 0:
+                    head = bytes(self.buf[:i])
+                    del self.buf[:i + len(sep)]
+                    return head
+            if len(self.buf) > MAX_HEAD:
+                raise TLSError("http", "HTTP answer head longer than %d bytes" % MAX_HEAD)
+            if not self._fill():
+                if not self.buf:
+                    raise TLSError("http", "the server closed the connection without an HTTP answer")
+                raise TLSError("http", "the server closed the connection in the middle of the HTTP headers")
+
+    def read(self):
+        """(status, reason, headers, body bytes)."""
+        while True:
+            status, reason, headers = _parse_head(self._head())
+            if 100 <= status < 200 and status != 101:
+                continue  # 100 Continue, 103 Early Hints: the real answer follows
+            break
+        te = [t.strip().lower() for t in headers.get("transfer-encoding", "").split(",") if t.strip()]
+        if status in (204, 304) or 100 <= status < 200:
+            self.framing = "none"
+            return status, reason, headers, b""
+        if te:
+            if te[-1] != "chunked":
+                self.framing = "close"
+                return status, reason, headers, self._until_close()
+            self.framing = "chunked"
+            return status, reason, headers, self._chunked()
+        if "content-length" in headers:
+            values = {v.strip() for v in headers["content-length"].split(",")}
+            if len(values) != 1 or not next(iter(values)).isdigit():
+                raise TLSError("http", "bad Content-Length %r" % headers["content-length"])
+            self.framing = "content-length"
+            n = int(values.pop())
+            if n > self.limit:
+                self.truncated = True
+                while len(self.buf) < self.limit and self._fill():
+                    pass
+                out = bytes(self.buf[:self.limit])
+                return status, reason, headers, out
+            return status, reason, headers, self._exact(n, "page")
+        self.framing = "close"
+        return status, reason, headers, self._until_close()
+
+    def _until_close(self):
+        while len(self.buf) < self.limit and self._fill():
+            pass
+        if len(self.buf) >= self.limit:
+            self.truncated = True
+        return bytes(self.buf[:self.limit])
+
+    def _chunked(self):
+        body = bytearray()
+        while True:
+            line = self._line("chunk size")
+            size_txt = line.split(b";", 1)[0].strip()
+            if not size_txt or not re.match(rb"^[0-9A-Fa-f]+$", size_txt):
+                raise TLSError("http", "malformed chunk size %r in a chunked answer" % line[:40])
+            size = int(size_txt, 16)
+            if size == 0:
+                while self._line("trailer"):  # trailers, up to the blank line
+                    pass
+                return bytes(body)
+            if len(body) + size > self.limit:
+                self.truncated = True
+                keep = self.limit - len(body)
+                body += self._exact(keep, "chunk") if keep else b""
+                return bytes(body)
+            body += self._exact(size, "chunk")
+            if self._line("chunk end") != b"":
+                raise TLSError("http", "a chunk of %d bytes is not followed by CRLF" % size)
+
+
+def parse_http(raw, limit=MAX_PAGE):
+    """(status, reason, headers, text) of a whole HTTP answer in `raw` (bytes): HTTPReader over a buffer."""
+    chunks = [bytes(raw)]
+    reader = HTTPReader(lambda: chunks.pop() if chunks else b"", limit)
+    status, reason, headers, body = reader.read()
+    return status, reason, headers, _decode_text(body, headers)
 
 
 class _Hooks:
@@ -181,12 +347,20 @@ def _resolve(host, port):
         lib.nspr4.PR_FreeAddrInfo(ai)
 
 
+def _ok(rv, what, where):
+    """Every SSL_* / PR_* setup call is checked: a failure here means a protection could silently not apply."""
+    if rv != 0:
+        err = last_error(what)
+        raise TLSError("handshake", "%s failed for %s: %s (%s)" % (what, where, err.name, err.text), err.name)
+
+
 def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls_max=None):
     """GET `url` over TLS with client authentication by `client_cert` (CERTCertificate* or None).
 
-    Returns url, status, reason, content_type, body_start (at most `max_body` characters), tls_version,
-    cipher_suite, client_cert_requested, client_cert_sent (SHA-256 or None), server_certificate, page
-    (analyse_page). Raises TLSError.
+    Returns url, status, reason, content_type, body_start (at most `max_body` characters), http_framing,
+    tls_version, cipher_suite, client_cert_requested, client_cert_sent (SHA-256 or None), client_cert_accepted
+    (sent, and the server answered over the authenticated connection), server_certificate, page (analyse_page).
+    Raises TLSError.
     """
     host, port, path = parse_url(url)
     interval = lib.nspr4.PR_SecondsToInterval(int(timeout))
@@ -206,15 +380,14 @@ def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls
     try:
         for opt, val in ((SSL_SECURITY, 1), (SSL_HANDSHAKE_AS_CLIENT, 1), (SSL_NO_CACHE, 1),
                          (SSL_ENABLE_SESSION_TICKETS, 0)):
-            if lib.ssl3.SSL_OptionSet(fd, opt, val) != 0:
-                err = last_error("SSL_OptionSet")
-                raise TLSError("handshake", "cannot set TLS option %d: %s" % (opt, err.name), err.name)
+            _ok(lib.ssl3.SSL_OptionSet(fd, opt, val), "SSL_OptionSet(%d)" % opt, where)
         if tls_max:
             vr = ffi.new("SSLVersionRange *", {"min": 0x0303, "max": VERSION_NUMBERS[tls_max]})
-            lib.ssl3.SSL_VersionRangeSet(fd, vr)
-        lib.ssl3.SSL_SetURL(fd, host.encode("idna"))
-        lib.ssl3.SSL_GetClientAuthDataHook(fd, hooks.client_cb, ffi.NULL)
-        lib.ssl3.SSL_AuthCertificateHook(fd, hooks.auth_cb, ffi.NULL)
+            _ok(lib.ssl3.SSL_VersionRangeSet(fd, vr), "SSL_VersionRangeSet", where)
+        # the host name the server certificate must carry: without it NSS would not check the name at all
+        _ok(lib.ssl3.SSL_SetURL(fd, host.encode("idna")), "SSL_SetURL (server host name check)", where)
+        _ok(lib.ssl3.SSL_GetClientAuthDataHook(fd, hooks.client_cb, ffi.NULL), "SSL_GetClientAuthDataHook", where)
+        _ok(lib.ssl3.SSL_AuthCertificateHook(fd, hooks.auth_cb, ffi.NULL), "SSL_AuthCertificateHook", where)
 
         if lib.nspr4.PR_Connect(fd, addr, interval) != 0:
             err = last_error("connect")
@@ -224,38 +397,47 @@ def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls
             raise _handshake_error(last_error("TLS handshake"), hooks, where)
 
         info = ffi.new("SSLChannelInfo *")
-        lib.ssl3.SSL_GetChannelInfo(fd, info, ffi.sizeof("SSLChannelInfo"))
+        _ok(lib.ssl3.SSL_GetChannelInfo(fd, info, ffi.sizeof("SSLChannelInfo")), "SSL_GetChannelInfo", where)
         request = ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tokentrust-token-login/1\r\nAccept: text/html,*/*\r\n"
-                   "Connection: close\r\n\r\n" % (path, host if port == 443 else where)).encode()
+                   "Accept-Encoding: identity\r\nConnection: close\r\n\r\n"
+                   % (path, host if port == 443 else where)).encode()
         sent = lib.nspr4.PR_Send(fd, request, len(request), 0, interval)
         if sent != len(request):
             raise _handshake_error(last_error("send"), hooks, where)
-        raw = bytearray()
         buf = ffi.new("char[]", 16384)
-        limit = max_body + 16384  # headers + the start of the page
-        while len(raw) < limit:
+        got_any = [False]
+
+        def recv():
             n = lib.nspr4.PR_Recv(fd, buf, 16384, 0, interval)
             if n == 0:
-                break
+                return b""
             if n < 0:
                 err = last_error("receive")
-                if raw and err.name in ("PR_CONNECT_RESET_ERROR", "SSL_ERROR_CLOSE_NOTIFY_ALERT"):
-                    break
+                if got_any[0] and err.name in ("PR_CONNECT_RESET_ERROR", "SSL_ERROR_CLOSE_NOTIFY_ALERT",
+                                               "PR_END_OF_FILE_ERROR"):
+                    return b""  # the server closed after its answer
                 raise _handshake_error(err, hooks, where)
-            raw += ffi.buffer(buf, n)[:]
+            got_any[0] = True
+            return ffi.buffer(buf, n)[:]
+
+        reader = HTTPReader(recv, max(MAX_PAGE, max_body * 4))
+        status, reason, headers, body = reader.read()
     finally:
         lib.nspr4.PR_Close(fd)
-    status, reason, headers, text = _parse_http(bytes(raw))
+    text = _decode_text(body, headers)
+    sent_sha = hashlib.sha256(hooks.sent_der).hexdigest().upper() if hooks.sent_der else None
     out = {
         "url": url,
         "status": status,
         "reason": reason,
         "content_type": headers.get("content-type"),
         "body_start": text[:max_body],
+        "http_framing": reader.framing,
         "tls_version": TLS_VERSIONS.get(info.protocolVersion, hex(info.protocolVersion)),
         "cipher_suite": "0x%04X" % info.cipherSuite,
         "client_cert_requested": hooks.requested,
-        "client_cert_sent": hashlib.sha256(hooks.sent_der).hexdigest().upper() if hooks.sent_der else None,
+        "client_cert_sent": sent_sha,
+        "client_cert_accepted": bool(sent_sha),  # handshake done with it and the page answered over that channel
         "server_certificate": _cert_summary(hooks.server_der) if hooks.server_der else None,
         "page": analyse_page(text, holder),
     }
@@ -265,22 +447,24 @@ def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls
 def _handshake_error(err, hooks, where):
     name = err.name
     server = _cert_summary(hooks.server_der) if hooks.server_der else None
+    facts = {"client_cert_requested": hooks.requested,
+             "client_cert_sent": hashlib.sha256(hooks.sent_der).hexdigest().upper() if hooks.sent_der else None}
     if hooks.server_error:
         return TLSError("server_untrusted", "the server %s is not trusted (%s): its certificate %s does not chain to "
                         "a trusted CA (give its CA in server_ca, or check the URL)"
                         % (where, hooks.server_error, (server or {}).get("subject", "?")), hooks.server_error,
-                        server_certificate=server)
+                        server_certificate=server, **facts)
     if hooks.key_missing:
         return TLSError("client_cert_rejected", "the private key of the client certificate was not usable on the "
-                        "token (not logged in?): no certificate could be sent", name, server_certificate=server)
+                        "token (not logged in?): no certificate could be sent", name, server_certificate=server,
+                        **facts)
     if name in CLIENT_CERT_REJECTED and hooks.sent_der is not None:
         return TLSError("client_cert_rejected", "%s refused the client certificate: %s (%s)"
-                        % (where, CLIENT_CERT_REJECTED[name], name), name, server_certificate=server,
-                        client_cert_sent=hashlib.sha256(hooks.sent_der).hexdigest().upper())
+                        % (where, CLIENT_CERT_REJECTED[name], name), name, server_certificate=server, **facts)
     if name in CLIENT_CERT_REQUIRED or (name in CLIENT_CERT_REJECTED and hooks.requested):
         return TLSError("client_cert_required", "%s requires a client certificate and none was sent (%s)"
-                        % (where, name), name, server_certificate=server)
+                        % (where, name), name, server_certificate=server, **facts)
     if name in TIMEOUTS:
-        return TLSError("timeout", "%s did not answer in time (%s)" % (where, name), name)
+        return TLSError("timeout", "%s did not answer in time (%s)" % (where, name), name, **facts)
     return TLSError("handshake", "TLS with %s failed: %s (%s)" % (where, name, err.text), name,
-                    server_certificate=server)
+                    server_certificate=server, **facts)

@@ -23,12 +23,15 @@ one TokenSession per process at a time (Ansible runs each module in its own proc
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
+import re
 import shutil
 import tempfile
 
+from ansible.module_utils.tokentrust_libraries import default_library
 from ansible.module_utils.tokentrust_nss._ffi import ffi, lib
 from ansible.module_utils.tokentrust_nss.database import (
     NSSDatabase,
@@ -41,11 +44,6 @@ from ansible.module_utils.tokentrust_nss.errors import KindError, NSSError, last
 
 UTC = datetime.timezone.utc
 
-# Gemalto / Thales Classic Client: where its PKCS#11 library lives per OS
-DEFAULT_MODULES = {
-    "Linux": "/usr/lib/pkcs11/libgclib.so",
-    "Darwin": "/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11ClassicClient/libgclib.dylib",
-}
 # NSS's built-in root CAs (to trust a public test page such as https://services.certeurope.fr/)
 BUILTIN_ROOTS = (
     "/usr/lib/x86_64-linux-gnu/libnssckbi.so",
@@ -69,8 +67,9 @@ CKF_PROTECTED_AUTHENTICATION_PATH = 0x100
 
 
 def default_module(system=None):
-    """The Gemalto Classic Client PKCS#11 library for this OS (None when we know no default)."""
-    return DEFAULT_MODULES.get(system or platform.system())
+    """The Gemalto Classic Client PKCS#11 library for this OS (None when we know no default): the one per-OS table
+    of module_utils/tokentrust_libraries.py."""
+    return default_library(system)
 
 
 def pin_state(flags, who="user"):
@@ -178,7 +177,7 @@ def _load_ca_set(ca_set):
 def check_chain(cert, cas, now=None):
     """Does `cert` chain to a root of the CA set `cas` ([(name, cert)])? Returns a dict:
     in_ca_set (bool), chain ([names], issuer first), problem (str or None)."""
-    from ansible.module_utils.tokentrust_ca import verify_signature
+    from ansible.module_utils.tokentrust_ca import cert_dates, verify_signature
 
     now = now or datetime.datetime.now(UTC)
     chain = []
@@ -202,9 +201,10 @@ def check_chain(cert, cas, now=None):
                     "problem": "a CA of the set has the issuer's name (%s) but did not sign it: forged or "
                     "re-keyed CA" % ", ".join(n for n, _ in candidates)}
         name, ca = found
-        if ca.not_valid_after_utc < now:
+        ca_after = cert_dates(ca)[1]
+        if ca_after < now:
             return {"in_ca_set": False, "chain": chain + [name],
-                    "problem": "CA %r of the chain expired on %s" % (name, ca.not_valid_after_utc.isoformat())}
+                    "problem": "CA %r of the chain expired on %s" % (name, ca_after.isoformat())}
         chain.append(name)
         if ca.subject == ca.issuer:
             return {"in_ca_set": True, "chain": chain, "problem": None}
@@ -214,13 +214,13 @@ def check_chain(cert, cas, now=None):
 
 def describe_certificate(der, cas=None, now=None):
     """What the report says about one certificate of the token (pure: cryptography only)."""
+    from ansible.module_utils.tokentrust_ca import cert_dates
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
     now = now or datetime.datetime.now(UTC)
     cert = x509.load_der_x509_certificate(der)
-    na = cert.not_valid_after_utc
-    nb = cert.not_valid_before_utc
+    nb, na = cert_dates(cert)
     ku, eku = _key_usage(cert)
     serial = "%X" % cert.serial_number
     if len(serial) % 2:
@@ -749,21 +749,65 @@ def _public_token(info):
     return {k: info[k] for k in keep if k in info} if info else None
 
 
-def _matches(desc, selector):
+_HEX64 = re.compile(r"^[0-9A-Fa-f]{64}$")
+
+
+def _selector_kind(selector):
+    """('sha256', HEX) for a SHA-256 fingerprint (64 hex digits, colons allowed), else ('name', text)."""
     s = selector.strip()
-    hexsel = s.replace(":", "").upper()
-    return (hexsel == desc["sha256"] or s == desc.get("nickname") or (desc.get("nickname") or "").endswith(":" + s)
-            or s.lower() == desc["holder"].lower() or s.lower() in (desc.get("nickname") or "").lower())
+    hexsel = s.replace(":", "").replace(" ", "")
+    if _HEX64.match(hexsel):
+        return "sha256", hexsel.upper()
+    return "name", s
+
+
+def check_selector(selector):
+    """Raise TokenError('input') for a certificate selector that can match nothing; return it stripped."""
+    if selector is None:
+        return None
+    if not isinstance(selector, str) or not selector.strip():
+        raise TokenError("input", "certificate: an empty selector; give the SHA-256 fingerprint, the label on the key "
+                         "or the holder's name, or leave it unset to use the best usable certificate")
+    s = selector.strip()
+    hexsel = s.replace(":", "")
+    if ":" in s and re.match(r"^[0-9A-Fa-f:]+$", s) and len(hexsel) != 64:
+        raise TokenError("input", "certificate: %r looks like a fingerprint but has %d hex digits; a SHA-256 "
+                         "fingerprint has 64" % (s, len(hexsel)))
+    return s
+
+
+def _matches(desc, selector):
+    """Exact match only: the whole SHA-256, the whole label (with or without the token name), the whole holder."""
+    kind, s = _selector_kind(selector)
+    if kind == "sha256":
+        return s == desc["sha256"]
+    nick = desc.get("nickname") or ""
+    return s == nick or nick.endswith(":" + s) or s.casefold() == (desc.get("holder") or "").casefold()
+
+
+def select_certificate(descs, selector):
+    """Index of the one certificate `selector` names; TokenError certificate_not_found / certificate_ambiguous."""
+    found = [i for i, d in enumerate(descs) if _matches(d, selector)]
+    distinct = {descs[i]["sha256"]: i for i in found}
+    if not distinct:
+        raise TokenError("certificate_not_found", "no certificate on the key matches %r exactly (SHA-256, label or "
+                         "holder); on the key: %s" % (selector, "; ".join(
+                             "%s, label %r, SHA-256 %s" % (d["holder"], d.get("nickname"), d["sha256"])
+                             for d in descs) or "none"))
+    if len(distinct) > 1:
+        raise TokenError("certificate_ambiguous", "%d certificates on the key match %r: %s. Choose one by its "
+                         "SHA-256 fingerprint" % (len(distinct), selector, "; ".join(
+                             "%s (issuer %s, expires %s), SHA-256 %s" % (descs[i]["holder"], descs[i]["issuer"],
+                                                                          descs[i]["not_after"], descs[i]["sha256"])
+                             for i in distinct.values())), candidates=sorted(distinct))
+    return next(iter(distinct.values()))
 
 
 def choose_certificate(descs, selector=None):
-    """(index, warning) of the certificate to log in with: `selector` (SHA-256, label, holder) or the usable one
-    with the most days left. (None, reason) when there is none."""
+    """(index, warning) of the certificate to log in with: `selector` (exact SHA-256, label or holder; several
+    matches raise certificate_ambiguous) or the usable one with the most days left. (None, reason) when none."""
     if selector:
-        found = [i for i, d in enumerate(descs) if _matches(d, selector)]
-        if not found:
-            return None, "no certificate with a key on the token matches %r" % selector
-        i = found[0]
+        i = select_certificate(descs, selector)
         why = usable_for_login(descs[i])
         return i, ("the chosen certificate %s is not usable (%s): trying it anyway" % (descs[i]["holder"], why)
                    if why else None)
@@ -776,76 +820,132 @@ def choose_certificate(descs, selector=None):
     return max(usable, key=lambda i: descs[i]["days_left"]), None
 
 
+def _locked(info, timeout=120):
+    """An entered-on-demand TokenLock whose failure to lock is TokenError('lock') (nothing presented)."""
+    from ansible.module_utils.tokentrust_pin import TokenLock
+
+    class _L(TokenLock):
+        def __enter__(self):
+            try:
+                return super().__enter__()
+            except (OSError, TimeoutError) as exc:
+                raise TokenError("lock", "cannot take the lock of %s, nothing was presented: %s"
+                                 % (info.get("label") or info.get("serial"), exc)) from None
+    return _L(info, timeout=timeout)
+
+
+def validate_inputs(url=None, tls=True, certificate=None, timeout=20, body_bytes=1024, min_days_left=30,
+                    tls_max=None):
+    """Every input of the test login checked before the key is touched (no PIN is presented on a bad input).
+    Raises TLSError('url') or TokenError('input')."""
+    from ansible.module_utils.tokentrust_nss.tls import VERSION_NUMBERS, parse_url
+
+    if tls and url:
+        parse_url(url)
+    check_selector(certificate)
+    for name, value, low in (("timeout", timeout, 1), ("body_bytes", body_bytes, 0), ("min_days_left",
+                                                                                     min_days_left, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise TokenError("input", "%s must be a whole number >= %d, got %r" % (name, low, value))
+    if timeout > 600:
+        raise TokenError("input", "timeout must be at most 600 seconds, got %d" % timeout)
+    if tls_max is not None and tls_max not in VERSION_NUMBERS:
+        raise TokenError("input", "tls_max_version must be one of %s, got %r" % (", ".join(sorted(VERSION_NUMBERS)),
+                                                                                 tls_max))
+
+
+def _now_iso():
+    return datetime.datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _tls_verdict(tls, chosen, url):
+    """The TLS step passes only when the server asked for a client certificate, ours was sent and accepted, and the
+    page answered 200. Returns None or a TokenError-like (kind, message)."""
+    if not tls["client_cert_requested"]:
+        return ("no_client_auth", "the server %s did not ask for a client certificate: the key was not used, so the "
+                "login proves nothing (wrong URL, a proxy that ends TLS, or not the CA's test page); HTTP %d"
+                % (url, tls["status"]))
+    if tls["client_cert_sent"] != chosen["sha256"]:
+        return ("client_cert_not_sent", "the server %s asked for a client certificate but %s was not sent (sent: %s)"
+                % (url, chosen["sha256"], tls["client_cert_sent"] or "none"))
+    if tls["status"] != 200:
+        return ("page_status", "the test page %s answered HTTP %d %s after the client certificate was sent: the "
+                "server did not accept it" % (url, tls["status"], tls["reason"]))
+    return None
+
+
 def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_pems=(), builtin_roots=True,
                  allow_final_try=False, certificate=None, tls=True, timeout=20, body_bytes=1024, min_days_left=30,
-                 check_mode=False, tls_max=None, now=None):
+                 check_mode=False, tls_max=None, now=None, run_id=None, lock_timeout=120):
     """The whole test login. Returns a report dict; never raises for token/TLS problems (see report['error'])
-    and never contains the PIN. report['ok'] is True only when everything passed."""
-    from ansible.module_utils.tokentrust_nss.tls import TLSError, https_get
+    and never contains the PIN. report['ok'] is True only when everything passed: the PIN accepted, the chosen
+    certificate valid and in the CA set, and (when a URL is given) a TLS handshake in which the server asked for a
+    client certificate, ours was sent and accepted, and the page answered 200.
 
-    rep = {"ok": False, "pkcs11_module": module_path, "token": None, "pin_state_before": None, "logged_in": False,
-           "pin_attempts": 0, "certificates": [], "other_certificates": 0, "login_certificate": None, "holder": None,
-           "not_after": None, "days_left": None, "tls": None, "error": None, "problems": [], "warnings": [],
-           "check_mode": bool(check_mode)}
+    Every input is checked before the key is touched; the PIN guard holds the token's cross-process lock
+    (tokentrust_pin.TokenLock) from reading the counter to the end of the login. With `run_id`, a run that already
+    saw this PIN refused by this token does not present it again (hosts sharing one key in one playbook run)."""
+    from ansible.module_utils.tokentrust_nss.tls import TLSError, https_get
+    from ansible.module_utils.tokentrust_pin import library_lock_info
+
+    rep = {"ok": False, "checked_at": _now_iso(), "pkcs11_module": module_path, "url": url if tls else None,
+           "token": None, "pin_state_before": None, "logged_in": False, "pin_attempts": 0, "certificates": [],
+           "other_certificates": 0, "login_certificate": None, "holder": None, "not_after": None, "days_left": None,
+           "client_cert_requested": None, "client_cert_sent": None, "client_cert_accepted": None,
+           "tls": None, "error": None, "problems": [], "warnings": [], "check_mode": bool(check_mode),
+           "lock_waited": None}
     try:
+        validate_inputs(url, tls, certificate, timeout, body_bytes, min_days_left, tls_max)
+        certificate = check_selector(certificate)
         cas = _load_ca_set(ca_set) if ca_set is not None else None
         # the set's own NSS trust (nss_trust, as the ca_certificates role gives it to Firefox: roots "C,,"), so the
         # test page is trusted exactly as the browser would trust it; bare PEMs: no trust (chain building only)
         pems = [(ca["pem"], ca.get("nss_trust") or ",,") if isinstance(ca, dict) else (ca, ",,")
                 for ca in (ca_set or [])]
-        with TokenSession(module_path, label, ca_pems=pems, server_ca_pems=server_ca_pems,
-                          builtin_roots=builtin_roots and tls and not check_mode) as ts:
+        liblock = _locked(library_lock_info(module_path), lock_timeout)
+        with liblock, TokenSession(module_path, label, ca_pems=pems, server_ca_pems=server_ca_pems,
+                                   builtin_roots=builtin_roots and tls and not check_mode) as ts:
             tok = ts.token
             info = tok.info()
             rep["pin_state_before"] = info["user_pin"]
             rep["token"] = _public_token(info)
-            try:
-                if check_mode:
-                    rep["warnings"] += [w + " (check mode: no PIN presented)" for w in
-                                        tok.guard("user", allow_final_try)]
-                else:
-                    rep["warnings"] += tok.login(pin, allow_final_try)
-                    rep["logged_in"] = tok.logged_in
-            finally:
-                rep["pin_attempts"] = tok.pin_presentations
-            pairs = tok.certificates(cas, now)
-            with_key = [(d, h) for d, h in pairs if d["has_key"] or check_mode]
-            rep["other_certificates"] = len(pairs) - len(with_key)
-            descs = [d for d, _ in with_key]
-            for d in descs:
-                d["usable"] = usable_for_login(d) is None
-                if check_mode:
-                    d["has_key"] = None  # private keys are private objects: not visible without login
-                if d["expired"]:
-                    rep["problems"].append("certificate %s (issuer %s) expired on %s"
-                                           % (d["holder"], d["issuer"], d["not_after"]))
-                elif d.get("in_ca_set") is False:
-                    rep["problems"].append("certificate %s (issuer %s) does not chain to the CA set: %s"
-                                           % (d["holder"], d["issuer"], d["problem"]))
-                elif min_days_left and d["days_left"] < min_days_left:
-                    rep["warnings"].append("certificate %s (issuer %s) expires in %d days (%s): renew it"
-                                           % (d["holder"], d["issuer"], d["days_left"], d["not_after"]))
-            rep["certificates"] = descs
-            idx, why = choose_certificate(descs, certificate)
-            if why and idx is None:
-                rep["problems"].append(why)
-            elif why:
-                rep["warnings"].append(why)
-            if idx is not None:
-                chosen = descs[idx]
-                rep["login_certificate"] = {k: chosen[k] for k in ("holder", "subject", "issuer", "serial",
-                                                                    "not_after", "days_left", "sha256", "nickname")}
-                rep["holder"], rep["not_after"], rep["days_left"] = (chosen["holder"], chosen["not_after"],
-                                                                     chosen["days_left"])
-                if tls and url and not check_mode:
-                    rep["tls"] = https_get(url, with_key[idx][1], timeout=timeout, max_body=body_bytes,
-                                           holder=chosen["holder"], tls_max=tls_max)
-                    st = rep["tls"]["status"]
-                    if st != 200:
-                        rep["problems"].append("the test page %s answered HTTP %d %s" % (url, st, rep["tls"]["reason"]))
-                    elif not rep["tls"]["page"]["holder_found"]:
-                        rep["warnings"].append("the test page answered 200 but does not show the holder's name %r"
-                                               % chosen["holder"])
+            if certificate:  # the selector is resolved on the public certificates, before any PIN
+                public = [d for d, _ in tok.certificates(cas, now)]
+                if public:
+                    select_certificate(public, certificate)
+            if check_mode:
+                rep["warnings"] += [w + " (check mode: no PIN presented)" for w in tok.guard("user", allow_final_try)]
+                _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, False, url, timeout,
+                                      body_bytes, tls_max, https_get, check_mode)
+            else:
+                lock = _locked(info, lock_timeout)
+                lock.__enter__()
+                try:
+                    rep["lock_waited"] = round(liblock.waited + lock.waited, 3)
+                    record = lock.read()
+                    info = tok.info()  # the counter, read under the lock
+                    rep["pin_state_before"] = info["user_pin"]
+                    rep["token"] = _public_token(info)
+                    if run_id and record.get("wrong_pin_run") == run_id and info["user_pin"] != "ok":
+                        raise TokenError("wrong_pin_this_run", "this run (%s) already had its PIN refused by token %r "
+                                         "(%s): not presented again; check the PIN" % (run_id, tok.label,
+                                                                                     record.get("wrong_pin_at")),
+                                         token=info)
+                    try:
+                        rep["warnings"] += tok.login(pin, allow_final_try)
+                        rep["logged_in"] = tok.logged_in
+                    except TokenError as e:
+                        if e.kind in ("wrong_pin", "pin_locked") and tok.pin_presentations:
+                            lock.write({"wrong_pin_run": run_id, "wrong_pin_at": _now_iso()})
+                        raise
+                    finally:
+                        rep["pin_attempts"] = tok.pin_presentations
+                    if record:
+                        lock.write({})
+                    _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, tls, url, timeout,
+                                          body_bytes, tls_max, https_get, check_mode)
+                finally:
+                    lock.__exit__(None, None, None)
             info = tok.info()
             rep["token"] = _public_token(info)
     except TokenError as e:
@@ -854,10 +954,64 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
             rep["token"] = _public_token(rep["error"].pop("token"))
     except TLSError as e:
         rep["error"] = e.to_dict()
+        for k in ("client_cert_requested", "client_cert_sent"):
+            if k in rep["error"]:
+                rep[k] = rep["error"][k]
+        if rep["client_cert_sent"]:
+            rep["client_cert_accepted"] = False
     except NSSError as e:
         rep["error"] = {"kind": "nss", "message": str(e), "nss_error": e.name}
     rep["ok"] = rep["error"] is None and not rep["problems"] and not check_mode
     return rep
+
+
+def _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, tls, url, timeout, body_bytes, tls_max,
+                          https_get, check_mode):
+    pairs = tok.certificates(cas, now)
+    with_key = [(d, h) for d, h in pairs if d["has_key"] or check_mode]
+    rep["other_certificates"] = len(pairs) - len(with_key)
+    descs = [d for d, _ in with_key]
+    for d in descs:
+        d["usable"] = usable_for_login(d) is None
+        if check_mode:
+            d["has_key"] = None  # private keys are private objects: not visible without login
+        if d["expired"]:
+            rep["problems"].append("certificate %s (issuer %s) expired on %s" % (d["holder"], d["issuer"],
+                                                                                d["not_after"]))
+        elif d.get("in_ca_set") is False:
+            rep["problems"].append("certificate %s (issuer %s) does not chain to the CA set: %s"
+                                   % (d["holder"], d["issuer"], d["problem"]))
+        elif min_days_left and d["days_left"] < min_days_left:
+            rep["warnings"].append("certificate %s (issuer %s) expires in %d days (%s): renew it"
+                                   % (d["holder"], d["issuer"], d["days_left"], d["not_after"]))
+    rep["certificates"] = descs
+    idx, why = choose_certificate(descs, certificate)
+    if why and idx is None:
+        rep["problems"].append(why)
+    elif why:
+        rep["warnings"].append(why)
+    if idx is None:
+        return
+    chosen = descs[idx]
+    rep["login_certificate"] = {k: chosen[k] for k in ("holder", "subject", "issuer", "serial", "not_after",
+                                                        "days_left", "sha256", "nickname")}
+    rep["holder"], rep["not_after"], rep["days_left"] = chosen["holder"], chosen["not_after"], chosen["days_left"]
+    if not (tls and url) or check_mode:
+        return
+    rep["tls"] = res = https_get(url, with_key[idx][1], timeout=timeout, max_body=body_bytes,
+                                 holder=chosen["holder"], tls_max=tls_max)
+    rep["client_cert_requested"] = res["client_cert_requested"]
+    rep["client_cert_sent"] = res["client_cert_sent"]
+    verdict = _tls_verdict(res, chosen, url)
+    if verdict:
+        rep["client_cert_accepted"] = None if verdict[0] == "no_client_auth" else False
+        raise TokenError(verdict[0], verdict[1], http_status=res["status"])
+    rep["client_cert_accepted"] = True
+    page = res["page"]
+    if page["says_not_valid"]:
+        rep["problems"].append("the test page says the certificate is NOT valid: %r" % res["body_start"][:200])
+    elif not page["holder_found"]:
+        rep["warnings"].append("the test page answered 200 but does not show the holder's name %r" % chosen["holder"])
 
 
 def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None, new_pin_confirm=None,
@@ -865,12 +1019,15 @@ def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None
                check_mode=False):
     """action 'change' (pin -> new_pin) or 'unblock' (puk, new_pin). Returns a report dict (never with a PIN);
     report['error'] set on failure, report['changed'] True when the token was changed."""
-    from ansible.module_utils.tokentrust_pin import bounds, check_new_pin
+    from ansible.module_utils.tokentrust_pin import bounds, check_new_pin, library_lock_info
 
     rep = {"changed": False, "action": action, "token": None, "token_before": None, "error": None, "warnings": [],
            "pin_attempts": 0, "puk_attempts": 0, "pin_rules": None, "check_mode": bool(check_mode)}
     try:
-        with RawToken(module_path, label) as tok:
+        with contextlib.ExitStack() as stack:
+            if not check_mode:
+                stack.enter_context(_locked(library_lock_info(module_path)))
+            tok = stack.enter_context(RawToken(module_path, label))
             info = tok.info()
             rep["token_before"] = _public_token(info)
             rep["token"] = rep["token_before"]
@@ -883,6 +1040,9 @@ def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None
             if problems:
                 raise TokenError("pin_rules", "new PIN refused before anything was presented to the token: "
                                  + "; ".join(problems))
+            if not check_mode:
+                stack.enter_context(_locked(info))
+                rep["token_before"] = rep["token"] = _public_token(tok.info())  # read again, under the lock
             if action == "change":
                 if not pin:
                     raise TokenError("pin_rules", "action=change needs the current PIN (pin)")

@@ -1,4 +1,5 @@
 """Module fleet_report through `ansible localhost -m`: check run, real run, idempotent run, token files, refusals."""
+import datetime as dt
 import json
 
 import pytest
@@ -32,8 +33,10 @@ def args(tmp_path, **over):
 
 def test_check_real_idempotent(tmp_path):
     (tmp_path / "token").mkdir()
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # an undated or old "ok" is "unknown"
     (tmp_path / "token" / "ws1.json").write_text(json.dumps({"status": "ok", "holder": "JEAN DUPONT",
-                                                             "http_status": 200, "certificates": []}))
+                                                             "http_status": 200, "certificates": [],
+                                                             "checked_at": now}))
     r = run_module("fleet_report", args(tmp_path), check=True)
     assert r["changed"] is True and not r.get("failed"), r
     assert not (tmp_path / "reports").exists()  # check mode wrote nothing

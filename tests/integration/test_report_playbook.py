@@ -6,6 +6,7 @@ host broken on purpose, one needing attention; the page rendered by headless Fir
                path points to nothing, test login failed     -> failed (red)
     lab-ws-03  policies.json registers gem with another library, no test login result -> warning (amber)
 """
+import datetime as dt
 import hashlib
 import json
 import os
@@ -88,7 +89,8 @@ def lab(tmp_path_factory):
                 "days_left": 26700, "sha256": "AB" * 32}
         (reports / "token" / "lab-ws-01.json").write_text(json.dumps({
             "host": "lab-ws-01", "status": "ok", "holder": "JEAN DUPONT", "http_status": 200, "error": None,
-            "url": m["testpage"]["url"], "checked_at": "2026-01-01T00:00:00Z", "certificates": [cert]}))
+            "url": m["testpage"]["url"], "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "certificates": [cert]}))
         (reports / "token" / "lab-ws-02.json").write_text(json.dumps({
             "host": "lab-ws-02", "status": "failed", "holder": None, "http_status": None,
             "error": "wrong PIN (2 tries left)", "certificates": []}))

@@ -143,3 +143,93 @@ def test_token_pin_playbook_batch_change_then_unblock(lab):
     assert "PIN unblocked and set on token 'CERTEUROPE LAB'" in res["Token PIN | Say what was done"]["msg"]
     assert "PIN state ok" in res["Token PIN | Say what was done"]["msg"]
     assert PUK not in proc.stdout and lab["tok"].counters() == (0, 0) and flags_of(lab["tok"]) == []
+
+
+# ------------------------------------------------------------------------------------ issue 10 item 3 / issue 12
+def _saved(lab, host="lab-ws"):
+    return json.loads((lab["tmp"] / "reports" / ("%s.json" % host)).read_text())
+
+
+def test_saved_result_is_replaced_on_every_verify_even_on_failure(lab):
+    """reports/token/<host>.json: checked_at, the client-auth facts and the certificate used; a later verify that
+    fails (a module failure too, not only a failed login) replaces an older ok, never leaves it."""
+    import datetime as dt
+
+    inv, pw = inventory(lab, PIN)
+    common = ["-i", str(inv), "playbooks/verify.yml", "--vault-password-file", str(pw), "-e",
+              "token_verify_report_dir=%s" % (lab["tmp"] / "reports")]
+    proc = playbook(common)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    saved = _saved(lab)
+    age = dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(saved["checked_at"].replace("Z", "+00:00"))
+    assert saved["ok"] is True and dt.timedelta(0) <= age < dt.timedelta(minutes=5)
+    assert saved["client_cert_requested"] is True and saved["client_cert_accepted"] is True
+    assert saved["client_cert_sent"] == saved["login_certificate"]["sha256"]
+    assert saved["login_certificate"]["holder"] == "JEAN DUPONT"
+    log = [e for e in lab["page"].entries() if e["event"] == "request"]
+    assert log[-1]["sha256"] == saved["client_cert_sent"]  # the server's own record of the certificate
+    # the module itself fails (an unreadable server CA file): a failed result replaces the ok one
+    proc = playbook(common + ["-e", '{"token_verify_server_ca": ["%s"]}' % (lab["tmp"] / "nowhere.pem")])
+    assert proc.returncode != 0
+    saved = _saved(lab)
+    assert saved["ok"] is False and saved["error"]["kind"] == "module_failure"
+    assert "cannot read" in saved["error"]["message"] and saved["checked_at"]
+    # an ok again, then a failed login (wrong module path): replaced again
+    assert playbook(common).returncode == 0 and _saved(lab)["ok"] is True
+    proc = playbook(common + ["-e", "token_verify_module=/opt/nowhere/libgclib.so"])
+    saved = _saved(lab)
+    assert saved["ok"] is False and saved["error"]["kind"] == "module_missing"
+    assert lab["tok"].counters() == (0, 0)
+
+
+def test_hosts_sharing_one_key_spend_one_try_on_a_wrong_pin(lab):
+    """Three inventory hosts, one key (the lab's case, and an IT desk with one reader): a wrong PIN in one
+    verify.yml run costs one try, not one per host. Each host runs in its own process, in parallel."""
+    inv, pw = inventory(lab, "31415926")
+    hosts = yaml.safe_load((inv / "hosts.yml").read_text())
+    one = hosts["all"]["children"]["workstations"]["hosts"].pop("lab-ws")
+    hosts["all"]["children"]["workstations"]["hosts"] = {"lab-ws-%d" % i: dict(one) for i in (1, 2, 3)}
+    (inv / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    proc = playbook(["-i", str(inv), "playbooks/verify.yml", "--vault-password-file", str(pw), "-f", "3", "-e",
+                     "token_verify_report_dir=%s" % (lab["tmp"] / "reports")])
+    data = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert all(data["stats"]["lab-ws-%d" % i]["failures"] == 1 for i in (1, 2, 3))
+    errors = [_saved(lab, "lab-ws-%d" % i)["error"] for i in (1, 2, 3)]
+    kinds = sorted(e["kind"] for e in errors)
+    assert kinds == ["wrong_pin", "wrong_pin_this_run", "wrong_pin_this_run"], errors
+    assert sum(_saved(lab, "lab-ws-%d" % i)["pin_attempts"] for i in (1, 2, 3)) == 1
+    assert lab["tok"].counters() == (1, 0) and flags_of(lab["tok"]) == ["user_pin_count_low"]
+    # a new run is a new decision: the PIN is presented again (once), as a person would retry
+    playbook(["-i", str(inv), "playbooks/verify.yml", "--vault-password-file", str(pw), "-f", "3", "-l", "lab-ws-1"])
+    assert lab["tok"].counters() == (2, 0)
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _system_crypto():
+    proc = subprocess.run([SYSTEM_PYTHON, "-c", "import cffi, cryptography; print(cryptography.__version__)"],
+                          capture_output=True, text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+@pytest.mark.skipif(not shutil.which(SYSTEM_PYTHON) or _system_crypto() is None,
+                    reason="no python3-cffi / python3-cryptography on the system Python (see scripts/setup.sh)")
+def test_test_login_on_the_system_python(lab):
+    """Issue 10 item 2: the module runs on the target's own Python, here Debian 12's /usr/bin/python3 with its
+    python3-cryptography (38 on Debian 12: no not_valid_after_utc, no signature_algorithm_parameters)."""
+    inv, pw = inventory(lab, PIN)
+    hosts = yaml.safe_load((inv / "hosts.yml").read_text())
+    hosts["all"]["children"]["workstations"]["hosts"]["lab-ws"]["ansible_python_interpreter"] = SYSTEM_PYTHON
+    (inv / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    proc = playbook(["-i", str(inv), "playbooks/verify.yml", "--vault-password-file", str(pw), "-e",
+                     "token_verify_report_dir=%s" % (lab["tmp"] / "reports")])
+    res, stats = task_results(proc)
+    assert stats["lab-ws"]["failures"] == 0, proc.stdout[-3000:]
+    assert res["Token verify | Check that the host's Python has cffi and cryptography (>= 38)"]["rc"] == 0
+    assert res["Token verify | Install what the test login needs on the host (python3-cffi, python3-cryptography, "
+               "NSS)"].get("skipped") is True
+    rep = res[REPORT_TASK]["ansible_facts"]["tokentrust_token_report"]
+    assert rep["ok"] is True and rep["client_cert_accepted"] is True and rep["days_left"] > 1000
+    assert all(c["in_ca_set"] for c in rep["certificates"])  # the chain checked with the system's cryptography
+    print("system python cryptography", _system_crypto())

@@ -147,18 +147,127 @@ def test_expired_and_not_client_auth(pki):
     assert idx is None and "no certificate on the token is usable" in why and "expired on" in why
     idx, why = choose_certificate([d, good], selector=d["sha256"])
     assert idx == 0 and "trying it anyway" in why
-    assert choose_certificate([good], selector="nothing")[0] is None
+    with pytest.raises(TokenError) as e:
+        choose_certificate([good], selector="nothing")
+    assert e.value.kind == "certificate_not_found"
+    # exact matches only: a substring of the holder or of a label names nothing; the holder names both JEAN DUPONTs
+    for sel in ("JEAN", "a", "KEY:JEAN"):
+        with pytest.raises(TokenError) as e:
+            choose_certificate([d, good], selector=sel)
+        assert e.value.kind == "certificate_not_found", sel
+    with pytest.raises(TokenError) as e:
+        choose_certificate([d, good], selector="jean dupont")
+    assert e.value.kind == "certificate_ambiguous" and sorted(e.value.details["candidates"]) == sorted(
+        [d["sha256"], good["sha256"]])
+    colon = ":".join(good["sha256"][i:i + 2] for i in range(0, 64, 2)).lower()
+    assert choose_certificate([d, good], selector=colon) == (1, None)
 
 
 def test_analyse_page_and_url():
     body = ('<p id="holder">JEAN DUPONT</p><p>Votre certificat est valide.</p>'
             '<p id="expiry">Il expire le 23/11/2029 (it expires on 2029-11-23)</p>')
-    assert analyse_page(body, "Jean Dupont") == {"holder_found": True, "says_valid": True, "expiry": "23/11/2029"}
+    assert analyse_page(body, "Jean Dupont") == {"holder_found": True, "says_valid": True, "says_not_valid": False,
+                                                 "expiry": "23/11/2029"}
     assert analyse_page("<h1>Forbidden</h1>", "JEAN DUPONT") == {"holder_found": False, "says_valid": False,
-                                                                 "expiry": None}
+                                                                 "says_not_valid": False, "expiry": None}
     assert parse_url("https://services.certeurope.fr/") == ("services.certeurope.fr", 443, "/")
     assert parse_url("https://127.0.0.1:8443/status.json?x=1") == ("127.0.0.1", 8443, "/status.json?x=1")
     for bad in ("http://example.org/", "services.certeurope.fr", "https://h:99999/"):
         with pytest.raises(TLSError) as e:
             parse_url(bad)
         assert e.value.kind == "url"
+
+
+@pytest.mark.parametrize("text,valid", [
+    ("Votre certificat est valide.", True),
+    ("Your certificate is valid.", True),
+    ("Votre certificat n'est pas valide.", False),
+    ("Votre certificat n\u2019est plus valide", False),
+    ("Votre certificat n&#39;est pas valide.", False),
+    ("Certificat non valide", False),
+    ("Certificat invalide", False),
+    ("Your certificate is not valid", False),
+    ("Your certificate is no longer valid", False),
+    ("This certificate isn't valid", False),
+    ("Le certificat est <b>pas</b> valide", False),
+])
+def test_page_negation(text, valid):
+    page = analyse_page("<p>%s</p>" % text, "JEAN DUPONT")
+    assert page["says_valid"] is valid and page["says_not_valid"] is (not valid)
+
+
+def _reader(raw, parts=1, limit=None):
+    """HTTPReader over `raw` cut into `parts` pieces (a network delivers a page in arbitrary pieces)."""
+    from ansible.module_utils.tokentrust_nss.tls import HTTPReader
+
+    step = max(1, len(raw) // parts)
+    pieces = [raw[i:i + step] for i in range(0, len(raw), step)][::-1]
+    calls = []
+
+    def recv():
+        calls.append(1)
+        return pieces.pop() if pieces else b""
+    reader = HTTPReader(recv, **({"limit": limit} if limit else {}))
+    return reader, reader.read(), calls
+
+
+PAGE = b"<p>JEAN DUPONT</p><p>Votre certificat est valide.</p>"
+
+
+@pytest.mark.parametrize("parts", [1, 3, 17, len(PAGE) + 200])
+def test_http_chunked(parts):
+    chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(PAGE[i:i + 5]), PAGE[i:i + 5]) for i in range(0, len(PAGE), 5))
+    raw = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n"
+           + chunks + b"0\r\nX-Trailer: t\r\n\r\nGARBAGE AFTER THE ANSWER")
+    reader, (status, reason, headers, body), _ = _reader(raw, parts)
+    assert (status, reason, body, reader.framing) == (200, "OK", PAGE, "chunked")
+
+
+def test_http_content_length_stops_without_waiting_for_close():
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(PAGE), PAGE)
+    served = [raw]
+
+    def recv():
+        if not served:
+            raise AssertionError("read past Content-Length: a keep-alive server would make us wait")
+        return served.pop()
+    from ansible.module_utils.tokentrust_nss.tls import HTTPReader
+
+    reader = HTTPReader(recv)
+    assert reader.read()[3] == PAGE and reader.framing == "content-length"
+
+
+def test_http_close_delimited_and_100_continue_and_no_reason():
+    raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200\r\nServer: x\r\n\r\n" + PAGE
+    reader, (status, reason, _, body), _ = _reader(raw, 4)
+    assert (status, reason, body, reader.framing) == (200, "", PAGE, "close")
+
+
+@pytest.mark.parametrize("raw,msg", [
+    (b"", "without an HTTP answer"),
+    (b"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP answer"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n", "malformed chunk size"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabc", "in the middle of the chunk"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n", "not followed by CRLF"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort", "in the middle of the page (5 of 50 bytes)"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nshort", "bad Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Le", "in the middle of the HTTP headers"),
+])
+def test_http_errors(raw, msg):
+    with pytest.raises(TLSError) as e:
+        _reader(raw, 2)
+    assert e.value.kind == "http" and msg in e.value.message
+
+
+def test_http_limit_and_gzip():
+    import gzip
+
+    from ansible.module_utils.tokentrust_nss.tls import parse_http
+
+    reader, (_, _, _, body), _ = _reader(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000,
+                                         5, limit=1000)
+    assert body == b"x" * 1000 and reader.truncated
+    z = gzip.compress(PAGE)
+    status, _, _, text = parse_http(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+                                    % (len(z), z))
+    assert status == 200 and "JEAN DUPONT" in text

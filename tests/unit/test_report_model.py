@@ -242,12 +242,13 @@ def test_windows_sample_reports(failed, check_mode, status, reason):
 @pytest.mark.parametrize("data,status,error,http", [
     (None, "not run", None, None),
     ({}, "not run", None, None),
-    ({"status": "ok", "holder": "A", "http_status": 200}, "ok", None, 200),
+    ({"status": "ok", "holder": "A", "http_status": 200, "checked_at": "2026-06-01T10:00:00Z"}, "ok", None, 200),
     ({"status": "failed", "error": "connect: refused"}, "failed", "connect: refused", None),
     ({"status": "FAILED", "error": {"kind": "pin_locked", "message": "the PIN is locked"}}, "failed",
      "the PIN is locked", None),
     # a pkcs11_token_login result registered as is (ok/error/tls keys)
-    ({"ok": True, "holder": "A", "tls": {"status": 200}, "error": None}, "ok", None, 200),
+    ({"ok": True, "holder": "A", "tls": {"status": 200}, "error": None, "checked_at": "2026-06-01T11:59:00+00:00"},
+     "ok", None, 200),
     ({"ok": False, "error": {"kind": "no_token", "message": "no token"}}, "failed", "no token", None),
 ])
 def test_token_shapes(data, status, error, http):
@@ -290,8 +291,8 @@ def test_build_report_shape_and_summary():
     assert rep["format"] == "tokentrust-fleet-report/1" and rep["generated"] == "2026-06-01T12:00:00Z"
     assert [h["name"] for h in rep["hosts"]] == ["ws-a", "ws-d", "ws-e", "win-01", "ws-b", "ws-c"]
     assert rep["summary"] == {"hosts": 6, "ok": 3, "warning": 1, "failed": 2, "profiles": 4, "profiles_ok": 3,
-                              "token_ok": 3, "token_failed": 1, "token_not_run": 2, "windows_hosts": 1, "cas": 2,
-                              "next_expiry_days": 50}
+                              "token_ok": 3, "token_failed": 1, "token_not_run": 2, "token_unknown": 0,
+                              "windows_hosts": 1, "cas": 2, "next_expiry_days": 50}
     assert all("pem" not in c for c in rep["ca_set"])
     # the token certificate seen on three hosts is one timeline entry naming them
     tl = [e for e in rep["timeline"] if e["kind"] == "token"]
@@ -346,3 +347,51 @@ def test_timeline_bars_coloured_by_level():
     assert bars.count("failed") == 1 and bars.count("warning") == 2
     assert "expired 5 d ago" in svg and "60 days" in svg
     assert tr.timeline_svg([], NOW, SETTINGS).startswith("<p")
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 10 item 3: a test-login "ok" is only as good as its time
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("checked_at,max_age,status", [
+    (_iso(0), None, "ok"),
+    (None, None, "unknown"),                          # no time: unknown, never ok
+    ("not a time", None, "unknown"),
+    ((NOW - dt.timedelta(hours=167)).isoformat(), None, "ok"),  # default: 168 hours
+    ((NOW - dt.timedelta(hours=169)).isoformat(), None, "unknown"),
+    ((NOW - dt.timedelta(hours=3)).isoformat(), 2, "unknown"),
+    ((NOW - dt.timedelta(hours=3)).isoformat(), 4, "ok"),
+])
+def test_token_result_age(checked_at, max_age, status):
+    settings = {"token_max_age_hours": max_age} if max_age else {}
+    host = build(linux_host(), token_ok(checked_at=checked_at), settings=settings)
+    assert host["token"]["status"] == status
+    if status == "unknown":
+        assert host["status"] == "warning"
+        assert any("test login result unknown: it said ok, but" in t and "verify.yml" in t for t in texts(host))
+    else:
+        assert host["status"] == "ok"
+
+
+def test_an_old_failure_stays_failed_and_no_client_auth_is_never_ok():
+    old = (NOW - dt.timedelta(days=30)).isoformat()
+    host = build(linux_host(), token_ok(checked_at=old, status="failed", error="wrong PIN"))
+    assert host["token"]["status"] == "failed" and host["status"] == "failed"
+    host = build(linux_host(), token_ok(client_cert_requested=False))
+    assert host["token"]["status"] == "failed"
+    assert any("did not ask for a client certificate" in t for t in texts(host))
+
+
+def test_token_facts_carried_and_unknown_counted():
+    tok = token_ok(client_cert_requested=True, client_cert_sent="AB" * 32, client_cert_accepted=True,
+                   login_certificate={"holder": "JEAN DUPONT", "sha256": "AB" * 32, "issuer": "CN=X", "serial": "01",
+                                      "not_after": _iso(700), "pem": "not kept"})
+    host = build(linux_host(), tok)
+    assert host["token"]["client_cert_accepted"] is True and host["token"]["client_cert_sent"] == "AB" * 32
+    assert host["token"]["login_certificate"]["sha256"] == "AB" * 32 and "pem" not in host["token"]["login_certificate"]
+    rep = tr.build_report([{"name": "a", "data": linux_host(), "token": token_ok(checked_at=None)}], ca_set(), now=NOW)
+    assert rep["summary"]["token_unknown"] == 1 and rep["summary"]["token_ok"] == 0
+    assert rep["settings"]["token_max_age_hours"] == 168
+    page = tr.render_html(rep, now=NOW)
+    assert "unknown" in page and "no check time" in page
+    with pytest.raises(tr.ReportError, match="token_max_age_hours must be at least 1"):
+        tr.settings_with_defaults({"token_max_age_hours": 0})
