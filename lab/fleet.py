@@ -550,6 +550,14 @@ def exec_in(m: dict, host: str, cmd: Sequence[str], user: str = "root", timeout:
                   what=f"{' '.join(cmd[:2])} as {user} on {host}", timeout=timeout, check=check)
 
 
+def reset_host(m: dict, host: str) -> dict:
+    """A fresh workstation in place of `host`: the container re-made from its image (same port, same key)."""
+    h = host_of(m, host)
+    subprocess.run(["docker", "rm", "-f", h["container"]], capture_output=True, check=False)
+    start_host(h, Path(m["ssh"]["key"]), Path(h["token_dir"]), m["fleet_id"])
+    return h
+
+
 def start_firefox(m: dict, host: str, user: str, seconds: float = 8) -> None:
     """A user's day: real Firefox ESR started as `user` (its policy engine runs), then closed."""
     exec_in(m, host, ["env", *FIREFOX_ENV, "timeout", "120", "firefox-esr", "--headless", "--no-remote",
