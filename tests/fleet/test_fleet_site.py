@@ -11,6 +11,7 @@ import pytest
 import yaml
 from ansible.module_utils.tokentrust_trust import encoded_trust
 
+from lab import fleet as fleetlab
 from tests.fleet.conftest import recap
 from tests.support.ansible_run import ROOT
 
@@ -27,6 +28,8 @@ def expected_trust(fleet):
 
 @pytest.fixture(scope="module")
 def converged(fleet):
+    for h in fleet.hosts:  # fresh workstations, whatever other fleet tests did before
+        fleetlab.reset_host(fleet.m, h)
     first = fleet.playbook("site.yml")
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     second = fleet.playbook("site.yml")
