@@ -423,9 +423,14 @@ def _load(run: Path) -> Optional[dict]:
         return None
 
 
-def create(run: Path = DEFAULT_DIR, *, hosts: int = 3, inventory: Path = DEFAULT_INVENTORY,
+def create(run: Path = DEFAULT_DIR, *, hosts: int = 3, inventory: Path = DEFAULT_INVENTORY, cffi: str = "even",
            log: Callable[[str], None] = lambda s: None) -> dict:
-    """Build (or bring up to date) the fleet; returns the manifest (also <run>/fleet.json)."""
+    """Build (or bring up to date) the fleet; returns the manifest (also <run>/fleet.json).
+
+    `cffi`: which hosts have python3-cffi already: "even" (fleet-ws-02, -04, ...), "all" or "none".
+    """
+    if cffi not in ("even", "all", "none"):
+        raise FleetError(f"cffi must be even, all or none, not {cffi!r}")
     t0 = time.monotonic()
     run, inventory = Path(run).resolve(), Path(inventory).resolve()
     if hosts < 1:
@@ -458,9 +463,10 @@ def create(run: Path = DEFAULT_DIR, *, hosts: int = 3, inventory: Path = DEFAULT
         prev = old_hosts.get(name, {})
         port = prev.get("port") if prev.get("port") and (container_running(prev.get("container", ""))
                                                         or not _port_open(prev["port"])) else free_port()
-        image = images["ws_cffi"] if i % 2 == 0 else images["ws"]
+        with_cffi = cffi == "all" or (cffi == "even" and i % 2 == 0)
+        image = images["ws_cffi"] if with_cffi else images["ws"]
         h = {"name": name, "container": f"tokentrust-{fid}-{name}", "port": port, "image": image,
-             "python3_cffi": i % 2 == 0, "users": {u: k for u, k in USERS.items()}}
+             "python3_cffi": with_cffi, "users": {u: k for u, k in USERS.items()}}
         tdir = run / "tokens" / name
         tok = make_token(tdir, pki)
         h["token_dir"] = str(tdir)
@@ -575,6 +581,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if name == "create":
             p.add_argument("--hosts", type=int, default=3, help="workstations (default 3)")
             p.add_argument("--inventory", default=str(DEFAULT_INVENTORY), help="inventory (default inventories/fleet)")
+            p.add_argument("--cffi", choices=("even", "all", "none"), default="even",
+                           help="hosts with python3-cffi already installed (default even)")
             p.add_argument("--json", action="store_true", help="print the manifest")
         if name == "firefox":
             p.add_argument("host")
@@ -586,7 +594,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         if args.cmd == "create":
-            m = create(Path(args.dir), hosts=args.hosts, inventory=Path(args.inventory), log=say)
+            m = create(Path(args.dir), hosts=args.hosts, inventory=Path(args.inventory), cffi=args.cffi, log=say)
             if args.json:
                 print(json.dumps(m, indent=2))
             else:
