@@ -123,3 +123,23 @@ def test_no_host_selected_fails_loudly(tmp_path):
                            text=True, timeout=300)
         assert p.returncode != 0, (pb, p.stdout[-3000:])
         assert "No host selected" in p.stdout and "desktops" in p.stdout, p.stdout[-3000:]
+
+
+def test_report_green_after_the_users_started_firefox(fleet, converged):
+    """Item 4: provisioning and the compliance rule agree with what Firefox leaves behind (the report was red:
+    intermediates re-imported CT,C, by Firefox, or missing from Certificates.Install)."""
+    import json
+
+    for h in fleet.hosts:
+        fleet.firefox(h, "alice")
+    run = fleet.playbook("report.yml")
+    assert run.returncode == 0, run.stdout[-4000:]
+    rc = recap(run.stdout)
+    assert all(rc[h]["changed"] == 0 for h in fleet.hosts)
+    with open(os.path.join(fleet.m["dir"], "reports", "fleet.json")) as f:
+        rep = json.load(f)
+    assert sorted(h["name"] for h in rep["hosts"]) == sorted(fleet.hosts)
+    for h in rep["hosts"]:
+        assert h["status"] == "ok", h["reasons"]
+        assert not [r for r in h["reasons"] if r["level"] in ("warning", "failed")], h["reasons"]
+        assert h["counts"]["profiles_ok"] == h["counts"]["profiles"] >= 3
