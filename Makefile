@@ -5,13 +5,19 @@ BIN   := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: setup demo test lint unit integration bench bench-fleet clean lab lab-destroy
+.PHONY: setup demo demo-local test lint unit integration fleet-tests bench bench-fleet bench-ssh clean lab lab-destroy \
+	fleet fleet-destroy
 
 setup:
 	@bash scripts/setup.sh
 
+# The fleet: Debian 12 workstation containers over SSH (needs Docker: setup installs and starts it).
 demo: setup
-	@$(BIN)/python scripts/demo.py
+	@DEMO_MODE=fleet $(BIN)/python scripts/demo.py
+
+# The folder lab: homes on this machine, connection local (fast, no Docker).
+demo-local: setup
+	@DEMO_MODE=local $(BIN)/python scripts/demo.py
 
 test: setup lint
 	$(BIN)/pytest -q tests
@@ -34,11 +40,25 @@ bench-fleet: setup
 	$(BIN)/python bench/fleet.py
 	$(BIN)/python bench/site.py
 
+# The same two benches on the container fleet, over SSH.
+bench-ssh: setup
+	$(BIN)/python bench/fleet.py --fleet $${FLEET_HOSTS:-5}
+	$(BIN)/python bench/site.py --fleet $${FLEET_HOSTS:-5}
+
+fleet-tests: setup
+	$(BIN)/pytest -q -m fleet tests
+
 lab: setup
 	$(BIN)/python -m lab.build create --hosts $${LAB_HOSTS:-5}
 
 lab-destroy: setup
 	$(BIN)/python -m lab.build destroy
+
+fleet: setup
+	$(BIN)/python -m lab.fleet create --hosts $${FLEET_HOSTS:-5}
+
+fleet-destroy: setup
+	$(BIN)/python -m lab.fleet destroy
 
 clean:
 	rm -rf .stamps .pytest_cache reports .demo

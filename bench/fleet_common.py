@@ -86,3 +86,47 @@ def compare(ours_playbook, label, hosts, profiles):
         "naive certutil/modutil role", peer1, p1, peer2, p2))
     print("ansible -m ping, same hosts: %.1f s; our second run = %.2fx ping" % (pong, ours2 / pong))
     print("ratio: %.1f" % (peer1 / ours1))
+
+
+# ---------------------------------------------------------------------------------------------
+# fleet mode: the container fleet of lab/fleet.py, over SSH with become (bench/fleet.py --fleet, bench/site.py --fleet)
+
+FLEET_DIR = os.path.join(ROOT, "lab", "build", "bench-fleet", "run")
+FLEET_INVENTORY = os.path.join(ROOT, "lab", "build", "bench-fleet", "inventory")
+
+
+def fleet_compare(ours_playbook, label, hosts):
+    """Same comparison on N containers over SSH: every run starts from fresh containers (profiles made by Firefox
+    at image build, python3-cffi already there so that neither side pays for a package download)."""
+    sys.path.insert(0, ROOT)
+    from lab import fleet as fl
+
+    print("fleet: %d containers over SSH on 127.0.0.1, building..." % hosts, flush=True)
+    t = time.perf_counter()
+    m = fl.create(FLEET_DIR, hosts=hosts, inventory=FLEET_INVENTORY, cffi="all")
+    print("fleet ready in %.1f s (image %s)" % (time.perf_counter() - t, m["images"]["ws"]), flush=True)
+    base = ["-i", m["inventory"], "-e", "@" + m["lab_vars"], "-e", "bench_hosts=linux"]
+    peer_extra = ["-e", "naive_nss_home=/home", "-e", "naive_nss_copy=true", "--become"]
+
+    def run(pb, extra=()):
+        return timed([os.path.join(BIN, "ansible-playbook"), pb, *base, *extra])
+
+    def fresh():
+        for h in m["hosts"]:
+            fl.reset_host(m, h["name"])
+
+    try:
+        fresh()
+        ours1, c1 = run(ours_playbook)
+        ours2, c2 = run(ours_playbook)
+        fresh()
+        peer1, p1 = run(os.path.join(ROOT, "bench", "peer", "naive.yml"), peer_extra)
+        peer2, p2 = run(os.path.join(ROOT, "bench", "peer", "naive.yml"), peer_extra)
+        pong, _ = timed([os.path.join(BIN, "ansible"), "linux", "-i", m["inventory"], "-m", "ansible.builtin.ping"])
+    finally:
+        fl.destroy(FLEET_DIR)
+    print("%-28s first run %7.1f s (changed=%d)   second run %7.1f s (changed=%d)" % (label, ours1, c1, ours2, c2))
+    print("%-28s first run %7.1f s (changed=%d)   second run %7.1f s (changed=%d)" % (
+        "naive certutil/modutil role", peer1, p1, peer2, p2))
+    print("ansible -m ping, same hosts over SSH: %.1f s; our second run = %.2fx ping" % (pong, ours2 / pong))
+    print("ratio: %.1f" % (peer1 / ours1))

@@ -59,6 +59,10 @@ options:
     description:
       - CA certificates to deploy as files and list in C(Certificates.Install), in one call with the policies
         (entries with C(nickname) or C(name), and C(pem)), such as the C(tokentrust_ca_set) fact.
+      - Only the entries whose C(nss_trust) trusts them for TLS servers (C in its first field, e.g. roots with
+        C(C,,)) are listed; an entry without C(nss_trust) is listed too. Firefox re-imports any other listed
+        certificate with trust C(CT,C,) at every start, against the trust provisioned in the profiles, so those
+        (intermediates with C(,,)) are only deployed, and taken out of C(Certificates.Install) when listed there.
       - Each is written to C(<certificate_dir>/<nickname, lower case, non-alphanumerics as _>.pem), atomically and
         only when its content differs; O(state=absent) removes exactly these files.
     type: list
@@ -196,7 +200,9 @@ backup_file:
   returned: changed and backup
   type: str
 certificate_files:
-  description: The O(certificate_set) files, with C(path), C(name) and C(action) (C(written), C(ok), C(removed)).
+  description: >-
+    The O(certificate_set) files, with C(path), C(name), C(action) (C(written), C(ok), C(removed))
+    and C(ssl_ca) (true: listed in C(Certificates.Install)).
   returned: always
   type: list
   elements: dict
@@ -280,7 +286,9 @@ def deploy_certificate_files(module, p):
             module.fail_json(msg=f"certificate_set[{i}]: needs 'nickname' (or 'name') and 'pem'")
         path = os.path.join(d, certificate_file_name(nick))
         content = pem.strip() + "\n"
-        entry = {"name": ca.get("name") or nick, "path": path}
+        trust = ca.get("nss_trust")
+        entry = {"name": ca.get("name") or nick, "path": path,
+                 "ssl_ca": trust is None or "C" in str(trust).split(",")[0]}
         exists = os.path.isfile(path)
         if p["state"] == "absent":
             entry["action"] = "removed" if exists else "ok"
@@ -321,8 +329,13 @@ def run(module):
 
     files, files_changed = deploy_certificate_files(module, p)
     certificates = list(p["certificates"])
+    # Certificates.Install lists only the set's CAs trusted for TLS servers (NSS trust 'C' in the SSL field).
+    # Firefox's policy engine re-imports, at every start, each listed certificate that is not trusted as an SSL
+    # CA, with trust CT,C,: listing the intermediates (trust ',,') made Firefox and every later run disagree.
+    uninstalled = []
     if p["install_certificate_set"]:
-        certificates += [f["path"] for f in files]
+        for f in files:
+            (certificates if p["state"] == "absent" or f["ssl_ca"] else uninstalled).append(f["path"])
     devices = dict(p["devices"])
     device_library = None
     if p["device_name"]:
@@ -340,6 +353,11 @@ def run(module):
         before_text = raw.decode("utf-8")
 
     res = plan_merge(existing, desired, p["state"])
+    if uninstalled:  # listed by an earlier version: taken out, or Firefox keeps re-trusting them
+        stale = plan_merge(res.doc, desired_policies(uninstalled, {}, None), "absent")
+        res.doc = stale.doc
+        res.removed += [dict(e, note="not trusted for TLS servers: Firefox would re-import it with CT,C,")
+                        for e in stale.removed]
     for w in res.warnings:
         module.warn(f"{path}: {w}")
     if p["check_files"] and p["state"] == "present":

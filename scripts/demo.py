@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""`make demo`: the main job on the embedded lab, with readable progress and a one-screen summary.
+"""`make demo` (the fleet) and `make demo-local` (the folder lab): the main job, readable progress, one-screen summary.
 
-1. the lab (lab/build.py): N workstations' homes with real Firefox ESR profiles, the CertEurope stand-in CA chain,
-   the SoftHSM2 token behind pin_guard, the local HTTPS test page, inventories/lab/
+DEMO_MODE=fleet (make demo): N Debian 12 workstation containers (lab/fleet.py) reached over SSH with become on
+127.0.0.1 ports, system Python, real users whose profiles Firefox made, one SoftHSM2 token per workstation;
+the inventory is a copy of inventories/example (inventories/fleet/), the lab's stand-ins come with -e @lab_vars.yml.
+DEMO_MODE=local (make demo-local): the folder lab (lab/build.py), homes on this machine, connection local: fast,
+no Docker.
+
+1. the lab: workstations with real Firefox ESR profiles, the CertEurope stand-in CA chain, the token(s), the local
+   HTTPS test page, the inventory
 2. playbooks/site.yml against the lab (CA set proven first, then policies and every profile)
 3. playbooks/verify.yml: the test login with the key on the token, TLS client authentication to the test page
 4. playbooks/report.yml: reports/fleet.html and reports/fleet.json
-Writes only under lab/run/ (the lab) and reports/. DEMO_HOSTS=N sets the number of workstations (default 5);
-DEMO_DIR=<dir> puts the lab, its inventory and the reports under <dir> instead (the tests use it).
+Writes only under lab/fleet/ or lab/run/ (the lab) and reports/. DEMO_HOSTS=N sets the number of workstations
+(default 5); DEMO_DIR=<dir> puts the lab, its inventory and the reports under <dir> instead (the tests use it).
 """
 import json
 import os
@@ -19,8 +25,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 DEMO_DIR = os.environ.get("DEMO_DIR")
-LAB_DIR = os.path.join(DEMO_DIR, "lab") if DEMO_DIR else os.path.join(ROOT, "lab", "run")
-INVENTORY = os.path.join(DEMO_DIR, "inventory") if DEMO_DIR else os.path.join(ROOT, "inventories", "lab")
+FLEET = os.environ.get("DEMO_MODE", "fleet") == "fleet"
+LAB_DIR = os.path.join(DEMO_DIR, "lab") if DEMO_DIR else os.path.join(ROOT, "lab", "fleet" if FLEET else "run")
+INVENTORY = os.path.join(DEMO_DIR, "inventory") if DEMO_DIR else os.path.join(
+    ROOT, "inventories", "fleet" if FLEET else "lab")
+LAB_VARS = ["-e", "@" + os.path.join(LAB_DIR, "lab_vars.yml")] if FLEET else []
 REPORTS = os.path.join(DEMO_DIR, "reports") if DEMO_DIR else os.path.join(ROOT, "reports")
 OUT_VARS = ["-e", "fleet_report_dest=%s" % REPORTS, "-e", "token_verify_report_dir=%s" % os.path.join(REPORTS, "token")]
 BOLD, GREEN, RED, AMBER, DIM, OFF = "\033[1m", "\033[32m", "\033[31m", "\033[33m", "\033[2m", "\033[0m"
@@ -62,18 +71,25 @@ def run(cmd, what):
 def main():
     n = os.environ.get("DEMO_HOSTS", "5")
     t0 = time.perf_counter()
-    step(1, "Lab: %s workstations with real Firefox ESR profiles, stand-in CA chain, token, test page" % n)
-    p, _ = run([sys.executable, "-m", "lab.build", "create", "--hosts", n, "--dir", LAB_DIR, "--inventory", INVENTORY],
-               "lab")
+    if FLEET:
+        step(1, "Fleet: %s Debian 12 workstation containers over SSH (127.0.0.1), real users' Firefox profiles, "
+                "a token each, test page" % n)
+        p, _ = run([sys.executable, "-m", "lab.fleet", "create", "--hosts", n, "--dir", LAB_DIR,
+                    "--inventory", INVENTORY], "lab")
+    else:
+        step(1, "Lab: %s workstations with real Firefox ESR profiles, stand-in CA chain, token, test page" % n)
+        p, _ = run([sys.executable, "-m", "lab.build", "create", "--hosts", n, "--dir", LAB_DIR,
+                    "--inventory", INVENTORY], "lab")
     print("  " + (p.stdout.strip().splitlines() or [""])[-1][:150])
     step(2, "site.yml: prove the CA set, then policies and every profile of every workstation")
-    _, changed = run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/site.yml"], "site")
+    _, changed = run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/site.yml"] + LAB_VARS, "site")
     if changed == 0:
         print("  %sno change on the hosts: they were already provisioned (idempotent)%s" % (GREEN, OFF))
     step(3, "verify.yml: test login with the key on the token (PIN, TLS client certificate, test page)")
-    run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/verify.yml"] + OUT_VARS, "verify")
+    playbook = [os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY]
+    run(playbook + ["playbooks/verify.yml"] + LAB_VARS + OUT_VARS, "verify")
     step(4, "report.yml: the fleet report")
-    run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/report.yml"] + OUT_VARS, "report")
+    run(playbook + ["playbooks/report.yml"] + LAB_VARS + OUT_VARS, "report")
     summary(time.perf_counter() - t0)
 
 
@@ -116,7 +132,7 @@ def summary(elapsed):
     print("\n  report: %s" % os.path.join(REPORTS, "fleet.html"))
     print("  json:   %s" % path)
     if not DEMO_DIR:
-        print("  %sremove the lab with: make lab-destroy%s" % (DIM, OFF))
+        print("  %sremove the lab with: make %s%s" % (DIM, "fleet-destroy" if FLEET else "lab-destroy", OFF))
 
 
 if __name__ == "__main__":

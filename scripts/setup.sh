@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(libnss3 libnss3-tools firefox-esr softhsm2 opensc openssl gcc libc6-dev python3-venv
               publicsuffix libkrb5-dev    # IE zones planner (registrable domains); pywinrm[kerberos] builds on krb5
-              python3-cffi python3-cryptography)  # the target side on the system Python (token test login)
+              python3-cffi python3-cryptography   # the target side on the system Python (token test login)
+              docker.io debootstrap)              # the fleet lab (lab/fleet.py)
 STAMP_DIR=.stamps
 VENV=.venv
 
@@ -39,6 +40,26 @@ then run this again."
     || die "apt-get could not install: ${missing[*]} (see the output above)."
 else
   say "system packages present"
+fi
+
+# The fleet lab's containers need a running Docker daemon. Started here when it does not answer (no init
+# system is assumed): host networking only, so no bridge and no iptables rules are made.
+if ! docker info >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    SUDO=(sudo -n)
+  else
+    die "the Docker daemon does not answer and this user cannot start it: ask an administrator to start dockerd
+(or add you to the docker group), then run this again."
+  fi
+  say "starting dockerd (log: /var/log/tokentrust-dockerd.log)"
+  "${SUDO[@]}" sh -c 'nohup setsid dockerd --bridge=none --iptables=false --ip-masq=false \
+      >>/var/log/tokentrust-dockerd.log 2>&1 </dev/null &'
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || die "dockerd did not start: see /var/log/tokentrust-dockerd.log"
+else
+  say "docker daemon running"
 fi
 
 mkdir -p "$STAMP_DIR"

@@ -37,3 +37,17 @@ def test_site_small():
     assert re.search(r"naive certutil/modutil role\s+first run\s+[\d.]+ s \(changed=[1-9]", out), out
     assert ratio > 0
     assert not os.path.exists(os.path.join(ROOT, "lab", "build", "bench", "run")), "the bench left its lab behind"
+
+
+@pytest.mark.slow
+@pytest.mark.fleet
+def test_fleet_mode_over_ssh_small():
+    out, ratio = run_bench("bench/fleet.py", "--fleet", "2")
+    assert "fleet: 2 containers over SSH on 127.0.0.1" in out
+    ours = re.search(r"tokentrust roles\s+first run\s+[\d.]+ s \(changed=(\d+)\)\s+second run\s+[\d.]+ s "
+                     r"\(changed=(\d+)\)", out)
+    assert ours and int(ours.group(1)) > 0 and int(ours.group(2)) == 0, out
+    assert re.search(r"naive certutil/modutil role\s+first run\s+[\d.]+ s \(changed=[1-9]", out), out
+    assert re.search(r"same hosts over SSH: [\d.]+ s; our second run = [\d.]+x ping", out), out
+    assert ratio > 0
+    assert not os.path.exists(os.path.join(ROOT, "lab", "build", "bench-fleet", "run")), "the bench left its fleet"

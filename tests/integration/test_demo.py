@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.mark.slow
 def test_demo_twice(tmp_path):
-    env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), DEMO_HOSTS="2", NO_COLOR="1")
+    env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), DEMO_HOSTS="2", NO_COLOR="1", DEMO_MODE="local")
     try:
         first = subprocess.run([sys.executable, "scripts/demo.py"], cwd=ROOT, env=env, capture_output=True,
                                text=True, timeout=900)

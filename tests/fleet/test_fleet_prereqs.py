@@ -1,0 +1,55 @@
+"""Item 6 of issue 10: what the NSS modules need on the target (python3-apt first, then python3-cffi) is checked
+and installed before ANY change; a host that cannot get it is left untouched, with a message saying what to do.
+"""
+import pytest
+
+from lab import fleet as fleetlab
+from tests.fleet.conftest import recap
+
+pytestmark = [pytest.mark.fleet, pytest.mark.slow]
+
+
+def odd_host(fleet):
+    """A host of the image without python3-cffi (and without python3-apt): fleet-ws-01."""
+    h = fleet.m["hosts"][0]
+    assert not h["python3_cffi"]
+    return h["name"]
+
+
+def untouched(fleet, host):
+    out = fleet.sh(host, "ls /etc/firefox/policies/policies.json /usr/local/share/tokentrust 2>&1; "
+                         "python3 -c 'import cffi' 2>&1 | tail -1", check=False).stdout
+    assert "No such file" in out and out.count("No such file") == 2, out
+    assert "No module named 'cffi'" in out, out
+    for dirs in fleet.profiles(host).values():
+        for p in dirs:
+            assert not [n for n in fleet.certutil(host, p) if n.startswith("Lab ")], p
+
+
+def test_no_package_source_changes_nothing(fleet):
+    host = odd_host(fleet)
+    fleetlab.reset_host(fleet.m, host)
+    fleet.sh(host, "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* && rm -rf /var/lib/apt/lists/*")
+    run = fleet.playbook("site.yml", "-l", host)
+    assert run.returncode != 0, run.stdout[-3000:]
+    assert "Nothing was changed on this host" in run.stdout, run.stdout[-3000:]
+    assert "python3-apt" in run.stdout and "python3-cffi" in run.stdout
+    untouched(fleet, host)
+
+
+def test_prerequisites_installed_first_then_converged(fleet):
+    host = odd_host(fleet)
+    fleetlab.reset_host(fleet.m, host)
+    run = fleet.playbook("site.yml", "-l", host)
+    assert run.returncode == 0, run.stdout[-4000:]
+    out = run.stdout
+    apt_at = out.index("Install python3-apt first")
+    assert "changed: [%s]" % host in out[apt_at:out.index("TASK", apt_at + 10)]
+    assert apt_at < out.index("Deploy the CA files and merge our entries into policies.json")
+    assert out.index("Install what the NSS modules need") < out.index("Deploy the CA files")
+    fleet.sh(host, "python3 -c 'import apt, cffi'")
+    again = fleet.playbook("site.yml", "-l", host)
+    assert recap(again.stdout)[host]["changed"] == 0, again.stdout[-4000:]
+    # satisfied: both install steps skipped (ansible.cfg hides skipped tasks), only the one-call check ran
+    assert "Install python3-apt first" not in again.stdout and "Install what the NSS modules need" not in again.stdout
+    assert "Check what the NSS modules need on this host" in again.stdout
