@@ -1,0 +1,77 @@
+"""verify.yml and nss_provision over SSH with become on fleet workstations (issue 10, items 2, 3 and 5).
+
+What is checked is read on the controller's saved result and inside the containers (Debian's own Python and
+cryptography, certutil/modutil of Firefox's NSS), never through our bindings.
+"""
+import datetime
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.support.ansible_run import BIN, ROOT, ansible_env
+
+pytestmark = [pytest.mark.fleet, pytest.mark.slow]
+
+
+def _saved(report_dir, host):
+    with open(os.path.join(report_dir, "%s.json" % host)) as f:
+        return json.load(f)
+
+
+def _age_seconds(stamp):
+    t = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    return (datetime.datetime.now(datetime.timezone.utc) - t).total_seconds()
+
+
+def test_test_login_over_ssh_on_the_system_python_and_never_stale(fleet, tmp_path):
+    """Item 2: the test login runs on the workstation's own Python (Debian 12: python3-cryptography 38, installed by
+    the role when missing). Item 3: the saved result is dated, and a failing verify replaces an ok one."""
+    host = fleet.hosts[0]  # an odd host: no python3-cffi in the image, the role's install path runs
+    reports = str(tmp_path / "token")
+    run = fleet.playbook("verify.yml", "-l", host, "-e", "token_verify_report_dir=" + reports)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    ok = _saved(reports, host)
+    assert ok["ok"] is True and ok["error"] is None, ok
+    assert ok["client_cert_requested"] is True and ok["client_cert_sent"] and ok["client_cert_accepted"] is True
+    assert 0 <= _age_seconds(ok["checked_at"]) < 900
+    where = fleet.sh(host, "/usr/bin/python3 -c 'import cryptography, sys; print(sys.executable, "
+                           "cryptography.__version__, cryptography.__file__)'").stdout.split()
+    assert where[0] == "/usr/bin/python3" and where[1].startswith("38.") and where[2].startswith("/usr/lib/python3/")
+
+    bad = fleet.playbook("verify.yml", "-l", host, "-e", "token_verify_report_dir=" + reports,
+                         "-e", "token_verify_url=https://127.0.0.1:1/")
+    assert bad.returncode != 0
+    failed = _saved(reports, host)
+    assert failed["ok"] is False and failed["error"] and failed["checked_at"] >= ok["checked_at"], failed
+
+
+def test_unloadable_token_library_does_not_cost_the_ca_set_over_ssh(fleet, tmp_path):
+    """Item 5: a PKCS#11 library that exists on the workstation but cannot be loaded."""
+    host = fleet.hosts[-1]  # an even host: python3-cffi in the image
+    fleet.sh(host, "printf 'not a shared object' > /usr/local/lib/libbroken-pkcs11.so")
+    certs = []
+    for ca in fleet.m["pki"]["cas"]:
+        with open(ca["path"]) as f:
+            certs.append({"name": "Item5 " + ca["name"], "content": f.read(),
+                          "trust": "C,," if ca["subject"] == ca["issuer"] else ",,"})
+    args = {"users": ["alice", "bob"], "certificates": certs, "module_name": "broken",
+            "module_library": "/usr/local/lib/libbroken-pkcs11.so"}
+    env = ansible_env(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
+    cmd = [os.path.join(BIN, "ansible"), host, "-i", fleet.inventory, "-b", "-m", "nss_provision",
+           "-a", json.dumps(args)]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = json.loads(p.stdout[p.stdout.index("{"):])["plays"][0]["tasks"][0]["hosts"][host]
+    assert not res.get("failed"), res
+    assert res["databases"] and all(not d["error"] for d in res["databases"]), res["databases"]
+    assert sum("could not be registered" in w for w in res["warnings"]) == len(res["databases"]), res["warnings"]
+    profiles = fleet.profiles(host)
+    assert set(profiles) >= {"alice", "bob"}
+    for user in ("alice", "bob"):
+        for prof in profiles[user]:
+            listed = fleet.certutil(host, prof)
+            assert all(c["name"] in listed for c in certs), (prof, listed)
+            assert "broken" not in fleet.modutil(host, prof)
+            owners = fleet.sh(host, "stat -c %%U '%s'/cert9.db '%s'/key4.db" % (prof, prof))
+            assert set(owners.stdout.split()) == {user}, owners.stdout
