@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from lab import fleet as fleetlab
 from tests.support.ansible_run import BIN, ROOT, ansible_env
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
@@ -50,6 +51,7 @@ def test_test_login_over_ssh_on_the_system_python_and_never_stale(fleet, tmp_pat
 def test_unloadable_token_library_does_not_cost_the_ca_set_over_ssh(fleet, tmp_path):
     """Item 5: a PKCS#11 library that exists on the workstation but cannot be loaded."""
     host = fleet.hosts[-1]  # an even host: python3-cffi in the image
+    fleetlab.reset_host(fleet.m, host)  # fresh profiles, whatever other fleet tests provisioned there
     fleet.sh(host, "printf 'not a shared object' > /usr/local/lib/libbroken-pkcs11.so")
     certs = []
     for ca in fleet.m["pki"]["cas"]:
