@@ -99,7 +99,7 @@ options:
     type: int
     default: 60
 notes:
-  - Privilege model. Run as root, the module never opens a file inside a user's home itself: each home is
+  - Privilege model. Run as root, the module never opens a file inside a user's home itself; each home is
     scanned, and each profile provisioned, in a forked child that has dropped to the owner's uid, gid and groups.
     Profiles that resolve outside their owner's home, or are owned by another user, are refused and reported as
     failed (RV(refused)). Database files that are symbolic links are refused.
