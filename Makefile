@@ -5,7 +5,7 @@ BIN   := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: setup demo test lint unit integration bench bench-fleet clean lab lab-destroy
+.PHONY: setup demo test lint unit integration bench bench-fleet clean lab lab-destroy collection
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,9 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint -q
+
+collection: setup
+	$(BIN)/python scripts/build_collection.py
 
 bench: setup
 	$(BIN)/python bench/nss_apply.py
