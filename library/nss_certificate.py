@@ -17,7 +17,8 @@ description:
     databases still complete unless O(fail_fast=true). The module fails at the end if any database failed.
   - When run as root on users' profiles, every database file keeps the profile owner and mode.
 version_added: "1.0.0"
-author: tokentrust contributors
+author:
+  - tokentrust contributors (@tokentrust)
 requirements:
   - libnss3, libnspr4, libsmime3 (NSS 3.35 or later) on the target
   - python cffi on the target
@@ -64,7 +65,11 @@ options:
   password:
     description: Primary password of the databases, if they have one.
     type: str
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
   diff_mode:

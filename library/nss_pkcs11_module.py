@@ -16,7 +16,8 @@ description:
   - NSS loads a library to register it, so a library missing on the host cannot be registered; the module warns
     and skips (O(missing_library=warn)) or fails (O(missing_library=fail)).
 version_added: "1.0.0"
-author: tokentrust contributors
+author:
+  - tokentrust contributors (@tokentrust)
 requirements:
   - libnss3, libnspr4 on the target
   - python cffi on the target
@@ -54,7 +55,11 @@ options:
     description: Stop at the first database that fails instead of completing the others.
     type: bool
     default: false
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
   diff_mode:

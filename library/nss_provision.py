@@ -17,7 +17,8 @@ description:
   - Profiles still in the legacy dbm format are skipped and reported. A failing profile is left untouched and
     reported with its path; the others complete unless O(fail_fast=true); the module then fails at the end.
 version_added: "1.0.0"
-author: tokentrust contributors
+author:
+  - tokentrust contributors (@tokentrust)
 requirements:
   - libnss3, libnspr4, libsmime3 on the target (Firefox's own NSS is used when the Firefox install ships one)
   - python cffi on the target
@@ -106,7 +107,11 @@ notes:
   - A profile's failure, including a PKCS#11 library that crashes when NSS loads it, is reported for that
     profile only. The certificates are applied with no PKCS#11 library loaded; a library that cannot be loaded
     costs the module registration only (a warning with O(missing_library=warn), a failure with C(fail)).
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
   diff_mode:
