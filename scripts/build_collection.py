@@ -65,11 +65,16 @@ class Rewriter:
         self.re_role = re.compile(rf"^(\s*(?:- )?(?:role|name):\s*)({roles})(\s*(?:#.*)?)$", re.M)
         self.re_role_item = re.compile(rf"^(\s*- )({roles})(\s*(?:#.*)?)$", re.M)
         self.re_filter = re.compile(r"(\|\s*)(tokentrust_win_\w+)")
+        self.re_doc_module = re.compile(rf"\bM\(({mods})\)")
+        self.re_seealso = re.compile(rf"^(\s*- module: )({mods})(\s*)$", re.M)
         self.re_noqa_fqcn = re.compile(r"\s*# noqa: fqcn\[action\][^\n]*")
 
     # Python ---------------------------------------------------------------------------------------------
     def python(self, text, path):
         text = text.replace("ansible.module_utils.tokentrust_", f"{self.mu_prefix}.tokentrust_")
+        # in DOCUMENTATION and RETURN, M(module) and seealso entries name our modules by FQCN
+        text = self.re_doc_module.sub(lambda m: f"M({self.fq}.{m.group(1)})", text)
+        text = self.re_seealso.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text)
         m = re.search(r'^EXAMPLES = r?("""|\'\'\')(.*?)\1', text, re.M | re.S)
         if m:
             examples = self.re_action.sub(lambda a: f"{a.group(1)}{self.fq}.{a.group(2)}:{a.group(3)}", m.group(2))
