@@ -4,6 +4,7 @@ ansible.cfg of this repository, no ANSIBLE_LIBRARY / ANSIBLE_MODULE_UTILS / role
 The NSS state written by the installed modules is checked with certutil, not with our bindings."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -209,3 +210,33 @@ def test_installed_roles_and_playbooks_call_everything_by_fqcn(installed):
     # the references exist: every module and role of the repository is called by its FQCN somewhere
     assert {f"{FQ}.{m}" for m in ("nss_provision", "firefox_policies", "ca_bundle", "pkcs11_token_login")} <= set(seen)
     assert f"role {FQ}.firefox_nss" in seen and f"playbook {FQ}.ca" in seen
+
+
+def test_execution_environment_installs_the_built_collection(built, tmp_path):
+    """execution-environment.yml takes the tarball of `make collection` into the build context and installs it in
+    the galaxy stage (from WORKDIR /build). Here: the real `ansible-builder create` on a copy whose
+    build/collection/ holds the tarball just built, then the stage's own `ansible-galaxy collection install -r
+    requirements.yml` run in the context's _build/ on its file entries (ansible.windows would need the network)."""
+    tarball, _ = built
+    shutil.copy(os.path.join(ROOT, "execution-environment.yml"), tmp_path / "execution-environment.yml")
+    (tmp_path / "build" / "collection").mkdir(parents=True)
+    shutil.copy(tarball, tmp_path / "build" / "collection")
+    ctx = tmp_path / "context"
+    p = subprocess.run([os.path.join(BIN, "ansible-builder"), "create", "-f", "execution-environment.yml", "-c",
+                        str(ctx)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and "No matches" not in p.stdout + p.stderr, p.stdout + p.stderr
+    req = yaml.safe_load((ctx / "_build" / "requirements.yml").read_text())
+    files = [c for c in req["collections"] if c.get("type") == "file"]
+    assert [c["name"] for c in files] == [f"collections/{os.path.basename(tarball)}"]  # galaxy.yml's version
+    (ctx / "_build" / "files-only.yml").write_text(yaml.safe_dump({"collections": files}))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = clean_env(home, home / "collections")
+    p = subprocess.run([os.path.join(BIN, "ansible-galaxy"), "collection", "install", "--no-deps", "-r",
+                        "files-only.yml", "-p", str(home / "ee")], cwd=ctx / "_build", env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    manifest = json.loads((home / "ee" / "ansible_collections" / NS / NAME / "MANIFEST.json").read_text())
+    assert manifest["collection_info"]["version"] == yaml.safe_load(
+        open(os.path.join(ROOT, "collection", "galaxy.yml"), encoding="utf-8"))["version"]
+    assert (home / "ee" / "ansible_collections" / NS / NAME / "plugins" / "modules" / "nss_provision.py").is_file()
