@@ -49,24 +49,14 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  nickname_conflict:
-    description: What to do when a nickname is already used by a different certificate.
-    type: str
-    choices: [fail, rename]
-    default: fail
-  backup:
-    description: Copy the database files into a C(tokentrust-backup-<time>) directory of the profile before a change.
-    type: bool
-    default: false
   fail_fast:
     description: Stop at the first database that fails instead of completing the others.
     type: bool
     default: false
-  password:
-    description: Primary password of the databases, if they have one.
-    type: str
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_nss
+  - tokentrust_nss.certificates
 attributes:
   platform:
     platforms: posix

@@ -47,16 +47,13 @@ options:
     type: str
     choices: [warn, fail]
     default: warn
-  backup:
-    description: Copy the database files into a C(tokentrust-backup-<time>) directory of the profile before a change.
-    type: bool
-    default: false
   fail_fast:
     description: Stop at the first database that fails instead of completing the others.
     type: bool
     default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_nss
 attributes:
   platform:
     platforms: posix

@@ -61,11 +61,6 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  nickname_conflict:
-    description: What to do when a nickname is already used by a different certificate.
-    type: str
-    choices: [fail, rename]
-    default: fail
   module_name:
     description: Security device name of the PKCS#11 module.
     type: str
@@ -82,17 +77,10 @@ options:
     type: str
     choices: [warn, fail]
     default: warn
-  backup:
-    description: Copy the database files into a C(tokentrust-backup-<time>) directory of the profile before a change.
-    type: bool
-    default: false
   fail_fast:
     description: Stop at the first failing profile.
     type: bool
     default: false
-  password:
-    description: Primary password of the databases, if they have one.
-    type: str
   lock_timeout:
     description:
       - Seconds to wait for another tokentrust run working on the same profile (runs take a per-profile lock).
@@ -109,6 +97,8 @@ notes:
     costs the module registration only (a warning with O(missing_library=warn), a failure with C(fail)).
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_nss
+  - tokentrust_nss.certificates
 attributes:
   platform:
     platforms: posix

@@ -7,7 +7,7 @@ filter_plugins/ at the top) and stays the one source; the collection tree is gen
   library/*.py          -> plugins/modules/        imports rewritten, EXAMPLES by FQCN
   module_utils/**       -> plugins/module_utils/   `ansible.module_utils.tokentrust_*` imports rewritten
   filter_plugins/*.py   -> plugins/filter/         the sys.path patch replaced by a collection import
-  doc_fragments/*.py    -> plugins/doc_fragments/  (when the directory exists)
+  doc_fragments/*.py    -> plugins/doc_fragments/  named by FQCN in extends_documentation_fragment
   roles/*               -> roles/                  modules, roles and filters called by FQCN
   playbooks/*.yml       -> playbooks/              same (lab.yml stays: it drives this repository's lab)
   collection/           -> galaxy.yml, meta/runtime.yml, README.md
@@ -67,11 +67,16 @@ class Rewriter:
         self.re_filter = re.compile(r"(\|\s*)(tokentrust_win_\w+)")
         self.re_doc_module = re.compile(rf"\bM\(({mods})\)")
         self.re_seealso = re.compile(rf"^(\s*- module: )({mods})(\s*)$", re.M)
+        frag_dir = os.path.join(ROOT, "doc_fragments")
+        frags = "|".join(map(re.escape, _names("doc_fragments", ".py") if os.path.isdir(frag_dir) else [])) or "(?!)"
+        self.re_fragment = re.compile(rf"^(\s*- )((?:{frags})(?:\.\w+)?)(\s*)$", re.M)
         self.re_noqa_fqcn = re.compile(r"\s*# noqa: fqcn\[action\][^\n]*")
 
     # Python ---------------------------------------------------------------------------------------------
     def python(self, text, path):
         text = text.replace("ansible.module_utils.tokentrust_", f"{self.mu_prefix}.tokentrust_")
+        # our doc fragments (doc_fragments/*.py) by FQCN in extends_documentation_fragment
+        text = self.re_fragment.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text)
         # in DOCUMENTATION and RETURN, M(module) and seealso entries name our modules by FQCN
         text = self.re_doc_module.sub(lambda m: f"M({self.fq}.{m.group(1)})", text)
         text = self.re_seealso.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text)
@@ -188,6 +193,8 @@ def check(tree, rw):
             if n.endswith(".py"):
                 if "ansible.module_utils.tokentrust" in text:
                     problems.append(f"{rel}: imports ansible.module_utils.tokentrust_*")
+                if re.search(r"^\s*- tokentrust_\w+(\.\w+)?\s*$", text, re.M):
+                    problems.append(f"{rel}: names a doc fragment by its short name")
                 if "sys.path.insert" in text:
                     problems.append(f"{rel}: patches sys.path")
             elif n.endswith(".yml") and ("/tasks/" in p or "/handlers/" in p or rel.startswith("playbooks")):

@@ -78,7 +78,7 @@ def test_tarball_holds_every_module_role_and_the_filters(built):
 
 
 def test_installed_modules_render_with_ansible_doc(installed):
-    home, _colls, env = installed
+    home, colls, env = installed
     p = subprocess.run([os.path.join(BIN, "ansible-doc"), "-t", "module", "-l", FQ], cwd=home, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
@@ -92,6 +92,13 @@ def test_installed_modules_render_with_ansible_doc(installed):
         doc = docs[f"{FQ}.{m}"]
         assert doc["doc"]["module"] == m and doc["examples"] and doc["return"] is not None, m
         assert f"{FQ}.{m}:" in doc["examples"], f"EXAMPLES of {m} do not call it by FQCN"
+    # the shared options come from the collection's doc fragment (doc_fragments/tokentrust_nss.py)
+    for m, shared in (("nss_certificate", {"backup", "password", "nickname_conflict"}),
+                      ("nss_provision", {"backup", "password", "nickname_conflict"}),
+                      ("nss_pkcs11_module", {"backup"})):
+        assert shared <= set(docs[f"{FQ}.{m}"]["doc"]["options"]), m
+        source = docs[f"{FQ}.{m}"]["doc"]["filename"]
+        assert source.startswith(str(colls)) and f"  - {FQ}.tokentrust_nss\n" in open(source).read(), m
 
 
 def test_installed_playbooks_resolve_every_role_module_and_filter_by_fqcn(installed):
