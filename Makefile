@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 .PHONY: setup demo demo-local test lint unit integration fleet-tests bench bench-fleet bench-ssh clean lab lab-destroy \
-	fleet fleet-destroy
+	fleet fleet-destroy collection
 
 setup:
 	@bash scripts/setup.sh
@@ -32,6 +32,9 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint -q
+
+collection: setup
+	$(BIN)/python scripts/build_collection.py
 
 bench: setup
 	$(BIN)/python bench/nss_apply.py

@@ -24,7 +24,7 @@ description:
     one message per CA naming the CA and the URL or path, after every CA has been examined.
   - "Meant to run on the controller (C(delegate_to: localhost), C(run_once: true))."
 author:
-  - tokentrust contributors
+  - tokentrust contributors (@tokentrust)
 requirements:
   - cryptography >= 41
 options:
@@ -99,7 +99,11 @@ options:
     description: Ignore the cache and get every CA again from its path or URLs.
     type: bool
     default: false
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
     details: Downloads and checks everything, writes nothing.
@@ -153,22 +157,25 @@ cas:
   contains:
     name: {description: The CA name., type: str, sample: Certeurope Root CA 2}
     nickname: {description: NSS nickname (the name)., type: str}
-    subject: {description: Subject, RFC 4514., type: str, sample: "CN=Certeurope Root CA 2,O=Certeurope,C=FR"}
-    issuer: {description: Issuer, RFC 4514., type: str}
-    serial: {description: Serial number, upper-case hex., type: str, sample: "7119"}
-    not_before: {description: Start of validity, ISO 8601 UTC., type: str, sample: "2007-03-27T22:00:00Z"}
-    not_after: {description: End of validity, ISO 8601 UTC., type: str, sample: "2037-03-27T23:00:00Z"}
+    subject: {description: "Subject, RFC 4514.", type: str, sample: "CN=Certeurope Root CA 2,O=Certeurope,C=FR"}
+    issuer: {description: "Issuer, RFC 4514.", type: str}
+    serial: {description: "Serial number, upper-case hex.", type: str, sample: "7119"}
+    not_before: {description: "Start of validity, ISO 8601 UTC.", type: str, sample: "2007-03-27T22:00:00Z"}
+    not_after: {description: "End of validity, ISO 8601 UTC.", type: str, sample: "2037-03-27T23:00:00Z"}
     days_left: {description: Whole days until not_after (negative once expired)., type: int}
     expired: {description: Whether not_after is past., type: bool}
-    sha1: {description: SHA-1 fingerprint (the Windows thumbprint), upper-case hex without colons., type: str}
-    sha256: {description: SHA-256 fingerprint, upper-case hex without colons., type: str}
+    sha1: {description: "SHA-1 fingerprint (the Windows thumbprint), upper-case hex without colons.", type: str}
+    sha256: {description: "SHA-256 fingerprint, upper-case hex without colons.", type: str}
     role: {description: "C(root) (self-signed) or C(intermediate).", type: str}
     nss_trust: {description: NSS trust flags to use., type: str, sample: "C,,"}
     windows_store: {description: "Windows LocalMachine store: C(Root) or C(CA).", type: str}
     pem: {description: The certificate in PEM., type: str}
     pem_path: {description: Normalised PEM copy on the controller., type: str}
     der_path: {description: Normalised DER copy on the controller., type: str}
-    warnings: {description: Warnings about this CA (expired but allowed, weak signature...)., type: list, elements: str}
+    warnings:
+      description: Warnings about this CA (expired but allowed, weak signature...).
+      type: list
+      elements: str
 sources:
   description: Where each CA came from (C(cache:<path>), a path or a URL).
   returned: always

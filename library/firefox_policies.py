@@ -24,7 +24,8 @@ description:
   - A deprecated flat C(SecurityDevices) form found in the file is kept and reported; see the
     notes.
 version_added: "1.0.0"
-author: tokentrust contributors
+author:
+  - tokentrust contributors (@tokentrust)
 options:
   path:
     description:
@@ -120,7 +121,11 @@ options:
         (Firefox reports a policy failure for them at start-up).
     type: bool
     default: true
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
   diff_mode:

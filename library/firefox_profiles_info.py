@@ -21,7 +21,8 @@ description:
     its root (RV(roots[].error) and a warning) and the other roots are still listed.
   - Read-only; never changes anything.
 version_added: "1.0.0"
-author: tokentrust contributors
+author:
+  - tokentrust contributors (@tokentrust)
 options:
   users:
     description:
@@ -46,7 +47,11 @@ options:
     description: Determine whether each profile is in use by a running Firefox (RV(profiles[].in_use)).
     type: bool
     default: true
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
     details: The module never changes anything.
@@ -138,6 +143,14 @@ roots:
   type: list
   elements: dict
   sample: [{"path": "/home/alice/.mozilla/firefox", "kind": "firefox", "user": "alice", "profiles": 2, "error": null}]
+  contains:
+    path: {description: The profile root directory., type: str}
+    kind:
+      description: Which application and packaging, C(firefox), C(firefox-snap), C(firefox-flatpak), C(thunderbird)...
+      type: str
+    user: {description: Owner of the home it was found in., type: str}
+    profiles: {description: Number of profiles listed in its profiles.ini., type: int}
+    error: {description: Why its profiles.ini could not be read (null when fine)., type: str}
 homes:
   description: The homes scanned with their owner.
   returned: always

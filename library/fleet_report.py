@@ -13,11 +13,12 @@ description:
     needs attention (amber) or needs action (red), with the reasons in words, and writes
     C(fleet.json) (machine-readable, see C(docs/report.md)) and C(fleet.html) (one file, inline CSS, JavaScript and
     SVG, no network: a sortable host table, summary counts and the certificate expiry timeline)."
-  - A host without a test-login result in O(hosts[].token) gets the one in O(token_dir)C(/<host>.json) when that
-    file exists (written by C(playbooks/verify.yml)), else "not run".
+  - A host without a test-login result in the C(token) of its O(hosts) entry gets the one in
+    O(token_dir)C(/<host>.json) when that file exists (written by C(playbooks/verify.yml)), else "not run".
   - Files are written atomically and only when their content changed.
 version_added: "1.0.0"
-author: tokentrust contributors
+author:
+  - tokentrust contributors (@tokentrust)
 options:
   hosts:
     description:
@@ -64,7 +65,11 @@ options:
     description: Title of the page.
     type: str
     default: tokentrust fleet report
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
     details: Builds the report and says whether the files would change, without writing them.
@@ -193,7 +198,7 @@ def main():
             expiry_warning_days=dict(type="int", default=90),
             expiry_critical_days=dict(type="int", default=30),
             token_required=dict(type="bool", default=False),
-            token_max_age_hours=dict(type="int", default=168),
+            token_max_age_hours=dict(type="int", default=168, no_log=False),
             check_policies=dict(type="bool", default=True),
             title=dict(type="str", default="tokentrust fleet report"),
         ),

@@ -17,7 +17,8 @@ description:
     databases still complete unless O(fail_fast=true). The module fails at the end if any database failed.
   - When run as root on users' profiles, every database file keeps the profile owner and mode.
 version_added: "1.0.0"
-author: tokentrust contributors
+author:
+  - tokentrust contributors (@tokentrust)
 requirements:
   - libnss3, libnspr4, libsmime3 (NSS 3.35 or later) on the target
   - python cffi on the target
@@ -48,23 +49,17 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  nickname_conflict:
-    description: What to do when a nickname is already used by a different certificate.
-    type: str
-    choices: [fail, rename]
-    default: fail
-  backup:
-    description: Copy the database files into a C(tokentrust-backup-<time>) directory of the profile before a change.
-    type: bool
-    default: false
   fail_fast:
     description: Stop at the first database that fails instead of completing the others.
     type: bool
     default: false
-  password:
-    description: Primary password of the databases, if they have one.
-    type: str
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - tokentrust_nss
+  - tokentrust_nss.certificates
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
   diff_mode:

@@ -15,7 +15,8 @@ description:
   - Never writes anything; a database that cannot be read is reported with its error and the others still are.
   - Run as root, each database is read in a forked child acting as the database's owner (see M(nss_provision)).
 version_added: "1.0.0"
-author: tokentrust contributors
+author:
+  - tokentrust contributors (@tokentrust)
 requirements:
   - libnss3, libnspr4 on the target
   - python cffi on the target
@@ -35,7 +36,11 @@ options:
   expected_module:
     description: Module expected in each database, as C(name) and C(library).
     type: dict
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
     details: The module never changes anything.
@@ -60,12 +65,12 @@ databases:
   elements: dict
   contains:
     path: {description: Database directory., type: str}
-    certificates: {description: Certificates with nickname, sha256, subject, issuer, not_after, trust., type: list}
-    modules: {description: External PKCS#11 modules with name, library and slots., type: list}
+    certificates: {description: "Certificates with nickname, sha256, subject, issuer, not_after, trust.", type: list}
+    modules: {description: "External PKCS#11 modules with name, library and slots.", type: list}
     missing: {description: Expected certificates absent from the database (names)., type: list}
     wrong_trust: {description: Expected certificates present with another trust (names)., type: list}
     module_ok: {description: The expected module is registered with the expected library., type: bool}
-    compliant: {description: Nothing missing, no wrong trust, module registered (when expected)., type: bool}
+    compliant: {description: "Nothing missing, no wrong trust, module registered (when expected).", type: bool}
     error: {description: Why the database could not be read., type: str}
 """
 

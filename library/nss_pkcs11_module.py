@@ -16,7 +16,8 @@ description:
   - NSS loads a library to register it, so a library missing on the host cannot be registered; the module warns
     and skips (O(missing_library=warn)) or fails (O(missing_library=fail)).
 version_added: "1.0.0"
-author: tokentrust contributors
+author:
+  - tokentrust contributors (@tokentrust)
 requirements:
   - libnss3, libnspr4 on the target
   - python cffi on the target
@@ -46,15 +47,16 @@ options:
     type: str
     choices: [warn, fail]
     default: warn
-  backup:
-    description: Copy the database files into a C(tokentrust-backup-<time>) directory of the profile before a change.
-    type: bool
-    default: false
   fail_fast:
     description: Stop at the first database that fails instead of completing the others.
     type: bool
     default: false
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - tokentrust_nss
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
   diff_mode:

@@ -17,7 +17,8 @@ description:
   - Profiles still in the legacy dbm format are skipped and reported. A failing profile is left untouched and
     reported with its path; the others complete unless O(fail_fast=true); the module then fails at the end.
 version_added: "1.0.0"
-author: tokentrust contributors
+author:
+  - tokentrust contributors (@tokentrust)
 requirements:
   - libnss3, libnspr4, libsmime3 on the target (Firefox's own NSS is used when the Firefox install ships one)
   - python cffi on the target
@@ -60,11 +61,6 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  nickname_conflict:
-    description: What to do when a nickname is already used by a different certificate.
-    type: str
-    choices: [fail, rename]
-    default: fail
   module_name:
     description: Security device name of the PKCS#11 module.
     type: str
@@ -81,17 +77,10 @@ options:
     type: str
     choices: [warn, fail]
     default: warn
-  backup:
-    description: Copy the database files into a C(tokentrust-backup-<time>) directory of the profile before a change.
-    type: bool
-    default: false
   fail_fast:
     description: Stop at the first failing profile.
     type: bool
     default: false
-  password:
-    description: Primary password of the databases, if they have one.
-    type: str
   lock_timeout:
     description:
       - Seconds to wait for another tokentrust run working on the same profile (runs take a per-profile lock).
@@ -99,14 +88,20 @@ options:
     type: int
     default: 60
 notes:
-  - Privilege model. Run as root, the module never opens a file inside a user's home itself: each home is
+  - Privilege model. Run as root, the module never opens a file inside a user's home itself; each home is
     scanned, and each profile provisioned, in a forked child that has dropped to the owner's uid, gid and groups.
     Profiles that resolve outside their owner's home, or are owned by another user, are refused and reported as
     failed (RV(refused)). Database files that are symbolic links are refused.
   - A profile's failure, including a PKCS#11 library that crashes when NSS loads it, is reported for that
     profile only. The certificates are applied with no PKCS#11 library loaded; a library that cannot be loaded
     costs the module registration only (a warning with O(missing_library=warn), a failure with C(fail)).
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - tokentrust_nss
+  - tokentrust_nss.certificates
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
   diff_mode:

@@ -25,7 +25,7 @@ description:
   - This is an action, not a state. A second run with the same current PIN is a wrong PIN (it has changed),
     which the guard limits to one attempt; run it once per key.
 author:
-  - tokentrust contributors
+  - tokentrust contributors (@tokentrust)
 requirements:
   - NSS (libnss3) on the host
 options:
@@ -74,7 +74,11 @@ options:
     description: Refuse new PINs such as 0000 or 1234 (one repeated character or a run).
     type: bool
     default: true
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
     details: Checks the new PIN and the guards; presents nothing to the token.
@@ -133,7 +137,6 @@ error:
   type: dict
 """
 
-import os
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -153,7 +156,7 @@ def main():
         argument_spec=dict(
             action=dict(type="str", required=True, choices=["change", "unblock"]),
             module=dict(type="path"),
-            token_label=dict(type="str"),
+            token_label=dict(type="str", no_log=False),
             pin=dict(type="str", no_log=True),
             puk=dict(type="str", no_log=True),
             new_pin=dict(type="str", required=True, no_log=True),
@@ -170,9 +173,7 @@ def main():
     if not HAS_NSS_BINDINGS:
         module.fail_json(msg=missing_required_lib("cffi and NSS (libnss3)"), exception=NSS_IMPORT_ERROR)
     p = module.params
-    path = p["module"] or default_module()
-    if path:
-        path = os.path.expanduser(path)
+    path = p["module"] or default_module()  # type=path: ~ and $VARS already expanded by AnsibleModule
     try:
         rep = pin_action(
             path, p["action"], label=p["token_label"], pin=p["pin"], puk=p["puk"], new_pin=p["new_pin"],

@@ -40,7 +40,7 @@ description:
   - "In check mode nothing is presented to the token: the module finds the token, reads its PIN state (and
     says whether a login would be refused), lists its certificates and checks them against the CA set."
 author:
-  - tokentrust contributors
+  - tokentrust contributors (@tokentrust)
 requirements:
   - NSS (libnss3, libssl3, libnspr4) on the host
   - cffi and cryptography >= 38 (Debian 12's python3-cryptography) on the host's Python
@@ -127,7 +127,11 @@ options:
         C(token_verify) role asserts afterwards.
     type: bool
     default: true
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
     details: No PIN is presented and no TLS connection is made in check mode.
@@ -262,7 +266,6 @@ tls:
   type: dict
 """
 
-import os
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -295,7 +298,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             module=dict(type="path"),
-            token_label=dict(type="str"),
+            token_label=dict(type="str", no_log=False),
             pin=dict(type="str", no_log=True),
             allow_final_try=dict(type="bool", default=False),
             ca_set=dict(type="list", elements="raw"),
@@ -318,9 +321,7 @@ def main():
     if not p["pin"] and not module.check_mode:
         module.fail_json(msg="pin is required (from the vault variable or a prompt); nothing was presented to the "
                          "token")
-    path = p["module"] or default_module()
-    if path:
-        path = os.path.expanduser(path)
+    path = p["module"] or default_module()  # type=path: ~ and $VARS already expanded by AnsibleModule
     try:
         rep = verify_token(
             path, p["pin"], label=p["token_label"], ca_set=p["ca_set"], url=p["url"],

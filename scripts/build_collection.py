@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Build the tokentrust.workstation collection from the repository layout (`make collection`).
+
+The repository keeps the layout of the design (ansible.cfg, playbooks/, roles/, library/, module_utils/,
+filter_plugins/ at the top) and stays the one source; the collection tree is generated:
+
+  library/*.py          -> plugins/modules/        imports rewritten, EXAMPLES by FQCN
+  module_utils/**       -> plugins/module_utils/   `ansible.module_utils.tokentrust_*` imports rewritten
+  filter_plugins/*.py   -> plugins/filter/         the sys.path patch replaced by a collection import
+  doc_fragments/*.py    -> plugins/doc_fragments/  named by FQCN in extends_documentation_fragment
+  roles/*               -> roles/                  modules, roles and filters called by FQCN
+  playbooks/*.yml       -> playbooks/              same (lab.yml stays: it drives this repository's lab)
+  collection/           -> galaxy.yml, meta/runtime.yml, README.md
+
+Every rewrite is checked afterwards (no short module name as a task action, no `ansible.module_utils.tokentrust`
+import, no sys.path patch left); a source change that defeats a rewrite fails the build with what and where.
+
+  python scripts/build_collection.py [--out build/collection]
+prints the path of the built tarball; the tree is left in <out>/ansible_collections/<namespace>/<name>.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP_PLAYBOOKS = {"lab.yml"}  # creates this repository's lab (python -m lab.build): not collection content
+
+
+class BuildError(Exception):
+    pass
+
+
+def galaxy_meta():
+    with open(os.path.join(ROOT, "collection", "galaxy.yml"), encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _names(directory, suffix=""):
+    return sorted(
+        n[: -len(suffix)] if suffix else n
+        for n in os.listdir(os.path.join(ROOT, directory))
+        if (n.endswith(suffix) if suffix else os.path.isdir(os.path.join(ROOT, directory, n)))
+        and not n.startswith(("_", "."))
+    )
+
+
+class Rewriter:
+    def __init__(self, namespace, name):
+        self.fq = f"{namespace}.{name}"
+        self.mu_prefix = f"ansible_collections.{namespace}.{name}.plugins.module_utils"
+        self.modules = _names("library", ".py")
+        self.roles = _names("roles")
+        mods = "|".join(map(re.escape, self.modules))
+        roles = "|".join(map(re.escape, self.roles))
+        # a task's action key: `  nss_provision:` or `- nss_provision:` (optionally followed by a comment)
+        self.re_action = re.compile(rf"^(\s*(?:- )?)({mods}):(\s*(?:#.*)?)$", re.M)
+        # a role reference: `- role: x`, `role: x`, `name: x` (include_role/import_role), `- x` under roles:
+        self.re_role = re.compile(rf"^(\s*(?:- )?(?:role|name):\s*)({roles})(\s*(?:#.*)?)$", re.M)
+        self.re_role_item = re.compile(rf"^(\s*- )({roles})(\s*(?:#.*)?)$", re.M)
+        self.re_filter = re.compile(r"(\|\s*)(tokentrust_win_\w+)")
+        self.re_doc_module = re.compile(rf"\bM\(({mods})\)")
+        self.re_seealso = re.compile(rf"^(\s*- module: )({mods})(\s*)$", re.M)
+        frag_dir = os.path.join(ROOT, "doc_fragments")
+        frags = "|".join(map(re.escape, _names("doc_fragments", ".py") if os.path.isdir(frag_dir) else [])) or "(?!)"
+        self.re_fragment = re.compile(rf"^(\s*- )((?:{frags})(?:\.\w+)?)(\s*)$", re.M)
+        self.re_noqa_fqcn = re.compile(r"\s*# noqa: fqcn\[action\][^\n]*")
+
+    # Python ---------------------------------------------------------------------------------------------
+    def python(self, text, path):
+        text = text.replace("ansible.module_utils.tokentrust_", f"{self.mu_prefix}.tokentrust_")
+        # our doc fragments (doc_fragments/*.py) by FQCN in extends_documentation_fragment
+        text = self.re_fragment.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text)
+        # in DOCUMENTATION and RETURN, M(module) and seealso entries name our modules by FQCN
+        text = self.re_doc_module.sub(lambda m: f"M({self.fq}.{m.group(1)})", text)
+        text = self.re_seealso.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text)
+        m = re.search(r'^EXAMPLES = r?("""|\'\'\')(.*?)\1', text, re.M | re.S)
+        if m:
+            examples = self.re_action.sub(lambda a: f"{a.group(1)}{self.fq}.{a.group(2)}:{a.group(3)}", m.group(2))
+            text = text[: m.start(2)] + examples + text[m.end(2):]
+        return text
+
+    def filter_plugin(self, text, path):
+        patch = re.compile(
+            r"^_MU = os\.path\.join\(.*?\n"
+            r"if _MU not in sys\.path:\n"
+            r"    sys\.path\.insert\(0, _MU\)\n\n"
+            r"import (tokentrust_\w+) as (\w+)(?:  # noqa: E402)?\n",
+            re.M | re.S,
+        )
+        text, n = patch.subn(lambda m: f"from {self.mu_prefix} import {m.group(1)} as {m.group(2)}\n", text)
+        if n != 1:
+            raise BuildError(f"{path}: the sys.path patch of module_utils/ was not found where expected; update "
+                             f"Rewriter.filter_plugin in scripts/build_collection.py to the new import")
+        return text
+
+    # YAML -----------------------------------------------------------------------------------------------
+    def yaml_text(self, text, path, playbook=False):
+        text = self.re_noqa_fqcn.sub("", text)
+        text = self.re_action.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}:{m.group(3)}", text)
+        text = self.re_role.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text)
+        if playbook:
+            text = self.re_role_item.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text)
+            # import_playbook: ca.yml -> tokentrust.workstation.ca
+            text = re.sub(r"^(\s*(?:- )?import_playbook:\s*)([a-z_]+)\.yml(\s*)$",
+                          lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text, flags=re.M)
+        text = self.re_filter.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}", text)
+        return text
+
+
+def _copytree(src, dst):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "molecule"))
+
+
+def _rewrite_files(top, exts, fn):
+    for dirpath, _dirs, files in os.walk(top):
+        for n in files:
+            if n.endswith(exts):
+                p = os.path.join(dirpath, n)
+                with open(p, encoding="utf-8") as f:
+                    old = f.read()
+                new = fn(old, p)
+                if new != old:
+                    with open(p, "w", encoding="utf-8") as f:
+                        f.write(new)
+
+
+def assemble(out):
+    meta = galaxy_meta()
+    ns, name = meta["namespace"], meta["name"]
+    rw = Rewriter(ns, name)
+    tree = os.path.join(out, "ansible_collections", ns, name)
+    if os.path.exists(tree):
+        shutil.rmtree(tree)
+    os.makedirs(tree)
+    src = os.path.join(ROOT, "collection")
+    for n in os.listdir(src):
+        copy = _copytree if os.path.isdir(os.path.join(src, n)) else shutil.copy2
+        copy(os.path.join(src, n), os.path.join(tree, n))
+
+    plugins = os.path.join(tree, "plugins")
+    os.makedirs(os.path.join(plugins, "modules"))
+    for m in rw.modules:
+        shutil.copy2(os.path.join(ROOT, "library", m + ".py"), os.path.join(plugins, "modules", m + ".py"))
+    _copytree(os.path.join(ROOT, "module_utils"), os.path.join(plugins, "module_utils"))
+    _copytree(os.path.join(ROOT, "filter_plugins"), os.path.join(plugins, "filter"))
+    if os.path.isdir(os.path.join(ROOT, "doc_fragments")):
+        _copytree(os.path.join(ROOT, "doc_fragments"), os.path.join(plugins, "doc_fragments"))
+    _rewrite_files(plugins, (".py",), rw.python)
+    _rewrite_files(os.path.join(plugins, "filter"), (".py",), rw.filter_plugin)
+
+    _copytree(os.path.join(ROOT, "roles"), os.path.join(tree, "roles"))
+    _rewrite_files(os.path.join(tree, "roles"), (".yml", ".yaml"), rw.yaml_text)
+    os.makedirs(os.path.join(tree, "playbooks"))
+    for n in sorted(os.listdir(os.path.join(ROOT, "playbooks"))):
+        if n.endswith(".yml") and n not in SKIP_PLAYBOOKS:
+            shutil.copy2(os.path.join(ROOT, "playbooks", n), os.path.join(tree, "playbooks", n))
+    _rewrite_files(os.path.join(tree, "playbooks"), (".yml",), lambda t, p: rw.yaml_text(t, p, playbook=True))
+
+    problems = check(tree, rw)
+    if problems:
+        raise BuildError("the generated collection still has short names:\n  " + "\n  ".join(problems))
+    return tree, meta
+
+
+def _tasks(node):
+    """Every task-like mapping of a parsed tasks file or playbook (blocks and plays descended into)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _tasks(item)
+    elif isinstance(node, dict):
+        yield node
+        for key in ("block", "rescue", "always", "tasks", "pre_tasks", "post_tasks", "handlers"):
+            if key in node:
+                yield from _tasks(node[key])
+
+
+def check(tree, rw):
+    """What is left unqualified in the generated tree: [problem, ...]."""
+    problems = []
+    for dirpath, _dirs, files in os.walk(tree):
+        for n in files:
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, tree)
+            with open(p, encoding="utf-8") as f:
+                text = f.read()
+            if n.endswith(".py"):
+                if "ansible.module_utils.tokentrust" in text:
+                    problems.append(f"{rel}: imports ansible.module_utils.tokentrust_*")
+                if re.search(r"^\s*- tokentrust_\w+(\.\w+)?\s*$", text, re.M):
+                    problems.append(f"{rel}: names a doc fragment by its short name")
+                if "sys.path.insert" in text:
+                    problems.append(f"{rel}: patches sys.path")
+            elif n.endswith(".yml") and ("/tasks/" in p or "/handlers/" in p or rel.startswith("playbooks")):
+                for task in _tasks(yaml.safe_load(text) or []):
+                    for key in task:
+                        if key in rw.modules:
+                            problems.append(f"{rel}: task {task.get('name', '?')!r} calls {key} by its short name")
+                    for key in ("ansible.builtin.include_role", "ansible.builtin.import_role"):
+                        role = (task.get(key) or {}).get("name") if isinstance(task.get(key), dict) else None
+                        if role in rw.roles:
+                            problems.append(f"{rel}: task {task.get('name', '?')!r} includes role {role} by short name")
+                    for r in task.get("roles", []) or []:
+                        role = r.get("role", r.get("name")) if isinstance(r, dict) else r
+                        if role in rw.roles:
+                            problems.append(f"{rel}: play {task.get('name', '?')!r} uses role {role} by short name")
+            if n.endswith((".yml", ".j2")):
+                for m in re.finditer(r"\|\s*(tokentrust_win_\w+)", text):
+                    problems.append(f"{rel}: filter {m.group(1)} by its short name")
+    return problems
+
+
+def build(out):
+    tree, meta = assemble(out)
+    search = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    galaxy = shutil.which("ansible-galaxy", path=search)
+    if not galaxy:
+        raise BuildError("ansible-galaxy not found next to this Python or on PATH: run `make setup` first")
+    tarball = os.path.join(out, f"{meta['namespace']}-{meta['name']}-{meta['version']}.tar.gz")
+    if os.path.exists(tarball):
+        os.unlink(tarball)
+    r = subprocess.run([galaxy, "collection", "build", "--force", "--output-path", os.path.abspath(out), tree],
+                       capture_output=True, text=True)
+    if r.returncode != 0 or not os.path.exists(tarball):
+        raise BuildError(f"ansible-galaxy collection build failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return tarball, tree
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join(ROOT, "build", "collection"),
+                    help="output directory (default: build/collection)")
+    args = ap.parse_args(argv)
+    try:
+        tarball, tree = build(args.out)
+    except BuildError as e:
+        print(f"build_collection: {e}", file=sys.stderr)
+        return 1
+    print(f"tree:    {tree}")
+    print(f"tarball: {tarball}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""ansible-test sanity on the built collection, from inside <tmp>/ansible_collections/tokentrust/workstation.
+
+validate-modules, and the other sanity tests with Python requirements, run in virtual environments that
+ansible-test creates itself and bootstraps with a pip script downloaded from a CI file host (not a package
+registry): unreachable here, and tests never reach the internet. So validate-modules is run as ansible-test
+runs it: the same validate.py shipped in ansible-test, with the same arguments (--format json --arg-spec
+--collection ... --collection-version ...), on this project's Python, whose requirements.txt pins that
+test's requirements (voluptuous, antsibull-docs-parser). Every sanity test that needs no extra requirement
+runs through `ansible-test sanity --local` itself."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import ansible_test
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+VALIDATE = os.path.join(os.path.dirname(ansible_test.__file__), "_util", "controller", "sanity", "validate-modules",
+                        "validate.py")
+# the ansible-test sanity tests that install nothing (no venv bootstrap needed)
+NO_REQUIREMENT_TESTS = ["action-plugin-docs", "compile", "empty-init", "ignores", "line-endings", "no-assert",
+                        "no-get-exception", "no-illegal-filenames", "no-smart-quotes", "replace-urlopen", "shebang",
+                        "symlinks", "use-argspec-type-path", "use-compat-six"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sanity")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "build_collection.py"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return out, out / "ansible_collections" / "tokentrust" / "workstation"
+
+
+def _env(home, collections_root):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(HOME=str(home), ANSIBLE_COLLECTIONS_PATH=str(collections_root), PATH=BIN + os.pathsep + env["PATH"])
+    return env
+
+
+def test_validate_modules(tree, tmp_path):
+    out, top = tree
+    with open(top / "galaxy.yml", encoding="utf-8") as f:
+        version = yaml.safe_load(f)["version"]
+    modules = sorted(f"plugins/modules/{n}" for n in os.listdir(top / "plugins" / "modules") if n.endswith(".py"))
+    assert [m.rsplit("/", 1)[1] for m in modules] == sorted(n for n in os.listdir(os.path.join(ROOT, "library"))
+                                                            if n.endswith(".py"))
+    p = subprocess.run([sys.executable, VALIDATE, "--format", "json", "--arg-spec",
+                        "--collection", "ansible_collections/tokentrust/workstation", "--collection-version", version,
+                        *modules], cwd=top, env=_env(tmp_path, out), capture_output=True, text=True, timeout=600)
+    assert p.returncode in (0, 3) and not p.stderr.strip(), p.stderr  # 3: messages were reported
+    found = json.loads(p.stdout)  # only the files with messages are listed
+    problems = [f"{path}: {e['code']}: {e['msg']}" for path, r in sorted(found.items())
+                for kind in ("errors", "warnings", "traces", "warning_traces") for e in r[kind]]
+    assert problems == []
+
+
+def test_validate_modules_bites_here(tree, tmp_path):
+    """The same invocation on a copy with one documentation fault (an undocumented option, and the colon
+    that once broke nss_provision's DOCUMENTATION) reports both: a clean run above is not a run that saw nothing."""
+    out, top = tree
+    copy_root = tmp_path / "copy"
+    copy = copy_root / "ansible_collections" / "tokentrust" / "workstation"
+    shutil.copytree(top, copy)
+    mod = copy / "plugins" / "modules" / "nss_info.py"
+    text = mod.read_text()
+    mod.write_text(text.replace('databases=dict(type="list"', 'canary=dict(type="str"), databases=dict(type="list"', 1))
+    assert mod.read_text() != text
+    prov = copy / "plugins" / "modules" / "nss_provision.py"
+    text = prov.read_text()
+    prov.write_text(text.replace("home itself; each home", "home itself: each home", 1))
+    assert prov.read_text() != text
+    p = subprocess.run([sys.executable, VALIDATE, "--format", "json", "--arg-spec",
+                        "--collection", "ansible_collections/tokentrust/workstation",
+                        "plugins/modules/nss_info.py", "plugins/modules/nss_provision.py"],
+                       cwd=copy, env=_env(tmp_path, copy_root), capture_output=True, text=True, timeout=600)
+    found = json.loads(p.stdout)
+    assert "undocumented-parameter" in {e["code"] for e in found["plugins/modules/nss_info.py"]["errors"]}
+    assert found["plugins/modules/nss_provision.py"]["errors"], found
+
+
+def test_ansible_test_sanity(tree, tmp_path):
+    out, top = tree
+    cmd = [os.path.join(BIN, "ansible-test"), "sanity", "--python", f"{sys.version_info[0]}.{sys.version_info[1]}",
+           "--local", "--color", "no"]
+    for t in NO_REQUIREMENT_TESTS:
+        cmd += ["--test", t]
+    p = subprocess.run(cmd, cwd=top, env=_env(tmp_path, out), capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    for t in NO_REQUIREMENT_TESTS:  # each one ran (none skipped for lack of targets or of requirements)
+        assert f'Running sanity test "{t}"' in p.stdout + p.stderr, t
+    assert "Installing requirements" not in p.stdout + p.stderr or "Downloading" not in p.stdout + p.stderr
