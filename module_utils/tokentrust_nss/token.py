@@ -805,7 +805,8 @@ def select_certificate(descs, selector):
 
 def choose_certificate(descs, selector=None):
     """(index, warning) of the certificate to log in with: `selector` (exact SHA-256, label or holder; several
-    matches raise certificate_ambiguous) or the usable one with the most days left. (None, reason) when none."""
+    matches raise certificate_ambiguous) or the usable one with the most days left (ties: the highest SHA-256, so
+    every run picks the same). (None, reason) when none."""
     if selector:
         i = select_certificate(descs, selector)
         why = usable_for_login(descs[i])
@@ -817,7 +818,10 @@ def choose_certificate(descs, selector=None):
             return None, "the token holds no certificate with its private key"
         return None, "no certificate on the token is usable: " + "; ".join(
             "%s (%s): %s" % (d["holder"], d["issuer"], usable_for_login(d)) for d in descs)
-    return max(usable, key=lambda i: descs[i]["days_left"]), None
+    # the most days left; ties (a key often holds a signing and an authentication certificate of the same dates)
+    # broken by the certificate itself, never by the token's object order, which can change between runs
+    return max(usable, key=lambda i: (descs[i]["days_left"], descs[i].get("not_after") or "",
+                                      descs[i].get("sha256") or "")), None
 
 
 def _locked(info, timeout=120):

@@ -271,3 +271,16 @@ def test_http_limit_and_gzip():
     status, _, _, text = parse_http(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
                                     % (len(z), z))
     assert status == 200 and "JEAN DUPONT" in text
+
+
+def test_choice_between_equal_certificates_does_not_depend_on_the_token_order(pki):
+    """A key with two usable certificates of the same dates: the same one whatever order the token lists them in
+    (SoftHSM2's object order changes between sessions; CI once saw two runs pick different ones)."""
+    a = describe_certificate(make_leaf("JEAN DUPONT", issuer=pki["Lab Classe 3 Plus V2"], client=True).der,
+                             _cas(pki))
+    b = describe_certificate(make_leaf("JEAN DUPONT", issuer=pki["Lab Advanced CA V3"], client=True).der,
+                             _cas(pki))
+    b["days_left"], b["not_after"] = a["days_left"], a["not_after"]
+    first = [a, b][choose_certificate([a, b])[0]]["sha256"]
+    second = [b, a][choose_certificate([b, a])[0]]["sha256"]
+    assert first == second == max(a["sha256"], b["sha256"])
