@@ -179,9 +179,9 @@ def test_lock_symlink_stale_pid(tmp_path):
 
 
 def test_lock_symlink_other_host(tmp_path):
-    os.symlink("10.20.30.40:+1234", tmp_path / "lock")
+    os.symlink("192.0.2.40:+1234", tmp_path / "lock")
     in_use, how = lock_state(str(tmp_path), LOCAL)
-    assert in_use is True and "another host (10.20.30.40)" in how
+    assert in_use is True and "another host (192.0.2.40)" in how
 
 
 def test_parentlock_held_by_another_process(tmp_path):
