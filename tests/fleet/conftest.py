@@ -12,6 +12,7 @@ import pytest
 
 from lab import fleet as fleetlab
 from tests.support.ansible_run import BIN, ROOT, ansible_env
+from tests.support.nsstools import parse_certutil_list
 
 FIREFOX_NSS = "/usr/lib/firefox-esr"  # Debian's firefox-esr ships its own libnss3: the one Firefox reads with
 
@@ -48,13 +49,8 @@ class Fleet:
 
     def certutil(self, host, profile):
         """{nickname: trust} from `certutil -L` with Firefox's NSS, inside the container."""
-        out = self.sh(host, "LD_LIBRARY_PATH=%s certutil -L -d sql:'%s'" % (FIREFOX_NSS, profile)).stdout
-        res = {}
-        for line in out.splitlines()[4:]:
-            m = re.match(r"^(.*\S)\s+(\S*,\S*,\S*)\s*$", line)
-            if m:
-                res[m.group(1)] = m.group(2)
-        return res
+        return parse_certutil_list(
+            self.sh(host, "LD_LIBRARY_PATH=%s certutil -L -d sql:'%s'" % (FIREFOX_NSS, profile)).stdout)
 
     def modutil(self, host, profile):
         """{module name: library} from `modutil -list` with Firefox's NSS, inside the container."""

@@ -20,6 +20,11 @@ def certutil_list(d):
     """{nickname: trust} as `certutil -L` prints it."""
     out = subprocess.run(["certutil", "-L", "-d", "sql:%s" % d], capture_output=True, text=True, check=True,
                          env=tool_env()).stdout
+    return parse_certutil_list(out)
+
+
+def parse_certutil_list(out):
+    """`certutil -L` output -> {nickname: trust}."""
     res = {}
     for line in out.splitlines()[4:]:
         m = re.match(r"^(.*\S)\s+(\S*,\S*,\S*)\s*$", line)
