@@ -87,6 +87,15 @@ options:
         After that the profile fails as busy, unchanged.
     type: int
     default: 60
+  prerequisites:
+    description:
+      - What to do when what the module needs on the host (python cffi for the host's Python, libnss3) is
+        missing. Either way nothing is changed and RV(prerequisites) says what is missing.
+      - C(fail) fails the task. C(report) returns without failing, so that the caller installs them and calls
+        again (role firefox_nss does this, so one call per host is enough when they are there).
+    type: str
+    choices: [fail, report]
+    default: fail
 notes:
   - Privilege model. Run as root, the module never opens a file inside a user's home itself; each home is
     scanned, and each profile provisioned, in a forked child that has dropped to the owner's uid, gid and groups.
@@ -166,11 +175,22 @@ refused:
   returned: always
   type: list
   elements: dict
+prerequisites:
+  description:
+    - What the host lacks for the module, found read-only (nothing was changed). Absent when nothing is missing.
+    - C(unmet) lists the missing ones (C(cffi), C(nss3)); C(family), C(python) and C(python_apt) tell the caller
+      how to install them.
+  returned: when something the module needs is missing
+  type: dict
+  sample: {family: Debian, python: /usr/bin/python3, cffi: false, nss3: true, python_apt: false, unmet: [cffi],
+           needs: [cffi for Python]}
 """
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_prerequisites import message as prerequisites_message
+from ansible.module_utils.tokentrust_prerequisites import probe as prerequisites_probe
 
 try:
     from ansible.module_utils.tokentrust_profiles import ProfilesError, find_profiles
@@ -181,11 +201,25 @@ try:
         normalise_databases,
         provision,
         quiet_stdout,
+        require_nss,
     )
 
     IMPORT_ERROR = None
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
+
+def _missing_prerequisites():
+    """The read-only probe of tokentrust_prerequisites when cffi or NSS cannot be loaded, else None."""
+    if IMPORT_ERROR:
+        found = prerequisites_probe()
+        return found if found["unmet"] else None
+    detail = require_nss()
+    if detail:
+        found = prerequisites_probe(nss3=False)
+        found["detail"] = detail
+        return found
+    return None
+
 
 def main():
     module = AnsibleModule(
@@ -207,13 +241,23 @@ def main():
             fail_fast=dict(type="bool", default=False),
             password=dict(type="str", no_log=True),
             lock_timeout=dict(type="int", default=60),
+            prerequisites=dict(type="str", choices=["fail", "report"], default="fail"),
         ),
         mutually_exclusive=[("databases", "homes"), ("databases", "users")],
         supports_check_mode=True,
     )
-    if IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("cffi (python3-cffi)"), exception=IMPORT_ERROR)
     p = module.params
+    missing = _missing_prerequisites()
+    if IMPORT_ERROR and not missing:  # cffi and NSS are there: an import error of our own, shown as it is
+        module.fail_json(msg="nss_provision: cannot import tokentrust's module_utils", exception=IMPORT_ERROR)
+    if missing:
+        empty = dict(changed=False, prerequisites=missing, profiles=[], refused=[], databases=[], failed_databases=[],
+                     changed_databases=0, restart_needed=False)
+        if p["prerequisites"] == "report":
+            module.exit_json(**empty)
+        module.fail_json(msg="nss_provision: %s. Nothing was changed. Install them (role firefox_nss does when "
+                             "firefox_nss_install_packages is true), then run again." % prerequisites_message(missing),
+                         **empty)
     found = {"profiles": [], "warnings": []}
     try:
         if p["databases"] is not None:

@@ -11,8 +11,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.mark.slow
-def test_demo_twice(tmp_path):
-    env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), DEMO_HOSTS="2", NO_COLOR="1", DEMO_MODE="local")
+@pytest.mark.parametrize("mode", [
+    "local",
+    # `make demo` itself: workstation containers over SSH (lab/fleet.py)
+    pytest.param("fleet", marks=pytest.mark.fleet),
+])
+def test_demo_twice(tmp_path, mode):
+    env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), DEMO_HOSTS="2", NO_COLOR="1", DEMO_MODE=mode)
     try:
         first = subprocess.run([sys.executable, "scripts/demo.py"], cwd=ROOT, env=env, capture_output=True,
                                text=True, timeout=900)
@@ -27,7 +32,14 @@ def test_demo_twice(tmp_path):
                                 text=True, timeout=900)
         assert second.returncode == 0, second.stdout[-4000:]
         assert "no change on the hosts" in second.stdout, second.stdout
-        assert "(nothing to do)" in second.stdout  # the lab was reused
+        if mode == "local":
+            assert "(nothing to do)" in second.stdout  # the lab was reused
+        else:
+            assert "over SSH on 127.0.0.1" in first.stdout and "reused" in second.stdout, second.stdout[:2000]
     finally:
-        subprocess.run([sys.executable, "-m", "lab.build", "destroy", "--dir", str(tmp_path / "demo" / "lab"),
-                        "--inventory", str(tmp_path / "demo" / "inventory")], cwd=ROOT, capture_output=True)
+        if mode == "local":
+            subprocess.run([sys.executable, "-m", "lab.build", "destroy", "--dir", str(tmp_path / "demo" / "lab"),
+                            "--inventory", str(tmp_path / "demo" / "inventory")], cwd=ROOT, capture_output=True)
+        else:
+            subprocess.run([sys.executable, "-m", "lab.fleet", "destroy", "--dir", str(tmp_path / "demo" / "lab")],
+                           cwd=ROOT, capture_output=True)
