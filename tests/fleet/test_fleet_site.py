@@ -143,3 +143,29 @@ def test_report_green_after_the_users_started_firefox(fleet, converged):
         assert h["status"] == "ok", h["reasons"]
         assert not [r for r in h["reasons"] if r["level"] in ("warning", "failed")], h["reasons"]
         assert h["counts"]["profiles_ok"] == h["counts"]["profiles"] >= 3
+
+
+def remote_calls(fleet, stdout):
+    """{host: how many commands Ansible ran on it over SSH} from -vvv output (one per module with pipelining)."""
+    import re
+
+    by_port = {str(h["port"]): h["name"] for h in fleet.m["hosts"]}
+    out = {h: 0 for h in fleet.hosts}
+    for port in re.findall(r"SSH: EXEC ssh .*?-o '?Port=(\d+)", stdout):
+        if port in by_port:
+            out[by_port[port]] += 1
+    return out
+
+
+def test_second_run_costs_few_remote_calls(fleet, converged):
+    """Item 7: a second site.yml makes two remote calls per host (nss_provision, whose one call also finds the
+    prerequisites, and firefox_policies): no fact gathering, no package task, no separate check; the report reads a
+    host's files in one call, not one per file."""
+    run = fleet.playbook("site.yml", "-vvv")
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert remote_calls(fleet, run.stdout) == {h: 2 for h in fleet.hosts}, run.stdout[-3000:]
+    assert "Gathering Facts" not in run.stdout
+    rep = fleet.playbook("report.yml", "-vvv")
+    assert rep.returncode == 0, rep.stdout[-4000:]
+    calls = remote_calls(fleet, rep.stdout)
+    assert all(1 <= n <= 4 for n in calls.values()), calls  # minimal facts, profiles, NSS read, files (one call)
