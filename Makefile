@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 .PHONY: setup demo demo-local test lint unit integration fleet-tests bench bench-fleet bench-ssh clean lab lab-destroy \
-	fleet fleet-destroy collection
+	fleet fleet-destroy collection ffi
 
 setup:
 	@bash scripts/setup.sh
@@ -35,6 +35,10 @@ lint: setup
 
 collection: setup
 	$(BIN)/python scripts/build_collection.py
+
+# After changing a cffi declaration in module_utils/tokentrust_nss/_ffi.py: regenerate its pre-parsed form.
+ffi: setup
+	$(BIN)/python scripts/gen_nss_ffi.py
 
 bench: setup
 	$(BIN)/python bench/nss_apply.py
