@@ -2,7 +2,7 @@
 """Our profile roles (ca.yml + firefox_nss) versus a naive role looping certutil/modutil, on a lab fleet.
 
     bench/fleet.py [HOSTS=50] [PROFILES=3]        # the folder lab (local connection)
-    bench/fleet.py --fleet [HOSTS=5]              # the container fleet, over SSH with become
+    bench/fleet.py --fleet [HOSTS=5] [--rounds 3]  # the container fleet, over SSH with become (best of N rounds)
 
 Prints first and second run of both, an `ansible -m ping` baseline, and last `ratio: X` = naive / ours (first run).
 """
@@ -10,13 +10,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fleet_common import ROOT, compare, fleet_compare  # noqa: E402
+from fleet_common import ROOT, compare, fleet_args, fleet_compare  # noqa: E402
 
 if __name__ == "__main__":
-    if "--fleet" in sys.argv:  # containers over SSH (lab/fleet.py): bench/fleet.py --fleet [HOSTS=5]
-        args = [a for a in sys.argv[1:] if a != "--fleet"]
-        fleet_compare(os.path.join(ROOT, "bench", "peer", "ours_fleet.yml"), "tokentrust roles",
-                      int(args[0]) if args else 5)
+    if "--fleet" in sys.argv:  # containers over SSH (lab/fleet.py)
+        n, rounds = fleet_args(sys.argv[1:])
+        fleet_compare(os.path.join(ROOT, "bench", "peer", "ours_fleet.yml"), "tokentrust roles", n, rounds)
         sys.exit(0)
     hosts = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     profiles = int(sys.argv[2]) if len(sys.argv) > 2 else 3

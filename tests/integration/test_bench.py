@@ -42,7 +42,7 @@ def test_site_small():
 @pytest.mark.slow
 @pytest.mark.fleet
 def test_fleet_mode_over_ssh_small():
-    out, ratio = run_bench("bench/fleet.py", "--fleet", "2")
+    out, ratio = run_bench("bench/fleet.py", "--fleet", "2", "--rounds", "1")
     assert "fleet: 2 containers over SSH on 127.0.0.1" in out
     ours = re.search(r"tokentrust roles\s+first run\s+[\d.]+ s \(changed=(\d+)\)\s+second run\s+[\d.]+ s "
                      r"\(changed=(\d+)\)", out)
