@@ -89,3 +89,17 @@ def test_prerequisites_installed_first_then_converged(fleet):
     ran = [t for t in re.findall(r"^TASK \[firefox_nss : (.*?)\]", again.stdout, re.M)
            if not t.startswith("Validating")]
     assert ran == ["Apply the CA set and the token's module to every profile (one call, in-process NSS)"], ran
+
+
+def test_packages_tag_installs_them_and_touches_no_profile(fleet):
+    """`--tags firefox_nss:packages`: the prerequisites alone (the read-only look, then the install), no profile."""
+    host = odd_host(fleet)
+    fleetlab.reset_host(fleet.m, host)
+    run = fleet.playbook("site.yml", "-l", host, "--tags", "firefox_nss:packages")
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert "Check what the NSS modules need on this host" in run.stdout
+    fleet.sh(host, "python3 -c 'import apt, cffi'")
+    for dirs in fleet.profiles(host).values():
+        for p in dirs:
+            assert not [n for n in fleet.certutil(host, p) if n.startswith("Lab ")], p
+    assert "No such file" in fleet.sh(host, "ls /etc/firefox/policies/policies.json 2>&1", check=False).stdout
