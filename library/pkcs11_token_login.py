@@ -48,7 +48,7 @@ options:
   module:
     description:
       - Path of the PKCS#11 library of the token middleware on the host.
-      - Default by OS, from the one per-OS table (C(module_utils/tokentrust_libraries.py)), Linux
+      - Default by OS, from the one per-OS table (C(module_utils/tokentrust_facts.py)), Linux
         C(/usr/lib/pkcs11/libgclib.so), macOS
         C(/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11ClassicClient/libgclib.dylib).
     type: path

@@ -71,7 +71,7 @@ def test_tarball_holds_every_module_role_and_the_filters(built):
         assert f"plugins/modules/{m}.py" in names
     for r in REPO_ROLES:
         assert f"roles/{r}/tasks/main.yml" in names or f"roles/{r}/tasks" in names, r
-    assert "plugins/filter/tokentrust_windows.py" in names
+    assert "plugins/filter/tokentrust.py" in names
     assert "plugins/module_utils/tokentrust_nss/database.py" in names
     assert "playbooks/site.yml" in names and "playbooks/lab.yml" not in names
     assert "meta/runtime.yml" in names

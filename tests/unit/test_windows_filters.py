@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(scope="module")
 def filters():
     spec = importlib.util.spec_from_file_location(
-        "tt_win_filters", os.path.join(ROOT, "filter_plugins", "tokentrust_windows.py"))
+        "tt_win_filters", os.path.join(ROOT, "filter_plugins", "tokentrust.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.FilterModule().filters()

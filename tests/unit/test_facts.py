@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ansible.module_utils import tokentrust_libraries as tl
+from ansible.module_utils import tokentrust_facts as tl
 
 ROOT = Path(__file__).resolve().parents[2]
 MAC = "/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11ClassicClient/libgclib.dylib"
