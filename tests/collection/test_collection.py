@@ -247,3 +247,36 @@ def test_execution_environment_installs_the_built_collection(built, tmp_path):
     assert manifest["collection_info"]["version"] == yaml.safe_load(
         open(os.path.join(ROOT, "collection", "galaxy.yml"), encoding="utf-8"))["version"]
     assert (home / "ee" / "ansible_collections" / NS / NAME / "plugins" / "modules" / "nss_provision.py").is_file()
+
+
+def _units(collections, *tests):
+    """tests/unit (or some of its files) with `ansible.module_utils.tokentrust_*` = the installed collection's."""
+    env = dict(os.environ, TOKENTRUST_COLLECTIONS=str(collections))
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                           "tests.collection.units_plugin", *(tests or ["tests/unit"])],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_unit_tests_pass_on_the_installed_collections_module_utils(installed):
+    _home, colls, _env = installed
+    p = _units(colls)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    tree = colls / "ansible_collections" / NS / NAME / "plugins" / "module_utils"
+    assert f"module_utils under test: {tree}" in p.stdout
+    assert " passed" in p.stdout and " failed" not in p.stdout and " error" not in p.stdout
+
+
+def test_unit_tests_on_the_collection_bite(installed, tmp_path):
+    """The same run on a copy of the installed collection whose CA file naming is broken fails: the unit tests ran
+    the collection's code, not the repository's (which is intact)."""
+    _home, colls, _env = installed
+    copy = tmp_path / "collections"
+    shutil.copytree(colls, copy)
+    facts = copy / "ansible_collections" / NS / NAME / "plugins" / "module_utils" / "tokentrust_facts.py"
+    text = facts.read_text()
+    facts.write_text(text.replace('.lower()).strip("_")', '.lower())', 1))
+    assert facts.read_text() != text
+    p = _units(copy, "tests/unit/test_facts.py", "tests/unit/test_ca_logic.py")
+    assert p.returncode == 1, p.stdout[-3000:]
+    assert "FAILED tests/unit/test_facts.py::test_ca_file_names" in p.stdout
+    assert "FAILED tests/unit/test_ca_logic.py::test_ca_file_stem" in p.stdout

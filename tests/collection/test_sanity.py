@@ -94,3 +94,70 @@ def test_ansible_test_sanity(tree, tmp_path):
     for t in NO_REQUIREMENT_TESTS:  # each one ran (none skipped for lack of targets or of requirements)
         assert f'Running sanity test "{t}"' in p.stdout + p.stderr, t
     assert "Installing requirements" not in p.stdout + p.stderr or "Downloading" not in p.stdout + p.stderr
+
+
+SANITY = os.path.dirname(os.path.dirname(VALIDATE))  # ansible_test/_util/controller/sanity
+
+
+def _yamllint_targets(top):
+    """What ansible-test's yamllint test lints: every .yml/.yaml, and every plugin .py but module_utils (their
+    DOCUMENTATION, EXAMPLES and RETURN), as paths relative to the collection."""
+    out = []
+    for dirpath, _dirs, files in os.walk(top):
+        for n in files:
+            rel = os.path.relpath(os.path.join(dirpath, n), top)
+            if n.endswith((".yml", ".yaml")) or (rel.startswith("plugins" + os.sep) and n.endswith(".py")
+                                                 and n != "__init__.py" and "module_utils" not in rel.split(os.sep)):
+                out.append(rel)
+    return sorted(out)
+
+
+def _yamllint(top, env):
+    """ansible-test's yamllint sanity test as it runs it: its yamllinter.py, the paths on stdin, JSON out."""
+    targets = _yamllint_targets(top)
+    p = subprocess.run([sys.executable, os.path.join(SANITY, "yamllint", "yamllinter.py")], input="\n".join(targets),
+                       cwd=top, env=env, capture_output=True, text=True, timeout=600)
+    assert not p.stderr.strip(), p.stderr
+    return targets, [f"{m['path']}:{m['line']}: {m['code']}: {m['message']}" for m in json.loads(p.stdout)["messages"]]
+
+
+def test_yamllint_sanity(tree, tmp_path):
+    out, top = tree
+    targets, problems = _yamllint(top, _env(tmp_path, out))
+    assert "plugins/modules/nss_provision.py" in targets and "meta/runtime.yml" in targets and len(targets) > 80
+    assert problems == []
+
+
+def test_yamllint_sanity_bites_here(tree, tmp_path):
+    out, top = tree
+    copy = tmp_path / "ansible_collections" / "tokentrust" / "workstation"
+    shutil.copytree(top, copy)
+    mod = copy / "plugins" / "modules" / "nss_info.py"
+    text = mod.read_text()
+    mod.write_text(text.replace("\nEXAMPLES = r\"\"\"\n", "\nEXAMPLES = r\"\"\"\n- name: a: b\n", 1))
+    assert mod.read_text() != text
+    _targets, problems = _yamllint(copy, _env(tmp_path, tmp_path))
+    assert any(p.startswith("plugins/modules/nss_info.py:") for p in problems), problems
+
+
+def _runtime_metadata(top, env):
+    p = subprocess.run([sys.executable, os.path.join(SANITY, "code-smell", "runtime-metadata.py"), "meta/runtime.yml"],
+                       cwd=top, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and not p.stderr.strip(), p.stderr
+    return p.stdout.splitlines()
+
+
+def test_runtime_metadata_sanity(tree, tmp_path):
+    """ansible-test's runtime-metadata test (its schema of meta/runtime.yml; voluptuous is pinned for it)."""
+    out, top = tree
+    assert _runtime_metadata(top, _env(tmp_path, out)) == []
+
+
+def test_runtime_metadata_sanity_bites_here(tree, tmp_path):
+    out, top = tree
+    copy = tmp_path / "ansible_collections" / "tokentrust" / "workstation"
+    shutil.copytree(top, copy)
+    runtime = copy / "meta" / "runtime.yml"
+    runtime.write_text(runtime.read_text() + "plugin_routing:\n  modules:\n    old_name:\n      redirect: 12\n")
+    problems = _runtime_metadata(copy, _env(tmp_path, tmp_path))
+    assert problems and all(p.startswith("meta/runtime.yml:") for p in problems), problems
