@@ -66,6 +66,11 @@ def _loop_values(results):
     return {r.get("item"): (r.get("raw_value", r.get("value")) if r.get("exists") else None) for r in results or []}
 
 
+def _project_dir(playbook_dir):
+    """facts.project_dir with the controller's working directory (filters run in the ansible-playbook process)."""
+    return facts.project_dir(playbook_dir, os.getcwd())
+
+
 def _ca_files(ca_set, directory, only_tls_server_cas=True):
     """The files role firefox_policies deploys for a CA set (and lists in Certificates.Install): [{name, path}]."""
     return [{"name": f["name"], "path": f["path"]} for f in facts.ca_files(ca_set, directory, only_tls_server_cas)]
@@ -76,6 +81,7 @@ class FilterModule:
         f = {
             "tokentrust_ca_files": _ca_files,
             "tokentrust_ca_file_name": facts.ca_file_name,
+            "tokentrust_project_dir": _project_dir,
             "tokentrust_policies_candidates": facts.policies_candidates,
             "tokentrust_library_candidates": facts.library_candidates,
             "tokentrust_default_library": facts.default_library,

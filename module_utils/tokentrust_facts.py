@@ -133,6 +133,22 @@ def ca_files(ca_set, directory, only_tls_server_cas=False):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Where the controller keeps what tokentrust writes (CA cache, reports)
+# ---------------------------------------------------------------------------------------------------------------
+def project_dir(playbook_dir, cwd):
+    """The directory of the project a playbook belongs to, where the controller-side files go (.cache/ca, reports/):
+    the parent of a playbooks/ directory (this repository, or a project laid out the same way), the playbook's own
+    directory otherwise; for a playbook of an installed collection (inside an ansible_collections/ tree, possibly
+    read-only and shared by every project), the directory ansible-playbook runs in (`cwd`), never the collection."""
+    parts = posixpath.normpath(playbook_dir).split("/")
+    if "ansible_collections" in parts:
+        return cwd
+    if parts[-1] == "playbooks":
+        return posixpath.dirname(posixpath.normpath(playbook_dir))
+    return posixpath.normpath(playbook_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Where Firefox reads policies.json
 # ---------------------------------------------------------------------------------------------------------------
 # Linux: Firefox reads /etc/firefox/policies/policies.json if it exists ("SysConfD" is /etc/ plus the lower-cased

@@ -11,6 +11,7 @@ import tarfile
 
 import pytest
 import yaml
+from ansible.module_utils.tokentrust_facts import ca_file_stem
 
 from lab.pki import certeurope_standin
 from tests.support.nsstools import certutil_list
@@ -280,3 +281,25 @@ def test_unit_tests_on_the_collection_bite(installed, tmp_path):
     assert p.returncode == 1, p.stdout[-3000:]
     assert "FAILED tests/unit/test_facts.py::test_ca_file_names" in p.stdout
     assert "FAILED tests/unit/test_ca_logic.py::test_ca_file_stem" in p.stdout
+
+
+def test_a_playbook_of_the_installed_collection_writes_into_the_working_directory(installed, tmp_path):
+    """The collection's own ca.yml, run as `ansible-playbook tokentrust.workstation.ca` from a project directory:
+    the CA cache goes to <that directory>/.cache/ca, nothing into the installed collection (playbook_dir/.. there)."""
+    _home, colls, env = installed
+    project = tmp_path / "project"
+    (project / "cas").mkdir(parents=True)
+    cas = []
+    for name, c in certeurope_standin().items():
+        f = project / "cas" / (name.replace(" ", "_") + ".pem")
+        f.write_bytes(c.pem)
+        cas.append({"name": name, "path": str(f), "sha256": c.sha256})
+    top = colls / "ansible_collections" / NS / NAME
+    before = sorted(str(p.relative_to(top)) for p in top.rglob("*"))
+    p = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local", f"{FQ}.ca",
+                        "-e", json.dumps({"ca_certificates_list": cas, "ansible_python_interpreter": sys.executable})],
+                       cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert sorted(n.name for n in (project / ".cache" / "ca").iterdir()) == sorted(
+        f"{stem}{ext}" for stem in (ca_file_stem(c["name"]) for c in cas) for ext in (".der", ".pem"))
+    assert sorted(str(p.relative_to(top)) for p in top.rglob("*")) == before

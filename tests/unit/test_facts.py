@@ -115,3 +115,15 @@ def test_no_copy_of_the_facts_in_roles_or_inventories():
             if "distribution/policies.json" in v or "regex_replace('[^a-z0-9]" in v:
                 found.append(f"{p.relative_to(ROOT)}: {v[:80]}")
     assert found == []
+
+
+@pytest.mark.parametrize("playbook_dir, expected", [
+    ("/srv/tokentrust/playbooks", "/srv/tokentrust"),                    # this repository (its playbooks/)
+    ("/srv/tokentrust/playbooks/", "/srv/tokentrust"),
+    ("/home/it/fleet", "/home/it/fleet"),                                  # a project's own site.yml at its top
+    ("/home/it/fleet/playbooks", "/home/it/fleet"),
+    ("/usr/share/ansible/collections/ansible_collections/tokentrust/workstation/playbooks", "/work/cwd"),
+    ("/home/it/.ansible/collections/ansible_collections/tokentrust/workstation/playbooks", "/work/cwd"),
+])
+def test_project_dir_is_never_inside_an_installed_collection(playbook_dir, expected):
+    assert tl.project_dir(playbook_dir, "/work/cwd") == expected
