@@ -24,7 +24,7 @@ description:
     one message per CA naming the CA and the URL or path, after every CA has been examined.
   - "Meant to run on the controller (C(delegate_to: localhost), C(run_once: true))."
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 requirements:
   - cryptography >= 41
 options:

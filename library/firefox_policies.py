@@ -25,7 +25,7 @@ description:
     notes.
 version_added: "1.0.0"
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 options:
   path:
     description:

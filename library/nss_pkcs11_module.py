@@ -17,7 +17,7 @@ description:
     and skips (O(missing_library=warn)) or fails (O(missing_library=fail)).
 version_added: "1.0.0"
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 requirements:
   - libnss3, libnspr4 on the target
   - python cffi on the target

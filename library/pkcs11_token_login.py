@@ -40,7 +40,7 @@ description:
   - "In check mode nothing is presented to the token: the module finds the token, reads its PIN state (and
     says whether a login would be refused), lists its certificates and checks them against the CA set."
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 requirements:
   - NSS (libnss3, libssl3, libnspr4) on the host
   - cffi and cryptography >= 38 (Debian 12's python3-cryptography) on the host's Python

@@ -161,3 +161,25 @@ def test_runtime_metadata_sanity_bites_here(tree, tmp_path):
     runtime.write_text(runtime.read_text() + "plugin_routing:\n  modules:\n    old_name:\n      redirect: 12\n")
     problems = _runtime_metadata(copy, _env(tmp_path, tmp_path))
     assert problems and all(p.startswith("meta/runtime.yml:") for p in problems), problems
+
+
+def test_one_author_line_everywhere():
+    """Modules, roles and galaxy.yml name the same author: the project, with no invented GitHub handle.
+    validate-modules takes an author line only with a `(@handle)` or its `(!UNKNOWN)` marker for "no GitHub
+    account"; the project has none, so the modules say `(!UNKNOWN)` rather than a fake `(@tokentrust)`."""
+    import ast
+    import glob
+
+    with open(os.path.join(ROOT, "collection", "galaxy.yml"), encoding="utf-8") as f:
+        [author] = yaml.safe_load(f)["authors"]
+    lines = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "library", "*.py"))):
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        doc = next(n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                   and getattr(n.targets[0], "id", "") == "DOCUMENTATION")
+        lines[os.path.basename(path)] = yaml.safe_load(doc)["author"]
+    assert len(lines) >= 10 and set(map(tuple, lines.values())) == {(f"{author} (!UNKNOWN)",)}, lines
+    for path in sorted(glob.glob(os.path.join(ROOT, "roles", "*", "meta", "main.yml"))):
+        with open(path, encoding="utf-8") as f:
+            assert yaml.safe_load(f)["galaxy_info"]["author"] == author, path
