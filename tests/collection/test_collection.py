@@ -14,6 +14,7 @@ import yaml
 from ansible.module_utils.tokentrust_facts import ca_file_stem
 
 from lab.pki import certeurope_standin
+from tests.collection.build import build_collection
 from tests.support.nsstools import certutil_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,13 +38,7 @@ def clean_env(home, collections):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("build")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "build_collection.py"), "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout + p.stderr
-    tarball = [line.split(None, 1)[1] for line in p.stdout.splitlines() if line.startswith("tarball:")][0]
-    tree = [line.split(None, 1)[1] for line in p.stdout.splitlines() if line.startswith("tree:")][0]
-    return tarball, tree
+    return build_collection(tmp_path_factory.mktemp("build"))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ import ansible_test
 import pytest
 import yaml
 
+from tests.collection.build import build_collection
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 VALIDATE = os.path.join(os.path.dirname(ansible_test.__file__), "_util", "controller", "sanity", "validate-modules",
@@ -30,10 +32,21 @@ NO_REQUIREMENT_TESTS = ["action-plugin-docs", "compile", "empty-init", "ignores"
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     out = tmp_path_factory.mktemp("sanity")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "build_collection.py"), "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout + p.stderr
+    build_collection(out)
     return out, out / "ansible_collections" / "tokentrust" / "workstation"
+
+
+def _copy(top, root):
+    """A copy of the built tree under <root>/ansible_collections/tokentrust/workstation, to plant a fault in."""
+    copy = root / "ansible_collections" / "tokentrust" / "workstation"
+    shutil.copytree(top, copy)
+    return copy
+
+
+def _plant(path, old, new):
+    text = path.read_text()
+    path.write_text(text.replace(old, new, 1))
+    assert path.read_text() != text, f"{path}: {old!r} not found, nothing planted"
 
 
 def _env(home, collections_root):
@@ -64,16 +77,10 @@ def test_validate_modules_bites_here(tree, tmp_path):
     that once broke nss_provision's DOCUMENTATION) reports both: a clean run above is not a run that saw nothing."""
     out, top = tree
     copy_root = tmp_path / "copy"
-    copy = copy_root / "ansible_collections" / "tokentrust" / "workstation"
-    shutil.copytree(top, copy)
-    mod = copy / "plugins" / "modules" / "nss_info.py"
-    text = mod.read_text()
-    mod.write_text(text.replace('databases=dict(type="list"', 'canary=dict(type="str"), databases=dict(type="list"', 1))
-    assert mod.read_text() != text
-    prov = copy / "plugins" / "modules" / "nss_provision.py"
-    text = prov.read_text()
-    prov.write_text(text.replace("home itself; each home", "home itself: each home", 1))
-    assert prov.read_text() != text
+    copy = _copy(top, copy_root)
+    _plant(copy / "plugins" / "modules" / "nss_info.py", 'databases=dict(type="list"',
+           'canary=dict(type="str"), databases=dict(type="list"')
+    _plant(copy / "plugins" / "modules" / "nss_provision.py", "home itself; each home", "home itself: each home")
     p = subprocess.run([sys.executable, VALIDATE, "--format", "json", "--arg-spec",
                         "--collection", "ansible_collections/tokentrust/workstation",
                         "plugins/modules/nss_info.py", "plugins/modules/nss_provision.py"],
@@ -130,12 +137,8 @@ def test_yamllint_sanity(tree, tmp_path):
 
 def test_yamllint_sanity_bites_here(tree, tmp_path):
     out, top = tree
-    copy = tmp_path / "ansible_collections" / "tokentrust" / "workstation"
-    shutil.copytree(top, copy)
-    mod = copy / "plugins" / "modules" / "nss_info.py"
-    text = mod.read_text()
-    mod.write_text(text.replace("\nEXAMPLES = r\"\"\"\n", "\nEXAMPLES = r\"\"\"\n- name: a: b\n", 1))
-    assert mod.read_text() != text
+    copy = _copy(top, tmp_path)
+    _plant(copy / "plugins" / "modules" / "nss_info.py", '\nEXAMPLES = r"""\n', '\nEXAMPLES = r"""\n- name: a: b\n')
     _targets, problems = _yamllint(copy, _env(tmp_path, tmp_path))
     assert any(p.startswith("plugins/modules/nss_info.py:") for p in problems), problems
 
@@ -155,8 +158,7 @@ def test_runtime_metadata_sanity(tree, tmp_path):
 
 def test_runtime_metadata_sanity_bites_here(tree, tmp_path):
     out, top = tree
-    copy = tmp_path / "ansible_collections" / "tokentrust" / "workstation"
-    shutil.copytree(top, copy)
+    copy = _copy(top, tmp_path)
     runtime = copy / "meta" / "runtime.yml"
     runtime.write_text(runtime.read_text() + "plugin_routing:\n  modules:\n    old_name:\n      redirect: 12\n")
     problems = _runtime_metadata(copy, _env(tmp_path, tmp_path))
