@@ -127,3 +127,11 @@ def test_no_copy_of_the_facts_in_roles_or_inventories():
 ])
 def test_project_dir_is_never_inside_an_installed_collection(playbook_dir, expected):
     assert tl.project_dir(playbook_dir, "/work/cwd") == expected
+
+
+def test_the_nss_of_firefox_is_looked_for_where_firefox_is_installed():
+    """The bindings load the NSS of the Firefox install when it ships one: the same install dirs as policies.json
+    (before, their own copy lacked /opt/firefox-esr)."""
+    from ansible.module_utils.tokentrust_nss._ffi import FIREFOX_NSS_DIRS
+
+    assert FIREFOX_NSS_DIRS == tuple(tl.LINUX_INSTALL_DIRS) + (tl.MACOS_APP + "/Contents/MacOS",)
