@@ -24,7 +24,7 @@ description:
     one message per CA naming the CA and the URL or path, after every CA has been examined.
   - "Meant to run on the controller (C(delegate_to: localhost), C(run_once: true))."
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 requirements:
   - cryptography >= 41
 options:
@@ -211,8 +211,8 @@ from ansible.module_utils.tokentrust_ca import (
     build_ca_set,
     fingerprint,
     parse_certificates,
-    slugify,
 )
+from ansible.module_utils.tokentrust_facts import ca_file_name
 
 CA_SPEC = dict(
     name=dict(type="str", required=True),
@@ -229,7 +229,7 @@ def _cached_listing(dest, names):
     """'<file>.pem: <sha256 of the cached certificate>' per CA, as the cache is now."""
     lines = []
     for name in names:
-        path = os.path.join(dest, slugify(name) + ".pem")
+        path = os.path.join(dest, ca_file_name(name))
         try:
             with open(path, "rb") as fh:
                 state = ",".join(fingerprint(c) for c in parse_certificates(fh.read())[0])
@@ -304,7 +304,7 @@ def main():
                 _write(module, path, res.writes[path])
         except OSError as exc:
             module.fail_json(msg=f"cannot write the CA cache in {dest}: {exc}", exception=traceback.format_exc())
-    after = "".join(f"{slugify(c['name'])}.pem: {c['sha256']}\n" for c in res.cas)
+    after = "".join(f"{ca_file_name(c['name'])}: {c['sha256']}\n" for c in res.cas)
     module.exit_json(
         changed=changed, cas=res.cas, sources=res.sources, written=written,
         diff=dict(before=before, after=after, before_header=dest, after_header=dest),

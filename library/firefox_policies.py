@@ -25,7 +25,7 @@ description:
     notes.
 version_added: "1.0.0"
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 options:
   path:
     description:
@@ -225,13 +225,17 @@ import grp
 import os
 import platform
 import pwd
-import re
 import tempfile
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
-from ansible.module_utils.tokentrust_libraries import GEMALTO_CLASSIC_CLIENT
+from ansible.module_utils.tokentrust_facts import (
+    ca_entry_name,
+    ca_file_name,
+    library_candidates,
+    trusted_for_tls_servers,
+)
 from ansible.module_utils.tokentrust_policies import (
     PolicyError,
     default_policies_path,
@@ -261,15 +265,6 @@ def _write(module, path, text):
     os.chmod(path, 0o644)
 
 
-DEVICE_CANDIDATES = GEMALTO_CLASSIC_CLIENT  # the one per-OS table (module_utils/tokentrust_libraries.py)
-
-
-def certificate_file_name(nickname):
-    """Same naming as before the files moved into this module (the fleet report relies on it)."""
-    slug = re.sub(r"^_+|_+$", "", re.sub(r"[^a-z0-9]+", "_", nickname.lower()))
-    return (slug or "ca") + ".pem"
-
-
 def _ids(module, owner, group):
     try:
         uid = pwd.getpwnam(owner).pw_uid if owner else -1
@@ -285,15 +280,13 @@ def deploy_certificate_files(module, p):
     d = p["certificate_dir"]
     uid, gid = _ids(module, p["certificate_owner"], p["certificate_group"])
     for i, ca in enumerate(p["certificate_set"]):
-        nick = ca.get("nickname") or ca.get("name")
+        nick = ca_entry_name(ca)  # file names and the TLS-server rule: module_utils/tokentrust_facts.py
         pem = ca.get("pem")
         if not nick or not pem:
             module.fail_json(msg=f"certificate_set[{i}]: needs 'nickname' (or 'name') and 'pem'")
-        path = os.path.join(d, certificate_file_name(nick))
+        path = os.path.join(d, ca_file_name(nick))
         content = pem.strip() + "\n"
-        trust = ca.get("nss_trust")
-        entry = {"name": ca.get("name") or nick, "path": path,
-                 "ssl_ca": trust is None or "C" in str(trust).split(",")[0]}
+        entry = {"name": ca.get("name") or nick, "path": path, "ssl_ca": trusted_for_tls_servers(ca.get("nss_trust"))}
         exists = os.path.isfile(path)
         if p["state"] == "absent":
             entry["action"] = "removed" if exists else "ok"
@@ -344,7 +337,7 @@ def run(module):
     devices = dict(p["devices"])
     device_library = None
     if p["device_name"]:
-        candidates = p["device_candidates"] or DEVICE_CANDIDATES.get(platform.system(), DEVICE_CANDIDATES["Linux"])
+        candidates = p["device_candidates"] or library_candidates(platform.system(), guess=True)
         device_library = next((c for c in candidates if os.path.isfile(c)), candidates[0])
         devices[p["device_name"]] = device_library
     desired = desired_policies(certificates, devices, p["import_enterprise_roots"])

@@ -22,7 +22,7 @@ description:
   - Read-only; never changes anything.
 version_added: "1.0.0"
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 options:
   users:
     description:

@@ -18,7 +18,7 @@ description:
   - Files are written atomically and only when their content changed.
 version_added: "1.0.0"
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 options:
   hosts:
     description:

@@ -18,7 +18,7 @@ description:
   - When run as root on users' profiles, every database file keeps the profile owner and mode.
 version_added: "1.0.0"
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 requirements:
   - libnss3, libnspr4, libsmime3 (NSS 3.35 or later) on the target
   - python cffi on the target

@@ -16,7 +16,7 @@ description:
   - Run as root, each database is read in a forked child acting as the database's owner (see M(nss_provision)).
 version_added: "1.0.0"
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 requirements:
   - libnss3, libnspr4 on the target
   - python cffi on the target

@@ -17,7 +17,7 @@ description:
     and skips (O(missing_library=warn)) or fails (O(missing_library=fail)).
 version_added: "1.0.0"
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 requirements:
   - libnss3, libnspr4 on the target
   - python cffi on the target
@@ -35,7 +35,7 @@ options:
     description:
       - Path of the PKCS#11 library on the target. Default per OS, on Linux C(/usr/lib/pkcs11/libgclib.so),
         on macOS C(/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11ClassicClient/libgclib.dylib)
-        (the one per-OS table, C(module_utils/tokentrust_libraries.py)).
+        (the one per-OS table, C(module_utils/tokentrust_facts.py)).
     type: path
   state:
     description: C(present) registers the module, C(absent) removes it.

@@ -18,7 +18,7 @@ description:
     reported with its path; the others complete unless O(fail_fast=true); the module then fails at the end.
 version_added: "1.0.0"
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 requirements:
   - libnss3, libnspr4, libsmime3 on the target (Firefox's own NSS is used when the Firefox install ships one)
   - python cffi on the target

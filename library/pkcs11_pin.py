@@ -25,7 +25,7 @@ description:
   - This is an action, not a state. A second run with the same current PIN is a wrong PIN (it has changed),
     which the guard limits to one attempt; run it once per key.
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 requirements:
   - NSS (libnss3) on the host
 options:

@@ -40,7 +40,7 @@ description:
   - "In check mode nothing is presented to the token: the module finds the token, reads its PIN state (and
     says whether a login would be refused), lists its certificates and checks them against the CA set."
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 requirements:
   - NSS (libnss3, libssl3, libnspr4) on the host
   - cffi and cryptography >= 38 (Debian 12's python3-cryptography) on the host's Python
@@ -48,7 +48,7 @@ options:
   module:
     description:
       - Path of the PKCS#11 library of the token middleware on the host.
-      - Default by OS, from the one per-OS table (C(module_utils/tokentrust_libraries.py)), Linux
+      - Default by OS, from the one per-OS table (C(module_utils/tokentrust_facts.py)), Linux
         C(/usr/lib/pkcs11/libgclib.so), macOS
         C(/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11ClassicClient/libgclib.dylib).
     type: path

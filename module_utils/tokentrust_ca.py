@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from ansible.module_utils.tokentrust_facts import ca_file_name, ca_file_stem, is_nss_trust
 from ansible.module_utils.tokentrust_privsep import read_bounded
 
 try:
@@ -52,7 +53,6 @@ PIN_HELP = (
     "through a second channel (its website over HTTPS, its CPS, a signed letter), then set it as "
     "'sha256' of this CA (ca_certificates_pins: {'NAME': 'AA:BB:...'} or in ca_certificates_list)"
 )
-_NSS_TRUST_RE = re.compile(r"^[pPcCTu]*,[pPcCTu]*,[pPcCTu]*$")
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 
@@ -108,14 +108,9 @@ def fingerprint(cert, algo: str = "sha256") -> str:
     return cert.fingerprint(h).hex().upper()
 
 
-def slugify(name: str) -> str:
-    """A file name for a CA name: 'Certeurope Root CA 2' -> 'certeurope_root_ca_2'."""
-    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    return slug or "ca"
-
-
 def validate_nss_trust(value: str) -> bool:
-    return bool(_NSS_TRUST_RE.match(value or ""))
+    """certutil's trust string syntax: the one pattern of module_utils/tokentrust_facts.py."""
+    return is_nss_trust(value)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -523,7 +518,7 @@ def _read_file(path: str) -> bytes:
 
 def _acquire(ca: dict, name: str, pin: str, dest: str, opts: Options, fetch: Callable) -> Tuple[object, str, list]:
     """Find the pinned certificate: cache, then path, then each URL. -> (cert, source, warnings)."""
-    pem_path = os.path.join(dest, slugify(name) + ".pem")
+    pem_path = os.path.join(dest, ca_file_name(name))
     warns = []
     if not opts.refresh and os.path.isfile(pem_path):
         try:
@@ -645,7 +640,7 @@ def build_ca_set(
         if not name:
             fail(f"#{index + 1}", "bad_entry", f"CA entry #{index + 1} has no name")
             continue
-        slug = slugify(name)
+        slug = ca_file_stem(name)
         if slug in seen:
             fail(name, "duplicate",
                  f"CA '{name}': duplicate of CA '{seen[slug]}' (same name or same cache file {slug}.pem)")
@@ -695,7 +690,7 @@ def build_ca_set(
             warns = warns + [f"CA '{name}' is signed with {_hash_name(cert).upper()}, a broken hash: current browsers "
                              "may refuse chains through it"]
         trust = ca.get("nss_trust") or (opts.root_nss_trust if role == "root" else opts.intermediate_nss_trust)
-        slug = slugify(name)
+        slug = ca_file_stem(name)
         pem_path = os.path.join(dest, slug + ".pem")
         der_path = os.path.join(dest, slug + ".der")
         pem = cert.public_bytes(serialization.Encoding.PEM)

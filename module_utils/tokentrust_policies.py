@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Firefox enterprise policies (policies.json): build, load, validate and merge our fragment.
 
-Pure Python, no Ansible import: shared by `library/firefox_policies.py` (Linux/macOS) and the
+Pure Python (no Ansible import but our facts module): shared by `library/firefox_policies.py` (Linux/macOS) and the
 Windows helper (same JSON format on Windows; GPO registry uses the same names).
 
 What "we own" is exactly the desired fragment built by `desired_policies()`:
@@ -28,6 +28,13 @@ from __future__ import annotations
 import copy
 import json
 import os.path
+
+from ansible.module_utils.tokentrust_facts import (
+    LINUX_INSTALL_DIRS,
+    LINUX_SYSTEM_POLICIES,
+    MACOS_APP,
+    distribution_policies,
+)
 
 SECURITY_DEVICES_KEYWORDS = ("Add", "Delete")
 
@@ -357,22 +364,8 @@ def _merge_absent(doc, desired, res):
 
 
 # ---------------------------------------------------------------------------------------------
-# where Firefox reads policies.json
+# where Firefox reads policies.json (the paths are facts: module_utils/tokentrust_facts.py)
 # ---------------------------------------------------------------------------------------------
-# Linux: Firefox reads /etc/firefox/policies/policies.json if it exists ("SysConfD" is /etc/ plus
-# the lower-cased application name, which is "Firefox" also for Debian's firefox-esr), and ONLY
-# otherwise <install dir>/distribution/policies.json. macOS: the app bundle's distribution dir.
-LINUX_SYSTEM_POLICIES = "/etc/firefox/policies/policies.json"
-MACOS_DISTRIBUTION = "/Applications/Firefox.app/Contents/Resources/distribution/policies.json"
-LINUX_INSTALL_DIRS = (
-    "/usr/lib/firefox-esr",      # Debian/Ubuntu firefox-esr
-    "/usr/lib/firefox",          # Debian/Ubuntu/Arch firefox
-    "/usr/lib64/firefox",        # Fedora/RHEL/SUSE
-    "/opt/firefox",              # Mozilla tarball (conventional place)
-    "/opt/firefox-esr",
-)
-
-
 def default_policies_path(system="Linux", location="system", install_dir=None, exists=None):
     """The policies.json path for `system` (platform.system()) and `location` (system|distribution).
 
@@ -383,16 +376,15 @@ def default_policies_path(system="Linux", location="system", install_dir=None, e
     if location not in ("system", "distribution"):
         raise PolicyError(f"location must be system or distribution, got {location!r}")
     if system == "Darwin":
-        base = install_dir or "/Applications/Firefox.app"
-        return os.path.join(base, "Contents", "Resources", "distribution", "policies.json")
+        return distribution_policies(install_dir or MACOS_APP, system)
     if system != "Linux":
         raise PolicyError(f"no default policies.json path for {system}: give path explicitly")
     if location == "system":
         return LINUX_SYSTEM_POLICIES
     if install_dir:
-        return os.path.join(install_dir, "distribution", "policies.json")
+        return distribution_policies(install_dir)
     for d in LINUX_INSTALL_DIRS:
         if exists(d):
-            return os.path.join(d, "distribution", "policies.json")
+            return distribution_policies(d)
     looked = ", ".join(LINUX_INSTALL_DIRS)
     raise PolicyError(f"no Firefox install dir found (looked in {looked}): set install_dir or path")

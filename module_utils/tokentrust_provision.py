@@ -51,11 +51,11 @@ class quiet_stdout:  # noqa: N801 - used as a context manager
         return False
 
 
-# Gemalto/Thales Classic Client's PKCS#11 library per OS: the one table (module_utils/tokentrust_libraries.py).
+# Gemalto/Thales Classic Client's PKCS#11 library per OS: the one table (module_utils/tokentrust_facts.py).
 def default_library():
-    from ansible.module_utils.tokentrust_libraries import default_library as _default
+    from ansible.module_utils.tokentrust_facts import default_library as _default
 
-    return _default() or _default("Linux")
+    return _default(guess=True)
 
 
 def missing_library_message(library):

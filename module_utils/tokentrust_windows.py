@@ -1,10 +1,10 @@
 # Copyright: tokentrust contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Windows planning logic: pure Python, no Ansible import, no Windows needed.
+"""Windows planning logic: pure Python, no Windows needed (imports only our module_utils).
 
 The Windows roles read the host with ansible.windows modules (win_reg_stat, win_certificate_info,
 a read-only win_powershell probe), hand what they read to these functions through the filters of
-`filter_plugins/tokentrust_windows.py`, and apply the returned plan with ansible.windows modules
+`filter_plugins/tokentrust.py`, and apply the returned plan with ansible.windows modules
 (win_certificate_store, win_regedit, win_copy, win_package, win_reboot). Decide here, act there.
 
 Registry paths are returned in the PSDrive form that win_regedit / win_reg_stat take
@@ -21,6 +21,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+
+from ansible.module_utils import tokentrust_policies as pol
 
 TT_KEY = "HKLM:\\SOFTWARE\\tokentrust"
 TRUST_RECORD_KEY = TT_KEY + "\\TrustStore"
@@ -49,16 +51,8 @@ HIVE_MOUNT = "HKLM:\\ANSIBLE"  # where win_regedit loads the `hive:` file
 PE_MACHINES = {0x014C: "x86", 0x8664: "x64", 0xAA64: "arm64", 0x01C4: "arm"}
 ARCH_BITS = {"x86": 32, "arm": 32, "x64": 64, "arm64": 64}
 
-DEFAULT_GCLIB_PATHS = (
-    "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll",
-    "C:\\Program Files\\Thales\\Classic Client\\BIN\\gclib.dll",
-    "C:\\Program Files (x86)\\Gemalto\\Classic Client\\BIN\\gclib.dll",
-    "C:\\Program Files (x86)\\Thales\\Classic Client\\BIN\\gclib.dll",
-)
-DEFAULT_FIREFOX_DIRS = (
-    "C:\\Program Files\\Mozilla Firefox",
-    "C:\\Program Files (x86)\\Mozilla Firefox",
-)
+# gclib.dll candidates and Firefox install dirs: facts of module_utils/tokentrust_facts.py (GEMALTO_CLASSIC_CLIENT,
+# WINDOWS_FIREFOX_DIRS), which the roles' defaults take through the tokentrust_* filters.
 DEFAULT_LEGACY_PRODUCTS = ("GemSafe Standard Edition", "GemSafe Libraries", "Classic Client 5.1.5")
 DEFAULT_TRUSTED_SITES = ("services.certeurope.fr", "services2.certeurope.fr")
 
@@ -879,7 +873,6 @@ def _list_entries(path, have, wanted, state):
 
 def desired_fragment(certificate_paths, devices, import_enterprise_roots=None):
     """The shared Firefox policy fragment (module_utils/tokentrust_policies.desired_policies)."""
-    pol = _policies()
     try:
         return pol.desired_policies(certificate_paths, devices, import_enterprise_roots)
     except pol.PolicyError as e:
@@ -888,7 +881,6 @@ def desired_fragment(certificate_paths, devices, import_enterprise_roots=None):
 
 def policies_json(existing_text, desired, state="present", path="policies.json"):
     """New policies.json text for one install: {text, changed, added, removed, warnings}."""
-    pol = _policies()
     try:
         doc = pol.load_policies(existing_text or "", path)
         res = pol.plan_merge(doc, desired, state)
@@ -896,14 +888,6 @@ def policies_json(existing_text, desired, state="present", path="policies.json")
         raise WindowsPlanError(f"{e}: fix or remove that file, then run again") from e
     # Nothing of ours changed -> the file is left as it is (an administrator's formatting is kept).
     return {"text": pol.dump_policies(res.doc), "changed": res.changed, "doc": res.doc, **res.as_dict()}
-
-
-def _policies():
-    try:
-        from ansible.module_utils import tokentrust_policies as pol  # noqa: PLC0415 - as Ansible loads it
-    except ImportError:
-        import tokentrust_policies as pol  # noqa: PLC0415 - filter plugin path (module_utils on sys.path)
-    return pol
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,14 +6,15 @@ filter_plugins/ at the top) and stays the one source; the collection tree is gen
 
   library/*.py          -> plugins/modules/        imports rewritten, EXAMPLES by FQCN
   module_utils/**       -> plugins/module_utils/   `ansible.module_utils.tokentrust_*` imports rewritten
-  filter_plugins/*.py   -> plugins/filter/         the sys.path patch replaced by a collection import
+  filter_plugins/*.py   -> plugins/filter/         the repository-layout import block replaced by collection imports
   doc_fragments/*.py    -> plugins/doc_fragments/  named by FQCN in extends_documentation_fragment
   roles/*               -> roles/                  modules, roles and filters called by FQCN
   playbooks/*.yml       -> playbooks/              same (lab.yml stays: it drives this repository's lab)
   collection/           -> galaxy.yml, meta/runtime.yml, README.md
 
 Every rewrite is checked afterwards (no short module name as a task action, no `ansible.module_utils.tokentrust`
-import, no sys.path patch left); a source change that defeats a rewrite fails the build with what and where.
+import, no module_utils search-path patch left); a source change that defeats a rewrite fails the build with
+what and where.
 
   python scripts/build_collection.py [--out build/collection]
 prints the path of the built tarball; the tree is left in <out>/ansible_collections/<namespace>/<name>.
@@ -35,6 +36,15 @@ SKIP_PLAYBOOKS = {"lab.yml"}  # creates this repository's lab (python -m lab.bui
 
 class BuildError(Exception):
     pass
+
+
+def filter_names():
+    """The filters our filter plugins define (the keys of their FilterModule.filters() dicts)."""
+    names = set()
+    for n in _names("filter_plugins", ".py"):
+        with open(os.path.join(ROOT, "filter_plugins", n + ".py"), encoding="utf-8") as f:
+            names.update(re.findall(r'^\s*"(tokentrust_\w+)":', f.read(), re.M))
+    return sorted(names, key=len, reverse=True)  # longest first: no name matches as the prefix of another
 
 
 def galaxy_meta():
@@ -64,7 +74,8 @@ class Rewriter:
         # a role reference: `- role: x`, `role: x`, `name: x` (include_role/import_role), `- x` under roles:
         self.re_role = re.compile(rf"^(\s*(?:- )?(?:role|name):\s*)({roles})(\s*(?:#.*)?)$", re.M)
         self.re_role_item = re.compile(rf"^(\s*- )({roles})(\s*(?:#.*)?)$", re.M)
-        self.re_filter = re.compile(r"(\|\s*)(tokentrust_win_\w+)")
+        self.filters = filter_names()
+        self.re_filter = re.compile(r"(\|\s*)({})\b".format("|".join(map(re.escape, self.filters))))
         self.re_doc_module = re.compile(rf"\bM\(({mods})\)")
         self.re_seealso = re.compile(rf"^(\s*- module: )({mods})(\s*)$", re.M)
         frag_dir = os.path.join(ROOT, "doc_fragments")
@@ -75,6 +86,8 @@ class Rewriter:
     # Python ---------------------------------------------------------------------------------------------
     def python(self, text, path):
         text = text.replace("ansible.module_utils.tokentrust_", f"{self.mu_prefix}.tokentrust_")
+        text = re.sub(r"^(\s*)from ansible\.module_utils import (tokentrust_)", rf"\1from {self.mu_prefix} import \2",
+                      text, flags=re.M)
         # our doc fragments (doc_fragments/*.py) by FQCN in extends_documentation_fragment
         text = self.re_fragment.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text)
         # in DOCUMENTATION and RETURN, M(module) and seealso entries name our modules by FQCN
@@ -87,18 +100,18 @@ class Rewriter:
         return text
 
     def filter_plugin(self, text, path):
-        patch = re.compile(
-            r"^_MU = os\.path\.join\(.*?\n"
-            r"if _MU not in sys\.path:\n"
-            r"    sys\.path\.insert\(0, _MU\)\n\n"
-            r"import (tokentrust_\w+) as (\w+)(?:  # noqa: E402)?\n",
-            re.M | re.S,
-        )
-        text, n = patch.subn(lambda m: f"from {self.mu_prefix} import {m.group(1)} as {m.group(2)}\n", text)
-        if n != 1:
-            raise BuildError(f"{path}: the sys.path patch of module_utils/ was not found where expected; update "
-                             f"Rewriter.filter_plugin in scripts/build_collection.py to the new import")
-        return text
+        """The block between the `repository layout` markers (module_utils/ added to ansible.module_utils' search
+        path) becomes the collection's imports: the collection loader resolves them on the controller."""
+        block = re.compile(r"^# --- repository layout: begin[^\n]*\n(.*?)^# --- repository layout: end\n", re.M | re.S)
+        m = block.search(text)
+        if not m:
+            raise BuildError(f"{path}: no '# --- repository layout: begin/end' block; the filter plugin must import "
+                             "our module_utils there (see filter_plugins/tokentrust.py)")
+        imports = re.findall(r"^from [\w.]+ import (tokentrust_\w+) as (\w+)$", m.group(1), re.M)
+        if not imports:
+            raise BuildError(f"{path}: the repository layout block imports no module_utils")
+        new = "".join(f"from {self.mu_prefix} import {mod} as {alias}\n" for mod, alias in imports)
+        return text[: m.start()] + new + text[m.end():]
 
     # YAML -----------------------------------------------------------------------------------------------
     def yaml_text(self, text, path, playbook=False):
@@ -191,8 +204,10 @@ def check(tree, rw):
             with open(p, encoding="utf-8") as f:
                 text = f.read()
             if n.endswith(".py"):
-                if "ansible.module_utils.tokentrust" in text:
+                if re.search(r"^\s*(from|import) ansible\.module_utils(\.| import )tokentrust", text, re.M):
                     problems.append(f"{rel}: imports ansible.module_utils.tokentrust_*")
+                if re.search(r"^\s*ansible\.module_utils\.__path__", text, re.M):
+                    problems.append(f"{rel}: extends ansible.module_utils' search path")
                 if re.search(r"^\s*- tokentrust_\w+(\.\w+)?\s*$", text, re.M):
                     problems.append(f"{rel}: names a doc fragment by its short name")
                 if "sys.path.insert" in text:
@@ -211,8 +226,8 @@ def check(tree, rw):
                         if role in rw.roles:
                             problems.append(f"{rel}: play {task.get('name', '?')!r} uses role {role} by short name")
             if n.endswith((".yml", ".j2")):
-                for m in re.finditer(r"\|\s*(tokentrust_win_\w+)", text):
-                    problems.append(f"{rel}: filter {m.group(1)} by its short name")
+                for m in rw.re_filter.finditer(text):
+                    problems.append(f"{rel}: filter {m.group(2)} by its short name")
     return problems
 
 

@@ -7,7 +7,6 @@ declarations it was made from; _ffi.py uses it only when that matches, and parse
 stale file is slow, never wrong. tests/unit/test_nss_ffi.py fails when it is stale: run this after changing a
 declaration. `--check` exits 1 when the file is not what this script would write.
 """
-import importlib.util
 import os
 import sys
 import tempfile
@@ -15,15 +14,18 @@ import tempfile
 import cffi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SRC = os.path.join(ROOT, "module_utils", "tokentrust_nss", "_ffi.py")
 DEST = os.path.join(ROOT, "module_utils", "tokentrust_nss", "_ffi_abi.py")
 
 
 def load_declarations():
-    spec = importlib.util.spec_from_file_location("_tokentrust_ffi_source", SRC)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.cdef_source(), mod.cdef_digest()
+    import ansible.module_utils
+
+    mu = os.path.join(ROOT, "module_utils")  # as Ansible's packer (and tests/conftest.py) resolve module_utils
+    if mu not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(mu)
+    from ansible.module_utils.tokentrust_nss import _ffi
+
+    return _ffi.cdef_source(), _ffi.cdef_digest()
 
 
 def render():

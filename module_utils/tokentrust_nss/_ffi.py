@@ -12,6 +12,8 @@ import ctypes.util
 import hashlib
 import os
 
+from ansible.module_utils.tokentrust_facts import LINUX_INSTALL_DIRS, MACOS_APP
+
 _CDEFS = []
 
 
@@ -257,13 +259,8 @@ _LIBS = {
 }
 # Firefox builds that ship their own NSS: a profile must be written by the NSS of the Firefox that uses it (NSS
 # 3.115+ stores trust as PKCS#11 3.2 CKO_TRUST objects, which older NSS reads as "no trust"), so these come first.
-FIREFOX_NSS_DIRS = (
-    "/usr/lib/firefox-esr",
-    "/usr/lib/firefox",
-    "/usr/lib64/firefox",
-    "/opt/firefox",
-    "/Applications/Firefox.app/Contents/MacOS",
-)
+# Where Firefox is installed is a fact of module_utils/tokentrust_facts.py (its policies.json lookup uses it too).
+FIREFOX_NSS_DIRS = tuple(LINUX_INSTALL_DIRS) + (MACOS_APP + "/Contents/MacOS",)
 SYSTEM_NSS_DIRS = (
     "/usr/lib/x86_64-linux-gnu",
     "/usr/lib/aarch64-linux-gnu",

@@ -26,6 +26,7 @@ import re
 import sqlite3
 import stat
 
+from ansible.module_utils.tokentrust_facts import NSS_TRUST_HELP, is_nss_trust
 from ansible.module_utils.tokentrust_nss._ffi import ffi, lib
 from ansible.module_utils.tokentrust_nss.errors import DatabaseLockedError, LegacyDatabaseError, NSSError, check
 
@@ -56,7 +57,6 @@ TOKEN_FLAGS = {
     "so_pin_to_be_changed": 0x800000,
 }
 
-_TRUST_RE = re.compile(r"^[pPcCTuw]*,[pPcCTuw]*,[pPcCTuw]*$")
 _PEM_RE = re.compile(
     rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----(.+?)-----END (?:X509 |TRUSTED )?CERTIFICATE-----", re.S
 )
@@ -167,11 +167,8 @@ def sqlite_locked(path, write=True):
 
 def normalize_trust(trust):
     t = (trust or "").replace(" ", "")
-    if not _TRUST_RE.match(t):
-        raise ValueError(
-            "trust %r is not a certutil trust string: three comma-separated fields for SSL, e-mail and "
-            "object signing, made of the letters p P c C T u w (examples: 'C,,' 'CT,C,C' ',,')" % trust
-        )
+    if not is_nss_trust(t):  # the one pattern: module_utils/tokentrust_facts.py
+        raise ValueError("trust %r is not a certutil trust string: %s" % (trust, NSS_TRUST_HELP))
     return t
 
 

@@ -31,7 +31,7 @@ import re
 import shutil
 import tempfile
 
-from ansible.module_utils.tokentrust_libraries import default_library
+from ansible.module_utils.tokentrust_facts import default_library
 from ansible.module_utils.tokentrust_nss._ffi import ffi, lib
 from ansible.module_utils.tokentrust_nss.database import (
     NSSDatabase,
@@ -68,7 +68,7 @@ CKF_PROTECTED_AUTHENTICATION_PATH = 0x100
 
 def default_module(system=None):
     """The Gemalto Classic Client PKCS#11 library for this OS (None when we know no default): the one per-OS table
-    of module_utils/tokentrust_libraries.py."""
+    of module_utils/tokentrust_facts.py."""
     return default_library(system)
 
 

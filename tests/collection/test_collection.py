@@ -11,8 +11,10 @@ import tarfile
 
 import pytest
 import yaml
+from ansible.module_utils.tokentrust_facts import ca_file_stem
 
 from lab.pki import certeurope_standin
+from tests.collection.build import build_collection
 from tests.support.nsstools import certutil_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,13 +38,7 @@ def clean_env(home, collections):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("build")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "build_collection.py"), "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout + p.stderr
-    tarball = [line.split(None, 1)[1] for line in p.stdout.splitlines() if line.startswith("tarball:")][0]
-    tree = [line.split(None, 1)[1] for line in p.stdout.splitlines() if line.startswith("tree:")][0]
-    return tarball, tree
+    return build_collection(tmp_path_factory.mktemp("build"))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +67,7 @@ def test_tarball_holds_every_module_role_and_the_filters(built):
         assert f"plugins/modules/{m}.py" in names
     for r in REPO_ROLES:
         assert f"roles/{r}/tasks/main.yml" in names or f"roles/{r}/tasks" in names, r
-    assert "plugins/filter/tokentrust_windows.py" in names
+    assert "plugins/filter/tokentrust.py" in names
     assert "plugins/module_utils/tokentrust_nss/database.py" in names
     assert "playbooks/site.yml" in names and "playbooks/lab.yml" not in names
     assert "meta/runtime.yml" in names
@@ -247,3 +243,58 @@ def test_execution_environment_installs_the_built_collection(built, tmp_path):
     assert manifest["collection_info"]["version"] == yaml.safe_load(
         open(os.path.join(ROOT, "collection", "galaxy.yml"), encoding="utf-8"))["version"]
     assert (home / "ee" / "ansible_collections" / NS / NAME / "plugins" / "modules" / "nss_provision.py").is_file()
+
+
+def _units(collections, *tests):
+    """tests/unit (or some of its files) with `ansible.module_utils.tokentrust_*` = the installed collection's."""
+    env = dict(os.environ, TOKENTRUST_COLLECTIONS=str(collections))
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                           "tests.collection.units_plugin", *(tests or ["tests/unit"])],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_unit_tests_pass_on_the_installed_collections_module_utils(installed):
+    _home, colls, _env = installed
+    p = _units(colls)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    tree = colls / "ansible_collections" / NS / NAME / "plugins" / "module_utils"
+    assert f"module_utils under test: {tree}" in p.stdout
+    assert " passed" in p.stdout and " failed" not in p.stdout and " error" not in p.stdout
+
+
+def test_unit_tests_on_the_collection_bite(installed, tmp_path):
+    """The same run on a copy of the installed collection whose CA file naming is broken fails: the unit tests ran
+    the collection's code, not the repository's (which is intact)."""
+    _home, colls, _env = installed
+    copy = tmp_path / "collections"
+    shutil.copytree(colls, copy)
+    facts = copy / "ansible_collections" / NS / NAME / "plugins" / "module_utils" / "tokentrust_facts.py"
+    text = facts.read_text()
+    facts.write_text(text.replace('.lower()).strip("_")', '.lower())', 1))
+    assert facts.read_text() != text
+    p = _units(copy, "tests/unit/test_facts.py", "tests/unit/test_ca_logic.py")
+    assert p.returncode == 1, p.stdout[-3000:]
+    assert "FAILED tests/unit/test_facts.py::test_ca_file_names" in p.stdout
+    assert "FAILED tests/unit/test_ca_logic.py::test_ca_file_stem" in p.stdout
+
+
+def test_a_playbook_of_the_installed_collection_writes_into_the_working_directory(installed, tmp_path):
+    """The collection's own ca.yml, run as `ansible-playbook tokentrust.workstation.ca` from a project directory:
+    the CA cache goes to <that directory>/.cache/ca, nothing into the installed collection (playbook_dir/.. there)."""
+    _home, colls, env = installed
+    project = tmp_path / "project"
+    (project / "cas").mkdir(parents=True)
+    cas = []
+    for name, c in certeurope_standin().items():
+        f = project / "cas" / (name.replace(" ", "_") + ".pem")
+        f.write_bytes(c.pem)
+        cas.append({"name": name, "path": str(f), "sha256": c.sha256})
+    top = colls / "ansible_collections" / NS / NAME
+    before = sorted(str(p.relative_to(top)) for p in top.rglob("*"))
+    p = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local", f"{FQ}.ca",
+                        "-e", json.dumps({"ca_certificates_list": cas, "ansible_python_interpreter": sys.executable})],
+                       cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert sorted(n.name for n in (project / ".cache" / "ca").iterdir()) == sorted(
+        f"{stem}{ext}" for stem in (ca_file_stem(c["name"]) for c in cas) for ext in (".der", ".pem"))
+    assert sorted(str(p.relative_to(top)) for p in top.rglob("*")) == before

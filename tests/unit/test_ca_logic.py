@@ -18,9 +18,9 @@ from ansible.module_utils.tokentrust_ca import (
     normalize_pin,
     parse_certificates,
     select_pinned,
-    slugify,
     validate_nss_trust,
 )
+from ansible.module_utils.tokentrust_facts import ca_file_stem
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
@@ -88,8 +88,8 @@ def test_bad_pins(raw, message):
     ("Élan/CA", "lan_ca"),
     ("!!!", "ca"),
 ])
-def test_slugify(name, slug):
-    assert slugify(name) == slug
+def test_ca_file_stem(name, slug):
+    assert ca_file_stem(name) == slug
 
 
 @pytest.mark.parametrize("value, ok", [

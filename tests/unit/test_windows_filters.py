@@ -1,18 +1,24 @@
 """The filter plugin as Ansible loads it: module_utils found relative to the plugin file, errors as
-AnsibleFilterError with the planner's message."""
+AnsibleFilterError with the planner's message. The plugin is the one next to the module_utils under test: the
+repository's filter_plugins/, or the collection's plugins/filter/ when tests/unit runs on an installed collection
+(tests/collection/units_plugin.py)."""
 import importlib.util
 import os
 
 import pytest
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils import tokentrust_facts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# repository: <root>/module_utils/ -> <root>/filter_plugins/; collection: plugins/module_utils/ -> plugins/filter/
+_TOP = os.path.dirname(os.path.dirname(os.path.abspath(tokentrust_facts.__file__)))
+PLUGIN = os.path.join(_TOP, "filter", "tokentrust.py") if os.path.basename(_TOP) == "plugins" \
+    else os.path.join(_TOP, "filter_plugins", "tokentrust.py")
 
 
 @pytest.fixture(scope="module")
 def filters():
     spec = importlib.util.spec_from_file_location(
-        "tt_win_filters", os.path.join(ROOT, "filter_plugins", "tokentrust_windows.py"))
+        "tt_win_filters", PLUGIN)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.FilterModule().filters()

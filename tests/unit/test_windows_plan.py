@@ -3,6 +3,7 @@ import json
 
 import pytest
 from ansible.module_utils import tokentrust_windows as tw
+from ansible.module_utils.tokentrust_facts import library_candidates
 
 from lab.pki import certeurope_standin
 
@@ -334,9 +335,10 @@ def test_ie_per_user_only_leaves_the_machine_policy_alone():
 # ------------------------------------------------------------------ Firefox bitness
 FX64 = {"path": "C:\\Program Files\\Mozilla Firefox\\firefox.exe", "machine": 0x8664}
 FX32 = {"path": "C:\\Program Files (x86)\\Mozilla Firefox\\firefox.exe", "machine": "0x014C"}
-G64 = {"path": tw.DEFAULT_GCLIB_PATHS[0], "exists": True, "machine": 34404}
-T64 = {"path": tw.DEFAULT_GCLIB_PATHS[1], "exists": True, "machine": 34404}
-G32 = {"path": tw.DEFAULT_GCLIB_PATHS[2], "exists": True, "machine": 332}
+GCLIB = library_candidates("Windows")
+G64 = {"path": GCLIB[0], "exists": True, "machine": 34404}
+T64 = {"path": GCLIB[1], "exists": True, "machine": 34404}
+G32 = {"path": GCLIB[2], "exists": True, "machine": 332}
 
 
 @pytest.mark.parametrize("machine,arch", [(0x14C, "x86"), (0x8664, "x64"), ("0xAA64", "arm64"), ("34404", "x64")])
@@ -384,7 +386,7 @@ def test_firefox_installs():
 # ------------------------------------------------------------------ Firefox GPO registry / policies.json
 GPO = tw.FIREFOX_GPO_KEY
 CERTS = ["C:\\ProgramData\\tokentrust\\certs\\A.cer", "C:\\ProgramData\\tokentrust\\certs\\B.cer"]
-DLL = tw.DEFAULT_GCLIB_PATHS[0]
+DLL = GCLIB[0]
 
 
 @pytest.fixture
@@ -437,7 +439,7 @@ def test_gpo_plan_absent_removes_ours_and_renumbers(desired):
 
 
 def test_gpo_plan_replaces_wrong_dll(desired):
-    dump = {"SecurityDevices\\Add": {"gem": tw.DEFAULT_GCLIB_PATHS[2]}}
+    dump = {"SecurityDevices\\Add": {"gem": GCLIB[2]}}
     got = _keyed(tw.gpo_plan(dump, desired))
     assert got[(GPO + "\\SecurityDevices\\Add", "gem")] == (DLL, "string", "present")
 

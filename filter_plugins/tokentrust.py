@@ -1,24 +1,36 @@
 # Copyright: tokentrust contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters exposing module_utils/tokentrust_windows.py (the Windows planning logic) to the roles.
+"""Filters exposing our module_utils to the roles: the facts (module_utils/tokentrust_facts.py: CA file names,
+policies.json locations, per-OS PKCS#11 libraries) and the Windows planning logic (module_utils/tokentrust_windows.py).
 
-Filter plugins cannot import our `ansible.module_utils.*` (that namespace is only assembled for
-modules), so the repository's module_utils/ directory is put on sys.path from here.
+Where module_utils come from. A filter runs in the controller's Python, where Ansible assembles the
+`ansible.module_utils` package only from its own files: the `module_utils=` directory of ansible.cfg is used when a
+MODULE is packed for a target, never for controller plugins (ansible/ansible#27748, #28770). In a collection the
+collection loader imports `ansible_collections.<ns>.<name>.plugins.module_utils.*` anywhere, and the build
+(scripts/build_collection.py) replaces the block between the two `repository layout` markers below with that
+import. In the repository layout, this one block adds the repository's module_utils/ to the search path of the
+`ansible.module_utils` package (what Ansible's module packer and tests/conftest.py do), so every module_utils file
+imports the others in the one form modules use (`from ansible.module_utils import tokentrust_x`). sys.path is
+not touched.
+
 Every filter turns a WindowsPlanError into an AnsibleFilterError with the same message.
 """
 from __future__ import annotations
 
 import functools
 import os
-import sys
 
+import ansible.module_utils
 from ansible.errors import AnsibleFilterError
 
-_MU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
-if _MU not in sys.path:
-    sys.path.insert(0, _MU)
+# --- repository layout: begin (the build replaces this block with the collection's imports)
+_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
+if _MODULE_UTILS not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(_MODULE_UTILS)
+from ansible.module_utils import tokentrust_facts as facts
+from ansible.module_utils import tokentrust_windows as tw
 
-import tokentrust_windows as tw  # noqa: E402
+# --- repository layout: end
 
 
 def _wrap(fn):
@@ -54,9 +66,26 @@ def _loop_values(results):
     return {r.get("item"): (r.get("raw_value", r.get("value")) if r.get("exists") else None) for r in results or []}
 
 
+def _project_dir(playbook_dir):
+    """facts.project_dir with the controller's working directory (filters run in the ansible-playbook process)."""
+    return facts.project_dir(playbook_dir, os.getcwd())
+
+
+def _ca_files(ca_set, directory, only_tls_server_cas=True):
+    """The files role firefox_policies deploys for a CA set (and lists in Certificates.Install): [{name, path}]."""
+    return [{"name": f["name"], "path": f["path"]} for f in facts.ca_files(ca_set, directory, only_tls_server_cas)]
+
+
 class FilterModule:
     def filters(self):
         f = {
+            "tokentrust_ca_files": _ca_files,
+            "tokentrust_ca_file_name": facts.ca_file_name,
+            "tokentrust_project_dir": _project_dir,
+            "tokentrust_policies_candidates": facts.policies_candidates,
+            "tokentrust_library_candidates": facts.library_candidates,
+            "tokentrust_default_library": facts.default_library,
+            "tokentrust_firefox_install_dirs": facts.firefox_install_dirs,
             "tokentrust_win_store_plan": tw.store_plan,
             "tokentrust_win_store_thumbprints": tw.store_thumbprints,
             "tokentrust_win_uac_plan": _uac_plan,

@@ -1,0 +1,137 @@
+"""module_utils/tokentrust_facts.py: the facts kept once (issue 12 item 6, issue 14), and no other copy of them.
+
+Against upstream and against their users: tests/integration/test_facts_agree.py."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible.module_utils import tokentrust_facts as tl
+from ansible.module_utils.tokentrust_policies import PolicyError, default_policies_path
+
+ROOT = Path(__file__).resolve().parents[2]
+MAC = "/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11ClassicClient/libgclib.dylib"
+
+
+def test_the_table():
+    assert tl.default_library("Linux") == "/usr/lib/pkcs11/libgclib.so"
+    assert tl.default_library("Darwin") == MAC
+    assert tl.default_library("Windows") == "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll"
+    # both Program Files trees, Gemalto and Thales (the Windows plan picks the DLL of Firefox's bitness among them)
+    assert len(tl.library_candidates("Windows")) == 4
+    assert {p.split("\\")[1] for p in tl.library_candidates("Windows")} == {"Program Files", "Program Files (x86)"}
+    assert tl.default_library("Plan9") is None and tl.library_candidates("Plan9") == []
+    assert tl.default_library("FreeBSD", guess=True) == tl.default_library("Linux")
+
+
+def test_every_module_uses_the_table():
+    from ansible.module_utils.tokentrust_nss.token import default_module
+    from ansible.module_utils.tokentrust_provision import default_library
+
+    assert default_module("Darwin") == MAC and default_module("Linux") == tl.default_library("Linux")
+    assert default_library() == tl.default_library()
+
+
+def test_no_other_macos_path_anywhere():
+    """Every macOS framework path in code, roles and docs is the table's default (there were two)."""
+    found = {}
+    for p in ROOT.rglob("*"):
+        if (p.suffix not in (".py", ".yml", ".yaml", ".md") or ".venv" in p.parts or ".git" in p.parts
+                or p.name == "test_libraries.py"):
+            continue
+        for m in re.finditer(r"/Library/Frameworks/Pkcs11ClassicClient\.framework[^\s`)'\"]*",
+                             p.read_text(errors="replace")):
+            found.setdefault(m.group(0).rstrip(".,"), []).append(str(p.relative_to(ROOT)))
+    assert found and set(found) == {MAC}, found
+
+
+@pytest.mark.parametrize("ca, stem", [
+    ({"name": "Certeurope Root CA 2"}, "certeurope_root_ca_2"),
+    ({"name": "AC CertEurope Classe 3 Plus V2"}, "ac_certeurope_classe_3_plus_v2"),
+    ({"name": "  ../../etc/passwd "}, "etc_passwd"),
+    ({"name": "Élan/CA"}, "lan_ca"),
+    ({"name": "!!!"}, "ca"),
+    ({"name": "X", "nickname": "Lab Root CA"}, "lab_root_ca"),
+    ({"name": "Null Nickname", "nickname": None}, "null_nickname"),   # the report's Jinja copy said none.pem
+    ({"name": "Empty Nickname", "nickname": ""}, "empty_nickname"),   # ... and ca.pem
+])
+def test_ca_file_names(ca, stem):
+    [f] = tl.ca_files([dict(ca, pem="x")], "/d")
+    assert f["path"] == f"/d/{stem}.pem" == "/d/" + tl.ca_file_name(tl.ca_entry_name(ca))
+
+
+def test_which_cas_policies_install():
+    cas = [{"name": "root", "nss_trust": "C,,"}, {"name": "none given"}, {"name": "null", "nss_trust": None},
+           {"name": "both", "nss_trust": "CT,C,"}, {"name": "intermediate", "nss_trust": ",,"},
+           {"name": "client only", "nss_trust": "T,,"}, {"name": "email only", "nss_trust": ",C,"}]
+    assert [f["name"] for f in tl.ca_files(cas, "/d", only_tls_server_cas=True)] == ["root", "none given", "null",
+                                                                                      "both"]
+    assert len(tl.ca_files(cas, "/d")) == len(cas)
+
+
+def test_policies_candidates_and_the_modules_default_path_agree():
+    linux = tl.policies_candidates("Linux")
+    assert linux[0] == "/etc/firefox/policies/policies.json" == default_policies_path("Linux", "system")
+    assert linux[1:] == [d + "/distribution/policies.json" for d in tl.LINUX_INSTALL_DIRS]
+    assert default_policies_path("Linux", "distribution", exists=lambda d: d == tl.LINUX_INSTALL_DIRS[2]) == linux[3]
+    assert tl.policies_candidates("Linux", install_dir="/opt/fx") == [
+        linux[0], "/opt/fx/distribution/policies.json"] == [default_policies_path("Linux", "system"),
+                                                             default_policies_path("Linux", "distribution", "/opt/fx")]
+    mac = "/Applications/Firefox.app/Contents/Resources/distribution/policies.json"
+    assert tl.policies_candidates("Darwin") == [mac] == [default_policies_path("Darwin")]
+    assert tl.policies_candidates("Linux", path="/x/p.json") == ["/x/p.json"]
+    assert tl.policies_candidates("Windows") == tl.policies_candidates("SunOS") == []
+    with pytest.raises(PolicyError, match="no default policies.json path for SunOS"):
+        default_policies_path("SunOS")
+
+
+def _yaml_values(node):
+    """Every string value, documentation (argument_specs descriptions) left out: prose may name a fact."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k not in ("description", "short_description"):
+                yield from _yaml_values(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _yaml_values(v)
+    elif isinstance(node, str):
+        yield node
+
+
+def test_no_copy_of_the_facts_in_roles_or_inventories():
+    """The values of the facts appear in no role, playbook or example inventory value (comments may name them), and
+    no Jinja re-implements the CA file naming."""
+    facts = set(tl.LINUX_INSTALL_DIRS) | set(tl.WINDOWS_FIREFOX_DIRS) | {tl.LINUX_SYSTEM_POLICIES, tl.MACOS_APP} \
+        | {p for paths in tl.GEMALTO_CLASSIC_CLIENT.values() for p in paths}
+    found = []
+    files = [p for top in ("roles", "playbooks", "inventories/example") for p in (ROOT / top).rglob("*.yml")]
+    assert len(files) > 50
+    for p in files:
+        text = p.read_text()
+        for v in _yaml_values(yaml.safe_load(text)):
+            found += [f"{p.relative_to(ROOT)}: {f}" for f in facts if f in v]
+            if "distribution/policies.json" in v or "regex_replace('[^a-z0-9]" in v:
+                found.append(f"{p.relative_to(ROOT)}: {v[:80]}")
+    assert found == []
+
+
+@pytest.mark.parametrize("playbook_dir, expected", [
+    ("/srv/tokentrust/playbooks", "/srv/tokentrust"),                    # this repository (its playbooks/)
+    ("/srv/tokentrust/playbooks/", "/srv/tokentrust"),
+    ("/home/it/fleet", "/home/it/fleet"),                                  # a project's own site.yml at its top
+    ("/home/it/fleet/playbooks", "/home/it/fleet"),
+    ("/usr/share/ansible/collections/ansible_collections/tokentrust/workstation/playbooks", "/work/cwd"),
+    ("/home/it/.ansible/collections/ansible_collections/tokentrust/workstation/playbooks", "/work/cwd"),
+])
+def test_project_dir_is_never_inside_an_installed_collection(playbook_dir, expected):
+    assert tl.project_dir(playbook_dir, "/work/cwd") == expected
+
+
+def test_the_nss_of_firefox_is_looked_for_where_firefox_is_installed():
+    """The bindings load the NSS of the Firefox install when it ships one: the same install dirs as policies.json
+    (before, their own copy lacked /opt/firefox-esr)."""
+    from ansible.module_utils.tokentrust_nss._ffi import FIREFOX_NSS_DIRS
+
+    assert FIREFOX_NSS_DIRS == tuple(tl.LINUX_INSTALL_DIRS) + (tl.MACOS_APP + "/Contents/MacOS",)
