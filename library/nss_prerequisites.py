@@ -15,7 +15,7 @@ description:
     so role firefox_nss needs no separate call.
 version_added: "1.0.0"
 author:
-  - tokentrust contributors (@tokentrust)
+  - tokentrust contributors (!UNKNOWN)
 options: {}
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
