@@ -167,27 +167,20 @@ refused:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.tokentrust_profiles import ProfilesError, find_profiles
+from ansible.module_utils.tokentrust_errors import run
+from ansible.module_utils.tokentrust_profiles import PROFILE_SEARCH_OPTIONS, find_profiles
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            users=dict(type="list", elements="str"),
-            homes=dict(type="list", elements="path"),
-            include_thunderbird=dict(type="bool", default=False),
-            include_chromium=dict(type="bool", default=False),
-            check_locks=dict(type="bool", default=True),
-        ),
+        argument_spec=dict(PROFILE_SEARCH_OPTIONS, check_locks=dict(type="bool", default=True)),
         mutually_exclusive=[("users", "homes")],
         supports_check_mode=True,
     )
     p = module.params
-    try:
-        res = find_profiles(users=p["users"], homes=p["homes"], include_thunderbird=p["include_thunderbird"],
-                            include_chromium=p["include_chromium"], locks=p["check_locks"])
-    except ProfilesError as e:
-        module.fail_json(msg=str(e))
+    res = run(module, lambda: find_profiles(users=p["users"], homes=p["homes"],
+                                            include_thunderbird=p["include_thunderbird"],
+                                            include_chromium=p["include_chromium"], locks=p["check_locks"]))
     for w in res.pop("warnings"):
         module.warn(w)
     module.exit_json(changed=False, **res)

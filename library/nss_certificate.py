@@ -135,12 +135,14 @@ restart_needed:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_errors import fail, require
 
 try:
     from ansible.module_utils.tokentrust_provision import (
-        InputError,
+        NSS_WRITE_OPTIONS,
         apply_certificates,
+        exit_databases,
         normalise_certificates,
         normalise_databases,
         quiet_stdout,
@@ -149,55 +151,36 @@ try:
     IMPORT_ERROR = None
 except ImportError:  # cffi missing on the target
     IMPORT_ERROR = traceback.format_exc()
+    NSS_WRITE_OPTIONS = {}
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            NSS_WRITE_OPTIONS,
             databases=dict(type="list", elements="raw", required=True),
             certificates=dict(type="list", elements="dict", required=True),
             trust=dict(type="str", default="C,,"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             nickname_conflict=dict(type="str", choices=["fail", "rename"], default="fail"),
-            backup=dict(type="bool", default=False),
-            fail_fast=dict(type="bool", default=False),
             password=dict(type="str", no_log=True),
         ),
         supports_check_mode=True,
     )
-    if IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("cffi (python3-cffi)"), exception=IMPORT_ERROR)
+    require(module, IMPORT_ERROR, "cffi (python3-cffi)")
     p = module.params
     try:
         dbs = normalise_databases(p["databases"])
         certs = normalise_certificates(p["certificates"], p["trust"])
-    except InputError as exc:
-        module.fail_json(msg="nss_certificate: %s" % exc, databases=[], changed=False)
-    with quiet_stdout():
-        results, changed, failed = apply_certificates(
-            dbs, certs, state=p["state"], check_mode=module.check_mode, nickname_conflict=p["nickname_conflict"],
-            backup=p["backup"], fail_fast=p["fail_fast"], password=p["password"],
-        )
-    diff = [
-        {"before_header": "%s (before)" % r["path"], "after_header": "%s (after)" % r["path"],
-         "before": r.get("before", ""), "after": r.get("after", "")}
-        for r in results if r["changed"]
-    ]
-    for r in results:
-        r.pop("before", None)
-        r.pop("after", None)
-    out = dict(
-        changed=changed,
-        databases=results,
-        changed_databases=sum(1 for r in results if r["changed"]),
-        failed_databases=failed,
-        restart_needed=any(r["restart_needed"] for r in results),
-        diff=diff,
-    )
-    if failed:
-        module.fail_json(msg="nss_certificate failed on %d of %d databases (the others completed): %s" % (
-            len(failed), len(dbs), "; ".join(r["error"] for r in results if r["error"])), **out)
-    module.exit_json(**out)
+        with quiet_stdout():
+            results, changed, failed = apply_certificates(
+                dbs, certs, state=p["state"], check_mode=module.check_mode,
+                nickname_conflict=p["nickname_conflict"], backup=p["backup"], fail_fast=p["fail_fast"],
+                password=p["password"],
+            )
+    except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, exc, databases=[], changed=False)
+    exit_databases(module, results, changed, failed, len(dbs))
 
 
 if __name__ == "__main__":

@@ -170,13 +170,15 @@ refused:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_errors import fail, require
 
 try:
-    from ansible.module_utils.tokentrust_profiles import ProfilesError, find_profiles
+    from ansible.module_utils.tokentrust_profiles import PROFILE_SEARCH_OPTIONS, find_profiles
     from ansible.module_utils.tokentrust_provision import (
-        InputError,
+        NSS_WRITE_OPTIONS,
         default_library,
+        exit_databases,
         normalise_certificates,
         normalise_databases,
         provision,
@@ -186,15 +188,15 @@ try:
     IMPORT_ERROR = None
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
+    NSS_WRITE_OPTIONS = PROFILE_SEARCH_OPTIONS = {}
+
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            homes=dict(type="list", elements="path"),
-            users=dict(type="list", elements="str"),
+            NSS_WRITE_OPTIONS,
+            **PROFILE_SEARCH_OPTIONS,
             databases=dict(type="list", elements="raw"),
-            include_thunderbird=dict(type="bool", default=False),
-            include_chromium=dict(type="bool", default=False),
             certificates=dict(type="list", elements="dict", default=[]),
             trust=dict(type="str", default="C,,"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
@@ -203,16 +205,13 @@ def main():
             module_library=dict(type="path"),
             module_state=dict(type="str", choices=["present", "absent", "ignore"]),
             missing_library=dict(type="str", choices=["warn", "fail"], default="warn"),
-            backup=dict(type="bool", default=False),
-            fail_fast=dict(type="bool", default=False),
             password=dict(type="str", no_log=True),
             lock_timeout=dict(type="int", default=60),
         ),
         mutually_exclusive=[("databases", "homes"), ("databases", "users")],
         supports_check_mode=True,
     )
-    if IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("cffi (python3-cffi)"), exception=IMPORT_ERROR)
+    require(module, IMPORT_ERROR, "cffi (python3-cffi)")
     p = module.params
     found = {"profiles": [], "warnings": []}
     try:
@@ -233,35 +232,17 @@ def main():
                 nickname_conflict=p["nickname_conflict"], backup=p["backup"], fail_fast=p["fail_fast"],
                 password=p["password"], lock_timeout=p["lock_timeout"],
             )
-    except (InputError, ProfilesError) as exc:
-        module.fail_json(msg="nss_provision: %s" % exc, changed=False, databases=[], profiles=found["profiles"],
-                         refused=found.get("refused", []))
+    except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, exc, changed=False, databases=[], profiles=found["profiles"], refused=found.get("refused", []))
     for w in list(found.get("warnings", [])) + warnings:
         module.warn(w)
-    for r in results:
-        if r.get("skipped"):
-            module.warn("%s: %s" % (r["path"], r["skipped"]))
     in_use = [r["path"] for r in results if r["restart_needed"]]
     if in_use:
         module.warn("Firefox is running on %s: it loads security devices at start-up, so ask the user to restart "
                     "Firefox (nothing is lost: the change is on disk, and certificates are already seen)"
                     % ", ".join(in_use))
-    diff = []
-    for r in results:
-        before, after = r.pop("before", ""), r.pop("after", "")
-        mb, ma = r.pop("module_before", ""), r.pop("module_after", "")
-        if r["changed"]:
-            diff.append({"before_header": "%s (before)" % r["path"], "after_header": "%s (after)" % r["path"],
-                         "before": before + ("modules:\n" + mb if mb else ""),
-                         "after": after + ("modules:\n" + ma if ma else "")})
-    out = dict(changed=changed, profiles=found["profiles"], refused=found.get("refused", []), databases=results,
-               failed_databases=failed,
-               changed_databases=sum(1 for r in results if r["changed"]),
-               restart_needed=any(r["restart_needed"] for r in results), diff=diff)
-    if failed:
-        module.fail_json(msg="nss_provision failed on %d of %d databases (the others completed): %s" % (
-            len(failed), len(dbs), "; ".join(r["error"] for r in results if r["error"])), **out)
-    module.exit_json(**out)
+    exit_databases(module, results, changed, failed, len(dbs), profiles=found["profiles"],
+                   refused=found.get("refused", []))
 
 
 if __name__ == "__main__":

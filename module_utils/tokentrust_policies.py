@@ -29,16 +29,21 @@ import copy
 import json
 import os.path
 
+try:
+    from ansible.module_utils.tokentrust_errors import TokentrustError
+except ImportError:  # loaded by the Windows filter plugins with module_utils/ on sys.path
+    from tokentrust_errors import TokentrustError
+
 SECURITY_DEVICES_KEYWORDS = ("Add", "Delete")
 
 
-class PolicyError(Exception):
+class PolicyError(TokentrustError):
     """A policies document or input that cannot be used. `path` is set when it comes from a file."""
 
     def __init__(self, msg, path=None):
         self.msg = msg
         self.path = path
-        super().__init__(msg if path is None else f"{path}: {msg}")
+        super().__init__("policy", msg if path is None else f"{path}: {msg}", path=path)
 
 
 class MergeResult:

@@ -24,6 +24,7 @@ import pwd
 import socket
 import struct
 
+from ansible.module_utils.tokentrust_errors import TokentrustError
 from ansible.module_utils.tokentrust_privsep import ChildError, run_as
 
 # (kind, path relative to the home, needs include_*)
@@ -45,10 +46,21 @@ CHROMIUM_NSSDB = ".pki/nssdb"
 
 SQL_FILES = ("cert9.db", "key4.db", "pkcs11.txt")
 DBM_FILES = ("cert8.db", "key3.db", "secmod.db")
+# argument_spec of the profile search options (firefox_profiles_info, nss_provision; doc fragment
+# tokentrust_profiles)
+PROFILE_SEARCH_OPTIONS = dict(
+    users=dict(type="list", elements="str"),
+    homes=dict(type="list", elements="path"),
+    include_thunderbird=dict(type="bool", default=False),
+    include_chromium=dict(type="bool", default=False),
+)
 
 
-class ProfilesError(Exception):
-    pass
+class ProfilesError(TokentrustError):
+    """Users or homes that cannot be searched (the message says which and why)."""
+
+    def __init__(self, message):
+        super().__init__("profiles", message)
 
 
 # ---------------------------------------------------------------------------------------------

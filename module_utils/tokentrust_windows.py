@@ -22,6 +22,11 @@ import fnmatch
 import json
 import re
 
+try:
+    from ansible.module_utils.tokentrust_errors import TokentrustError
+except ImportError:  # loaded by the Windows filter plugins with module_utils/ on sys.path
+    from tokentrust_errors import TokentrustError
+
 TT_KEY = "HKLM:\\SOFTWARE\\tokentrust"
 TRUST_RECORD_KEY = TT_KEY + "\\TrustStore"
 UAC_RECORD_KEY = TT_KEY + "\\UAC"
@@ -70,8 +75,11 @@ _SID = re.compile(r"^S-1-(5-21|12-1)(-\d+)+$")
 PSL_PATHS = ("/usr/share/publicsuffix/public_suffix_list.dat", "/usr/share/publicsuffix/effective_tld_names.dat")
 
 
-class WindowsPlanError(ValueError):
+class WindowsPlanError(TokentrustError, ValueError):
     """An input that cannot be planned: the message says what, where and what to do."""
+
+    def __init__(self, message):
+        super().__init__("windows_plan", message)
 
 
 def _entry(path, name, data=None, vtype="string", state="present", scope="machine", hive=None):
