@@ -15,6 +15,10 @@ options:
     description: Copy the database files into a C(tokentrust-backup-<time>) directory of the profile before a change.
     type: bool
     default: false
+  fail_fast:
+    description: Stop at the first database that fails instead of completing the others.
+    type: bool
+    default: false
 """
 
     # the modules that import certificates (nss_certificate, nss_provision)

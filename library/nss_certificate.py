@@ -49,21 +49,11 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  fail_fast:
-    description: Stop at the first database that fails instead of completing the others.
-    type: bool
-    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_common
   - tokentrust_nss
   - tokentrust_nss.certificates
-attributes:
-  platform:
-    platforms: posix
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
 notes:
   - Firefox reads its certificate database at start-up; a profile in use gets the change at its next start
     (RV(databases[].restart_needed)).

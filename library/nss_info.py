@@ -38,14 +38,7 @@ options:
     type: dict
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  platform:
-    platforms: posix
-  check_mode:
-    support: full
-    details: The module never changes anything.
-  diff_mode:
-    support: none
+  - tokentrust_common.info
 """
 
 EXAMPLES = r"""

@@ -47,20 +47,10 @@ options:
     type: str
     choices: [warn, fail]
     default: warn
-  fail_fast:
-    description: Stop at the first database that fails instead of completing the others.
-    type: bool
-    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_common
   - tokentrust_nss
-attributes:
-  platform:
-    platforms: posix
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
 seealso:
   - module: nss_certificate
 """

@@ -23,26 +23,10 @@ requirements:
   - libnss3, libnspr4, libsmime3 on the target (Firefox's own NSS is used when the Firefox install ships one)
   - python cffi on the target
 options:
-  homes:
-    description: Home directories to scan (each home's owner is the directory's owner).
-    type: list
-    elements: path
-  users:
-    description: User names whose homes are scanned; with neither O(homes) nor O(users) nor O(databases), all users.
-    type: list
-    elements: str
   databases:
     description: Explicit NSS database directories instead of discovery.
     type: list
     elements: raw
-  include_thunderbird:
-    description: Also provision Thunderbird profiles.
-    type: bool
-    default: false
-  include_chromium:
-    description: Also provision the shared Chromium database C(~/.pki/nssdb).
-    type: bool
-    default: false
   certificates:
     description:
       - Certificates, as for M(nss_certificate) (C(name) plus C(content), C(pem) or C(path); optional C(trust),
@@ -77,10 +61,6 @@ options:
     type: str
     choices: [warn, fail]
     default: warn
-  fail_fast:
-    description: Stop at the first failing profile.
-    type: bool
-    default: false
   lock_timeout:
     description:
       - Seconds to wait for another tokentrust run working on the same profile (runs take a per-profile lock).
@@ -97,15 +77,10 @@ notes:
     costs the module registration only (a warning with O(missing_library=warn), a failure with C(fail)).
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_common
+  - tokentrust_common.profiles
   - tokentrust_nss
   - tokentrust_nss.certificates
-attributes:
-  platform:
-    platforms: posix
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
 seealso:
   - module: firefox_profiles_info
   - module: nss_certificate

@@ -76,9 +76,8 @@ options:
     default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_common
 attributes:
-  platform:
-    platforms: posix
   check_mode:
     support: full
     details: Checks the new PIN and the guards; presents nothing to the token.

@@ -129,9 +129,8 @@ options:
     default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_common
 attributes:
-  platform:
-    platforms: posix
   check_mode:
     support: full
     details: No PIN is presented and no TLS connection is made in check mode.
