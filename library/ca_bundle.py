@@ -205,6 +205,7 @@ from ansible.module_utils.tokentrust_ca import (
     DEFAULT_MAX_REDIRECTS,
     DEFAULT_MAX_SIZE,
     HAS_CRYPTOGRAPHY,
+    CAError,
     Options,
     build_ca_set,
     fingerprint,
@@ -263,7 +264,7 @@ def main():
     p = module.params
     dest = os.path.normpath(os.path.abspath(p["dest"]))
     if p["ca_path"] and not os.path.isfile(p["ca_path"]):
-        module.fail_json(msg=f"ca_path {p['ca_path']} is not a readable file (a PEM bundle of HTTPS issuers)")
+        fail(module, CAError("input", f"ca_path {p['ca_path']} is not a readable file (a PEM bundle of HTTPS issuers)"))
     opts = Options(
         root_nss_trust=p["root_nss_trust"], intermediate_nss_trust=p["intermediate_nss_trust"],
         timeout=p["timeout"], max_size=p["max_size"], max_redirects=p["max_redirects"],

@@ -224,7 +224,7 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
-from ansible.module_utils.tokentrust_errors import fail
+from ansible.module_utils.tokentrust_errors import TokentrustError, fail
 from ansible.module_utils.tokentrust_files import WriteError, with_attributes_diff, write_file
 from ansible.module_utils.tokentrust_libraries import GEMALTO_CLASSIC_CLIENT
 from ansible.module_utils.tokentrust_policies import (
@@ -264,7 +264,7 @@ def deploy_certificate_files(module, p):
         nick = ca.get("nickname") or ca.get("name")
         pem = ca.get("pem")
         if not nick or not pem:
-            module.fail_json(msg=f"certificate_set[{i}]: needs 'nickname' (or 'name') and 'pem'")
+            raise PolicyError(f"certificate_set[{i}]: needs 'nickname' (or 'name') and 'pem'")
         path = os.path.join(d, certificate_file_name(nick))
         content = pem.strip() + "\n"
         trust = ca.get("nss_trust")
@@ -291,7 +291,7 @@ def run(module):
         path = default_policies_path(platform.system(), p["location"], p["install_dir"])
     path = os.path.realpath(path)
     if os.path.isdir(path):
-        module.fail_json(msg=f"{path} is a directory, expected the policies.json file path", path=path)
+        raise TokentrustError("input", f"{path} is a directory, expected the policies.json file path", path=path)
 
     files, files_changed = deploy_certificate_files(module, p)
     certificates = list(p["certificates"])
@@ -393,6 +393,9 @@ def main():
         fail(module, e, path=e.path)
     except OSError as e:
         fail(module, WriteError(e.filename or "policies.json", e))
+    except Exception as e:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, e)
+
 
 if __name__ == "__main__":
     main()

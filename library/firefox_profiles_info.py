@@ -143,7 +143,8 @@ refused:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.tokentrust_errors import run
-from ansible.module_utils.tokentrust_profiles import PROFILE_SEARCH_OPTIONS, find_profiles
+from ansible.module_utils.tokentrust_options import PROFILE_SEARCH_OPTIONS
+from ansible.module_utils.tokentrust_profiles import find_profiles
 
 
 def main():

@@ -143,8 +143,8 @@ def read_token_file(module, token_dir, host):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError) as exc:
-        module.fail_json(msg="fleet_report: cannot read the test-login result %s: %s (fix or delete the file, then "
-                         "run again)" % (path, exc))
+        fail(module, ReportError("cannot read the test-login result %s: %s (fix or delete the file, then run again)"
+                                 % (path, exc)))
 
 
 def read_text(path):

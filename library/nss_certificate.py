@@ -127,10 +127,10 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.tokentrust_errors import fail, require
+from ansible.module_utils.tokentrust_options import NSS_CERTIFICATE_OPTIONS, NSS_WRITE_OPTIONS
 
 try:
     from ansible.module_utils.tokentrust_provision import (
-        NSS_WRITE_OPTIONS,
         apply_certificates,
         exit_databases,
         normalise_certificates,
@@ -141,19 +141,17 @@ try:
     IMPORT_ERROR = None
 except ImportError:  # cffi missing on the target
     IMPORT_ERROR = traceback.format_exc()
-    NSS_WRITE_OPTIONS = {}
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             NSS_WRITE_OPTIONS,
+            **NSS_CERTIFICATE_OPTIONS,
             databases=dict(type="list", elements="raw", required=True),
             certificates=dict(type="list", elements="dict", required=True),
             trust=dict(type="str", default="C,,"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
-            nickname_conflict=dict(type="str", choices=["fail", "rename"], default="fail"),
-            password=dict(type="str", no_log=True),
         ),
         supports_check_mode=True,
     )

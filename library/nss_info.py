@@ -69,16 +69,13 @@ databases:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_errors import fail, require
 
 try:
     from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError
     from ansible.module_utils.tokentrust_privsep import ChildError, PrivilegeError, acting_owner, run_as
-    from ansible.module_utils.tokentrust_provision import (
-        InputError,
-        normalise_databases,
-        quiet_stdout,
-    )
+    from ansible.module_utils.tokentrust_provision import normalise_databases, quiet_stdout
     from ansible.module_utils.tokentrust_trust import encoded_trust
 
     IMPORT_ERROR = None
@@ -123,12 +120,11 @@ def main():
         ),
         supports_check_mode=True,
     )
-    if IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("cffi (python3-cffi)"), exception=IMPORT_ERROR)
+    require(module, IMPORT_ERROR, "cffi (python3-cffi)")
     try:
         dbs = normalise_databases(module.params["databases"])
-    except InputError as exc:
-        module.fail_json(msg="nss_info: %s" % exc)
+    except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, exc)
     results = []
     with quiet_stdout():
         for d in dbs:

@@ -103,10 +103,10 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.tokentrust_errors import fail, require
+from ansible.module_utils.tokentrust_options import NSS_WRITE_OPTIONS
 
 try:
     from ansible.module_utils.tokentrust_provision import (
-        NSS_WRITE_OPTIONS,
         apply_module,
         default_library,
         exit_databases,
@@ -117,7 +117,6 @@ try:
     IMPORT_ERROR = None
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
-    NSS_WRITE_OPTIONS = {}
 
 
 def main():

@@ -147,11 +147,15 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.tokentrust_errors import fail, require
+from ansible.module_utils.tokentrust_options import (
+    NSS_CERTIFICATE_OPTIONS,
+    NSS_WRITE_OPTIONS,
+    PROFILE_SEARCH_OPTIONS,
+)
 
 try:
-    from ansible.module_utils.tokentrust_profiles import PROFILE_SEARCH_OPTIONS, find_profiles
+    from ansible.module_utils.tokentrust_profiles import find_profiles
     from ansible.module_utils.tokentrust_provision import (
-        NSS_WRITE_OPTIONS,
         default_library,
         exit_databases,
         normalise_certificates,
@@ -163,7 +167,6 @@ try:
     IMPORT_ERROR = None
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
-    NSS_WRITE_OPTIONS = PROFILE_SEARCH_OPTIONS = {}
 
 
 def main():
@@ -171,16 +174,15 @@ def main():
         argument_spec=dict(
             NSS_WRITE_OPTIONS,
             **PROFILE_SEARCH_OPTIONS,
+            **NSS_CERTIFICATE_OPTIONS,
             databases=dict(type="list", elements="raw"),
             certificates=dict(type="list", elements="dict", default=[]),
             trust=dict(type="str", default="C,,"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
-            nickname_conflict=dict(type="str", choices=["fail", "rename"], default="fail"),
             module_name=dict(type="str", default="gem"),
             module_library=dict(type="path"),
             module_state=dict(type="str", choices=["present", "absent", "ignore"]),
             missing_library=dict(type="str", choices=["warn", "fail"], default="warn"),
-            password=dict(type="str", no_log=True),
             lock_timeout=dict(type="int", default=60),
         ),
         mutually_exclusive=[("databases", "homes"), ("databases", "users")],

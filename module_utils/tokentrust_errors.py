@@ -79,3 +79,16 @@ def require(module, import_error, what):
         from ansible.module_utils.basic import missing_required_lib  # noqa: PLC0415 - only on failure
 
         module.fail_json(msg=missing_required_lib(what), exception=import_error)
+
+
+def exit_report(module, rep, fail_on_error=True, problems_label="problems", **extra):
+    """End a module whose logic returns a report with its error as data (pkcs11_token_login, pkcs11_pin): the
+    report's warnings are warned, and the module fails (with the whole report) when it has an ``error``
+    ({kind, message, ...}, see TokentrustError.to_dict) or ``problems``, unless not fail_on_error."""
+    for w in rep.pop("warnings", []):
+        module.warn(w)
+    error, problems = rep.get("error"), rep.get("problems") or []
+    if fail_on_error and (error or problems):
+        msg = error["message"] if error else "%s: %s" % (problems_label, " | ".join(problems))
+        module.fail_json(msg=msg, **dict(extra, **rep))
+    module.exit_json(**dict(extra, **rep))

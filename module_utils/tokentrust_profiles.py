@@ -46,14 +46,6 @@ CHROMIUM_NSSDB = ".pki/nssdb"
 
 SQL_FILES = ("cert9.db", "key4.db", "pkcs11.txt")
 DBM_FILES = ("cert8.db", "key3.db", "secmod.db")
-# argument_spec of the profile search options (firefox_profiles_info, nss_provision; doc fragment
-# tokentrust_profiles)
-PROFILE_SEARCH_OPTIONS = dict(
-    users=dict(type="list", elements="str"),
-    homes=dict(type="list", elements="path"),
-    include_thunderbird=dict(type="bool", default=False),
-    include_chromium=dict(type="bool", default=False),
-)
 
 
 class ProfilesError(TokentrustError):

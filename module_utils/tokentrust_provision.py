@@ -26,11 +26,6 @@ from ansible.module_utils.tokentrust_privsep import (
 from ansible.module_utils.tokentrust_trust import encoded_trust
 
 DEFAULT_LOCK_TIMEOUT = 60
-# argument_spec of the options every NSS module that writes databases has (doc fragment tokentrust_nss)
-NSS_WRITE_OPTIONS = dict(
-    backup=dict(type="bool", default=False),
-    fail_fast=dict(type="bool", default=False),
-)
 # security device names and nicknames end up in pkcs11.txt lines and NSS attributes
 MAX_NAME_LENGTH = 128
 
