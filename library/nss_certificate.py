@@ -19,18 +19,7 @@ description:
 version_added: "1.0.0"
 author:
   - tokentrust contributors (@tokentrust)
-requirements:
-  - libnss3, libnspr4, libsmime3 (NSS 3.35 or later) on the target
-  - python cffi on the target
 options:
-  databases:
-    description:
-      - NSS databases to act on, as directory paths (C(sql:) prefix optional) or as profile entries returned by
-        M(firefox_profiles_info) (dicts with C(path), C(in_use)).
-      - A database that does not exist yet in an existing directory is created (as Firefox does) when O(state=present).
-    type: list
-    elements: raw
-    required: true
   certificates:
     description:
       - Certificates to apply. Each entry has C(name) (the NSS nickname) and one of C(content) (PEM text),
@@ -51,6 +40,7 @@ options:
     default: present
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_nss.databases
   - tokentrust_common
   - tokentrust_nss
   - tokentrust_nss.certificates

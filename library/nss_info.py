@@ -17,15 +17,7 @@ description:
 version_added: "1.0.0"
 author:
   - tokentrust contributors (@tokentrust)
-requirements:
-  - libnss3, libnspr4 on the target
-  - python cffi on the target
 options:
-  databases:
-    description: NSS database directories, or profile entries from M(firefox_profiles_info).
-    type: list
-    elements: raw
-    required: true
   expected_certificates:
     description:
       - CA set to compare with (entries with C(name), C(sha256) and C(nss_trust) or C(trust), such as the
@@ -38,6 +30,7 @@ options:
     type: dict
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_nss.databases
   - tokentrust_common.info
 """
 

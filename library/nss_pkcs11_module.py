@@ -18,15 +18,7 @@ description:
 version_added: "1.0.0"
 author:
   - tokentrust contributors (@tokentrust)
-requirements:
-  - libnss3, libnspr4 on the target
-  - python cffi on the target
 options:
-  databases:
-    description: NSS database directories, or profile entries from M(firefox_profiles_info).
-    type: list
-    elements: raw
-    required: true
   name:
     description: Module name shown in Firefox's security devices.
     type: str
@@ -49,6 +41,7 @@ options:
     default: warn
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_nss.databases
   - tokentrust_common
   - tokentrust_nss
 seealso:
