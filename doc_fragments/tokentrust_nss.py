@@ -15,6 +15,10 @@ options:
     description: Copy the database files into a C(tokentrust-backup-<time>) directory of the profile before a change.
     type: bool
     default: false
+  fail_fast:
+    description: Stop at the first database that fails instead of completing the others.
+    type: bool
+    default: false
 """
 
     # the modules that import certificates (nss_certificate, nss_provision)
@@ -28,4 +32,21 @@ options:
     type: str
     choices: [fail, rename]
     default: fail
+"""
+
+    # every NSS module that takes a list of databases (nss_certificate, nss_pkcs11_module, nss_info)
+    DATABASES = r"""
+options:
+  databases:
+    description:
+      - NSS databases, as directory paths (C(sql:) prefix optional) or as profile entries returned by
+        M(firefox_profiles_info) (dicts with C(path), C(in_use)).
+      - The modules that write create a database that does not exist yet in an existing directory (as Firefox
+        does) when they have something to write in it.
+    type: list
+    elements: raw
+    required: true
+requirements:
+  - libnss3, libnspr4, libsmime3 (NSS 3.35 or later) on the target
+  - python cffi on the target
 """

@@ -101,9 +101,9 @@ options:
     default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_common
+  - ansible.builtin.files
 attributes:
-  platform:
-    platforms: posix
   check_mode:
     support: full
     details: Downloads and checks everything, writes nothing.
@@ -198,21 +198,22 @@ written:
 """
 
 import os
-import tempfile
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.tokentrust_ca import (
     CRYPTOGRAPHY_IMPORT_ERROR,
     DEFAULT_MAX_REDIRECTS,
     DEFAULT_MAX_SIZE,
     HAS_CRYPTOGRAPHY,
+    CAError,
     Options,
     build_ca_set,
     fingerprint,
     parse_certificates,
 )
+from ansible.module_utils.tokentrust_errors import fail, require
 from ansible.module_utils.tokentrust_facts import ca_file_name
+from ansible.module_utils.tokentrust_files import WriteError, set_attributes, with_attributes_diff, write_file
 
 CA_SPEC = dict(
     name=dict(type="str", required=True),
@@ -241,18 +242,6 @@ def _cached_listing(dest, names):
     return "\n".join(lines) + "\n"
 
 
-def _write(module, path, data):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".ca_bundle.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        module.atomic_move(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -269,13 +258,13 @@ def main():
             refresh=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
+        add_file_common_args=True,
     )
-    if not HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib("cryptography"), exception=str(CRYPTOGRAPHY_IMPORT_ERROR))
+    require(module, None if HAS_CRYPTOGRAPHY else str(CRYPTOGRAPHY_IMPORT_ERROR), "cryptography")
     p = module.params
     dest = os.path.normpath(os.path.abspath(p["dest"]))
     if p["ca_path"] and not os.path.isfile(p["ca_path"]):
-        module.fail_json(msg=f"ca_path {p['ca_path']} is not a readable file (a PEM bundle of HTTPS issuers)")
+        fail(module, CAError("input", f"ca_path {p['ca_path']} is not a readable file (a PEM bundle of HTTPS issuers)"))
     opts = Options(
         root_nss_trust=p["root_nss_trust"], intermediate_nss_trust=p["intermediate_nss_trust"],
         timeout=p["timeout"], max_size=p["max_size"], max_redirects=p["max_redirects"],
@@ -285,8 +274,8 @@ def main():
     before = _cached_listing(dest, names)
     try:
         res = build_ca_set(p["cas"], dest, opts)
-    except Exception as exc:  # noqa: BLE001 - an unexpected bug must still name itself
-        module.fail_json(msg=f"ca_bundle: unexpected error: {exc}", exception=traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, exc)
     for w in res.warnings:
         module.warn(w)
     if res.failed:
@@ -296,20 +285,22 @@ def main():
             errors=res.errors, error_kinds=res.error_kinds, sources=res.sources, written=[],
         )
     written = sorted(res.writes)
-    changed = bool(written) or not os.path.isdir(dest)
-    if changed and not module.check_mode:
-        try:
-            os.makedirs(dest, mode=0o755, exist_ok=True)
-            for path in written:
-                _write(module, path, res.writes[path])
-        except OSError as exc:
-            module.fail_json(msg=f"cannot write the CA cache in {dest}: {exc}", exception=traceback.format_exc())
+    changed = not os.path.isdir(dest)
     after = "".join(f"{ca_file_name(c['name'])}: {c['sha256']}\n" for c in res.cas)
-    module.exit_json(
-        changed=changed, cas=res.cas, sources=res.sources, written=written,
-        diff=dict(before=before, after=after, before_header=dest, after_header=dest),
-    )
-
+    diff = dict(before=before, after=after, before_header=dest, after_header=dest)
+    writes = []
+    try:
+        if changed and not module.check_mode:
+            os.makedirs(dest, mode=0o755, exist_ok=True)
+        # every file of the set: the content where it changed, the file attributes (mode, owner...) on all
+        for path in sorted({c[k] for c in res.cas for k in ("pem_path", "der_path")} | set(written)):
+            w = write_file(module, path, res.writes[path]) if path in res.writes else set_attributes(module, path)
+            changed = changed or w["changed"]
+            writes.append((path, w))
+    except OSError as exc:
+        fail(module, WriteError(exc.filename or dest, exc, hint=f"the CA cache is {dest}"))
+    module.exit_json(changed=changed, cas=res.cas, sources=res.sources, written=written,
+                     diff=with_attributes_diff(diff, writes))
 
 if __name__ == "__main__":
     main()

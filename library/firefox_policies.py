@@ -123,13 +123,8 @@ options:
     default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  platform:
-    platforms: posix
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+  - tokentrust_common
+  - ansible.builtin.files
 notes:
   - Firefox must be restarted to apply policies; RV(restart_required) is true when the file changed.
   - Firefox ignores the deprecated flat C(SecurityDevices) entries as soon as C(Add) or C(Delete)
@@ -225,17 +220,17 @@ import grp
 import os
 import platform
 import pwd
-import tempfile
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
+from ansible.module_utils.tokentrust_errors import TokentrustError, fail
 from ansible.module_utils.tokentrust_facts import (
     ca_entry_name,
     ca_file_name,
     library_candidates,
     trusted_for_tls_servers,
 )
+from ansible.module_utils.tokentrust_files import WriteError, with_attributes_diff, write_file
 from ansible.module_utils.tokentrust_policies import (
     PolicyError,
     default_policies_path,
@@ -247,30 +242,12 @@ from ansible.module_utils.tokentrust_policies import (
 )
 
 
-def _write(module, path, text):
-    d = os.path.dirname(path)
-    if not os.path.isdir(d):
-        os.makedirs(d, 0o755)
-    fd, tmp = tempfile.mkstemp(prefix=".policies.json.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        module.atomic_move(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    os.chmod(path, 0o644)
-
-
 def _ids(module, owner, group):
     try:
         uid = pwd.getpwnam(owner).pw_uid if owner else -1
         gid = grp.getgrnam(group).gr_gid if group else -1
     except KeyError as e:
-        module.fail_json(msg=f"unknown owner or group for the certificate files: {to_native(e)}")
+        raise PolicyError(f"unknown owner or group for the certificate files: {to_native(e)}") from None
     return uid, gid
 
 
@@ -278,12 +255,12 @@ def deploy_certificate_files(module, p):
     """Write (or remove) the certificate_set files; returns (entries, changed)."""
     out, changed = [], False
     d = p["certificate_dir"]
-    uid, gid = _ids(module, p["certificate_owner"], p["certificate_group"])
+    _ids(module, p["certificate_owner"], p["certificate_group"])  # a clear message before anything is written
     for i, ca in enumerate(p["certificate_set"]):
         nick = ca_entry_name(ca)  # file names and the TLS-server rule: module_utils/tokentrust_facts.py
         pem = ca.get("pem")
         if not nick or not pem:
-            module.fail_json(msg=f"certificate_set[{i}]: needs 'nickname' (or 'name') and 'pem'")
+            raise PolicyError(f"certificate_set[{i}]: needs 'nickname' (or 'name') and 'pem'")
         path = os.path.join(d, ca_file_name(nick))
         content = pem.strip() + "\n"
         entry = {"name": ca.get("name") or nick, "path": path, "ssl_ca": trusted_for_tls_servers(ca.get("nss_trust"))}
@@ -293,24 +270,9 @@ def deploy_certificate_files(module, p):
             if exists and not module.check_mode:
                 os.unlink(path)
         else:
-            same = False
-            if exists:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    same = f.read() == content
-                st = os.stat(path)
-                same = same and (st.st_mode & 0o777) == 0o644 and uid in (-1, st.st_uid) and gid in (-1, st.st_gid)
-            entry["action"] = "ok" if same else "written"
-            if not same and not module.check_mode:
-                if not os.path.isdir(d):
-                    os.makedirs(d, 0o755)
-                fd, tmp = tempfile.mkstemp(prefix=".tokentrust-ca.", suffix=".tmp", dir=d)
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(content)
-                os.chmod(tmp, 0o644)
-                if uid != -1 or gid != -1:
-                    os.chown(tmp, uid, gid)
-                module.atomic_move(tmp, path)
-                os.chmod(path, 0o644)
+            w = write_file(module, path, content, attributes={"mode": 0o644, "owner": p["certificate_owner"],
+                                                              "group": p["certificate_group"]})
+            entry["action"] = "written" if w["changed"] else "ok"
         changed = changed or entry["action"] != "ok"
         out.append(entry)
     return out, changed
@@ -323,7 +285,7 @@ def run(module):
         path = default_policies_path(platform.system(), p["location"], p["install_dir"])
     path = os.path.realpath(path)
     if os.path.isdir(path):
-        module.fail_json(msg=f"{path} is a directory, expected the policies.json file path", path=path)
+        raise TokentrustError("input", f"{path} is a directory, expected the policies.json file path", path=path)
 
     files, files_changed = deploy_certificate_files(module, p)
     certificates = list(p["certificates"])
@@ -384,10 +346,13 @@ def run(module):
     if module._diff:
         result["diff"] = {"before": before_text, "after": after_text,
                           "before_header": path, "after_header": path}
-    if res.changed and not module.check_mode:
-        if p["backup"] and os.path.exists(path):
-            result["backup_file"] = module.backup_local(path)
-        _write(module, path, after_text)
+    if res.changed or os.path.exists(path):  # never an empty file where there was none
+        w = write_file(module, path, after_text, backup=p["backup"])
+        if w["backup_file"]:
+            result["backup_file"] = w["backup_file"]
+        result["changed"] = result["changed"] or w["changed"]
+        if module._diff:
+            result["diff"] = with_attributes_diff(result["diff"], [(path, w)])
     module.exit_json(**result)
 
 
@@ -412,14 +377,18 @@ def main():
             check_files=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
+        add_file_common_args=True,
     )
     try:
         run(module)
     except PolicyError as e:
-        module.fail_json(msg=f"{e}. The file was left unchanged; fix or remove it and run again."
-                         if e.path else str(e), path=e.path)
+        if e.path:
+            e.hint = "The file was left unchanged; fix or remove it and run again"
+        fail(module, e, path=e.path)
     except OSError as e:
-        module.fail_json(msg=f"cannot write policies.json: {to_native(e)}", exception=traceback.format_exc())
+        fail(module, WriteError(e.filename or "policies.json", e))
+    except Exception as e:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, e)
 
 
 if __name__ == "__main__":

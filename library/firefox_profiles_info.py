@@ -24,39 +24,14 @@ version_added: "1.0.0"
 author:
   - tokentrust contributors (!UNKNOWN)
 options:
-  users:
-    description:
-      - User names whose homes are scanned.
-      - Default every user with a real home directory and uid >= 1000 (500 on macOS), plus root.
-    type: list
-    elements: str
-  homes:
-    description:
-      - Explicit home directories to scan instead of O(users); each home's owner is the directory's owner.
-    type: list
-    elements: path
-  include_thunderbird:
-    description: Also list Thunderbird profiles.
-    type: bool
-    default: false
-  include_chromium:
-    description: Also list the shared Chromium/Chrome NSS database C(~/.pki/nssdb) when it exists.
-    type: bool
-    default: false
   check_locks:
     description: Determine whether each profile is in use by a running Firefox (RV(profiles[].in_use)).
     type: bool
     default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  platform:
-    platforms: posix
-  check_mode:
-    support: full
-    details: The module never changes anything.
-  diff_mode:
-    support: none
+  - tokentrust_common.info
+  - tokentrust_common.profiles
 notes:
   - "A profile is in use when its C(lock) symlink (C(host:+pid)) names a running pid on this host, or
     when C(.parentlock) is held (checked with C(F_GETLK), without taking the lock). RV(profiles[].lock)
@@ -167,27 +142,21 @@ refused:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.tokentrust_profiles import ProfilesError, find_profiles
+from ansible.module_utils.tokentrust_errors import run
+from ansible.module_utils.tokentrust_options import PROFILE_SEARCH_OPTIONS
+from ansible.module_utils.tokentrust_profiles import find_profiles
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            users=dict(type="list", elements="str"),
-            homes=dict(type="list", elements="path"),
-            include_thunderbird=dict(type="bool", default=False),
-            include_chromium=dict(type="bool", default=False),
-            check_locks=dict(type="bool", default=True),
-        ),
+        argument_spec=dict(PROFILE_SEARCH_OPTIONS, check_locks=dict(type="bool", default=True)),
         mutually_exclusive=[("users", "homes")],
         supports_check_mode=True,
     )
     p = module.params
-    try:
-        res = find_profiles(users=p["users"], homes=p["homes"], include_thunderbird=p["include_thunderbird"],
-                            include_chromium=p["include_chromium"], locks=p["check_locks"])
-    except ProfilesError as e:
-        module.fail_json(msg=str(e))
+    res = run(module, lambda: find_profiles(users=p["users"], homes=p["homes"],
+                                            include_thunderbird=p["include_thunderbird"],
+                                            include_chromium=p["include_chromium"], locks=p["check_locks"]))
     for w in res.pop("warnings"):
         module.warn(w)
     module.exit_json(changed=False, **res)

@@ -67,9 +67,9 @@ options:
     default: tokentrust fleet report
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_common
+  - ansible.builtin.files
 attributes:
-  platform:
-    platforms: posix
   check_mode:
     support: full
     details: Builds the report and says whether the files would change, without writing them.
@@ -119,10 +119,11 @@ html_path:
 
 import json
 import os
-import tempfile
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_errors import fail, require
+from ansible.module_utils.tokentrust_files import with_attributes_diff, write_file
 
 try:
     from ansible.module_utils.tokentrust_report import ReportError, build_report, render_html, to_json
@@ -142,8 +143,8 @@ def read_token_file(module, token_dir, host):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError) as exc:
-        module.fail_json(msg="fleet_report: cannot read the test-login result %s: %s (fix or delete the file, then "
-                         "run again)" % (path, exc))
+        fail(module, ReportError("cannot read the test-login result %s: %s (fix or delete the file, then run again)"
+                                 % (path, exc)))
 
 
 def read_text(path):
@@ -171,23 +172,6 @@ def same_as_previous(report, text):
     return candidate if to_json(candidate) == text else None
 
 
-def write_if_changed(module, path, text):
-    try:
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return False
-    except OSError:
-        pass
-    if module.check_mode:
-        return True
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=os.path.dirname(path))
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    module.atomic_move(tmp, path)
-    return True
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -203,9 +187,9 @@ def main():
             title=dict(type="str", default="tokentrust fleet report"),
         ),
         supports_check_mode=True,
+        add_file_common_args=True,
     )
-    if IMPORT_ERROR:
-        module.fail_json(msg="fleet_report: module_utils tokentrust_report not found", exception=IMPORT_ERROR)
+    require(module, IMPORT_ERROR, "tokentrust_report (module_utils)")
     p = module.params
     hosts = []
     for h in p["hosts"]:
@@ -227,23 +211,24 @@ def main():
             report = same
         page = render_html(report)
     except ReportError as exc:
-        module.fail_json(msg="fleet_report: %s" % exc)
+        fail(module, exc)
     if not os.path.isdir(dest):
         if os.path.exists(dest):
-            module.fail_json(msg="fleet_report: dest %s exists and is not a directory" % dest)
+            fail(module, ReportError("dest %s exists and is not a directory" % dest))
     before = previous_statuses(previous)
+    writes = []
     try:
         if not os.path.isdir(dest) and not module.check_mode:
             os.makedirs(dest, mode=0o755)
-        if os.path.isdir(dest):
-            changed = write_if_changed(module, json_path, to_json(report))
-            changed = write_if_changed(module, html_path, page) or changed
-        else:
-            changed = True
+        changed = not os.path.isdir(dest)
+        for path, text in ((json_path, to_json(report)), (html_path, page)):
+            w = write_file(module, path, text)
+            changed = changed or w["changed"]
+            writes.append((path, w))
     except OSError as exc:
-        module.fail_json(msg="fleet_report: cannot write the report into %s: %s (%s). Choose a writable dest "
-                         "(fleet_report_dest) or fix its permissions; nothing was written"
-                         % (dest, exc.strerror or exc, exc.filename or dest))
+        fail(module, ReportError("cannot write the report into %s: %s (%s). Choose a writable dest "
+                                 "(fleet_report_dest) or fix its permissions; nothing was written"
+                                 % (dest, exc.strerror or exc, exc.filename or dest)))
     statuses = {m["name"]: m["status"] for m in report["hosts"]}
     result = dict(
         changed=changed, summary=report["summary"], statuses=statuses, json_path=json_path, html_path=html_path,
@@ -251,9 +236,9 @@ def main():
                  for m in report["hosts"]},
     )
     if module._diff:
-        result["diff"] = {"before": json.dumps(before, indent=2, sort_keys=True) + "\n",
-                          "after": json.dumps(statuses, indent=2, sort_keys=True) + "\n",
-                          "before_header": json_path, "after_header": json_path}
+        result["diff"] = with_attributes_diff({"before": json.dumps(before, indent=2, sort_keys=True) + "\n",
+                                               "after": json.dumps(statuses, indent=2, sort_keys=True) + "\n",
+                                               "before_header": json_path, "after_header": json_path}, writes)
     module.exit_json(**result)
 
 

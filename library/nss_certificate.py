@@ -19,18 +19,7 @@ description:
 version_added: "1.0.0"
 author:
   - tokentrust contributors (!UNKNOWN)
-requirements:
-  - libnss3, libnspr4, libsmime3 (NSS 3.35 or later) on the target
-  - python cffi on the target
 options:
-  databases:
-    description:
-      - NSS databases to act on, as directory paths (C(sql:) prefix optional) or as profile entries returned by
-        M(firefox_profiles_info) (dicts with C(path), C(in_use)).
-      - A database that does not exist yet in an existing directory is created (as Firefox does) when O(state=present).
-    type: list
-    elements: raw
-    required: true
   certificates:
     description:
       - Certificates to apply. Each entry has C(name) (the NSS nickname) and one of C(content) (PEM text),
@@ -49,21 +38,12 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  fail_fast:
-    description: Stop at the first database that fails instead of completing the others.
-    type: bool
-    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_nss.databases
+  - tokentrust_common
   - tokentrust_nss
   - tokentrust_nss.certificates
-attributes:
-  platform:
-    platforms: posix
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
 notes:
   - Firefox reads its certificate database at start-up; a profile in use gets the change at its next start
     (RV(databases[].restart_needed)).
@@ -135,12 +115,14 @@ restart_needed:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_errors import fail, require
+from ansible.module_utils.tokentrust_options import NSS_CERTIFICATE_OPTIONS, NSS_WRITE_OPTIONS
 
 try:
     from ansible.module_utils.tokentrust_provision import (
-        InputError,
         apply_certificates,
+        exit_databases,
         normalise_certificates,
         normalise_databases,
         quiet_stdout,
@@ -154,50 +136,29 @@ except ImportError:  # cffi missing on the target
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            NSS_WRITE_OPTIONS,
+            **NSS_CERTIFICATE_OPTIONS,
             databases=dict(type="list", elements="raw", required=True),
             certificates=dict(type="list", elements="dict", required=True),
             trust=dict(type="str", default="C,,"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
-            nickname_conflict=dict(type="str", choices=["fail", "rename"], default="fail"),
-            backup=dict(type="bool", default=False),
-            fail_fast=dict(type="bool", default=False),
-            password=dict(type="str", no_log=True),
         ),
         supports_check_mode=True,
     )
-    if IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("cffi (python3-cffi)"), exception=IMPORT_ERROR)
+    require(module, IMPORT_ERROR, "cffi (python3-cffi)")
     p = module.params
     try:
         dbs = normalise_databases(p["databases"])
         certs = normalise_certificates(p["certificates"], p["trust"])
-    except InputError as exc:
-        module.fail_json(msg="nss_certificate: %s" % exc, databases=[], changed=False)
-    with quiet_stdout():
-        results, changed, failed = apply_certificates(
-            dbs, certs, state=p["state"], check_mode=module.check_mode, nickname_conflict=p["nickname_conflict"],
-            backup=p["backup"], fail_fast=p["fail_fast"], password=p["password"],
-        )
-    diff = [
-        {"before_header": "%s (before)" % r["path"], "after_header": "%s (after)" % r["path"],
-         "before": r.get("before", ""), "after": r.get("after", "")}
-        for r in results if r["changed"]
-    ]
-    for r in results:
-        r.pop("before", None)
-        r.pop("after", None)
-    out = dict(
-        changed=changed,
-        databases=results,
-        changed_databases=sum(1 for r in results if r["changed"]),
-        failed_databases=failed,
-        restart_needed=any(r["restart_needed"] for r in results),
-        diff=diff,
-    )
-    if failed:
-        module.fail_json(msg="nss_certificate failed on %d of %d databases (the others completed): %s" % (
-            len(failed), len(dbs), "; ".join(r["error"] for r in results if r["error"])), **out)
-    module.exit_json(**out)
+        with quiet_stdout():
+            results, changed, failed = apply_certificates(
+                dbs, certs, state=p["state"], check_mode=module.check_mode,
+                nickname_conflict=p["nickname_conflict"], backup=p["backup"], fail_fast=p["fail_fast"],
+                password=p["password"],
+            )
+    except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, exc, databases=[], changed=False)
+    exit_databases(module, results, changed, failed, len(dbs))
 
 
 if __name__ == "__main__":

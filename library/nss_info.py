@@ -17,15 +17,7 @@ description:
 version_added: "1.0.0"
 author:
   - tokentrust contributors (!UNKNOWN)
-requirements:
-  - libnss3, libnspr4 on the target
-  - python cffi on the target
 options:
-  databases:
-    description: NSS database directories, or profile entries from M(firefox_profiles_info).
-    type: list
-    elements: raw
-    required: true
   expected_certificates:
     description:
       - CA set to compare with (entries with C(name), C(sha256) and C(nss_trust) or C(trust), such as the
@@ -38,14 +30,8 @@ options:
     type: dict
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  platform:
-    platforms: posix
-  check_mode:
-    support: full
-    details: The module never changes anything.
-  diff_mode:
-    support: none
+  - tokentrust_nss.databases
+  - tokentrust_common.info
 """
 
 EXAMPLES = r"""
@@ -76,16 +62,13 @@ databases:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_errors import fail, require
 
 try:
     from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError
     from ansible.module_utils.tokentrust_privsep import ChildError, PrivilegeError, acting_owner, run_as
-    from ansible.module_utils.tokentrust_provision import (
-        InputError,
-        normalise_databases,
-        quiet_stdout,
-    )
+    from ansible.module_utils.tokentrust_provision import normalise_databases, quiet_stdout
     from ansible.module_utils.tokentrust_trust import encoded_trust
 
     IMPORT_ERROR = None
@@ -130,12 +113,11 @@ def main():
         ),
         supports_check_mode=True,
     )
-    if IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("cffi (python3-cffi)"), exception=IMPORT_ERROR)
+    require(module, IMPORT_ERROR, "cffi (python3-cffi)")
     try:
         dbs = normalise_databases(module.params["databases"])
-    except InputError as exc:
-        module.fail_json(msg="nss_info: %s" % exc)
+    except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, exc)
     results = []
     with quiet_stdout():
         for d in dbs:

@@ -18,15 +18,7 @@ description:
 version_added: "1.0.0"
 author:
   - tokentrust contributors (!UNKNOWN)
-requirements:
-  - libnss3, libnspr4 on the target
-  - python cffi on the target
 options:
-  databases:
-    description: NSS database directories, or profile entries from M(firefox_profiles_info).
-    type: list
-    elements: raw
-    required: true
   name:
     description: Module name shown in Firefox's security devices.
     type: str
@@ -47,20 +39,11 @@ options:
     type: str
     choices: [warn, fail]
     default: warn
-  fail_fast:
-    description: Stop at the first database that fails instead of completing the others.
-    type: bool
-    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_nss.databases
+  - tokentrust_common
   - tokentrust_nss
-attributes:
-  platform:
-    platforms: posix
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
 seealso:
   - module: nss_certificate
 """
@@ -111,13 +94,15 @@ failed_databases:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_errors import fail, require
+from ansible.module_utils.tokentrust_options import NSS_WRITE_OPTIONS
 
 try:
     from ansible.module_utils.tokentrust_provision import (
-        InputError,
         apply_module,
         default_library,
+        exit_databases,
         normalise_databases,
         quiet_stdout,
     )
@@ -126,21 +111,20 @@ try:
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            NSS_WRITE_OPTIONS,
             databases=dict(type="list", elements="raw", required=True),
             name=dict(type="str", default="gem"),
             library=dict(type="path"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             missing_library=dict(type="str", choices=["warn", "fail"], default="warn"),
-            backup=dict(type="bool", default=False),
-            fail_fast=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
-    if IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("cffi (python3-cffi)"), exception=IMPORT_ERROR)
+    require(module, IMPORT_ERROR, "cffi (python3-cffi)")
     p = module.params
     library = p["library"] or default_library()
     try:
@@ -150,29 +134,15 @@ def main():
                 dbs, p["name"], library, state=p["state"], check_mode=module.check_mode,
                 missing_library=p["missing_library"], backup=p["backup"], fail_fast=p["fail_fast"],
             )
-    except InputError as exc:
-        module.fail_json(msg="nss_pkcs11_module: %s" % exc, library=library, databases=[], changed=False)
+    except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, exc, library=library, databases=[], changed=False)
     for w in warnings:
         module.warn(w)
     others = sorted({n for r in results for n in r.get("other_names", [])})
     if others:
         module.warn("library %s is already registered under another name (%s) in some databases: not registered "
                     "again as %r" % (library, ", ".join(others), p["name"]))
-    diff = [
-        {"before_header": "%s/pkcs11.txt (before)" % r["path"], "after_header": "%s/pkcs11.txt (after)" % r["path"],
-         "before": r.get("before", ""), "after": r.get("after", "")}
-        for r in results if r["changed"]
-    ]
-    for r in results:
-        r.pop("before", None)
-        r.pop("after", None)
-    out = dict(changed=changed, databases=results, library=library, failed_databases=failed, diff=diff,
-               changed_databases=sum(1 for r in results if r["changed"]),
-               restart_needed=any(r["restart_needed"] for r in results))
-    if failed:
-        module.fail_json(msg="nss_pkcs11_module failed on %d of %d databases (the others completed): %s" % (
-            len(failed), len(dbs), "; ".join(r["error"] for r in results if r["error"])), **out)
-    module.exit_json(**out)
+    exit_databases(module, results, changed, failed, len(dbs), diff_suffix="/pkcs11.txt", library=library)
 
 
 if __name__ == "__main__":

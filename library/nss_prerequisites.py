@@ -19,13 +19,7 @@ author:
 options: {}
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  platform:
-    platforms: posix
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  - tokentrust_common.info
 seealso:
   - module: nss_provision
 """

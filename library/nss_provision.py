@@ -23,26 +23,10 @@ requirements:
   - libnss3, libnspr4, libsmime3 on the target (Firefox's own NSS is used when the Firefox install ships one)
   - python cffi on the target
 options:
-  homes:
-    description: Home directories to scan (each home's owner is the directory's owner).
-    type: list
-    elements: path
-  users:
-    description: User names whose homes are scanned; with neither O(homes) nor O(users) nor O(databases), all users.
-    type: list
-    elements: str
   databases:
     description: Explicit NSS database directories instead of discovery.
     type: list
     elements: raw
-  include_thunderbird:
-    description: Also provision Thunderbird profiles.
-    type: bool
-    default: false
-  include_chromium:
-    description: Also provision the shared Chromium database C(~/.pki/nssdb).
-    type: bool
-    default: false
   certificates:
     description:
       - Certificates, as for M(nss_certificate) (C(name) plus C(content), C(pem) or C(path); optional C(trust),
@@ -77,10 +61,6 @@ options:
     type: str
     choices: [warn, fail]
     default: warn
-  fail_fast:
-    description: Stop at the first failing profile.
-    type: bool
-    default: false
   lock_timeout:
     description:
       - Seconds to wait for another tokentrust run working on the same profile (runs take a per-profile lock).
@@ -106,15 +86,10 @@ notes:
     costs the module registration only (a warning with O(missing_library=warn), a failure with C(fail)).
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_common
+  - tokentrust_common.profiles
   - tokentrust_nss
   - tokentrust_nss.certificates
-attributes:
-  platform:
-    platforms: posix
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
 seealso:
   - module: firefox_profiles_info
   - module: nss_certificate
@@ -189,14 +164,20 @@ prerequisites:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_errors import TokentrustError, fail
+from ansible.module_utils.tokentrust_options import (
+    NSS_CERTIFICATE_OPTIONS,
+    NSS_WRITE_OPTIONS,
+    PROFILE_SEARCH_OPTIONS,
+)
 from ansible.module_utils.tokentrust_prerequisites import message as prerequisites_message
 from ansible.module_utils.tokentrust_prerequisites import probe as prerequisites_probe
 
 try:
-    from ansible.module_utils.tokentrust_profiles import ProfilesError, find_profiles
+    from ansible.module_utils.tokentrust_profiles import find_profiles
     from ansible.module_utils.tokentrust_provision import (
-        InputError,
         default_library,
+        exit_databases,
         normalise_certificates,
         normalise_databases,
         provision,
@@ -207,6 +188,7 @@ try:
     IMPORT_ERROR = None
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
+
 
 def _missing_prerequisites():
     """The read-only probe of tokentrust_prerequisites when cffi or NSS cannot be loaded, else None."""
@@ -224,22 +206,17 @@ def _missing_prerequisites():
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            homes=dict(type="list", elements="path"),
-            users=dict(type="list", elements="str"),
+            NSS_WRITE_OPTIONS,
+            **PROFILE_SEARCH_OPTIONS,
+            **NSS_CERTIFICATE_OPTIONS,
             databases=dict(type="list", elements="raw"),
-            include_thunderbird=dict(type="bool", default=False),
-            include_chromium=dict(type="bool", default=False),
             certificates=dict(type="list", elements="dict", default=[]),
             trust=dict(type="str", default="C,,"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
-            nickname_conflict=dict(type="str", choices=["fail", "rename"], default="fail"),
             module_name=dict(type="str", default="gem"),
             module_library=dict(type="path"),
             module_state=dict(type="str", choices=["present", "absent", "ignore"]),
             missing_library=dict(type="str", choices=["warn", "fail"], default="warn"),
-            backup=dict(type="bool", default=False),
-            fail_fast=dict(type="bool", default=False),
-            password=dict(type="str", no_log=True),
             lock_timeout=dict(type="int", default=60),
             prerequisites=dict(type="str", choices=["fail", "report"], default="fail"),
         ),
@@ -255,9 +232,9 @@ def main():
                      changed_databases=0, restart_needed=False)
         if p["prerequisites"] == "report":
             module.exit_json(**empty)
-        module.fail_json(msg="nss_provision: %s. Nothing was changed. Install them (role firefox_nss does when "
-                             "firefox_nss_install_packages is true), then run again." % prerequisites_message(missing),
-                         **empty)
+        fail(module, TokentrustError("prerequisites", "%s. Nothing was changed" % prerequisites_message(missing),
+                                     hint="install them (role firefox_nss does when firefox_nss_install_packages "
+                                          "is true), then run again"), **empty)
     found = {"profiles": [], "warnings": []}
     try:
         if p["databases"] is not None:
@@ -277,35 +254,17 @@ def main():
                 nickname_conflict=p["nickname_conflict"], backup=p["backup"], fail_fast=p["fail_fast"],
                 password=p["password"], lock_timeout=p["lock_timeout"],
             )
-    except (InputError, ProfilesError) as exc:
-        module.fail_json(msg="nss_provision: %s" % exc, changed=False, databases=[], profiles=found["profiles"],
-                         refused=found.get("refused", []))
+    except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, exc, changed=False, databases=[], profiles=found["profiles"], refused=found.get("refused", []))
     for w in list(found.get("warnings", [])) + warnings:
         module.warn(w)
-    for r in results:
-        if r.get("skipped"):
-            module.warn("%s: %s" % (r["path"], r["skipped"]))
     in_use = [r["path"] for r in results if r["restart_needed"]]
     if in_use:
         module.warn("Firefox is running on %s: it loads security devices at start-up, so ask the user to restart "
                     "Firefox (nothing is lost: the change is on disk, and certificates are already seen)"
                     % ", ".join(in_use))
-    diff = []
-    for r in results:
-        before, after = r.pop("before", ""), r.pop("after", "")
-        mb, ma = r.pop("module_before", ""), r.pop("module_after", "")
-        if r["changed"]:
-            diff.append({"before_header": "%s (before)" % r["path"], "after_header": "%s (after)" % r["path"],
-                         "before": before + ("modules:\n" + mb if mb else ""),
-                         "after": after + ("modules:\n" + ma if ma else "")})
-    out = dict(changed=changed, profiles=found["profiles"], refused=found.get("refused", []), databases=results,
-               failed_databases=failed,
-               changed_databases=sum(1 for r in results if r["changed"]),
-               restart_needed=any(r["restart_needed"] for r in results), diff=diff)
-    if failed:
-        module.fail_json(msg="nss_provision failed on %d of %d databases (the others completed): %s" % (
-            len(failed), len(dbs), "; ".join(r["error"] for r in results if r["error"])), **out)
-    module.exit_json(**out)
+    exit_databases(module, results, changed, failed, len(dbs), profiles=found["profiles"],
+                   refused=found.get("refused", []))
 
 
 if __name__ == "__main__":

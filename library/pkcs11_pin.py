@@ -34,14 +34,6 @@ options:
     type: str
     required: true
     choices: [change, unblock]
-  module:
-    description:
-      - Path of the PKCS#11 library of the token middleware on the host (default by OS, as in
-        M(pkcs11_token_login)).
-    type: path
-  token_label:
-    description: Label of the token; without it, the only token present.
-    type: str
   pin:
     description: The current user PIN (O(action=change)).
     type: str
@@ -76,9 +68,9 @@ options:
     default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_common
+  - tokentrust_common.token
 attributes:
-  platform:
-    platforms: posix
   check_mode:
     support: full
     details: Checks the new PIN and the guards; presents nothing to the token.
@@ -139,29 +131,26 @@ error:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_errors import exit_report, fail, require
+from ansible.module_utils.tokentrust_options import TOKEN_OPTIONS
 
 try:
     from ansible.module_utils.tokentrust_nss.token import default_module, pin_action
 
-    HAS_NSS_BINDINGS = True
-    NSS_IMPORT_ERROR = None
+    IMPORT_ERROR = None
 except ImportError:
-    HAS_NSS_BINDINGS = False
-    NSS_IMPORT_ERROR = traceback.format_exc()
+    IMPORT_ERROR = traceback.format_exc()
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            TOKEN_OPTIONS,
             action=dict(type="str", required=True, choices=["change", "unblock"]),
-            module=dict(type="path"),
-            token_label=dict(type="str", no_log=False),
-            pin=dict(type="str", no_log=True),
             puk=dict(type="str", no_log=True),
             new_pin=dict(type="str", required=True, no_log=True),
             new_pin_confirm=dict(type="str", no_log=True),
-            allow_final_try=dict(type="bool", default=False),
             pin_charset=dict(type="str", default="printable", choices=["digits", "alphanumeric", "printable"]),
             pin_min_length=dict(type="int"),
             pin_max_length=dict(type="int"),
@@ -170,8 +159,7 @@ def main():
         required_if=[("action", "change", ("pin",)), ("action", "unblock", ("puk",))],
         supports_check_mode=True,
     )
-    if not HAS_NSS_BINDINGS:
-        module.fail_json(msg=missing_required_lib("cffi and NSS (libnss3)"), exception=NSS_IMPORT_ERROR)
+    require(module, IMPORT_ERROR, "cffi and NSS (libnss3)")
     p = module.params
     path = p["module"] or default_module()  # type=path: ~ and $VARS already expanded by AnsibleModule
     try:
@@ -181,13 +169,9 @@ def main():
             min_len=p["pin_min_length"], max_len=p["pin_max_length"], reject_weak=p["reject_weak"],
             check_mode=module.check_mode,
         )
-    except Exception as exc:  # noqa: BLE001 - an unexpected bug must still name itself
-        module.fail_json(msg="pkcs11_pin: unexpected error: %s" % exc, exception=traceback.format_exc())
-    for w in rep.pop("warnings"):
-        module.warn(w)
-    if rep["error"]:
-        module.fail_json(msg=rep["error"]["message"], **rep)
-    module.exit_json(**rep)
+    except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, exc)
+    exit_report(module, rep)
 
 
 if __name__ == "__main__":

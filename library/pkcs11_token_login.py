@@ -45,17 +45,6 @@ requirements:
   - NSS (libnss3, libssl3, libnspr4) on the host
   - cffi and cryptography >= 38 (Debian 12's python3-cryptography) on the host's Python
 options:
-  module:
-    description:
-      - Path of the PKCS#11 library of the token middleware on the host.
-      - Default by OS, from the one per-OS table (C(module_utils/tokentrust_facts.py)), Linux
-        C(/usr/lib/pkcs11/libgclib.so), macOS
-        C(/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11ClassicClient/libgclib.dylib).
-    type: path
-  token_label:
-    description:
-      - Label of the token to use. Without it, the only token present is used; several tokens are an error.
-    type: str
   pin:
     description:
       - The user PIN. From Ansible Vault or a prompt. Never returned nor logged.
@@ -129,9 +118,9 @@ options:
     default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - tokentrust_common
+  - tokentrust_common.token
 attributes:
-  platform:
-    platforms: posix
   check_mode:
     support: full
     details: No PIN is presented and no TLS connection is made in check mode.
@@ -162,13 +151,7 @@ EXAMPLES = r"""
     ca_set: "{{ tokentrust_ca_set }}"
     url: https://127.0.0.1:8443/
     server_ca: [/var/lib/tokentrust-lab/testpage/tls-ca.pem]
-    run_id:
-    description:
-      - An identifier of the playbook run (the C(token_verify) role passes one per play). When this run already
-        had its PIN refused by the same token (hosts sharing one key), the PIN is not presented again (error
-        C(wrong_pin_this_run)).
-    type: str
-  fail_on_error: false
+    fail_on_error: false
   register: login
 """
 
@@ -268,16 +251,16 @@ tls:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.tokentrust_errors import TokentrustError, exit_report, fail, require
+from ansible.module_utils.tokentrust_options import TOKEN_OPTIONS
 
 try:
     from ansible.module_utils.tokentrust_nss.token import default_module, verify_token
 
-    HAS_NSS_BINDINGS = True
-    NSS_IMPORT_ERROR = None
+    IMPORT_ERROR = None
 except ImportError:
-    HAS_NSS_BINDINGS = False
-    NSS_IMPORT_ERROR = traceback.format_exc()
+    IMPORT_ERROR = traceback.format_exc()
 
 
 def _server_cas(module, items):
@@ -290,17 +273,15 @@ def _server_cas(module, items):
             with open(item, "rb") as f:
                 out.append(f.read())
         except OSError as exc:
-            module.fail_json(msg="server_ca[%d]: cannot read %s on the host: %s" % (i, item, exc.strerror))
+            fail(module, TokentrustError("input", "server_ca[%d]: cannot read %s on the host: %s"
+                                         % (i, item, exc.strerror)))
     return out
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            module=dict(type="path"),
-            token_label=dict(type="str", no_log=False),
-            pin=dict(type="str", no_log=True),
-            allow_final_try=dict(type="bool", default=False),
+            TOKEN_OPTIONS,
             ca_set=dict(type="list", elements="raw"),
             url=dict(type="str", default="https://services.certeurope.fr/"),
             server_ca=dict(type="list", elements="str", default=[]),
@@ -315,12 +296,11 @@ def main():
         ),
         supports_check_mode=True,
     )
-    if not HAS_NSS_BINDINGS:
-        module.fail_json(msg=missing_required_lib("cffi and NSS (libnss3)"), exception=NSS_IMPORT_ERROR)
+    require(module, IMPORT_ERROR, "cffi and NSS (libnss3)")
     p = module.params
     if not p["pin"] and not module.check_mode:
-        module.fail_json(msg="pin is required (from the vault variable or a prompt); nothing was presented to the "
-                         "token")
+        fail(module, TokentrustError("input", "pin is required (from the vault variable or a prompt); nothing was "
+                                     "presented to the token"))
     path = p["module"] or default_module()  # type=path: ~ and $VARS already expanded by AnsibleModule
     try:
         rep = verify_token(
@@ -330,18 +310,10 @@ def main():
             timeout=p["timeout"], body_bytes=p["body_bytes"], min_days_left=p["min_days_left"],
             check_mode=module.check_mode, tls_max=p["tls_max_version"], run_id=p["run_id"],
         )
-    except Exception as exc:  # noqa: BLE001 - an unexpected bug must still name itself
-        module.fail_json(msg="pkcs11_token_login: unexpected error: %s" % exc, exception=traceback.format_exc())
-    for w in rep.pop("warnings"):
-        module.warn(w)
-    failed = rep["error"] is not None or bool(rep["problems"])
-    if failed and p["fail_on_error"]:
-        if rep["error"]:
-            msg = rep["error"]["message"]
-        else:
-            msg = "test login found problems: " + " | ".join(rep["problems"])
-        module.fail_json(msg=msg, changed=False, **rep)
-    module.exit_json(changed=False, **rep)
+    except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+        fail(module, exc)
+    exit_report(module, rep, fail_on_error=p["fail_on_error"], problems_label="test login found problems",
+                changed=False)
 
 
 if __name__ == "__main__":

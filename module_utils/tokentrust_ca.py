@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from ansible.module_utils.tokentrust_errors import TokentrustError
 from ansible.module_utils.tokentrust_facts import ca_file_name, ca_file_stem, is_nss_trust
 from ansible.module_utils.tokentrust_privsep import read_bounded
 
@@ -56,16 +57,8 @@ PIN_HELP = (
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 
-class CAError(Exception):
-    """A refusal: `kind` is a stable keyword, `str()` the full message for the admin."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+class CAError(TokentrustError):
+    """A refusal: CAError(kind, message); `kind` is a stable keyword, `str()` the full message for the admin."""
 
 
 class FetchError(CAError):

@@ -29,6 +29,7 @@ import copy
 import json
 import os.path
 
+from ansible.module_utils.tokentrust_errors import TokentrustError
 from ansible.module_utils.tokentrust_facts import (
     LINUX_INSTALL_DIRS,
     LINUX_SYSTEM_POLICIES,
@@ -39,13 +40,13 @@ from ansible.module_utils.tokentrust_facts import (
 SECURITY_DEVICES_KEYWORDS = ("Add", "Delete")
 
 
-class PolicyError(Exception):
+class PolicyError(TokentrustError):
     """A policies document or input that cannot be used. `path` is set when it comes from a file."""
 
     def __init__(self, msg, path=None):
         self.msg = msg
         self.path = path
-        super().__init__(msg if path is None else f"{path}: {msg}")
+        super().__init__("policy", msg if path is None else f"{path}: {msg}", path=path)
 
 
 class MergeResult:

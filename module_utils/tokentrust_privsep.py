@@ -30,6 +30,8 @@ import stat
 import sys
 import time
 
+from ansible.module_utils.tokentrust_errors import TokentrustError
+
 # Imported and looked up now, not lazily in a child: a child that dropped to a user can no longer read root-only
 # places such as Ansible's module payload in root's ~/.ansible/tmp, or a Python installed under /root.
 for _codec in ("utf-8", "utf-8-sig", "ascii", "latin-1", "idna"):
@@ -38,26 +40,30 @@ for _codec in ("utf-8", "utf-8-sig", "ascii", "latin-1", "idna"):
 MAX_INPUT_BYTES = 1024 * 1024  # a certificate or a CA bundle file is a few KiB; 1 MiB is generous
 
 
-class PrivilegeError(Exception):
+class PrivilegeError(TokentrustError):
     """A path tokentrust refuses to act on (name says why, for the per-profile result)."""
 
+    kind = "refused"
+
     def __init__(self, text, name="TT_REFUSED"):
-        super().__init__(text)
+        super().__init__(None, text)
         self.name = name
 
 
 class BusyError(PrivilegeError):
+    kind = "busy"
+
     def __init__(self, text):
         super().__init__(text, name="TT_BUSY")
 
 
-class ChildError(Exception):
-    """What went wrong in a child: the exception's class, name and text, or the signal that killed it."""
+class ChildError(TokentrustError):
+    """What went wrong in a child: the exception's class, name and text, or the signal that killed it
+    (kind "exception" or "signal")."""
 
     def __init__(self, text, name=None, kind="exception"):
-        super().__init__(text)
+        super().__init__(kind, text)
         self.name = name or "TT_CHILD_FAILED"
-        self.kind = kind
 
 
 # --------------------------------------------------------------------------------------------- who acts

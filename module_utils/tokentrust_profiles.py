@@ -24,6 +24,7 @@ import pwd
 import socket
 import struct
 
+from ansible.module_utils.tokentrust_errors import TokentrustError
 from ansible.module_utils.tokentrust_privsep import ChildError, run_as
 
 # (kind, path relative to the home, needs include_*)
@@ -47,8 +48,11 @@ SQL_FILES = ("cert9.db", "key4.db", "pkcs11.txt")
 DBM_FILES = ("cert8.db", "key3.db", "secmod.db")
 
 
-class ProfilesError(Exception):
-    pass
+class ProfilesError(TokentrustError):
+    """Users or homes that cannot be searched (the message says which and why)."""
+
+    def __init__(self, message):
+        super().__init__("profiles", message)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import os
 
+from ansible.module_utils.tokentrust_errors import TokentrustError, module_name
 from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError, der_from_bytes, normalize_trust, read_pkcs11_txt
 from ansible.module_utils.tokentrust_privsep import (
     ChildError,
@@ -63,8 +64,11 @@ def missing_library_message(library):
             "first; the module was not registered (NSS must load a library to register it)" % library)
 
 
-class InputError(ValueError):
+class InputError(TokentrustError, ValueError):
     """Bad module input: reported before any database is opened."""
+
+    def __init__(self, message):
+        super().__init__("input", message)
 
 
 def require_nss():
@@ -283,64 +287,6 @@ def _plan_certificates(current, wanted, state, nickname_conflict):
     return plan
 
 
-def apply_certificates(databases, certificates, state="present", check_mode=False, nickname_conflict="fail",
-                       backup=False, fail_fast=False, password=None):
-    """Returns (results, changed, failed) with one result dict per database."""
-    wanted = certificates
-    for w in wanted:
-        w["trust_encoded"] = encoded_trust(w["trust"])
-    return _each_database(
-        databases,
-        lambda e: {"path": e["path"], "changed": False, "actions": [], "restart_needed": False, "error": None,
-                   "created": False, "backup": None},
-        lambda e: _apply_one(e, wanted, state, check_mode, nickname_conflict, backup, password),
-        fail_fast,
-    )
-
-
-def _apply_one(entry, wanted, state, check_mode, nickname_conflict, backup, password):
-    path = entry["path"]
-    exists = os.path.exists(os.path.join(path, "cert9.db"))
-    out = {}
-    if check_mode or (state == "absent" and not exists):
-        if not exists:
-            # nothing to read; a present state would create the database
-            if not os.path.isdir(path):
-                raise NSSError("open", "sql:%s" % path, text="directory %s does not exist" % path)
-            current = []
-        else:
-            with NSSDatabase(path, readonly=True, password=password) as db:
-                current = db.certificates()
-        plan = _plan_certificates(current, wanted, state, nickname_conflict)
-        changes = [p for p in plan if p[0] not in ("ok",)]
-        out["before"] = _state_lines([c.to_dict() for c in current])
-        after = _simulate(current, plan)
-        out["after"] = _state_lines(after)
-        out["actions"] = [{"name": w["name"], "nickname": n, "action": a, "sha256": w["sha256"]} for a, w, n in plan]
-        out["changed"] = bool(changes)
-        out["created"] = not exists and state == "present"
-        out["restart_needed"] = bool(changes) and entry.get("in_use", False)
-        return out
-    with NSSDatabase(path, readonly=False, password=password) as db:
-        current = db.certificates()
-        plan = _plan_certificates(current, wanted, state, nickname_conflict)
-        changes = [p for p in plan if p[0] != "ok"]
-        out["before"] = _state_lines([c.to_dict() for c in current])
-        if changes and backup and not db.created:
-            out["backup"] = _backup(db, path)
-        for action, w, nick in plan:
-            if action in ("add", "trust"):
-                db.add_certificate(w["der"], nick, w["trust"])
-            elif action == "delete":
-                db.delete_certificate(der=w["der"])
-        out["after"] = _state_lines([c.to_dict() for c in db.certificates()])
-        out["created"] = db.created
-    out["actions"] = [{"name": w["name"], "nickname": n, "action": a, "sha256": w["sha256"]} for a, w, n in plan]
-    out["changed"] = bool(changes) or out["created"]
-    out["restart_needed"] = bool(changes) and entry.get("in_use", False)
-    return out
-
-
 def _simulate(current, plan):
     after = {c.der: c.to_dict() for c in current}
     for action, w, nick in plan:
@@ -353,61 +299,8 @@ def _simulate(current, plan):
     return list(after.values())
 
 
-# --------------------------------------------------------------------------------------------- modules
-
-
-def apply_module(databases, name, library, state="present", check_mode=False, missing_library="warn",
-                 backup=False, fail_fast=False):
-    """Register / remove a PKCS#11 module in each database. Returns (results, changed, failed, warnings)."""
-    warnings = []
-    check_name(name, "module name")
-    check_library_path(library)
-    lib_exists = os.path.isfile(library) if library else False
-    if state == "present" and not lib_exists:
-        msg = missing_library_message(library)
-        if missing_library == "fail":
-            raise InputError(msg)
-        warnings.append(msg)
-    results, changed, failed = _each_database(
-        databases,
-        lambda e: {"path": e["path"], "changed": False, "action": "ok", "restart_needed": False, "error": None,
-                   "other_names": [], "backup": None},
-        lambda e: _module_one(e, name, library, state, check_mode, lib_exists, backup),
-        fail_fast,
-    )
-    return results, changed, failed, warnings
-
-
 def _module_lines(mods):
     return "".join("%s  %s\n" % (m["name"], m["library"]) for m in mods if not m["internal"])
-
-
-def _module_one(entry, name, library, state, check_mode, lib_exists, backup):
-    path = entry["path"]
-    exists = os.path.exists(os.path.join(path, "cert9.db"))
-    if not os.path.isdir(path):
-        raise NSSError("open", "sql:%s" % path, text="directory %s does not exist" % path)
-    if state == "present" and not lib_exists:
-        return {"action": "skipped_missing_library"}
-    readonly = check_mode or not exists and state == "absent"
-    if readonly and not exists:
-        mods = []
-        return _module_decide(entry, mods, name, library, state)
-    with NSSDatabase(path, readonly=readonly) as db:
-        mods = db.modules()
-        out = _module_decide(entry, mods, name, library, state)
-        if not readonly and out["changed"]:
-            if backup and not db.created:
-                out["backup"] = _backup(db, path)
-            if out["action"] == "add":
-                db.add_module(name, library)
-            elif out["action"] == "replace":
-                db.delete_module(name)
-                db.add_module(name, library)
-            elif out["action"] == "delete":
-                db.delete_module(name)
-            out["after"] = _module_lines(db.modules())
-    return out
 
 
 def _module_decide(entry, mods, name, library, state):
@@ -453,17 +346,21 @@ def provision(databases, certificates, module_spec=None, state="present", check_
               lock_timeout=DEFAULT_LOCK_TIMEOUT):
     """Certificates and the PKCS#11 module on every database, each in a child acting as its owner.
 
-    module_spec: {name, library, state (present|absent|ignore), missing_library (warn|fail)} or None.
+    The one apply path of nss_provision, nss_certificate (apply_certificates) and nss_pkcs11_module (apply_module).
+    module_spec: {name, library, state (present|absent|ignore), missing_library (warn|fail), fail_on_error (a
+    module that cannot be registered fails the database, not only with missing_library=fail), option (the option
+    name used in messages, default module_name)} or None.
     Certificates are applied with the module database closed (no PKCS#11 library loaded); the module, when it
     must change, in a second open in a child of its own: a token library that cannot be loaded, or crashes,
-    costs the module only, never the CA set. Returns (results, changed, failed, warnings).
+    costs the module only, never the CA set. A database that does not exist is created only when something is
+    to be written in it. Returns (results, changed, failed, warnings).
     """
     for w in certificates:
         w["trust_encoded"] = encoded_trust(w["trust"])
     warnings = []
     lib_exists = True
     if module_spec:
-        check_name(module_spec.get("name"), "module_name")
+        check_name(module_spec.get("name"), module_spec.get("option") or "module_name")
         check_library_path(module_spec.get("library"))
     if module_spec and module_spec.get("state", "present") == "present":
         lib_exists = bool(module_spec.get("library")) and os.path.isfile(module_spec["library"])
@@ -496,9 +393,11 @@ def provision(databases, certificates, module_spec=None, state="present", check_
             failed.append(r["path"])
         mod = r.get("module") or {}
         if mod.get("error"):
-            msg = "%s: the CA set is in place, but PKCS#11 module %r could not be %s: %s" % (
-                r["path"], mod["name"], "registered" if mod["action"] != "delete" else "removed", mod["error"])
-            if (module_spec or {}).get("missing_library") == "fail" or mod["action"] == "delete":
+            msg = "%s: %sPKCS#11 module %r could not be %s: %s" % (
+                r["path"], "the CA set is in place, but " if certificates else "", mod["name"],
+                "registered" if mod["action"] != "delete" else "removed", mod["error"])
+            spec = module_spec or {}
+            if spec.get("missing_library") == "fail" or spec.get("fail_on_error") or mod["action"] == "delete":
                 r["error"] = msg
                 r["error_name"] = "TT_MODULE_FAILED"
                 failed.append(r["path"])
@@ -525,7 +424,7 @@ def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, ni
     mod = _module_plan(path, module_spec, lib_exists)
     mod_change = bool(mod and mod["changed"])
     out = {}
-    if check_mode or (state == "absent" and not exists and not mod_change):
+    if check_mode or (not exists and not mod_change and (state == "absent" or not wanted)):
         current = []
         if exists:
             with NSSDatabase(path, readonly=True, password=password, modules=False) as db:
@@ -568,3 +467,64 @@ def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, ni
     out["changed"] = cert_change or mod_change or bool(out["created"])
     out["restart_needed"] = out["changed"] and bool(entry.get("in_use"))
     return out
+
+
+# --------------------------------------------------------------------------------------------- single-purpose modules
+# nss_certificate and nss_pkcs11_module: provision() with only certificates, or only the module; their results
+# keep the shapes those modules have always returned.
+
+
+def apply_certificates(databases, certificates, state="present", check_mode=False, nickname_conflict="fail",
+                       backup=False, fail_fast=False, password=None):
+    """Certificates only. Returns (results, changed, failed); per database: path, changed, created, actions,
+    restart_needed, backup, error (and before/after for the diff)."""
+    results, changed, failed, _ = provision(databases, certificates, None, state=state, check_mode=check_mode,
+                                            nickname_conflict=nickname_conflict, backup=backup, fail_fast=fail_fast,
+                                            password=password)
+    for r in results:
+        r["actions"] = r.pop("certificates")
+        for key in ("name", "kind", "module", "module_before", "module_after"):
+            r.pop(key, None)
+    return results, changed, failed
+
+
+def apply_module(databases, name, library, state="present", check_mode=False, missing_library="warn",
+                 backup=False, fail_fast=False):
+    """The PKCS#11 module only. Returns (results, changed, failed, warnings); per database: path, changed, action,
+    other_names, restart_needed, backup, error (and before/after: pkcs11.txt's modules, for the diff)."""
+    spec = {"name": name, "library": library, "state": state, "missing_library": missing_library,
+            "fail_on_error": True, "option": "name"}
+    results, changed, failed, warnings = provision(databases, [], spec, state=state, check_mode=check_mode,
+                                                   backup=backup, fail_fast=fail_fast)
+    for r in results:
+        mod = r.pop("module") or {}
+        r["action"] = mod.get("action", "ok")
+        r["other_names"] = mod.get("other_names", [])
+        r["before"], r["after"] = r.pop("module_before", ""), r.pop("module_after", "")
+        for key in ("name", "kind", "certificates", "created"):
+            r.pop(key, None)
+    return results, changed, failed, warnings
+
+
+def exit_databases(module, results, changed, failed, total, diff_suffix="", **extra):
+    """End an NSS module with its per-database results: the diff (per changed database, from the before/after texts
+    the results carry, which are then dropped), the counts, and a failure naming every database that failed (the
+    others completed) or a normal exit."""
+    diff = []
+    for r in results:
+        if r.get("skipped"):
+            module.warn("%s: %s" % (r["path"], r["skipped"]))
+        before, after = r.pop("before", ""), r.pop("after", "")
+        mb, ma = r.pop("module_before", ""), r.pop("module_after", "")
+        if r["changed"]:
+            diff.append({"before_header": "%s%s (before)" % (r["path"], diff_suffix),
+                         "after_header": "%s%s (after)" % (r["path"], diff_suffix),
+                         "before": before + ("modules:\n" + mb if mb else ""),
+                         "after": after + ("modules:\n" + ma if ma else "")})
+    out = dict(extra, changed=changed, databases=results, failed_databases=failed,
+               changed_databases=sum(1 for r in results if r["changed"]),
+               restart_needed=any(r["restart_needed"] for r in results), diff=diff)
+    if failed:
+        module.fail_json(msg="%s failed on %d of %d databases (the others completed): %s" % (
+            module_name(module), len(failed), total, "; ".join(r["error"] for r in results if r["error"])), **out)
+    module.exit_json(**out)

@@ -24,6 +24,7 @@ import datetime as _dt
 import html
 import json
 
+from ansible.module_utils.tokentrust_errors import TokentrustError
 from ansible.module_utils.tokentrust_policies import (
     SECURITY_DEVICES_KEYWORDS,
     PolicyError,
@@ -48,8 +49,11 @@ DEFAULT_SETTINGS = {
 }
 
 
-class ReportError(Exception):
+class ReportError(TokentrustError):
     """Input the report cannot use (the message says which host and what)."""
+
+    def __init__(self, message):
+        super().__init__("report", message)
 
 
 # ---------------------------------------------------------------------------------------------

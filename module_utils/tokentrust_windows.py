@@ -23,6 +23,7 @@ import json
 import re
 
 from ansible.module_utils import tokentrust_policies as pol
+from ansible.module_utils.tokentrust_errors import TokentrustError
 
 TT_KEY = "HKLM:\\SOFTWARE\\tokentrust"
 TRUST_RECORD_KEY = TT_KEY + "\\TrustStore"
@@ -64,8 +65,11 @@ _SID = re.compile(r"^S-1-(5-21|12-1)(-\d+)+$")
 PSL_PATHS = ("/usr/share/publicsuffix/public_suffix_list.dat", "/usr/share/publicsuffix/effective_tld_names.dat")
 
 
-class WindowsPlanError(ValueError):
+class WindowsPlanError(TokentrustError, ValueError):
     """An input that cannot be planned: the message says what, where and what to do."""
+
+    def __init__(self, message):
+        super().__init__("windows_plan", message)
 
 
 def _entry(path, name, data=None, vtype="string", state="present", scope="machine", hive=None):

@@ -1,12 +1,14 @@
 # -*- coding: utf-8 -*-
 # Copyright: tokentrust contributors. GNU General Public License v3.0+
-"""One exception type for every NSS failure."""
+"""NSSError for every NSS failure; TokenError and TLSError (tokentrust_nss.token / .tls) for the test login and
+PIN operations. All derive from the project's one base, tokentrust_errors.TokentrustError (kind, message)."""
 from __future__ import annotations
 
+from ansible.module_utils.tokentrust_errors import TokentrustError
 from ansible.module_utils.tokentrust_nss._ffi import ffi, lib
 
 
-class NSSError(Exception):
+class NSSError(TokentrustError):
     """An NSS call failed, or a database cannot be used as asked.
 
     Attributes: ``operation`` (what we were doing), ``database`` (the NSS database, e.g. ``sql:/home/u/...``),
@@ -22,35 +24,15 @@ class NSSError(Exception):
         self.text = text
         where = " on %s" % database if database else ""
         what = "%s: %s" % (name, text) if name else text
-        super().__init__("%s failed%s: %s" % (operation, where, what))
-
-    def to_dict(self):
-        return {
-            "operation": self.operation,
-            "database": self.database,
-            "code": self.code,
-            "name": self.name,
-            "text": self.text,
-        }
+        super().__init__("nss", "%s failed%s: %s" % (operation, where, what), nss_error=name, database=database)
 
 
-class KindError(Exception):
-    """An error with a stable ``kind`` keyword (matched by tests and roles), a message, the NSS error name if
-    any, and details; ``to_dict()`` is what modules return. Base of TokenError and TLSError."""
-
-    def __init__(self, kind, message, nss_error=None, **details):
-        self.kind = kind
-        self.message = message
-        self.nss_error = nss_error
-        self.details = details
-        super().__init__(message)
-
-    def to_dict(self):
-        out = {"kind": self.kind, "message": self.message}
-        if self.nss_error:
-            out["nss_error"] = self.nss_error
-        out.update(self.details)
-        return out
+def kind_error_init(self, kind, message, nss_error=None, **details):
+    """__init__ of TokenError and TLSError: (kind, message, NSS error name or None, details); the NSS error name
+    is a detail only when there is one."""
+    if nss_error:
+        details["nss_error"] = nss_error
+    TokentrustError.__init__(self, kind, message, **details)
 
 
 class NSSMissingError(NSSError):

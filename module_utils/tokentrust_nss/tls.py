@@ -19,8 +19,9 @@ import html
 import re
 from urllib.parse import urlsplit
 
+from ansible.module_utils.tokentrust_errors import TokentrustError
 from ansible.module_utils.tokentrust_nss._ffi import ffi, lib
-from ansible.module_utils.tokentrust_nss.errors import KindError, last_error
+from ansible.module_utils.tokentrust_nss.errors import kind_error_init, last_error
 
 # ssl.h options
 SSL_SECURITY = 1
@@ -50,9 +51,11 @@ CLIENT_CERT_REQUIRED = ("SSL_ERROR_RX_CERTIFICATE_REQUIRED_ALERT", "SSL_ERROR_NO
 TIMEOUTS = ("PR_IO_TIMEOUT_ERROR",)
 
 
-class TLSError(KindError):
+class TLSError(TokentrustError):
     """The TLS test login failed; kinds: server_untrusted, client_cert_rejected, client_cert_required, connect,
     timeout, handshake, ..."""
+
+    __init__ = kind_error_init
 
 
 def _der_of(cert):

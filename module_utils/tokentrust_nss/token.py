@@ -31,6 +31,7 @@ import re
 import shutil
 import tempfile
 
+from ansible.module_utils.tokentrust_errors import TokentrustError
 from ansible.module_utils.tokentrust_facts import default_library
 from ansible.module_utils.tokentrust_nss._ffi import ffi, lib
 from ansible.module_utils.tokentrust_nss.database import (
@@ -40,7 +41,7 @@ from ansible.module_utils.tokentrust_nss.database import (
     der_from_bytes,
     token_flags,
 )
-from ansible.module_utils.tokentrust_nss.errors import KindError, NSSError, last_error
+from ansible.module_utils.tokentrust_nss.errors import NSSError, kind_error_init, last_error
 
 UTC = datetime.timezone.utc
 
@@ -85,12 +86,14 @@ def pin_state(flags, who="user"):
     return "ok"
 
 
-class TokenError(KindError):
+class TokenError(TokentrustError):
     """A token operation cannot be done or failed. ``kind`` is a stable keyword tests and roles match on.
 
     kinds: module_missing, module_load, no_token, several_tokens, token_not_found, pin_locked, pin_final_try,
     puk_locked, puk_final_try, wrong_pin, wrong_puk, pin_rules, login, change, unblock, nss.
     """
+
+    __init__ = kind_error_init
 
 
 # ---------------------------------------------------------------------------------------------- PIN hand-over

@@ -141,7 +141,7 @@ def test_module_refuses_each_bad_ca_with_its_message(ca_http, ca_pki, tmp_path):
     ({"cas": []}, "missing required arguments: dest"),
     ({"dest": "/tmp/x", "cas": [{"sha256": "AA"}]}, "missing required arguments: name found in cas"),
     ({"dest": "/tmp/x", "cas": [{"name": "R", "sha256": "AA", "url": "x"}], "ca_path": "/nonexistent.pem"},
-     "ca_path /nonexistent.pem is not a readable file (a PEM bundle of HTTPS issuers)"),
+     "ca_bundle: ca_path /nonexistent.pem is not a readable file (a PEM bundle of HTTPS issuers)"),
     ({"dest": "/tmp/x", "cas": [{"name": "R", "sha256": "AA", "path": "/x"}]},
      "1 CA certificate refused, nothing was trusted: CA 'R': invalid sha256 pin: a SHA-256 fingerprint has 64 hex "
      "digits, got 2: 'AA'"),

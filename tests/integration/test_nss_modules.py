@@ -190,3 +190,43 @@ def test_nss_info_reads_and_compares(profiles, ca_set):
     db = r["databases"][0]
     assert db["missing"] == [ca_set[0]["name"]] and db["wrong_trust"] == ["Lab Root CA"]
     assert db["compliant"] is False
+
+
+OPENSC = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
+SPY = "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so"
+
+
+def test_single_purpose_modules_share_the_provision_path(profiles, ca_set, tmp_path, monkeypatch):
+    """nss_certificate and nss_pkcs11_module apply through tokentrust_provision.provision(), as nss_provision does:
+    certificates are imported with the module database closed, and a registered token library is loaded only
+    where the module must change (not in check mode, not when it is already registered). pkcs11-spy logs each
+    load; the old single-purpose paths opened every database with its modules and loaded the library each time."""
+    if not os.path.exists(SPY):
+        pytest.skip("pkcs11-spy (opensc) not installed")
+    log = tmp_path / "spy.log"
+    monkeypatch.setenv("PKCS11SPY", OPENSC)
+    monkeypatch.setenv("PKCS11SPY_OUTPUT", str(log))
+    db = profiles[:1]  # one database: pkcs11-spy does not survive being loaded twice in one process
+    args = {"databases": db, "name": "gem", "library": SPY}
+    r = run_module("nss_pkcs11_module", args)
+    with open(os.path.join(db[0], "pkcs11.txt")) as f:  # not modutil: it crashes on pkcs11-spy
+        assert r["changed"] is True and "library=%s" % SPY in f.read(), r
+    assert log.exists() and "C_Initialize" in log.read_text(), "registering the module loads it"
+    log.unlink()
+    for check in (True, False):
+        r = run_module("nss_pkcs11_module", args, check=check)
+        assert r["changed"] is False and r["databases"][0]["action"] == "ok", r
+        assert not log.exists(), "the token library was loaded although the module did not change (check=%s)" % check
+    r = run_module("nss_certificate", {"databases": db, "certificates": ca_set}, diff=True)
+    assert r["changed"] is True and [a["action"] for a in r["databases"][0]["actions"]] == ["add"] * 4, r
+    assert not log.exists(), "importing certificates loaded the registered token library"
+    # the same database through nss_provision: same certificate actions, nothing left to do
+    p = run_module("nss_provision", {"databases": db, "certificates": ca_set, "module_library": SPY})
+    assert p["changed"] is False and [c["action"] for c in p["databases"][0]["certificates"]] == ["ok"] * 4, p
+    assert p["databases"][0]["module"]["action"] == "ok" and not log.exists()
+    # certutil checks a copy without pkcs11.txt (it crashes loading pkcs11-spy)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("cert9.db", "key4.db"):
+        (copy / name).write_bytes((tmp_path / "profile0" / name).read_bytes())
+    assert certutil_list(str(copy)) == EXPECTED
