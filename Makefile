@@ -49,8 +49,8 @@ bench-fleet: setup
 
 # The same two benches on the container fleet, over SSH.
 bench-ssh: setup
-	$(BIN)/python bench/fleet.py --fleet $${FLEET_HOSTS:-5}
-	$(BIN)/python bench/site.py --fleet $${FLEET_HOSTS:-5}
+	$(BIN)/python bench/fleet.py --fleet $${FLEET_HOSTS:-20}
+	$(BIN)/python bench/site.py --fleet $${FLEET_HOSTS:-20}
 
 fleet-tests: setup
 	$(BIN)/pytest -q -m fleet tests
