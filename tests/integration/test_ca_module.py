@@ -244,10 +244,14 @@ def test_bad_pin_stops_before_any_host_task(fleet, ca_http, ca_pki):  # noqa: F8
     assert out["plays"][0]["play"]["name"].startswith("CA certificates | ")
     names = [t["task"]["name"] for t in out["plays"][0]["tasks"]]
     assert names[-1] == "ca_certificates : CA certificates | Fetch, pin-check and validate the CA set"
-    assert all(n.startswith("ca_certificates : ") for n in names), names
+    # the play includes the role once (run_once), then only the role's own tasks ran
+    assert names[0] == "CA certificates | The ca_certificates role, once for every host", names
+    assert all(n.startswith("ca_certificates : ") for n in names[1:]), names
     # the run_once task failed on the first host; any_errors_fatal broke the whole playbook; nothing changed
-    assert {h: (s["failures"], s["changed"]) for h, s in out["stats"].items()} == {
-        host: (1, 0), **{h: (0, 0) for h in ("ws1", "ws2", "ws3") if h != host}}
+    # (the other hosts ran no task at all: the role is included once, so they may be absent from the stats)
+    stats = {h: (s["failures"], s["changed"]) for h, s in out["stats"].items()}
+    assert stats.pop(host) == (1, 0) and set(stats) <= {"ws1", "ws2", "ws3"}, out["stats"]
+    assert all(v == (0, 0) for v in stats.values()), out["stats"]
 
 
 def test_good_pins_publish_the_set_to_every_host_and_rerun_changes_nothing(fleet, ca_http, ca_pki):  # noqa: F811
