@@ -35,6 +35,14 @@ class Fleet:
         return subprocess.run(cmd, cwd=ROOT, env=ansible_env(**(env or {})), capture_output=True, text=True,
                               timeout=timeout)
 
+    def module(self, host, name, args):
+        """One module call over SSH with become (`ansible HOST -b -m NAME`): its rc and the host's result."""
+        run = subprocess.run([os.path.join(BIN, "ansible"), host, "-i", self.inventory, "-b", "-m", name, "-a",
+                              json.dumps(args)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env=ansible_env(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json"))
+        out = json.loads(run.stdout[run.stdout.index("{"):])
+        return run.returncode, out["plays"][0]["tasks"][0]["hosts"][host]
+
     def sh(self, host, script, user="root", check=True):
         return fleetlab.exec_in(self.m, host, ["sh", "-c", script], user=user, check=check)
 

@@ -1,16 +1,12 @@
 """Item 6 of issue 10: what the NSS modules need on the target (python3-apt first, then python3-cffi) is checked
 and installed before ANY change; a host that cannot get it is left untouched, with a message saying what to do.
 """
-import json
-import os
 import re
-import subprocess
 
 import pytest
 
 from lab import fleet as fleetlab
 from tests.fleet.conftest import recap
-from tests.support.ansible_run import BIN, ROOT, ansible_env
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -32,27 +28,18 @@ def untouched(fleet, host):
             assert not [n for n in fleet.certutil(host, p) if n.startswith("Lab ")], p
 
 
-def adhoc(fleet, host, module, args):
-    """One module call over SSH with become: its rc and the host's result (json callback)."""
-    run = subprocess.run([os.path.join(BIN, "ansible"), host, "-i", fleet.inventory, "-b", "-m", module, "-a",
-                          json.dumps(args)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env=ansible_env(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json"))
-    out = json.loads(run.stdout[run.stdout.index("{"):])
-    return run.returncode, out["plays"][0]["tasks"][0]["hosts"][host]
-
-
 def test_nss_provision_says_what_is_missing_and_changes_nothing(fleet):
     """The module by itself, on the host's own Python without cffi: `fail` (the default) fails with what is
     missing; `report` (what role firefox_nss uses) returns it without failing; neither touches a profile."""
     host = odd_host(fleet)
     fleetlab.reset_host(fleet.m, host)
     args = {"certificates": [{"name": "Lab Root CA", "path": "/etc/ssl/certs/ca-certificates.crt"}]}
-    rc, res = adhoc(fleet, host, "nss_provision", args)
+    rc, res = fleet.module(host, "nss_provision", args)
     assert rc != 0 and res["failed"], res
     assert "cffi for Python missing for /usr/bin/python3" in res["msg"] and "Nothing was changed" in res["msg"], res
     assert res["prerequisites"]["unmet"] == ["cffi"] and res["prerequisites"]["family"] == "Debian", res
     assert res["prerequisites"]["python_apt"] is False
-    rc, res = adhoc(fleet, host, "nss_provision", dict(args, prerequisites="report"))
+    rc, res = fleet.module(host, "nss_provision", dict(args, prerequisites="report"))
     assert rc == 0 and not res.get("failed") and res["changed"] is False, res
     assert res["prerequisites"]["unmet"] == ["cffi"] and res["databases"] == [], res
     untouched(fleet, host)

@@ -6,12 +6,10 @@ cryptography, certutil/modutil of Firefox's NSS), never through our bindings.
 import datetime
 import json
 import os
-import subprocess
 
 import pytest
 
 from lab import fleet as fleetlab
-from tests.support.ansible_run import BIN, ROOT, ansible_env
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -60,11 +58,7 @@ def test_unloadable_token_library_does_not_cost_the_ca_set_over_ssh(fleet, tmp_p
                           "trust": "C,," if ca["subject"] == ca["issuer"] else ",,"})
     args = {"users": ["alice", "bob"], "certificates": certs, "module_name": "broken",
             "module_library": "/usr/local/lib/libbroken-pkcs11.so"}
-    env = ansible_env(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
-    cmd = [os.path.join(BIN, "ansible"), host, "-i", fleet.inventory, "-b", "-m", "nss_provision",
-           "-a", json.dumps(args)]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    res = json.loads(p.stdout[p.stdout.index("{"):])["plays"][0]["tasks"][0]["hosts"][host]
+    _, res = fleet.module(host, "nss_provision", args)
     assert not res.get("failed"), res
     assert res["databases"] and all(not d["error"] for d in res["databases"]), res["databases"]
     assert sum("could not be registered" in w for w in res["warnings"]) == len(res["databases"]), res["warnings"]
