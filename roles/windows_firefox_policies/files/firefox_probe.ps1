@@ -55,29 +55,30 @@ $gclib = @(foreach ($p in $GclibPaths) { Get-FileInfo $p })
 
 # GPO registry: {relative key: {value name: data}}, machine (HKLM) and per loaded user hive (HKU\<SID>:
 # Firefox also reads user Group Policy from HKCU).
-function Read-Key($Key, [string]$Rel, [hashtable]$Into) {
+function Read-Key($Key, [string]$Rel) {
+    $dump = @{}
     $values = @{}
     foreach ($n in $Key.GetValueNames()) {
         if ($n) { $values[$n] = $Key.GetValue($n, $null, 'DoNotExpandEnvironmentNames') }
     }
-    $Into[$Rel] = $values
+    $dump[$Rel] = $values
     foreach ($s in $Key.GetSubKeyNames()) {
         $sub = $Key.OpenSubKey($s)
-        Read-Key $sub $(if ($Rel) { "$Rel\$s" } else { $s }) $Into
+        $below = Read-Key $sub $(if ($Rel) { "$Rel\$s" } else { $s })
+        foreach ($e in $below.GetEnumerator()) { $dump[$e.Key] = $e.Value }
         $sub.Close()
     }
+    return $dump
 }
 $gpo = @{}
 $root = [Microsoft.Win32.Registry]::LocalMachine.OpenSubKey('SOFTWARE\Policies\Mozilla\Firefox')
-if ($root) { Read-Key $root '' $gpo; $root.Close() }
+if ($root) { $gpo = Read-Key $root ''; $root.Close() }
 $gpoUsers = @{}
 foreach ($sid in [Microsoft.Win32.Registry]::Users.GetSubKeyNames()) {
     if ($sid -notmatch '^S-1-(5-21|12-1)-[\d-]+$') { continue }   # user hives, not *_Classes or well-known SIDs
     $userRoot = [Microsoft.Win32.Registry]::Users.OpenSubKey("$sid\Software\Policies\Mozilla\Firefox")
     if ($userRoot) {
-        $dump = @{}
-        Read-Key $userRoot '' $dump
-        $gpoUsers[$sid] = $dump
+        $gpoUsers[$sid] = Read-Key $userRoot ''
         $userRoot.Close()
     }
 }

@@ -17,18 +17,18 @@ $pnp = @(Get-PnpDevice -Class SmartCardReader -PresentOnly -ErrorAction Silently
 Add-Type -TypeDefinition @'
 using System;
 using System.Runtime.InteropServices;
+[StructLayout(LayoutKind.Sequential, CharSet = CharSet.Unicode)]
+public struct TokentrustReaderState {
+    public string Reader; public IntPtr UserData; public uint CurrentState; public uint EventState;
+    public uint AtrLength; [MarshalAs(UnmanagedType.ByValArray, SizeConst = 36)] public byte[] Atr;
+}
 public static class TokentrustSCard {
-    [StructLayout(LayoutKind.Sequential, CharSet = CharSet.Unicode)]
-    public struct READERSTATE {
-        public string Reader; public IntPtr UserData; public uint CurrentState; public uint EventState;
-        public uint AtrLength; [MarshalAs(UnmanagedType.ByValArray, SizeConst = 36)] public byte[] Atr;
-    }
     [DllImport("winscard.dll")] public static extern int SCardEstablishContext(uint scope, IntPtr r1, IntPtr r2, out IntPtr ctx);
     [DllImport("winscard.dll")] public static extern int SCardReleaseContext(IntPtr ctx);
     [DllImport("winscard.dll", CharSet = CharSet.Unicode)]
     public static extern int SCardListReaders(IntPtr ctx, string groups, char[] readers, ref uint len);
     [DllImport("winscard.dll", CharSet = CharSet.Unicode)]
-    public static extern int SCardGetStatusChange(IntPtr ctx, uint timeout, [In, Out] READERSTATE[] states, uint count);
+    public static extern int SCardGetStatusChange(IntPtr ctx, uint timeout, [In, Out] TokentrustReaderState[] states, uint count);
 }
 '@
 
@@ -49,9 +49,9 @@ else {
             $names = @([string]::new($buf).Split([char]0) | Where-Object { $_ })
             # a typed array, filled by assignment (a struct element changed in place would be a copy), so
             # that the [In, Out] marshalling writes the states back into it
-            $states = [TokentrustSCard+READERSTATE[]]::new($names.Count)
+            $states = [TokentrustReaderState[]]::new($names.Count)
             for ($i = 0; $i -lt $names.Count; $i++) {
-                $s = New-Object TokentrustSCard+READERSTATE
+                $s = New-Object TokentrustReaderState
                 $s.Reader = $names[$i]; $s.CurrentState = 0; $s.Atr = New-Object byte[] 36
                 $states[$i] = $s
             }
