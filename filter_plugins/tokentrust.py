@@ -117,6 +117,7 @@ class FilterModule:
             "tokentrust_win_path": tw.win_path,
             "tokentrust_win_private_chain": tw.private_chain,
             "tokentrust_win_private_dir_problems": tw.private_dir_problems,
+            "tokentrust_win_private_aces": tw.private_aces,
             "tokentrust_win_loop_values": _loop_values,
         }
         return {k: _wrap(v) for k, v in f.items()}

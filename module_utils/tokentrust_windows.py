@@ -101,8 +101,36 @@ def win_path(base, names):
 # ---------------------------------------------------------------------------------------------
 # admin-only folders (role windows_private_dir)
 # ---------------------------------------------------------------------------------------------
-ADMIN_OWNERS = ("BUILTIN\\Administrators", "NT AUTHORITY\\SYSTEM")
-_ADMIN_SIDS = ("S-1-5-32-544", "S-1-5-18")
+# Well-known accounts by SID only: their names are localized (a French Windows names its Administrators group
+# Administrateurs),
+# and ansible-core's Ansible.ModuleUtils.SID translates a name with the host's own language.
+ADMINISTRATORS_SID = "S-1-5-32-544"
+SYSTEM_SID = "S-1-5-18"
+USERS_SID = "S-1-5-32-545"
+ADMIN_SIDS = (ADMINISTRATORS_SID, SYSTEM_SID)
+WELL_KNOWN_SIDS = {ADMINISTRATORS_SID: "the Administrators group", SYSTEM_SID: "the local system account",
+                   USERS_SID: "the Users group"}
+_ANY_SID = re.compile(r"^S-1-\d+(-\d+)+$")
+
+
+def _sid(value, what):
+    v = str(value or "").strip()
+    if not _ANY_SID.match(v):
+        raise WindowsPlanError(f"{what}: {value!r} is not a SID: give accounts as SIDs (S-1-5-32-544 for the "
+                               "Administrators group, S-1-5-18 for the system account, S-1-5-32-545 for Users): "
+                               "account names are localized and fail on a Windows in another language")
+    return v.upper()
+
+
+def private_aces(readers=()):
+    """The explicit ACL of an admin-only folder: full control for Administrators and SYSTEM, read for
+    `readers` (SIDs)."""
+    out = [{"sid": s, "rights": "FullControl"} for s in ADMIN_SIDS]
+    for r in readers or ():
+        s = _sid(r, "windows_private_dir_readers")
+        if s not in ADMIN_SIDS:
+            out.append({"sid": s, "rights": "ReadAndExecute"})
+    return out
 
 
 def private_chain(path):
@@ -119,21 +147,25 @@ def private_chain(path):
     return [m.group(1) + "\\" + "\\".join(parts[:i]) for i in range(start, len(parts) + 1)]
 
 
-def private_dir_problems(stat_results, owners=ADMIN_OWNERS):
-    """Why folders of the chain cannot be trusted, from looped win_stat results (empty list: all fine)."""
-    ok_owners = {o.casefold() for o in owners or ()} | {s.casefold() for s in _ADMIN_SIDS}
+def private_dir_problems(folders, owners=ADMIN_SIDS):
+    """Why folders of the chain cannot be trusted, from files/private_dir_probe.ps1's `folders` (owner read
+    as a SID); empty list: all fine."""
+    ok = {_sid(o, "windows_private_dir_owners") for o in owners or ()}
+    allowed = " or ".join(f"{o} ({WELL_KNOWN_SIDS[o]})" if o in WELL_KNOWN_SIDS else o for o in sorted(ok))
     out = []
-    for r in stat_results or []:
-        st, where = r.get("stat") or {}, r.get("item")
-        if not st.get("exists"):
+    for f in folders or []:
+        where = f.get("path")
+        if not f.get("exists"):
             continue
-        if st.get("islnk") or st.get("isjunction") or not st.get("isdir"):
-            kind = "a link or junction" if (st.get("islnk") or st.get("isjunction")) else "not a folder"
+        if f.get("reparse") or not f.get("isdir"):
+            kind = "a link or junction" if f.get("reparse") else "not a folder"
             out.append(f"{where} exists but is {kind}: remove it (and check what put it there), then run again")
-        elif str(st.get("owner") or "").casefold() not in ok_owners:
-            out.append(f"{where} exists and is owned by {st.get('owner') or 'an unknown account'}, not by "
-                       f"{' or '.join(owners)}: a standard user can create folders in ProgramData, so its "
-                       "content cannot be trusted. Check it, delete it, then run again")
+        elif str(f.get("owner_sid") or "").upper() not in ok:
+            who = f.get("owner_sid") or "an unknown account"
+            if f.get("owner_name"):
+                who = f"{f['owner_name']} ({who})"
+            out.append(f"{where} exists and is owned by {who}, not by {allowed}: a standard user can create "
+                       "folders in ProgramData, so its content cannot be trusted. Check it, delete it, then run again")
     return out
 
 

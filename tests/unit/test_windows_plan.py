@@ -699,17 +699,28 @@ def test_private_chain():
             tw.private_chain(bad)
 
 
-@pytest.mark.parametrize("stat,msg", [
+@pytest.mark.parametrize("folder,msg", [
     ({"exists": False}, None),
-    ({"exists": True, "isdir": True, "owner": "BUILTIN\\Administrators"}, None),
-    ({"exists": True, "isdir": True, "owner": "S-1-5-18"}, None),
-    ({"exists": True, "isdir": True, "owner": "PC\\bob"}, "owned by PC\\bob"),
-    ({"exists": True, "isdir": True, "isjunction": True, "owner": "BUILTIN\\Administrators"}, "link or junction"),
-    ({"exists": True, "isdir": False, "owner": "BUILTIN\\Administrators"}, "not a folder"),
+    ({"exists": True, "isdir": True, "owner_sid": "S-1-5-32-544", "owner_name": "BUILTIN\\Administrateurs"}, None),
+    ({"exists": True, "isdir": True, "owner_sid": "S-1-5-18"}, None),
+    ({"exists": True, "isdir": True, "owner_sid": "S-1-5-21-1-2-3-1001", "owner_name": "PC\\bob"},
+     "owned by PC\\bob (S-1-5-21-1-2-3-1001), not by S-1-5-18 (the local system account) or S-1-5-32-544"),
+    ({"exists": True, "isdir": True, "reparse": True, "owner_sid": "S-1-5-32-544"}, "link or junction"),
+    ({"exists": True, "isdir": False, "owner_sid": "S-1-5-32-544"}, "not a folder"),
 ])
-def test_private_dir_problems(stat, msg):
-    got = tw.private_dir_problems([{"item": "C:\\ProgramData\\tokentrust", "stat": stat}])
+def test_private_dir_problems(folder, msg):
+    got = tw.private_dir_problems([dict(folder, path="C:\\ProgramData\\tokentrust")])
     assert (got == []) if msg is None else (len(got) == 1 and msg in got[0] and "C:\\ProgramData\\tokentrust" in got[0])
+
+
+def test_private_dir_owners_and_readers_must_be_sids():
+    with pytest.raises(tw.WindowsPlanError, match="is not a SID: give accounts as SIDs"):
+        tw.private_dir_problems([], owners=["BUILTIN\\Administrators"])
+    with pytest.raises(tw.WindowsPlanError, match="windows_private_dir_readers: 'Users' is not a SID"):
+        tw.private_aces(["Users"])
+    assert tw.private_aces(["S-1-5-32-545"]) == [
+        {"sid": "S-1-5-32-544", "rights": "FullControl"}, {"sid": "S-1-5-18", "rights": "FullControl"},
+        {"sid": "S-1-5-32-545", "rights": "ReadAndExecute"}]
 
 
 @pytest.mark.skipif(tw.load_psl() is None, reason="no Public Suffix List file on this machine (package publicsuffix)")

@@ -72,7 +72,7 @@ def params(text):
         if blk.type == "param_block":
             for n in _descendants(blk):
                 if n.type == "script_parameter":
-                    v = next((c for c in _descendants(n) if c.type == "variable"), None)
+                    v = next((c for c in n.children if c.type == "variable"), None)
                     if v is not None:
                         out.append(v.text.decode()[1:])
     return out
