@@ -601,7 +601,8 @@ def _arch_label(arch):
 
 
 def _arch_of(item, what):
-    if item.get("arch"):
+    """Architecture of a probe item ({machine}: the PE header's) or of a planned one ({arch})."""
+    if "machine" not in item and item.get("arch"):
         if item["arch"] not in ARCH_BITS:
             raise WindowsPlanError(f"{what} {item.get('path')}: unknown architecture {item['arch']!r}")
         return item["arch"]
