@@ -934,9 +934,13 @@ def _norm_name(s):
     return " ".join(str(s or "").split()).casefold()
 
 
-def legacy_match(entries, patterns=DEFAULT_LEGACY_PRODUCTS, exclude_ids=()):
+def legacy_match(entries, patterns=DEFAULT_LEGACY_PRODUCTS, exclude_ids=(), uninstall_arguments=None):
     """Uninstall-key entries whose DisplayName matches one of `patterns` (case-insensitive,
     whitespace-normalised, `*`/`?` globs allowed), as win_package removal items.
+
+    With `uninstall_arguments` ({key: silent switches}, the removal plan), a product that is not an MSI
+    and has no QuietUninstallString nor arguments given is refused: win_package would run its
+    UninstallString, an interactive uninstaller, in the WinRM session where no one can click it (it hangs).
 
     `entries`: [{key, display_name, display_version, windows_installer, uninstall_string,
     quiet_uninstall_string, view}] from both registry views (64 and 32-bit).
@@ -957,6 +961,15 @@ def legacy_match(entries, patterns=DEFAULT_LEGACY_PRODUCTS, exclude_ids=()):
         if not msi and not (e.get("quiet_uninstall_string") or e.get("uninstall_string")):
             raise WindowsPlanError(f"legacy product {e.get('display_name')!r} ({key}, {e.get('view', '?')}-bit view) "
                                    "has no UninstallString: remove it by hand")
+        args = {str(k).casefold(): v for k, v in (uninstall_arguments or {}).items()}
+        if (uninstall_arguments is not None and not msi and not e.get("quiet_uninstall_string")
+                and not args.get(key.casefold())):
+            raise WindowsPlanError(
+                f"legacy product {e.get('display_name')!r} ({key}, {e.get('view', '?')}-bit view) is not an MSI and "
+                f"has no QuietUninstallString: its UninstallString {e.get('uninstall_string')!r} would start an "
+                "interactive uninstaller in the WinRM session, where no one can answer it (the run hangs). Give its "
+                f"silent switches in token_middleware_legacy_uninstall_arguments ({{'{key}': '/S'}} for an NSIS "
+                "uninstaller, '/VERYSILENT' for Inno Setup), or remove it by hand")
         out.append({"product_id": key, "display_name": e.get("display_name"),
                     "display_version": e.get("display_version"), "provider": "msi" if msi else "registry",
                     "view": e.get("view"), "pattern": hit})

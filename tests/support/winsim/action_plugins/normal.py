@@ -279,6 +279,9 @@ class ActionModule(ActionBase):
                 content = raw.decode()
             except UnicodeDecodeError:
                 content = raw.hex()
+        if check and dest.rsplit("\\", 1)[0] not in state["dirs"]:
+            # the win_copy action plugin answers a check run of a single file with changed, not asking the host
+            return {"changed": True, "dest": a["dest"]}
         if dest.rsplit("\\", 1)[0] not in state["dirs"]:
             return {"failed": True, "msg": f"Cannot copy src file: parent folder of '{a['dest']}' does not exist"}
         changed = state["files"].get(dest, {}).get("content") != content
@@ -423,7 +426,7 @@ class ActionModule(ActionBase):
         p = _k(params["Path"])
         if p in state["dirs"] or p in state["files"]:
             return {"path": params["Path"], "created": False}
-        if p.rsplit("\\", 1)[0] not in state["dirs"]:
+        if not check and p.rsplit("\\", 1)[0] not in state["dirs"]:
             raise KeyError(f"parent of {params['Path']} missing")
         if not check:
             acl = [{"sid": s, "rights": "FullControl", "type": "allow", "inherit": "ContainerInherit, ObjectInherit",
@@ -451,11 +454,12 @@ class ActionModule(ActionBase):
             changed = pid.casefold() in keys
             if changed and not check:
                 state["uninstall_entries"] = [e for e in entries if e["key"].casefold() != pid.casefold()]
-        rc = int(state.get("package_rc", {}).get(str(pid).casefold(), 0)) if changed else 0
+        rc = int(state.get("package_rc", {}).get(str(pid).casefold(), 0)) if changed and not check else 0
         if rc not in [int(x) for x in (a.get("expected_return_code") or [0, 3010])]:
             return {"failed": True, "rc": rc, "msg": f"unexpected rc from '{pid}': see rc, stdout, and stderr for more "
                                                      "details"}
-        return {"changed": changed, "reboot_required": rc == 3010, "rc": rc}
+        # win_package.ps1 sets failed = $false itself: Ansible would take a non-zero rc as a failure
+        return {"changed": changed, "reboot_required": rc == 3010, "rc": rc, "failed": False}
 
     def _win_reboot(self, state, a, check):
         if not check:
