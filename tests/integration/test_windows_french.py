@@ -72,7 +72,8 @@ def test_french_windows_runs_clean_then_changes_nothing(tmp_path, cas):
             assert readable == (f in certs), f
             assert all(e["rights"] == "ReadAndExecute" for e in _aces(meta, USERS)), f
     # the legacy removal asked for a reboot (3010): it happened before the install
-    order = [(c["module"], c["args"].get("state")) for c in host.calls() if c["module"] in ("win_package", "win_reboot")]
+    order = [(c["module"], c["args"].get("state")) for c in host.calls()
+             if c["module"] in ("win_package", "win_reboot")]
     assert order == [("win_reboot", None), ("win_package", "absent"), ("win_reboot", None), ("win_package", "present"),
                      ("win_reboot", None)], order  # UAC off, removal (3010), reboot, install, UAC back on
     assert s["reboots"] == 3  # UAC off, the removal's 3010, UAC back on
@@ -153,7 +154,8 @@ def test_mutation_a_broken_probe_or_depth_fails_the_role_on_the_mock(tmp_path, c
 
 def test_the_mock_refuses_a_script_we_do_not_ship(tmp_path):
     host = Host(tmp_path)
-    p = host.play([{"name": "x", "ansible.windows.win_powershell": {"script": "# tokentrust: read-only probe\nGet-Date"}}])
+    script = "# tokentrust: read-only probe\nGet-Date"
+    p = host.play([{"name": "x", "ansible.windows.win_powershell": {"script": script}}])
     assert p.returncode != 0
     assert "winsim MOCK refuses a script that is not one of the probes we ship" in p.stdout
 
@@ -170,7 +172,8 @@ def test_a_legacy_uninstaller_without_silent_switches_is_refused(tmp_path):
     assert "'GemSafe Libraries' (GemSafe, 32-bit view) is not an MSI and has no QuietUninstallString" in out
     assert "token_middleware_legacy_uninstall_arguments" in out
     assert host.calls("win_package") == []
-    p2 = host.role("token_middleware", extra_vars=dict(ev, token_middleware_legacy_uninstall_arguments={"GemSafe": "/S"}))
+    ev["token_middleware_legacy_uninstall_arguments"] = {"GemSafe": "/S"}
+    p2 = host.role("token_middleware", extra_vars=ev)
     assert p2.returncode == 0, p2.stdout[-3000:]
     removed = [c["args"] for c in host.calls("win_package") if c["args"].get("state") == "absent"]
     assert removed == [{"product_id": "GemSafe", "provider": "registry", "arguments": "/S", "state": "absent"}]

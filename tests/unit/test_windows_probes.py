@@ -213,5 +213,6 @@ def test_the_mock_resolves_names_as_ansible_core_does():
     assert convert_to_sid(state, "AUTORITE NT\\Système") == "S-1-5-18"
     assert convert_to_sid(state, ".\\mallory") == "S-1-5-21-1-2-3-1001"
     for english in ("BUILTIN\\Administrators", "NT AUTHORITY\\SYSTEM", "Users"):
-        with pytest.raises(LookupError, match=re.escape(f"account_name {english} is not a valid account, cannot get SID")):
+        msg = f"account_name {english} is not a valid account, cannot get SID"
+        with pytest.raises(LookupError, match=re.escape(msg)):
             convert_to_sid(state, english)

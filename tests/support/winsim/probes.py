@@ -15,8 +15,8 @@ import os
 import re
 
 import yaml
-
 from ansible.module_utils import tokentrust_windows as tw
+
 from tests.support.winsim import new_state, psshape
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -103,7 +103,8 @@ def sample_state():
     """A French MOCK host with something for every probe to report."""
     s = new_state(uninstall_entries=[{"key": "{11111111-2222-3333-4444-555555555555}",
                                       "display_name": "GemSafe Standard Edition", "windows_installer": 1,
-                                      "view": 64, "uninstall_string": "MsiExec.exe /X{11111111-2222-3333-4444-555555555555}"}])
+                                      "view": 64,
+                                      "uninstall_string": "MsiExec.exe /X{11111111-2222-3333-4444-555555555555}"}])
     s["powershell"]["firefox_probe.ps1"] = firefox_answer()
     s["powershell"]["token_probe.ps1"] = token_answer()
     s["powershell"]["user_profiles.ps1"] = {

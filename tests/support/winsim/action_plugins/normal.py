@@ -287,8 +287,9 @@ class ActionModule(ActionBase):
         changed = state["files"].get(dest, {}).get("content") != content
         if changed and not check:
             old = state["files"].get(dest)
+            parent = state["dirs"][dest.rsplit("\\", 1)[0]]
             state["files"][dest] = {"content": content, "owner": old["owner"] if old else ADMINS,
-                                    "acl": old["acl"] if old else inherited_from(state["dirs"][dest.rsplit("\\", 1)[0]])}
+                                    "acl": old["acl"] if old else inherited_from(parent)}
         return {"changed": changed, "dest": a["dest"]}
 
     def _win_acl_inheritance(self, state, a, check):
