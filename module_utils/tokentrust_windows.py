@@ -1142,6 +1142,19 @@ def token_checks(probe, role="windows_verify"):
     out.append(check("smart card service", svc_ok,
                      f"SCardSvr {svc.get('status')}, start {svc.get('start_type')}" if svc.get("exists")
                      else "SCardSvr (Smart Card service) does not exist", role))
+    cp = probe.get("certprop") or {}
+    cp_ok = bool(cp.get("exists")) and cp.get("start_type") == "Automatic" and cp.get("status") == "Running"
+    out.append(check("certificate propagation service", cp_ok,
+                     f"CertPropSvc {cp.get('status')}, start {cp.get('start_type')}"
+                     + ("" if cp_ok else ": it copies the key's certificates into the user's personal store when the "
+                        "key is inserted (what 'Tout enregistrer' of Classic Client Toolbox does by hand); set it to "
+                        "Automatic and start it (role token_middleware, token_middleware_certprop)")
+                     if cp.get("exists") else "CertPropSvc (Certificate Propagation) does not exist", role))
+    if probe.get("rds_session_host"):
+        out.append(check("smart card reader", True, "not visible over WinRM on an RDS host: the key is redirected "
+                         "into the user's remote session, which a WinRM session cannot see; check it from that "
+                         "session (certutil -scinfo)", role))
+        return out
     sc = probe.get("scard") or {}
     err = _scard_error(sc.get("context_error")) or _scard_error(sc.get("list_error"))
     readers = sc.get("readers") or []

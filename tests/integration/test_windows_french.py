@@ -26,7 +26,7 @@ def cas():
 def _french_host(tmp_path, roles=None, **kw):
     state = new_state(uninstall_entries=[{"key": LEGACY, "display_name": "GemSafe Standard Edition",
                                           "windows_installer": 1, "view": 64}], **kw)
-    state["powershell"]["firefox_probe.ps1"] = probes.firefox_answer()
+    state["powershell"]["firefox_probe.ps1"] = probes.firefox_answer(gpo=False)
     state["powershell"]["token_probe.ps1"] = probes.token_answer()
     return Host(tmp_path, state, roles=roles)
 
@@ -44,7 +44,8 @@ def _aces(meta, sid):
 
 def test_french_windows_runs_clean_then_changes_nothing(tmp_path, cas):
     """Why 1, 3 and the "Done when": the whole Windows playbook on a French host, a second run idempotent."""
-    host = _french_host(tmp_path, package_rc={LEGACY.casefold(): 3010})
+    host = _french_host(tmp_path, package_rc={LEGACY.casefold(): 3010},
+                        services={"CertPropSvc": {"start_mode": "manual", "state": "stopped"}})
     ev = _site_vars(tmp_path, cas)
     check = host.playbook("playbooks/windows.yml", ev, check=True)
     assert check.returncode == 0, check.stdout[-4000:]
@@ -77,8 +78,11 @@ def test_french_windows_runs_clean_then_changes_nothing(tmp_path, cas):
     assert order == [("win_reboot", None), ("win_package", "absent"), ("win_reboot", None), ("win_package", "present"),
                      ("win_reboot", None)], order  # UAC off, removal (3010), reboot, install, UAC back on
     assert s["reboots"] == 3  # UAC off, the removal's 3010, UAC back on
-    rep = [c for c in host.calls("win_powershell")]
-    assert rep and all("depth" in c["args"] for c in rep)
+    assert s["services"]["CertPropSvc"] == {"start_mode": "auto", "state": "started"}
+    ps = host.calls("win_powershell")
+    assert ps and all("depth" in c["args"] for c in ps)
+    assert "windows_verify : Fail when a check failed" not in p.stdout
+    assert "checks passed" in p.stdout and "; failed:" not in p.stdout
     host.clear_calls()
     p2 = host.playbook("playbooks/windows.yml", ev)
     assert p2.returncode == 0, p2.stdout[-4000:]

@@ -128,6 +128,7 @@ TOKEN_ATR = "3BFF9600008131FE4380318065B0846566FB120177829000F7"
 def token_probe(present=True):
     """MOCK of roles/windows_verify/files/token_probe.ps1 output (made-up IDPrime-like ATR)."""
     return {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
+            "certprop": {"exists": True, "status": "Running", "start_type": "Automatic"}, "rds_session_host": False,
             "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK", "instance_id": "USB\\VID_08E6"}],
             "scard": {"context_error": None, "list_error": None,
                       "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": present,
@@ -327,7 +328,8 @@ def test_windows_playbook_report_has_the_token_checks_and_says_what_was_not_veri
     assert p.returncode == 0, p.stdout[-3000:]
     rep = facts["tokentrust_windows_report"]
     token = [c for c in rep["checks"] if c["role"] == "windows_verify"]
-    assert [c["name"] for c in token] == ["smart card service", "smart card reader", "token inserted",
+    assert [c["name"] for c in token] == ["smart card service", "certificate propagation service",
+                                          "smart card reader", "token inserted",
                                           "minidriver for the token in Gemalto USB Smart Card Reader 0"]
     assert rep["ok"] and any("PIN entry" in x for x in rep["not_verified"])
     # token unplugged: the report says so and fails

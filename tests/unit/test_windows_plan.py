@@ -734,6 +734,7 @@ IDPRIME_ATR = "3BFF9600008131FE4380318065B0846566FB120177829000F7"   # an IDPrim
 
 def _token_probe(**kw):
     p = {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
+         "certprop": {"exists": True, "status": "Running", "start_type": "Automatic"}, "rds_session_host": False,
          "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK"}],
          "scard": {"context_error": None, "list_error": None,
                    "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": True, "atr": IDPRIME_ATR}]},
@@ -754,7 +755,8 @@ def test_atr_matches_with_mask_like_windows():
 
 def test_token_checks_all_good():
     checks = tw.token_checks(_token_probe())
-    assert [c["name"] for c in checks] == ["smart card service", "smart card reader", "token inserted",
+    assert [c["name"] for c in checks] == ["smart card service", "certificate propagation service",
+                                           "smart card reader", "token inserted",
                                            "minidriver for the token in Gemalto USB Smart Card Reader 0"]
     assert all(c["ok"] for c in checks) and "axaltocm.dll" in checks[-1]["detail"]
 
@@ -777,5 +779,19 @@ def test_token_checks_unknown_card_has_no_minidriver():
 def test_token_checks_disabled_service_and_no_reader():
     checks = tw.token_checks(_token_probe(service={"exists": True, "status": "Stopped", "start_type": "Disabled"},
                                           pnp_readers=[], scard={"readers": []}))
-    assert [c["ok"] for c in checks] == [False, False, False]
-    assert "is the token plugged in?" in checks[1]["detail"]
+    assert [c["ok"] for c in checks] == [False, True, False, False]
+    assert "is the token plugged in?" in checks[2]["detail"]
+
+
+def test_token_checks_certificate_propagation_stopped():
+    checks = tw.token_checks(_token_probe(certprop={"exists": True, "status": "Stopped", "start_type": "Manual"}))
+    bad = [c for c in checks if not c["ok"]]
+    assert [c["name"] for c in bad] == ["certificate propagation service"]
+    assert "Tout enregistrer" in bad[0]["detail"] and "set it to Automatic and start it" in bad[0]["detail"]
+
+
+def test_token_checks_on_an_rds_session_host_say_not_visible_instead_of_failing():
+    checks = tw.token_checks(_token_probe(rds_session_host=True, scard={"readers": []}, pnp_readers=[]))
+    assert all(c["ok"] for c in checks)
+    assert [c["name"] for c in checks] == ["smart card service", "certificate propagation service", "smart card reader"]
+    assert checks[-1]["detail"].startswith("not visible over WinRM on an RDS host")

@@ -63,7 +63,7 @@ def test_the_default_depth_breaks_the_token_checks_when_a_reader_is_present():
         tw.token_checks(flat)
     task = next(t for t in probes.tasks() if t["script"] == "token_probe.ps1")
     checks = tw.token_checks(psshape.convert_output(answer, task["depth"]))
-    assert [c["ok"] for c in checks] == [True, True, True, True]
+    assert [c["ok"] for c in checks] == [True, True, True, True, True]
     # and the checker says so when the task's depth is the default one
     assert any("depth 2 (win_powershell's default) but token_probe.ps1 emits containers 3 levels" in p
                for p in _problems_with(lambda roles: _set_depth(roles, "token_probe.ps1", None)))

@@ -11,6 +11,16 @@ $svc = Get-Service -Name SCardSvr -ErrorAction SilentlyContinue
 $service = if ($svc) { @{ exists = $true; status = "$($svc.Status)"; start_type = "$($svc.StartType)" } }
            else { @{ exists = $false; status = $null; start_type = $null } }
 
+# Certificate Propagation copies the key's certificates into the user's personal store at insertion (what
+# "Tout enregistrer" of Classic Client Toolbox does by hand).
+$cp = Get-Service -Name CertPropSvc -ErrorAction SilentlyContinue
+$certprop = if ($cp) { @{ exists = $true; status = "$($cp.Status)"; start_type = "$($cp.StartType)" } }
+            else { @{ exists = $false; status = $null; start_type = $null } }
+
+# An RDS session host redirects the key into the user's session: a WinRM session never sees it.
+$ts = Get-CimInstance -Namespace 'root\cimv2\TerminalServices' -ClassName Win32_TerminalServiceSetting -ErrorAction SilentlyContinue
+$rdsHost = [bool]($ts -and $ts.TerminalServerMode -eq 1)
+
 $pnp = @(Get-PnpDevice -Class SmartCardReader -PresentOnly -ErrorAction SilentlyContinue |
     ForEach-Object { @{ name = $_.FriendlyName; status = "$($_.Status)"; instance_id = $_.InstanceId } })
 
@@ -91,5 +101,6 @@ foreach ($view in 'Registry64', 'Registry32') {
     $base.Close()
 }
 
-$Ansible.Result = @{ service = $service; pnp_readers = $pnp; scard = $scard; registered_cards = $cards
+$Ansible.Result = @{ service = $service; certprop = $certprop; rds_session_host = $rdsHost
+                     pnp_readers = $pnp; scard = $scard; registered_cards = $cards
                      session = @{ interactive = [Environment]::UserInteractive; id = (Get-Process -Id $PID).SessionId } }

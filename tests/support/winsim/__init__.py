@@ -88,7 +88,7 @@ def split_value(value, comma):
 
 SIMULATED = ("win_certificate_info", "win_certificate_store", "win_reg_stat", "win_regedit", "win_stat", "win_file",
              "win_copy", "win_acl", "win_acl_inheritance", "win_owner", "win_powershell", "win_package",
-             "win_reboot", "win_ping")
+             "win_reboot", "win_ping", "win_service")
 
 
 def shadow_collection(tmp):

@@ -74,20 +74,22 @@ def yaml_reads(roles=ROLES):
 
 
 # ------------------------------------------------------------------ the MOCK host's answers
-def firefox_answer():
+def firefox_answer(gpo=True):
+    """64-bit Firefox and Classic Client; with `gpo`, machine and user Group Policy values (one a list)."""
     ff = "C:\\Program Files\\Mozilla Firefox"
     return {"installs": [{"path": ff + "\\firefox.exe", "dir": ff, "exists": True, "machine": 34404,
                           "version": "128.5.0"}],
             "gclib": [{"path": "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll", "exists": True,
                        "machine": 34404, "version": "10.8.0.0"}],
             "gpo": {"": {"DisableAppUpdate": 1}, "Certificates\\Install": {"1": "C:\\corp\\root.cer"},
-                    "Preferences": {"JSON": ["{", "}"]}},
-            "gpo_users": {"S-1-5-21-1-2-3-1001": {"SecurityDevices": {"corp": "C:\\corp\\p11.dll"}}},
+                    "Preferences": {"JSON": ["{", "}"]}} if gpo else {},
+            "gpo_users": {"S-1-5-21-1-2-3-1001": {"SecurityDevices": {"corp": "C:\\corp\\p11.dll"}}} if gpo else {},
             "policies_json": {}}
 
 
 def token_answer(present=True):
     return {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
+            "certprop": {"exists": True, "status": "Running", "start_type": "Automatic"}, "rds_session_host": False,
             "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK", "instance_id": "USB\\VID_08E6"}],
             "scard": {"context_error": None, "list_error": None,
                       "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": present,

@@ -393,7 +393,13 @@ class ActionModule(ActionBase):
                             for e in state.get("uninstall_entries", [])]}
 
     def _probe_token_probe(self, state, params, check):
-        return self._canned(state, "token_probe.ps1")
+        res = self._canned(state, "token_probe.ps1")
+        svc = state.get("services", {}).get("CertPropSvc")
+        if svc is not None:  # as win_service left it
+            modes = {"auto": "Automatic", "manual": "Manual"}
+            res["certprop"] = {"exists": True, "status": "Running" if svc["state"] == "started" else "Stopped",
+                               "start_type": modes.get(svc["start_mode"], "Disabled")}
+        return res
 
     def _probe_user_profiles(self, state, params, check):
         return state.get("powershell", {}).get("user_profiles.ps1") or {"profiles": [],
@@ -461,6 +467,17 @@ class ActionModule(ActionBase):
                                                      "details"}
         # win_package.ps1 sets failed = $false itself: Ansible would take a non-zero rc as a failure
         return {"changed": changed, "reboot_required": rc == 3010, "rc": rc, "failed": False}
+
+    def _win_service(self, state, a, check):
+        svc = state.setdefault("services", {}).get(a["name"])
+        if svc is None:
+            return {"failed": True, "msg": f"Service '{a['name']}' is not installed, need to set 'path' to create a "
+                                           "new service"}
+        want = {k: a[k] for k in ("start_mode", "state") if a.get(k)}
+        changed = any(svc.get(k) != v for k, v in want.items())
+        if changed and not check:
+            svc.update(want)
+        return {"changed": changed, "exists": True, "name": a["name"]}
 
     def _win_reboot(self, state, a, check):
         if not check:
