@@ -569,15 +569,23 @@ def _ie_user_entries(mode, hosts, zones, scheme, user, domains=None, psl=None):
     return out
 
 
-def ie_users(profiles, include_default=True, exclude_sids=()):
-    """User profiles from the probe ({sid, profile_path, loaded}) that get per-user settings."""
+def ie_users(profiles, include_default=True, exclude_sids=(), default_profile=None):
+    """User profiles from files/user_profiles.ps1 ({sid, profile_path, loaded, ntuser_exists}) that get
+    per-user settings. A hive that is not loaded is only used when its NTUSER.DAT exists (stale ProfileList
+    entries, FSLogix / User Profile Disk profiles have none there). The Default profile is ProfileList's
+    `Default` (`default_profile` {path, ntuser_exists}), not a hard-coded C:\\Users\\Default."""
     out = []
     for p in profiles or []:
         sid = p.get("sid", "")
-        if _SID.match(sid) and sid not in exclude_sids and p.get("profile_path"):
-            out.append({"sid": sid, "profile_path": p["profile_path"], "loaded": bool(p.get("loaded"))})
+        if not (_SID.match(sid) and sid not in exclude_sids and p.get("profile_path")):
+            continue
+        if not p.get("loaded") and not p.get("ntuser_exists"):
+            continue
+        out.append({"sid": sid, "profile_path": p["profile_path"], "loaded": bool(p.get("loaded"))})
     if include_default:
-        out.append({"sid": "Default", "profile_path": "C:\\Users\\Default", "loaded": False})
+        d = default_profile or {}
+        if d.get("path") and d.get("ntuser_exists"):
+            out.append({"sid": "Default", "profile_path": d["path"], "loaded": False})
     return out
 
 

@@ -282,8 +282,9 @@ def test_ie_zones_per_user_only_for_an_entra_id_user(tmp_path):
     entra = "S-1-12-1-1111111111-2222222222-3333333333-4444444444"
     state = new_state()
     state["powershell"]["user_profiles.ps1"] = {
-        "profiles": [{"sid": entra, "profile_path": "C:\\Users\\anna", "loaded": True}],
-        "connection_sid": "S-1-5-21-9-9-9-500"}
+        "profiles": [{"sid": entra, "profile_path": "C:\\Users\\anna", "loaded": True, "ntuser_exists": True}],
+        "connection_sid": "S-1-5-21-9-9-9-500",
+        "default_profile": {"path": "C:\\Users\\Default", "ntuser_exists": True}}
     host = Host(tmp_path, state)
     site = "services.example.co.uk"
     p = host.role("windows_ie_zones", extra_vars={

@@ -251,11 +251,14 @@ def test_ie_keep_is_empty():
 def test_ie_per_user_hives():
     users = tw.ie_users([
         {"sid": "S-1-5-21-11-22-33-1001", "profile_path": "C:\\Users\\alice", "loaded": True},
-        {"sid": "S-1-5-21-11-22-33-1002", "profile_path": "C:\\Users\\bob", "loaded": False},
+        {"sid": "S-1-5-21-11-22-33-1002", "profile_path": "C:\\Users\\bob", "loaded": False, "ntuser_exists": True},
         {"sid": "S-1-5-18", "profile_path": "C:\\Windows\\system32\\config\\systemprofile", "loaded": True},
         {"sid": "S-1-5-21-11-22-33-500", "profile_path": "C:\\Users\\ansible", "loaded": True},
-    ], exclude_sids=["S-1-5-21-11-22-33-500"])
+        # a stale ProfileList entry / an FSLogix profile: no NTUSER.DAT to load
+        {"sid": "S-1-5-21-11-22-33-1003", "profile_path": "C:\\Users\\carol", "loaded": False, "ntuser_exists": False},
+    ], exclude_sids=["S-1-5-21-11-22-33-500"], default_profile={"path": "D:\\Profiles\\Default", "ntuser_exists": True})
     assert [u["sid"] for u in users] == ["S-1-5-21-11-22-33-1001", "S-1-5-21-11-22-33-1002", "Default"]
+    assert users[-1]["profile_path"] == "D:\\Profiles\\Default"
     entries = tw.ie_plan("disable_protected_mode", zones=[3], users=users, per_user=True)
     alice = [e for e in entries if e["scope"] == "user:S-1-5-21-11-22-33-1001"]
     bob = [e for e in entries if e["scope"] == "user:S-1-5-21-11-22-33-1002"]
@@ -268,7 +271,7 @@ def test_ie_per_user_hives():
     }
     assert all("hive" not in e for e in alice)
     assert all(e["hive"] == "C:\\Users\\bob\\NTUSER.DAT" and e["path"].startswith("HKLM:\\ANSIBLE\\") for e in bob)
-    assert all(e["hive"] == "C:\\Users\\Default\\NTUSER.DAT" for e in default)
+    assert default and all(e["hive"] == "D:\\Profiles\\Default\\NTUSER.DAT" for e in default)
     assert not any(e["path"].startswith("HKCU:") for e in entries)
 
 

@@ -110,8 +110,10 @@ def sample_state():
     s["powershell"]["firefox_probe.ps1"] = firefox_answer()
     s["powershell"]["token_probe.ps1"] = token_answer()
     s["powershell"]["user_profiles.ps1"] = {
-        "profiles": [{"sid": "S-1-5-21-1-2-3-1001", "profile_path": "C:\\Users\\anna", "loaded": True}],
-        "connection_sid": "S-1-5-21-1-2-3-500"}
+        "profiles": [{"sid": "S-1-5-21-1-2-3-1001", "profile_path": "C:\\Users\\anna", "loaded": True,
+                      "ntuser_exists": True}],
+        "connection_sid": "S-1-5-21-1-2-3-500",
+        "default_profile": {"path": "C:\\Users\\Default", "ntuser_exists": True}}
     s["dirs"]["c:\\programdata\\tokentrust"] = {"owner": "S-1-5-21-1-2-3-1001", "inherit": True, "acl": []}
     return s
 
@@ -172,7 +174,7 @@ def _consumers():
         "token_probe.ps1": tw.token_checks,
         "firefox_probe.ps1": lambda r: tw.firefox_checks(
             tw.firefox_plan(r, ["C:\\ProgramData\\tokentrust\\certs\\a.pem"]), r),
-        "user_profiles.ps1": lambda r: tw.ie_users(r["profiles"], True, [r["connection_sid"]]),
+        "user_profiles.ps1": lambda r: tw.ie_users(r["profiles"], True, [r["connection_sid"]], r["default_profile"]),
         "uninstall_entries.ps1": lambda r: (tw.legacy_match(r["entries"]),
                                             tw.middleware_pending(r["entries"], "C:\\cc.msi", "", state="present"),
                                             tw.middleware_checks(r["entries"])),

@@ -402,8 +402,9 @@ class ActionModule(ActionBase):
         return res
 
     def _probe_user_profiles(self, state, params, check):
-        return state.get("powershell", {}).get("user_profiles.ps1") or {"profiles": [],
-                                                                        "connection_sid": "S-1-5-21-9-9-9-500"}
+        return state.get("powershell", {}).get("user_profiles.ps1") or {
+            "profiles": [], "connection_sid": "S-1-5-21-9-9-9-500",
+            "default_profile": {"path": "C:\\Users\\Default", "ntuser_exists": True}}
 
     def _probe_firefox_probe(self, state, params, check):
         res = self._canned(state, "firefox_probe.ps1")  # policies.json as the host holds it now
