@@ -680,9 +680,9 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
                 f"Firefox {i['path']} is version {i.get('version')}: SecurityDevices.Add needs Firefox 114 or "
                 "ESR 102.12 and later, this one would ignore it. Update Firefox (ESR 115 or later), or set "
                 "windows_firefox_policies_security_device: false")
-        if add_ok is None and i.get("version") is not None:
+        if add_ok is None:  # no ProductVersion read (None) is as unknown as an odd one: never passed silently
             warnings.append(f"Firefox {i['path']}: version {i.get('version')!r} unreadable; SecurityDevices.Add "
-                            "needs Firefox 114 / ESR 102.12 or later")
+                            "needs Firefox 114 / ESR 102.12 or later: check Help > About Firefox on this host")
         try:
             i["gclib"] = choose_gclib(i, probe.get("gclib"))["path"]
         except WindowsPlanError:

@@ -336,8 +336,8 @@ def test_ie_per_user_only_leaves_the_machine_policy_alone():
 
 
 # ------------------------------------------------------------------ Firefox bitness
-FX64 = {"path": "C:\\Program Files\\Mozilla Firefox\\firefox.exe", "machine": 0x8664}
-FX32 = {"path": "C:\\Program Files (x86)\\Mozilla Firefox\\firefox.exe", "machine": "0x014C"}
+FX64 = {"path": "C:\\Program Files\\Mozilla Firefox\\firefox.exe", "machine": 0x8664, "version": "128.5.0"}
+FX32 = {"path": "C:\\Program Files (x86)\\Mozilla Firefox\\firefox.exe", "machine": "0x014C", "version": "115.4.0esr"}
 GCLIB = library_candidates("Windows")
 G64 = {"path": GCLIB[0], "exists": True, "machine": 34404}
 T64 = {"path": GCLIB[1], "exists": True, "machine": 34404}
@@ -383,7 +383,7 @@ def test_firefox_installs():
     assert got == [{"path": FX64["path"], "dir": "C:\\Program Files\\Mozilla Firefox", "arch": "x64",
                     "distribution": "C:\\Program Files\\Mozilla Firefox\\distribution",
                     "policies_json": "C:\\Program Files\\Mozilla Firefox\\distribution\\policies.json",
-                    "version": None}]
+                    "version": "128.5.0"}]
 
 
 # ------------------------------------------------------------------ Firefox GPO registry / policies.json
@@ -798,3 +798,12 @@ def test_token_checks_on_an_rds_session_host_say_not_visible_instead_of_failing(
     assert all(c["ok"] for c in checks)
     assert [c["name"] for c in checks] == ["smart card service", "certificate propagation service", "smart card reader"]
     assert checks[-1]["detail"].startswith("not visible over WinRM on an RDS host")
+
+
+@pytest.mark.parametrize("version", [None, "", "nightly"])
+def test_an_unreadable_firefox_version_is_warned_about(version):
+    probe = {"installs": [dict(FX64, dir="C:\\Program Files\\Mozilla Firefox", exists=True, version=version)],
+             "gclib": [{"path": "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll", "exists": True,
+                        "machine": 0x8664}], "gpo": {}, "gpo_users": {}, "policies_json": {}}
+    plan = tw.firefox_plan(probe, ["C:\\ProgramData\\tokentrust\\certs\\a.pem"])
+    assert any(f"version {version!r} unreadable; SecurityDevices.Add needs Firefox 114" in w for w in plan["warnings"])
