@@ -492,7 +492,7 @@ def _check_zones(zones):
 
 
 def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", users=None, per_user=False,
-            current_policy=None, machine_policy=True, domains=None, psl="system"):
+            current_policy=None, machine_policy=True, domains=None, psl="system", zonemap_gpo=False):
     """Registry entries for the IE zone settings.
 
     Machine policy (HKLM\\SOFTWARE\\Policies\\..., wins over every user's own settings):
@@ -510,6 +510,9 @@ def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", use
     lists. `machine_policy=False` leaves the machine policy out (per-user settings only).
     `domains` / `psl` pick the ZoneMap\\Domains key of a site (zonemap_domain); psl "system" loads
     the Public Suffix List of the controller.
+    `zonemap_gpo`: a Group Policy owns the Site to Zone Assignment List (files/ie_zones_probe.ps1 found it
+    in a Registry.pol): its list is rewritten whole at each refresh, so nothing is written there (see
+    ie_gpo_advice for the values to add to that GPO).
     """
     if mode not in IE_MODES:
         raise WindowsPlanError(f"windows_ie_zones_mode must be one of {', '.join(IE_MODES)}, got {mode!r}")
@@ -523,9 +526,9 @@ def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", use
     if not machine_policy and not per_user:
         raise WindowsPlanError("windows_ie_zones_machine_policy and windows_ie_zones_per_user are both false: "
                                "nothing would be written; use mode keep, or turn one on")
-    if hosts and machine_policy:
+    if hosts and machine_policy and not zonemap_gpo:
         entries.append(_entry(IE_POLICY_KEY, "ListBox_Support_ZoneMapKey", 1, "dword"))
-    for h in hosts if machine_policy else []:
+    for h in hosts if machine_policy and not zonemap_gpo else []:
         name = h if scheme == "*" else f"{scheme}://{h}"
         entries.append(_entry(IE_POLICY_KEY + "\\ZoneMapKey", name, str(IE_TRUSTED_ZONE)))
     current_policy = {int(k): v for k, v in (current_policy or {}).items()}
@@ -541,6 +544,47 @@ def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", use
         for u in users or []:
             entries += _ie_user_entries(mode, hosts, zones, scheme, u, domains, psl)
     return entries
+
+
+def ie_urls(sites=DEFAULT_TRUSTED_SITES, scheme="https"):
+    """The URLs whose effective zone is verified (MapUrlToZone): https://<site> for scheme * too."""
+    return [f"{'https' if scheme == '*' else scheme}://{_check_host(h).lstrip('*.')}" for h in sites or []]
+
+
+def ie_gpo_advice(sites, scheme="https", gpo_sources=()):
+    """What to add to the Group Policy that owns the Site to Zone Assignment List ('' when none does)."""
+    if not gpo_sources:
+        return ""
+    values = ", ".join(f"{h if scheme == '*' else scheme + '://' + h} = {IE_TRUSTED_ZONE}" for h in sites or [])
+    return ("a Group Policy owns the Site to Zone Assignment List (found in " + ", ".join(gpo_sources)
+            + "): each refresh rewrites the whole list, so tokentrust writes nothing there. Add these values to "
+            "that GPO (Computer Configuration > Administrative Templates > Windows Components > Internet Explorer "
+            "> Internet Control Panel > Security Page > Site to Zone Assignment List): " + values)
+
+
+def ie_checks(urls, probe, per_user=False, machine_policy=True, role="windows_ie_zones"):
+    """The zone Windows applies to each URL (MapUrlToZone, from files/ie_zones_probe.ps1), and IE Enhanced
+    Security Configuration when the sites were written per user (ESC ignores per-user zone keys)."""
+    probe = probe or {}
+    zones = probe.get("zones") or {}
+    out = []
+    for u in urls or []:
+        z = zones.get(u)
+        name = IE_ZONE_NAMES.get(z, "unknown") if isinstance(z, int) else "not read"
+        detail = f"Windows maps {u} to zone {z} ({name})"
+        if z != IE_TRUSTED_ZONE:
+            detail += f", not {IE_TRUSTED_ZONE} ({IE_ZONE_NAMES[IE_TRUSTED_ZONE]})"
+            if probe.get("gpo_sources"):
+                detail += "; a Group Policy owns the Site to Zone Assignment List: add the site there"
+        out.append(check(f"IE zone of {u}", z == IE_TRUSTED_ZONE, detail, role))
+    esc = probe.get("esc") or {}
+    if per_user and not machine_policy:
+        on = [w for w in ("admins", "users") if esc.get(w)]
+        out.append(check("IE Enhanced Security Configuration off", not on,
+                         "off" if not on else f"on for {' and '.join(on)}: it ignores per-user zone assignments; "
+                         "turn it off (Server Manager > Local Server) or use the machine policy "
+                         "(windows_ie_zones_machine_policy: true)", role))
+    return out
 
 
 def _ie_user_entries(mode, hosts, zones, scheme, user, domains=None, psl=None):

@@ -190,3 +190,23 @@ def test_an_install_returning_3010_reboots_once(tmp_path):
     p = host.role("token_middleware", extra_vars=ev)
     assert p.returncode == 0, p.stdout[-3000:]
     assert host.load()["reboots"] == 1
+
+
+def test_ie_zone_list_owned_by_group_policy_is_left_to_it_and_the_effective_zone_is_checked(tmp_path):
+    """Why 5: a Site to Zone GPO rewrites its list at each refresh: we say what to add to it, write nothing
+    there, and the check reads the zone Windows applies (MapUrlToZone), which is still Internet."""
+    pol = ("C:\\ProgramData\\Microsoft\\Group Policy\\History\\{31B2F340-016D-11D2-945F-00C04FB984F9}"
+           "\\Machine\\Registry.pol")
+    host = Host(tmp_path, new_state(ie_gpo_sources=[pol]))
+    p, facts = host.run(["windows_ie_zones"], facts=["windows_ie_zones_checks"])
+    assert p.returncode == 0, p.stdout[-3000:]
+    out = " ".join(p.stdout.split())
+    assert "each refresh rewrites the whole list, so tokentrust writes nothing there" in out
+    assert ("Site to Zone Assignment List): https://services.certeurope.fr = 2, https://services2.certeurope.fr = 2"
+            in out)
+    assert not [c for c in host.calls("win_regedit") if "zonemapkey" in c["args"]["path"].casefold()
+                or c["args"].get("name") == "ListBox_Support_ZoneMapKey"]
+    bad = [c for c in facts["windows_ie_zones_checks"] if not c["ok"]]
+    assert [c["name"] for c in bad] == ["IE zone of https://services.certeurope.fr",
+                                        "IE zone of https://services2.certeurope.fr"]
+    assert "zone 3 (Internet), not 2 (Trusted sites); a Group Policy owns" in bad[0]["detail"]

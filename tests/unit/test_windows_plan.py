@@ -807,3 +807,25 @@ def test_an_unreadable_firefox_version_is_warned_about(version):
                         "machine": 0x8664}], "gpo": {}, "gpo_users": {}, "policies_json": {}}
     plan = tw.firefox_plan(probe, ["C:\\ProgramData\\tokentrust\\certs\\a.pem"])
     assert any(f"version {version!r} unreadable; SecurityDevices.Add needs Firefox 114" in w for w in plan["warnings"])
+
+
+def test_ie_a_group_policy_zone_list_is_not_written_and_the_gpo_values_are_given():
+    plan = tw.ie_plan("trusted_sites", sites=["services.certeurope.fr"], zonemap_gpo=True)
+    assert not [e for e in plan if "ZoneMapKey" in e["path"] or e["name"] == "ListBox_Support_ZoneMapKey"]
+    advice = tw.ie_gpo_advice(["services.certeurope.fr"], "https", ["C:\\ProgramData\\Microsoft\\Group Policy\\History"
+                                                                      "\\{31B2F340}\\Machine\\Registry.pol"])
+    assert "each refresh rewrites the whole list, so tokentrust writes nothing there" in advice
+    assert advice.endswith("Site to Zone Assignment List): https://services.certeurope.fr = 2")
+    assert tw.ie_gpo_advice(["services.certeurope.fr"], "https", []) == ""
+
+
+def test_ie_checks_read_the_zone_windows_applies_and_esc():
+    urls = tw.ie_urls(["services.certeurope.fr", "*.example.fr"], "*")
+    assert urls == ["https://services.certeurope.fr", "https://example.fr"]
+    probe = {"zones": {urls[0]: 2, urls[1]: 3}, "gpo_sources": ["X.pol"], "esc": {"admins": True, "users": False}}
+    checks = tw.ie_checks(urls, probe, per_user=True, machine_policy=False)
+    assert [(c["name"], c["ok"]) for c in checks] == [
+        ("IE zone of https://services.certeurope.fr", True), ("IE zone of https://example.fr", False),
+        ("IE Enhanced Security Configuration off", False)]
+    assert "zone 3 (Internet), not 2 (Trusted sites); a Group Policy owns" in checks[1]["detail"]
+    assert "on for admins: it ignores per-user zone assignments" in checks[2]["detail"]

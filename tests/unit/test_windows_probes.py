@@ -21,7 +21,7 @@ SHIPPED = sorted(probes.shipped())
 
 
 def test_the_shipped_probes_agree_with_their_tasks_the_roles_and_the_mock():
-    assert len(SHIPPED) >= 6, SHIPPED
+    assert len(SHIPPED) >= 7, SHIPPED
     assert probes.problems() == []
 
 
@@ -32,6 +32,7 @@ def test_the_shipped_probes_agree_with_their_tasks_the_roles_and_the_mock():
     ("uninstall_entries.ps1", 3, ("entries", "[]", "quiet_uninstall_string")),
     ("private_dir_probe.ps1", 2, ("folders", "[]", "owner_sid")),
     ("private_dir_create.ps1", 0, ("created",)),
+    ("ie_zones_probe.ps1", 1, ("zones", "*")),
 ])
 def test_the_shape_comes_from_the_syntax_tree(name, depth, path):
     shape = psshape.result_shape(probes.read(probes.shipped()[name]))

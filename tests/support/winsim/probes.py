@@ -120,7 +120,8 @@ def sample_state():
 
 SAMPLE_PARAMS = {"private_dir_probe.ps1": {"Paths": ["C:\\ProgramData\\tokentrust", "C:\\ProgramData\\tokentrust\\x"]},
                  "private_dir_create.ps1": {"Path": "C:\\ProgramData\\tokentrust2", "ReadSids": ["S-1-5-32-545"]},
-                 "firefox_probe.ps1": {"FirefoxDirs": [], "GclibPaths": []}}
+                 "firefox_probe.ps1": {"FirefoxDirs": [], "GclibPaths": []},
+                 "ie_zones_probe.ps1": {"Urls": ["https://services.certeurope.fr"]}}
 
 
 def mock_answer(script, state=None):
@@ -179,6 +180,7 @@ def _consumers():
                                             tw.middleware_pending(r["entries"], "C:\\cc.msi", "", state="present"),
                                             tw.middleware_checks(r["entries"])),
         "private_dir_probe.ps1": lambda r: tw.private_dir_problems(r["folders"]),
+        "ie_zones_probe.ps1": lambda r: tw.ie_checks(["https://services.certeurope.fr"], r, True, False),
     }
 
 

@@ -415,6 +415,21 @@ class ActionModule(ActionBase):
             res["policies_json"][path] = f["content"] if f is not None else res["policies_json"].get(path)
         return res
 
+    def _probe_ie_zones_probe(self, state, params, check):
+        """The zone of each URL from the machine Site to Zone Assignment List when its policy is on (the
+        WinRM account's own list is not modelled: zone 3, Internet, otherwise)."""
+        key = "HKLM:\\SOFTWARE\\Policies\\Microsoft\\Windows\\CurrentVersion\\Internet Settings"
+        pol = state["registry"].get(_k(key), {})
+        zonemap = state["registry"].get(_k(key + "\\ZoneMapKey"), {})
+        on = (pol.get("ListBox_Support_ZoneMapKey") or {}).get("data") == 1
+        zones = {}
+        for u in params.get("Urls") or []:
+            host = u.split("://", 1)[-1]
+            hit = zonemap.get(u) or zonemap.get(host)
+            zones[u] = int(hit["data"]) if on and hit else 3
+        esc = state.get("ie_esc") or {"admins": False, "users": False}
+        return {"gpo_sources": list(state.get("ie_gpo_sources") or []), "esc": dict(esc), "zones": zones}
+
     def _probe_private_dir_probe(self, state, params, check):
         out = []
         for p in params.get("Paths") or []:
