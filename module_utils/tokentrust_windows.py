@@ -710,9 +710,10 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
     """
     installs = firefox_installs(probe.get("installs"))
     if not installs:
-        raise WindowsPlanError("no Firefox install found on the host (looked in Program Files, Program Files (x86) "
-                               "and the Mozilla registry keys): install Firefox first, or set "
-                               "windows_firefox_policies_firefox_dirs")
+        raise WindowsPlanError("no Firefox install found on the host (looked in Program Files, Program Files (x86), "
+                               "the Mozilla registry keys of the machine and of loaded user hives, each profile's "
+                               "AppData\\Local\\Mozilla Firefox and the Microsoft Store packages): install Firefox "
+                               "first, or set windows_firefox_policies_firefox_dirs")
     warnings = []
     for i in installs:
         if not security_device:
@@ -734,7 +735,12 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
                 raise
             i["gclib"] = expected_gclib(i, probe.get("gclib"))["path"]
             warnings.append(f"gclib.dll not installed yet; assuming {i['gclib']} (check mode)")
-    target = firefox_target(gpo_present(probe.get("gpo")), prefer)
+    target = firefox_target(gpo_present(probe.get("gpo")), prefer, [i["kind"] for i in installs])
+    if prefer == "auto" and target == "registry":
+        warnings.append("Firefox " + ", ".join(f"{i['path']} ({i['kind']})" for i in installs
+                                               if i["kind"] != "machine")
+                        + ": a Microsoft Store or per-user install, whose folder cannot hold a policies.json "
+                          "users cannot change: the policies go to the machine GPO registry instead")
 
     def fragment(dll):
         return desired_fragment(certificate_paths, {device_name: dll} if dll else {}, import_enterprise_roots)
@@ -830,12 +836,15 @@ def firefox_installs(probe_installs):
         d = i.get("dir") or i["path"].rsplit("\\", 1)[0]
         out.append({"path": i["path"], "dir": d, "arch": _arch_of(i, "Firefox"),
                     "distribution": d + "\\distribution", "policies_json": d + "\\distribution\\policies.json",
-                    "version": i.get("version")})
+                    "version": i.get("version"), "kind": i.get("kind") or "machine"})
     return out
 
 
-def firefox_target(gpo_present, prefer="auto"):
-    """Where our policies go: `json` (distribution\\policies.json) unless `registry` is asked for.
+def firefox_target(gpo_present, prefer="auto", kinds=()):
+    """Where our policies go: `json` (distribution\\policies.json) unless `registry` is asked for, or a
+    Firefox of `kinds` is a Microsoft Store build (its folder under WindowsApps cannot be written) or a
+    per-user install (its folder belongs to the user, who could rewrite a policies.json there): those read
+    the machine GPO registry, which only administrators write.
 
     `auto` never writes into HKLM\\SOFTWARE\\Policies\\Mozilla\\Firefox, even on a host with Firefox
     GPO policies: that key belongs to Group Policy, whose list policies (Certificates\\Install,
@@ -844,7 +853,9 @@ def firefox_target(gpo_present, prefer="auto"):
     """
     if prefer not in ("auto", "json", "registry"):
         raise WindowsPlanError(f"windows_firefox_policies_target must be auto, json or registry, got {prefer!r}")
-    return "json" if prefer == "auto" else prefer
+    if prefer == "auto":
+        return "registry" if {"store", "user"} & set(kinds or ()) else "json"
+    return prefer
 
 
 def gpo_present(dump):

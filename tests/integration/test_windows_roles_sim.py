@@ -69,7 +69,7 @@ GCLIB64 = "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll"
 def firefox_probe(version="128.5.0", gpo=None, policies_json=None):
     """MOCK of roles/windows_firefox_policies/files/firefox_probe.ps1 output: 64-bit Firefox and Classic Client."""
     return {"installs": [{"path": FIREFOX + "\\firefox.exe", "dir": FIREFOX, "exists": True, "machine": 34404,
-                          "version": version}],
+                          "version": version, "kind": "machine"}],
             "gclib": [{"path": GCLIB64, "exists": True, "machine": 34404, "version": "10.8.0.0"}],
             "gpo": gpo or {}, "gpo_users": {}, "policies_json": policies_json or {}}
 

@@ -383,7 +383,7 @@ def test_firefox_installs():
     assert got == [{"path": FX64["path"], "dir": "C:\\Program Files\\Mozilla Firefox", "arch": "x64",
                     "distribution": "C:\\Program Files\\Mozilla Firefox\\distribution",
                     "policies_json": "C:\\Program Files\\Mozilla Firefox\\distribution\\policies.json",
-                    "version": "128.5.0"}]
+                    "version": "128.5.0", "kind": "machine"}]
 
 
 # ------------------------------------------------------------------ Firefox GPO registry / policies.json
@@ -829,3 +829,16 @@ def test_ie_checks_read_the_zone_windows_applies_and_esc():
         ("IE Enhanced Security Configuration off", False)]
     assert "zone 3 (Internet), not 2 (Trusted sites); a Group Policy owns" in checks[1]["detail"]
     assert "on for admins: it ignores per-user zone assignments" in checks[2]["detail"]
+
+
+@pytest.mark.parametrize("kind", ["store", "user"])
+def test_a_store_or_per_user_firefox_gets_the_gpo_registry(kind):
+    store = ("C:\\Program Files\\WindowsApps\\Mozilla.Firefox_128.0.0.0_x64__n80bbvh6b1yt2"
+             "\\VFS\\ProgramFiles\\Firefox Package Root")
+    probe = {"installs": [dict(FX64, path=store + "\\firefox.exe", dir=store, exists=True, kind=kind)],
+             "gclib": [{"path": "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll", "exists": True,
+                        "machine": 0x8664}], "gpo": {}, "gpo_users": {}, "policies_json": {}}
+    plan = tw.firefox_plan(probe, ["C:\\ProgramData\\tokentrust\\certs\\a.pem"])
+    assert plan["target"] == "registry" and plan["json"] == [] and plan["registry"]
+    assert any(f"({kind}): a Microsoft Store or per-user install" in w for w in plan["warnings"])
+    assert tw.firefox_plan(probe, ["C:\\x\\a.pem"], prefer="json")["target"] == "json"

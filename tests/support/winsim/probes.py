@@ -78,7 +78,7 @@ def firefox_answer(gpo=True):
     """64-bit Firefox and Classic Client; with `gpo`, machine and user Group Policy values (one a list)."""
     ff = "C:\\Program Files\\Mozilla Firefox"
     return {"installs": [{"path": ff + "\\firefox.exe", "dir": ff, "exists": True, "machine": 34404,
-                          "version": "128.5.0"}],
+                          "version": "128.5.0", "kind": "machine"}],
             "gclib": [{"path": "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll", "exists": True,
                        "machine": 34404, "version": "10.8.0.0"}],
             "gpo": {"": {"DisableAppUpdate": 1}, "Certificates\\Install": {"1": "C:\\corp\\root.cer"},
