@@ -141,7 +141,7 @@ def token_probe(present=True):
 
 
 def _site_host(tmp_path, legacy=()):
-    state = new_state()
+    state = new_state(services={"CertPropSvc": {"start_mode": "auto", "state": "started"}})
     state["powershell"]["firefox_probe.ps1"] = firefox_probe()
     state["powershell"]["token_probe.ps1"] = token_probe()
     state["uninstall_entries"] = list(legacy)

@@ -127,7 +127,9 @@ def new_state(**kw):
     names, _ = system_store_names()
     state = {"stores": {f"LocalMachine\\{n}": {} for n in names}, "registry": {}, "files": {}, "dirs": {},
              "powershell": {}, "calls": [], "installed": [], "reboots": 0, "accounts": dict(FRENCH_ACCOUNTS),
-             "computername": "PC-01"}
+             "computername": "PC-01",
+             # Windows 11's default: Manual (trigger start), stopped until a card is inserted
+             "services": {"CertPropSvc": {"start_mode": "manual", "state": "stopped"}}}
     state["dirs"]["c:\\programdata"] = {"owner": "S-1-5-18", "inherit": False,
                                         "acl": [dict(e, inherited=False) for e in PROGRAMDATA_ACL]}
     state["registry"]["hklm:\\software\\microsoft\\windows\\currentversion\\policies\\system"] = {
