@@ -92,6 +92,9 @@ class FilterModule:
             "tokentrust_win_uac_current": tw.uac_current,
             "tokentrust_win_ie_plan": tw.ie_plan,
             "tokentrust_win_ie_users": tw.ie_users,
+            "tokentrust_win_ie_urls": tw.ie_urls,
+            "tokentrust_win_ie_gpo_advice": tw.ie_gpo_advice,
+            "tokentrust_win_ie_checks": tw.ie_checks,
             "tokentrust_win_pe_arch": tw.pe_arch,
             "tokentrust_win_firefox_installs": tw.firefox_installs,
             "tokentrust_win_firefox_plan": tw.firefox_plan,
@@ -117,6 +120,7 @@ class FilterModule:
             "tokentrust_win_path": tw.win_path,
             "tokentrust_win_private_chain": tw.private_chain,
             "tokentrust_win_private_dir_problems": tw.private_dir_problems,
+            "tokentrust_win_private_aces": tw.private_aces,
             "tokentrust_win_loop_values": _loop_values,
         }
         return {k: _wrap(v) for k, v in f.items()}

@@ -101,8 +101,36 @@ def win_path(base, names):
 # ---------------------------------------------------------------------------------------------
 # admin-only folders (role windows_private_dir)
 # ---------------------------------------------------------------------------------------------
-ADMIN_OWNERS = ("BUILTIN\\Administrators", "NT AUTHORITY\\SYSTEM")
-_ADMIN_SIDS = ("S-1-5-32-544", "S-1-5-18")
+# Well-known accounts by SID only: their names are localized (a French Windows names its Administrators group
+# Administrateurs),
+# and ansible-core's Ansible.ModuleUtils.SID translates a name with the host's own language.
+ADMINISTRATORS_SID = "S-1-5-32-544"
+SYSTEM_SID = "S-1-5-18"
+USERS_SID = "S-1-5-32-545"
+ADMIN_SIDS = (ADMINISTRATORS_SID, SYSTEM_SID)
+WELL_KNOWN_SIDS = {ADMINISTRATORS_SID: "the Administrators group", SYSTEM_SID: "the local system account",
+                   USERS_SID: "the Users group"}
+_ANY_SID = re.compile(r"^S-1-\d+(-\d+)+$")
+
+
+def _sid(value, what):
+    v = str(value or "").strip()
+    if not _ANY_SID.match(v):
+        raise WindowsPlanError(f"{what}: {value!r} is not a SID: give accounts as SIDs (S-1-5-32-544 for the "
+                               "Administrators group, S-1-5-18 for the system account, S-1-5-32-545 for Users): "
+                               "account names are localized and fail on a Windows in another language")
+    return v.upper()
+
+
+def private_aces(readers=()):
+    """The explicit ACL of an admin-only folder: full control for Administrators and SYSTEM, read for
+    `readers` (SIDs)."""
+    out = [{"sid": s, "rights": "FullControl"} for s in ADMIN_SIDS]
+    for r in readers or ():
+        s = _sid(r, "windows_private_dir_readers")
+        if s not in ADMIN_SIDS:
+            out.append({"sid": s, "rights": "ReadAndExecute"})
+    return out
 
 
 def private_chain(path):
@@ -119,21 +147,25 @@ def private_chain(path):
     return [m.group(1) + "\\" + "\\".join(parts[:i]) for i in range(start, len(parts) + 1)]
 
 
-def private_dir_problems(stat_results, owners=ADMIN_OWNERS):
-    """Why folders of the chain cannot be trusted, from looped win_stat results (empty list: all fine)."""
-    ok_owners = {o.casefold() for o in owners or ()} | {s.casefold() for s in _ADMIN_SIDS}
+def private_dir_problems(folders, owners=ADMIN_SIDS):
+    """Why folders of the chain cannot be trusted, from files/private_dir_probe.ps1's `folders` (owner read
+    as a SID); empty list: all fine."""
+    ok = {_sid(o, "windows_private_dir_owners") for o in owners or ()}
+    allowed = " or ".join(f"{o} ({WELL_KNOWN_SIDS[o]})" if o in WELL_KNOWN_SIDS else o for o in sorted(ok))
     out = []
-    for r in stat_results or []:
-        st, where = r.get("stat") or {}, r.get("item")
-        if not st.get("exists"):
+    for f in folders or []:
+        where = f.get("path")
+        if not f.get("exists"):
             continue
-        if st.get("islnk") or st.get("isjunction") or not st.get("isdir"):
-            kind = "a link or junction" if (st.get("islnk") or st.get("isjunction")) else "not a folder"
+        if f.get("reparse") or not f.get("isdir"):
+            kind = "a link or junction" if f.get("reparse") else "not a folder"
             out.append(f"{where} exists but is {kind}: remove it (and check what put it there), then run again")
-        elif str(st.get("owner") or "").casefold() not in ok_owners:
-            out.append(f"{where} exists and is owned by {st.get('owner') or 'an unknown account'}, not by "
-                       f"{' or '.join(owners)}: a standard user can create folders in ProgramData, so its "
-                       "content cannot be trusted. Check it, delete it, then run again")
+        elif str(f.get("owner_sid") or "").upper() not in ok:
+            who = f.get("owner_sid") or "an unknown account"
+            if f.get("owner_name"):
+                who = f"{f['owner_name']} ({who})"
+            out.append(f"{where} exists and is owned by {who}, not by {allowed}: a standard user can create "
+                       "folders in ProgramData, so its content cannot be trusted. Check it, delete it, then run again")
     return out
 
 
@@ -460,7 +492,7 @@ def _check_zones(zones):
 
 
 def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", users=None, per_user=False,
-            current_policy=None, machine_policy=True, domains=None, psl="system"):
+            current_policy=None, machine_policy=True, domains=None, psl="system", zonemap_gpo=False):
     """Registry entries for the IE zone settings.
 
     Machine policy (HKLM\\SOFTWARE\\Policies\\..., wins over every user's own settings):
@@ -478,6 +510,9 @@ def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", use
     lists. `machine_policy=False` leaves the machine policy out (per-user settings only).
     `domains` / `psl` pick the ZoneMap\\Domains key of a site (zonemap_domain); psl "system" loads
     the Public Suffix List of the controller.
+    `zonemap_gpo`: a Group Policy owns the Site to Zone Assignment List (files/ie_zones_probe.ps1 found it
+    in a Registry.pol): its list is rewritten whole at each refresh, so nothing is written there (see
+    ie_gpo_advice for the values to add to that GPO).
     """
     if mode not in IE_MODES:
         raise WindowsPlanError(f"windows_ie_zones_mode must be one of {', '.join(IE_MODES)}, got {mode!r}")
@@ -491,9 +526,9 @@ def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", use
     if not machine_policy and not per_user:
         raise WindowsPlanError("windows_ie_zones_machine_policy and windows_ie_zones_per_user are both false: "
                                "nothing would be written; use mode keep, or turn one on")
-    if hosts and machine_policy:
+    if hosts and machine_policy and not zonemap_gpo:
         entries.append(_entry(IE_POLICY_KEY, "ListBox_Support_ZoneMapKey", 1, "dword"))
-    for h in hosts if machine_policy else []:
+    for h in hosts if machine_policy and not zonemap_gpo else []:
         name = h if scheme == "*" else f"{scheme}://{h}"
         entries.append(_entry(IE_POLICY_KEY + "\\ZoneMapKey", name, str(IE_TRUSTED_ZONE)))
     current_policy = {int(k): v for k, v in (current_policy or {}).items()}
@@ -509,6 +544,47 @@ def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", use
         for u in users or []:
             entries += _ie_user_entries(mode, hosts, zones, scheme, u, domains, psl)
     return entries
+
+
+def ie_urls(sites=DEFAULT_TRUSTED_SITES, scheme="https"):
+    """The URLs whose effective zone is verified (MapUrlToZone): https://<site> for scheme * too."""
+    return [f"{'https' if scheme == '*' else scheme}://{_check_host(h).lstrip('*.')}" for h in sites or []]
+
+
+def ie_gpo_advice(sites, scheme="https", gpo_sources=()):
+    """What to add to the Group Policy that owns the Site to Zone Assignment List ('' when none does)."""
+    if not gpo_sources:
+        return ""
+    values = ", ".join(f"{h if scheme == '*' else scheme + '://' + h} = {IE_TRUSTED_ZONE}" for h in sites or [])
+    return ("a Group Policy owns the Site to Zone Assignment List (found in " + ", ".join(gpo_sources)
+            + "): each refresh rewrites the whole list, so tokentrust writes nothing there. Add these values to "
+            "that GPO (Computer Configuration > Administrative Templates > Windows Components > Internet Explorer "
+            "> Internet Control Panel > Security Page > Site to Zone Assignment List): " + values)
+
+
+def ie_checks(urls, probe, per_user=False, machine_policy=True, role="windows_ie_zones"):
+    """The zone Windows applies to each URL (MapUrlToZone, from files/ie_zones_probe.ps1), and IE Enhanced
+    Security Configuration when the sites were written per user (ESC ignores per-user zone keys)."""
+    probe = probe or {}
+    zones = probe.get("zones") or {}
+    out = []
+    for u in urls or []:
+        z = zones.get(u)
+        name = IE_ZONE_NAMES.get(z, "unknown") if isinstance(z, int) else "not read"
+        detail = f"Windows maps {u} to zone {z} ({name})"
+        if z != IE_TRUSTED_ZONE:
+            detail += f", not {IE_TRUSTED_ZONE} ({IE_ZONE_NAMES[IE_TRUSTED_ZONE]})"
+            if probe.get("gpo_sources"):
+                detail += "; a Group Policy owns the Site to Zone Assignment List: add the site there"
+        out.append(check(f"IE zone of {u}", z == IE_TRUSTED_ZONE, detail, role))
+    esc = probe.get("esc") or {}
+    if per_user and not machine_policy:
+        on = [w for w in ("admins", "users") if esc.get(w)]
+        out.append(check("IE Enhanced Security Configuration off", not on,
+                         "off" if not on else f"on for {' and '.join(on)}: it ignores per-user zone assignments; "
+                         "turn it off (Server Manager > Local Server) or use the machine policy "
+                         "(windows_ie_zones_machine_policy: true)", role))
+    return out
 
 
 def _ie_user_entries(mode, hosts, zones, scheme, user, domains=None, psl=None):
@@ -537,15 +613,23 @@ def _ie_user_entries(mode, hosts, zones, scheme, user, domains=None, psl=None):
     return out
 
 
-def ie_users(profiles, include_default=True, exclude_sids=()):
-    """User profiles from the probe ({sid, profile_path, loaded}) that get per-user settings."""
+def ie_users(profiles, include_default=True, exclude_sids=(), default_profile=None):
+    """User profiles from files/user_profiles.ps1 ({sid, profile_path, loaded, ntuser_exists}) that get
+    per-user settings. A hive that is not loaded is only used when its NTUSER.DAT exists (stale ProfileList
+    entries, FSLogix / User Profile Disk profiles have none there). The Default profile is ProfileList's
+    `Default` (`default_profile` {path, ntuser_exists}), not a hard-coded C:\\Users\\Default."""
     out = []
     for p in profiles or []:
         sid = p.get("sid", "")
-        if _SID.match(sid) and sid not in exclude_sids and p.get("profile_path"):
-            out.append({"sid": sid, "profile_path": p["profile_path"], "loaded": bool(p.get("loaded"))})
+        if not (_SID.match(sid) and sid not in exclude_sids and p.get("profile_path")):
+            continue
+        if not p.get("loaded") and not p.get("ntuser_exists"):
+            continue
+        out.append({"sid": sid, "profile_path": p["profile_path"], "loaded": bool(p.get("loaded"))})
     if include_default:
-        out.append({"sid": "Default", "profile_path": "C:\\Users\\Default", "loaded": False})
+        d = default_profile or {}
+        if d.get("path") and d.get("ntuser_exists"):
+            out.append({"sid": "Default", "profile_path": d["path"], "loaded": False})
     return out
 
 
@@ -569,7 +653,8 @@ def _arch_label(arch):
 
 
 def _arch_of(item, what):
-    if item.get("arch"):
+    """Architecture of a probe item ({machine}: the PE header's) or of a planned one ({arch})."""
+    if "machine" not in item and item.get("arch"):
         if item["arch"] not in ARCH_BITS:
             raise WindowsPlanError(f"{what} {item.get('path')}: unknown architecture {item['arch']!r}")
         return item["arch"]
@@ -625,9 +710,10 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
     """
     installs = firefox_installs(probe.get("installs"))
     if not installs:
-        raise WindowsPlanError("no Firefox install found on the host (looked in Program Files, Program Files (x86) "
-                               "and the Mozilla registry keys): install Firefox first, or set "
-                               "windows_firefox_policies_firefox_dirs")
+        raise WindowsPlanError("no Firefox install found on the host (looked in Program Files, Program Files (x86), "
+                               "the Mozilla registry keys of the machine and of loaded user hives, each profile's "
+                               "AppData\\Local\\Mozilla Firefox and the Microsoft Store packages): install Firefox "
+                               "first, or set windows_firefox_policies_firefox_dirs")
     warnings = []
     for i in installs:
         if not security_device:
@@ -639,9 +725,9 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
                 f"Firefox {i['path']} is version {i.get('version')}: SecurityDevices.Add needs Firefox 114 or "
                 "ESR 102.12 and later, this one would ignore it. Update Firefox (ESR 115 or later), or set "
                 "windows_firefox_policies_security_device: false")
-        if add_ok is None and i.get("version") is not None:
+        if add_ok is None:  # no ProductVersion read (None) is as unknown as an odd one: never passed silently
             warnings.append(f"Firefox {i['path']}: version {i.get('version')!r} unreadable; SecurityDevices.Add "
-                            "needs Firefox 114 / ESR 102.12 or later")
+                            "needs Firefox 114 / ESR 102.12 or later: check Help > About Firefox on this host")
         try:
             i["gclib"] = choose_gclib(i, probe.get("gclib"))["path"]
         except WindowsPlanError:
@@ -649,7 +735,12 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
                 raise
             i["gclib"] = expected_gclib(i, probe.get("gclib"))["path"]
             warnings.append(f"gclib.dll not installed yet; assuming {i['gclib']} (check mode)")
-    target = firefox_target(gpo_present(probe.get("gpo")), prefer)
+    target = firefox_target(gpo_present(probe.get("gpo")), prefer, [i["kind"] for i in installs])
+    if prefer == "auto" and target == "registry":
+        warnings.append("Firefox " + ", ".join(f"{i['path']} ({i['kind']})" for i in installs
+                                               if i["kind"] != "machine")
+                        + ": a Microsoft Store or per-user install, whose folder cannot hold a policies.json "
+                          "users cannot change: the policies go to the machine GPO registry instead")
 
     def fragment(dll):
         return desired_fragment(certificate_paths, {device_name: dll} if dll else {}, import_enterprise_roots)
@@ -745,12 +836,15 @@ def firefox_installs(probe_installs):
         d = i.get("dir") or i["path"].rsplit("\\", 1)[0]
         out.append({"path": i["path"], "dir": d, "arch": _arch_of(i, "Firefox"),
                     "distribution": d + "\\distribution", "policies_json": d + "\\distribution\\policies.json",
-                    "version": i.get("version")})
+                    "version": i.get("version"), "kind": i.get("kind") or "machine"})
     return out
 
 
-def firefox_target(gpo_present, prefer="auto"):
-    """Where our policies go: `json` (distribution\\policies.json) unless `registry` is asked for.
+def firefox_target(gpo_present, prefer="auto", kinds=()):
+    """Where our policies go: `json` (distribution\\policies.json) unless `registry` is asked for, or a
+    Firefox of `kinds` is a Microsoft Store build (its folder under WindowsApps cannot be written) or a
+    per-user install (its folder belongs to the user, who could rewrite a policies.json there): those read
+    the machine GPO registry, which only administrators write.
 
     `auto` never writes into HKLM\\SOFTWARE\\Policies\\Mozilla\\Firefox, even on a host with Firefox
     GPO policies: that key belongs to Group Policy, whose list policies (Certificates\\Install,
@@ -759,7 +853,9 @@ def firefox_target(gpo_present, prefer="auto"):
     """
     if prefer not in ("auto", "json", "registry"):
         raise WindowsPlanError(f"windows_firefox_policies_target must be auto, json or registry, got {prefer!r}")
-    return "json" if prefer == "auto" else prefer
+    if prefer == "auto":
+        return "registry" if {"store", "user"} & set(kinds or ()) else "json"
+    return prefer
 
 
 def gpo_present(dump):
@@ -901,9 +997,13 @@ def _norm_name(s):
     return " ".join(str(s or "").split()).casefold()
 
 
-def legacy_match(entries, patterns=DEFAULT_LEGACY_PRODUCTS, exclude_ids=()):
+def legacy_match(entries, patterns=DEFAULT_LEGACY_PRODUCTS, exclude_ids=(), uninstall_arguments=None):
     """Uninstall-key entries whose DisplayName matches one of `patterns` (case-insensitive,
     whitespace-normalised, `*`/`?` globs allowed), as win_package removal items.
+
+    With `uninstall_arguments` ({key: silent switches}, the removal plan), a product that is not an MSI
+    and has no QuietUninstallString nor arguments given is refused: win_package would run its
+    UninstallString, an interactive uninstaller, in the WinRM session where no one can click it (it hangs).
 
     `entries`: [{key, display_name, display_version, windows_installer, uninstall_string,
     quiet_uninstall_string, view}] from both registry views (64 and 32-bit).
@@ -924,6 +1024,15 @@ def legacy_match(entries, patterns=DEFAULT_LEGACY_PRODUCTS, exclude_ids=()):
         if not msi and not (e.get("quiet_uninstall_string") or e.get("uninstall_string")):
             raise WindowsPlanError(f"legacy product {e.get('display_name')!r} ({key}, {e.get('view', '?')}-bit view) "
                                    "has no UninstallString: remove it by hand")
+        args = {str(k).casefold(): v for k, v in (uninstall_arguments or {}).items()}
+        if (uninstall_arguments is not None and not msi and not e.get("quiet_uninstall_string")
+                and not args.get(key.casefold())):
+            raise WindowsPlanError(
+                f"legacy product {e.get('display_name')!r} ({key}, {e.get('view', '?')}-bit view) is not an MSI and "
+                f"has no QuietUninstallString: its UninstallString {e.get('uninstall_string')!r} would start an "
+                "interactive uninstaller in the WinRM session, where no one can answer it (the run hangs). Give its "
+                f"silent switches in token_middleware_legacy_uninstall_arguments ({{'{key}': '/S'}} for an NSIS "
+                "uninstaller, '/VERYSILENT' for Inno Setup), or remove it by hand")
         out.append({"product_id": key, "display_name": e.get("display_name"),
                     "display_version": e.get("display_version"), "provider": "msi" if msi else "registry",
                     "view": e.get("view"), "pattern": hit})
@@ -1096,6 +1205,19 @@ def token_checks(probe, role="windows_verify"):
     out.append(check("smart card service", svc_ok,
                      f"SCardSvr {svc.get('status')}, start {svc.get('start_type')}" if svc.get("exists")
                      else "SCardSvr (Smart Card service) does not exist", role))
+    cp = probe.get("certprop") or {}
+    cp_ok = bool(cp.get("exists")) and cp.get("start_type") == "Automatic" and cp.get("status") == "Running"
+    out.append(check("certificate propagation service", cp_ok,
+                     f"CertPropSvc {cp.get('status')}, start {cp.get('start_type')}"
+                     + ("" if cp_ok else ": it copies the key's certificates into the user's personal store when the "
+                        "key is inserted (what 'Tout enregistrer' of Classic Client Toolbox does by hand); set it to "
+                        "Automatic and start it (role token_middleware, token_middleware_certprop)")
+                     if cp.get("exists") else "CertPropSvc (Certificate Propagation) does not exist", role))
+    if probe.get("rds_session_host"):
+        out.append(check("smart card reader", True, "not visible over WinRM on an RDS host: the key is redirected "
+                         "into the user's remote session, which a WinRM session cannot see; check it from that "
+                         "session (certutil -scinfo)", role))
+        return out
     sc = probe.get("scard") or {}
     err = _scard_error(sc.get("context_error")) or _scard_error(sc.get("list_error"))
     readers = sc.get("readers") or []

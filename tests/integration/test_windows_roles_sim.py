@@ -69,14 +69,14 @@ GCLIB64 = "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll"
 def firefox_probe(version="128.5.0", gpo=None, policies_json=None):
     """MOCK of roles/windows_firefox_policies/files/firefox_probe.ps1 output: 64-bit Firefox and Classic Client."""
     return {"installs": [{"path": FIREFOX + "\\firefox.exe", "dir": FIREFOX, "exists": True, "machine": 34404,
-                          "version": version}],
-            "gclib": [{"path": GCLIB64, "exists": True, "machine": 34404}],
-            "gpo": gpo or {}, "policies_json": policies_json or {}}
+                          "version": version, "kind": "machine"}],
+            "gclib": [{"path": GCLIB64, "exists": True, "machine": 34404, "version": "10.8.0.0"}],
+            "gpo": gpo or {}, "gpo_users": {}, "policies_json": policies_json or {}}
 
 
 def _firefox_host(tmp_path, **probe):
     state = new_state()
-    state["powershell"]["read-only probe of Firefox installs"] = firefox_probe(**probe)
+    state["powershell"]["firefox_probe.ps1"] = firefox_probe(**probe)
     return Host(tmp_path, state)
 
 
@@ -101,9 +101,7 @@ def test_certificates_install_paths_are_the_files_copied(tmp_path, cas):
 
 
 def _middleware_host(tmp_path, entries=()):
-    state = new_state()
-    state["powershell"]["list the machine-wide Uninstall entries"] = {"entries": list(entries)}
-    return Host(tmp_path, state)
+    return Host(tmp_path, new_state(uninstall_entries=list(entries)))
 
 
 def test_controller_msi_is_installed_from_the_path_it_was_copied_to(tmp_path):
@@ -130,9 +128,11 @@ TOKEN_ATR = "3BFF9600008131FE4380318065B0846566FB120177829000F7"
 def token_probe(present=True):
     """MOCK of roles/windows_verify/files/token_probe.ps1 output (made-up IDPrime-like ATR)."""
     return {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
-            "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK"}],
+            "certprop": {"exists": True, "status": "Running", "start_type": "Automatic"}, "rds_session_host": False,
+            "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK", "instance_id": "USB\\VID_08E6"}],
             "scard": {"context_error": None, "list_error": None,
                       "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": present,
+                                   "event_state": 0x22 if present else 0x12, "atr_length": len(TOKEN_ATR) // 2,
                                    "atr": TOKEN_ATR if present else ""}]},
             "registered_cards": [{"name": "Gemalto IDPrime", "view": 64, "atr": TOKEN_ATR,
                                   "atr_mask": "FF" * (len(TOKEN_ATR) // 2), "minidriver": "axaltocm.dll",
@@ -141,9 +141,9 @@ def token_probe(present=True):
 
 
 def _site_host(tmp_path, legacy=()):
-    state = new_state()
-    state["powershell"]["read-only probe of Firefox installs"] = firefox_probe()
-    state["powershell"]["read-only probe of the smart card side"] = token_probe()
+    state = new_state(services={"CertPropSvc": {"start_mode": "auto", "state": "started"}})
+    state["powershell"]["firefox_probe.ps1"] = firefox_probe()
+    state["powershell"]["token_probe.ps1"] = token_probe()
     state["uninstall_entries"] = list(legacy)
     return Host(tmp_path, state)
 
@@ -207,8 +207,8 @@ def test_share_msi_over_ntlm_is_refused_before_anything_runs(tmp_path):
     assert host.calls() == []
 
 
-ADMINS_ONLY = [{"user": "BUILTIN\\Administrators", "rights": "FullControl", "type": "allow", "state": "present"},
-               {"user": "NT AUTHORITY\\SYSTEM", "rights": "FullControl", "type": "allow", "state": "present"}]
+ADMINS_ONLY = [{"sid": "S-1-5-32-544", "rights": "FullControl", "type": "allow"},
+               {"sid": "S-1-5-18", "rights": "FullControl", "type": "allow"}]
 
 
 @pytest.mark.parametrize("role,var,folder", [
@@ -220,7 +220,7 @@ def test_staging_folders_are_admin_only(tmp_path, cas, role, var, folder):
     msi = tmp_path / "cc.msi"
     msi.write_bytes(b"msi")
     state = new_state(uninstall_entries=[])
-    state["powershell"]["read-only probe of Firefox installs"] = firefox_probe()
+    state["powershell"]["firefox_probe.ps1"] = firefox_probe()
     host = Host(tmp_path, state)
     p = host.role(role, extra_vars={"tokentrust_ca_set": cas, "token_middleware_msi_src": str(msi),
                                     "token_middleware_msi_checksum": "00" * 32, "token_middleware_verify": False})
@@ -228,15 +228,17 @@ def test_staging_folders_are_admin_only(tmp_path, cas, role, var, folder):
     dirs = host.load()["dirs"]
     for d in ("c:\\programdata\\tokentrust", folder):
         assert dirs[d]["inherit"] is False, d  # cut from ProgramData's ACL (Users may create, CREATOR OWNER)
-        assert dirs[d]["owner"] == "BUILTIN\\Administrators"
-        assert [{k: a[k] for k in ("user", "rights", "type", "state")} for a in dirs[d]["acl"]] == ADMINS_ONLY
-    assert dirs["c:\\programdata"]["acl"] == []  # ProgramData itself is left alone
+        assert dirs[d]["owner"] == "S-1-5-32-544"
+        want = ADMINS_ONLY + ([{"sid": "S-1-5-32-545", "rights": "ReadAndExecute", "type": "allow"}]
+                              if d.endswith("certs") else [])
+        assert [{k: a[k] for k in ("sid", "rights", "type")} for a in dirs[d]["acl"]] == want
+    assert len(dirs["c:\\programdata"]["acl"]) == 5  # ProgramData itself is left alone
 
 
 @pytest.mark.parametrize("planted", [
-    {"c:\\programdata\\tokentrust": {"owner": "PC-01\\mallory", "inherit": True, "acl": []}},
-    {"c:\\programdata\\tokentrust": {"owner": "BUILTIN\\Administrators", "inherit": False, "acl": []},
-     "c:\\programdata\\tokentrust\\staging": {"owner": "PC-01\\mallory", "inherit": True, "acl": []}},
+    {"c:\\programdata\\tokentrust": {"owner": "S-1-5-21-1-2-3-1001", "inherit": True, "acl": []}},
+    {"c:\\programdata\\tokentrust": {"owner": "S-1-5-32-544", "inherit": False, "acl": []},
+     "c:\\programdata\\tokentrust\\staging": {"owner": "S-1-5-21-1-2-3-1001", "inherit": True, "acl": []}},
 ])
 def test_a_folder_planted_by_a_user_stops_the_run(tmp_path, cas, planted):
     state = new_state()
@@ -244,7 +246,8 @@ def test_a_folder_planted_by_a_user_stops_the_run(tmp_path, cas, planted):
     host = Host(tmp_path, state)
     p = host.role("windows_trust_store", extra_vars={"tokentrust_ca_set": cas})
     assert p.returncode != 0
-    assert "is owned by PC-01\\mallory, not by BUILTIN\\Administrators or NT AUTHORITY\\SYSTEM" in p.stdout + p.stderr
+    assert ("is owned by PC-01\\mallory (S-1-5-21-1-2-3-1001), not by S-1-5-18 (the local system account) or "
+            "S-1-5-32-544 (the Administrators group)") in p.stdout + p.stderr
     assert host.calls("win_copy") == [] and host.calls("win_certificate_store") == []
     assert host.calls("win_acl") == [] and host.load()["stores"]["LocalMachine\\Root"] == {}
 
@@ -278,9 +281,10 @@ def test_ie_zones_warns_that_the_machine_list_replaces_the_users_lists(tmp_path)
 def test_ie_zones_per_user_only_for_an_entra_id_user(tmp_path):
     entra = "S-1-12-1-1111111111-2222222222-3333333333-4444444444"
     state = new_state()
-    state["powershell"]["list the user profiles"] = {
-        "profiles": [{"sid": entra, "profile_path": "C:\\Users\\anna", "loaded": True}],
-        "connection_sid": "S-1-5-21-9-9-9-500"}
+    state["powershell"]["user_profiles.ps1"] = {
+        "profiles": [{"sid": entra, "profile_path": "C:\\Users\\anna", "loaded": True, "ntuser_exists": True}],
+        "connection_sid": "S-1-5-21-9-9-9-500",
+        "default_profile": {"path": "C:\\Users\\Default", "ntuser_exists": True}}
     host = Host(tmp_path, state)
     site = "services.example.co.uk"
     p = host.role("windows_ie_zones", extra_vars={
@@ -325,12 +329,13 @@ def test_windows_playbook_report_has_the_token_checks_and_says_what_was_not_veri
     assert p.returncode == 0, p.stdout[-3000:]
     rep = facts["tokentrust_windows_report"]
     token = [c for c in rep["checks"] if c["role"] == "windows_verify"]
-    assert [c["name"] for c in token] == ["smart card service", "smart card reader", "token inserted",
+    assert [c["name"] for c in token] == ["smart card service", "certificate propagation service",
+                                          "smart card reader", "token inserted",
                                           "minidriver for the token in Gemalto USB Smart Card Reader 0"]
     assert rep["ok"] and any("PIN entry" in x for x in rep["not_verified"])
     # token unplugged: the report says so and fails
     s = host.load()
-    s["powershell"]["read-only probe of the smart card side"] = token_probe(present=False)
+    s["powershell"]["token_probe.ps1"] = token_probe(present=False)
     host.save(s)
     p2, facts2 = host.run(["windows_verify"], {}, facts=["tokentrust_windows_report"])
     assert p2.returncode == 0

@@ -251,11 +251,14 @@ def test_ie_keep_is_empty():
 def test_ie_per_user_hives():
     users = tw.ie_users([
         {"sid": "S-1-5-21-11-22-33-1001", "profile_path": "C:\\Users\\alice", "loaded": True},
-        {"sid": "S-1-5-21-11-22-33-1002", "profile_path": "C:\\Users\\bob", "loaded": False},
+        {"sid": "S-1-5-21-11-22-33-1002", "profile_path": "C:\\Users\\bob", "loaded": False, "ntuser_exists": True},
         {"sid": "S-1-5-18", "profile_path": "C:\\Windows\\system32\\config\\systemprofile", "loaded": True},
         {"sid": "S-1-5-21-11-22-33-500", "profile_path": "C:\\Users\\ansible", "loaded": True},
-    ], exclude_sids=["S-1-5-21-11-22-33-500"])
+        # a stale ProfileList entry / an FSLogix profile: no NTUSER.DAT to load
+        {"sid": "S-1-5-21-11-22-33-1003", "profile_path": "C:\\Users\\carol", "loaded": False, "ntuser_exists": False},
+    ], exclude_sids=["S-1-5-21-11-22-33-500"], default_profile={"path": "D:\\Profiles\\Default", "ntuser_exists": True})
     assert [u["sid"] for u in users] == ["S-1-5-21-11-22-33-1001", "S-1-5-21-11-22-33-1002", "Default"]
+    assert users[-1]["profile_path"] == "D:\\Profiles\\Default"
     entries = tw.ie_plan("disable_protected_mode", zones=[3], users=users, per_user=True)
     alice = [e for e in entries if e["scope"] == "user:S-1-5-21-11-22-33-1001"]
     bob = [e for e in entries if e["scope"] == "user:S-1-5-21-11-22-33-1002"]
@@ -268,7 +271,7 @@ def test_ie_per_user_hives():
     }
     assert all("hive" not in e for e in alice)
     assert all(e["hive"] == "C:\\Users\\bob\\NTUSER.DAT" and e["path"].startswith("HKLM:\\ANSIBLE\\") for e in bob)
-    assert all(e["hive"] == "C:\\Users\\Default\\NTUSER.DAT" for e in default)
+    assert default and all(e["hive"] == "D:\\Profiles\\Default\\NTUSER.DAT" for e in default)
     assert not any(e["path"].startswith("HKCU:") for e in entries)
 
 
@@ -333,8 +336,8 @@ def test_ie_per_user_only_leaves_the_machine_policy_alone():
 
 
 # ------------------------------------------------------------------ Firefox bitness
-FX64 = {"path": "C:\\Program Files\\Mozilla Firefox\\firefox.exe", "machine": 0x8664}
-FX32 = {"path": "C:\\Program Files (x86)\\Mozilla Firefox\\firefox.exe", "machine": "0x014C"}
+FX64 = {"path": "C:\\Program Files\\Mozilla Firefox\\firefox.exe", "machine": 0x8664, "version": "128.5.0"}
+FX32 = {"path": "C:\\Program Files (x86)\\Mozilla Firefox\\firefox.exe", "machine": "0x014C", "version": "115.4.0esr"}
 GCLIB = library_candidates("Windows")
 G64 = {"path": GCLIB[0], "exists": True, "machine": 34404}
 T64 = {"path": GCLIB[1], "exists": True, "machine": 34404}
@@ -380,7 +383,7 @@ def test_firefox_installs():
     assert got == [{"path": FX64["path"], "dir": "C:\\Program Files\\Mozilla Firefox", "arch": "x64",
                     "distribution": "C:\\Program Files\\Mozilla Firefox\\distribution",
                     "policies_json": "C:\\Program Files\\Mozilla Firefox\\distribution\\policies.json",
-                    "version": None}]
+                    "version": "128.5.0", "kind": "machine"}]
 
 
 # ------------------------------------------------------------------ Firefox GPO registry / policies.json
@@ -699,17 +702,28 @@ def test_private_chain():
             tw.private_chain(bad)
 
 
-@pytest.mark.parametrize("stat,msg", [
+@pytest.mark.parametrize("folder,msg", [
     ({"exists": False}, None),
-    ({"exists": True, "isdir": True, "owner": "BUILTIN\\Administrators"}, None),
-    ({"exists": True, "isdir": True, "owner": "S-1-5-18"}, None),
-    ({"exists": True, "isdir": True, "owner": "PC\\bob"}, "owned by PC\\bob"),
-    ({"exists": True, "isdir": True, "isjunction": True, "owner": "BUILTIN\\Administrators"}, "link or junction"),
-    ({"exists": True, "isdir": False, "owner": "BUILTIN\\Administrators"}, "not a folder"),
+    ({"exists": True, "isdir": True, "owner_sid": "S-1-5-32-544", "owner_name": "BUILTIN\\Administrateurs"}, None),
+    ({"exists": True, "isdir": True, "owner_sid": "S-1-5-18"}, None),
+    ({"exists": True, "isdir": True, "owner_sid": "S-1-5-21-1-2-3-1001", "owner_name": "PC\\bob"},
+     "owned by PC\\bob (S-1-5-21-1-2-3-1001), not by S-1-5-18 (the local system account) or S-1-5-32-544"),
+    ({"exists": True, "isdir": True, "reparse": True, "owner_sid": "S-1-5-32-544"}, "link or junction"),
+    ({"exists": True, "isdir": False, "owner_sid": "S-1-5-32-544"}, "not a folder"),
 ])
-def test_private_dir_problems(stat, msg):
-    got = tw.private_dir_problems([{"item": "C:\\ProgramData\\tokentrust", "stat": stat}])
+def test_private_dir_problems(folder, msg):
+    got = tw.private_dir_problems([dict(folder, path="C:\\ProgramData\\tokentrust")])
     assert (got == []) if msg is None else (len(got) == 1 and msg in got[0] and "C:\\ProgramData\\tokentrust" in got[0])
+
+
+def test_private_dir_owners_and_readers_must_be_sids():
+    with pytest.raises(tw.WindowsPlanError, match="is not a SID: give accounts as SIDs"):
+        tw.private_dir_problems([], owners=["BUILTIN\\Administrators"])
+    with pytest.raises(tw.WindowsPlanError, match="windows_private_dir_readers: 'Users' is not a SID"):
+        tw.private_aces(["Users"])
+    assert tw.private_aces(["S-1-5-32-545"]) == [
+        {"sid": "S-1-5-32-544", "rights": "FullControl"}, {"sid": "S-1-5-18", "rights": "FullControl"},
+        {"sid": "S-1-5-32-545", "rights": "ReadAndExecute"}]
 
 
 @pytest.mark.skipif(tw.load_psl() is None, reason="no Public Suffix List file on this machine (package publicsuffix)")
@@ -723,6 +737,7 @@ IDPRIME_ATR = "3BFF9600008131FE4380318065B0846566FB120177829000F7"   # an IDPrim
 
 def _token_probe(**kw):
     p = {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
+         "certprop": {"exists": True, "status": "Running", "start_type": "Automatic"}, "rds_session_host": False,
          "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK"}],
          "scard": {"context_error": None, "list_error": None,
                    "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": True, "atr": IDPRIME_ATR}]},
@@ -743,7 +758,8 @@ def test_atr_matches_with_mask_like_windows():
 
 def test_token_checks_all_good():
     checks = tw.token_checks(_token_probe())
-    assert [c["name"] for c in checks] == ["smart card service", "smart card reader", "token inserted",
+    assert [c["name"] for c in checks] == ["smart card service", "certificate propagation service",
+                                           "smart card reader", "token inserted",
                                            "minidriver for the token in Gemalto USB Smart Card Reader 0"]
     assert all(c["ok"] for c in checks) and "axaltocm.dll" in checks[-1]["detail"]
 
@@ -766,5 +782,63 @@ def test_token_checks_unknown_card_has_no_minidriver():
 def test_token_checks_disabled_service_and_no_reader():
     checks = tw.token_checks(_token_probe(service={"exists": True, "status": "Stopped", "start_type": "Disabled"},
                                           pnp_readers=[], scard={"readers": []}))
-    assert [c["ok"] for c in checks] == [False, False, False]
-    assert "is the token plugged in?" in checks[1]["detail"]
+    assert [c["ok"] for c in checks] == [False, True, False, False]
+    assert "is the token plugged in?" in checks[2]["detail"]
+
+
+def test_token_checks_certificate_propagation_stopped():
+    checks = tw.token_checks(_token_probe(certprop={"exists": True, "status": "Stopped", "start_type": "Manual"}))
+    bad = [c for c in checks if not c["ok"]]
+    assert [c["name"] for c in bad] == ["certificate propagation service"]
+    assert "Tout enregistrer" in bad[0]["detail"] and "set it to Automatic and start it" in bad[0]["detail"]
+
+
+def test_token_checks_on_an_rds_session_host_say_not_visible_instead_of_failing():
+    checks = tw.token_checks(_token_probe(rds_session_host=True, scard={"readers": []}, pnp_readers=[]))
+    assert all(c["ok"] for c in checks)
+    assert [c["name"] for c in checks] == ["smart card service", "certificate propagation service", "smart card reader"]
+    assert checks[-1]["detail"].startswith("not visible over WinRM on an RDS host")
+
+
+@pytest.mark.parametrize("version", [None, "", "nightly"])
+def test_an_unreadable_firefox_version_is_warned_about(version):
+    probe = {"installs": [dict(FX64, dir="C:\\Program Files\\Mozilla Firefox", exists=True, version=version)],
+             "gclib": [{"path": "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll", "exists": True,
+                        "machine": 0x8664}], "gpo": {}, "gpo_users": {}, "policies_json": {}}
+    plan = tw.firefox_plan(probe, ["C:\\ProgramData\\tokentrust\\certs\\a.pem"])
+    assert any(f"version {version!r} unreadable; SecurityDevices.Add needs Firefox 114" in w for w in plan["warnings"])
+
+
+def test_ie_a_group_policy_zone_list_is_not_written_and_the_gpo_values_are_given():
+    plan = tw.ie_plan("trusted_sites", sites=["services.certeurope.fr"], zonemap_gpo=True)
+    assert not [e for e in plan if "ZoneMapKey" in e["path"] or e["name"] == "ListBox_Support_ZoneMapKey"]
+    advice = tw.ie_gpo_advice(["services.certeurope.fr"], "https", ["C:\\ProgramData\\Microsoft\\Group Policy\\History"
+                                                                      "\\{31B2F340}\\Machine\\Registry.pol"])
+    assert "each refresh rewrites the whole list, so tokentrust writes nothing there" in advice
+    assert advice.endswith("Site to Zone Assignment List): https://services.certeurope.fr = 2")
+    assert tw.ie_gpo_advice(["services.certeurope.fr"], "https", []) == ""
+
+
+def test_ie_checks_read_the_zone_windows_applies_and_esc():
+    urls = tw.ie_urls(["services.certeurope.fr", "*.example.fr"], "*")
+    assert urls == ["https://services.certeurope.fr", "https://example.fr"]
+    probe = {"zones": {urls[0]: 2, urls[1]: 3}, "gpo_sources": ["X.pol"], "esc": {"admins": True, "users": False}}
+    checks = tw.ie_checks(urls, probe, per_user=True, machine_policy=False)
+    assert [(c["name"], c["ok"]) for c in checks] == [
+        ("IE zone of https://services.certeurope.fr", True), ("IE zone of https://example.fr", False),
+        ("IE Enhanced Security Configuration off", False)]
+    assert "zone 3 (Internet), not 2 (Trusted sites); a Group Policy owns" in checks[1]["detail"]
+    assert "on for admins: it ignores per-user zone assignments" in checks[2]["detail"]
+
+
+@pytest.mark.parametrize("kind", ["store", "user"])
+def test_a_store_or_per_user_firefox_gets_the_gpo_registry(kind):
+    store = ("C:\\Program Files\\WindowsApps\\Mozilla.Firefox_128.0.0.0_x64__n80bbvh6b1yt2"
+             "\\VFS\\ProgramFiles\\Firefox Package Root")
+    probe = {"installs": [dict(FX64, path=store + "\\firefox.exe", dir=store, exists=True, kind=kind)],
+             "gclib": [{"path": "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll", "exists": True,
+                        "machine": 0x8664}], "gpo": {}, "gpo_users": {}, "policies_json": {}}
+    plan = tw.firefox_plan(probe, ["C:\\ProgramData\\tokentrust\\certs\\a.pem"])
+    assert plan["target"] == "registry" and plan["json"] == [] and plan["registry"]
+    assert any(f"({kind}): a Microsoft Store or per-user install" in w for w in plan["warnings"])
+    assert tw.firefox_plan(probe, ["C:\\x\\a.pem"], prefer="json")["target"] == "json"

@@ -31,53 +31,81 @@ function Get-FileInfo([string]$Path) {
     return @{ path = $Path; exists = $false; machine = $null; version = $null }
 }
 
-# Firefox: the given folders, then the install folders Mozilla's installer registers (both views).
+# Firefox: the given folders, the install folders Mozilla's installer registers (machine: both views; per
+# user: each loaded user hive), each profile's %LOCALAPPDATA%\Mozilla Firefox, and the Microsoft Store build.
 $dirs = [System.Collections.Generic.List[string]]::new()
-foreach ($d in $FirefoxDirs) { $dirs.Add($d.TrimEnd('\')) }
-foreach ($view in 'Registry64', 'Registry32') {
-    $base = [Microsoft.Win32.RegistryKey]::OpenBaseKey('LocalMachine', $view)
-    $moz = $base.OpenSubKey('SOFTWARE\Mozilla\Mozilla Firefox')
+$kinds = @{}
+function Add-Dir([string]$Dir, [string]$Kind) {
+    $d = $Dir.TrimEnd('\')
+    if ($d -and -not $dirs.Contains($d)) { $dirs.Add($d); $kinds[$d] = $Kind }
+}
+foreach ($d in $FirefoxDirs) { Add-Dir $d 'machine' }
+function Read-Installs($Root, [string]$Kind) {
+    $moz = $Root.OpenSubKey('SOFTWARE\Mozilla\Mozilla Firefox')
     if ($moz) {
         foreach ($ver in $moz.GetSubKeyNames()) {
             $main = $moz.OpenSubKey("$ver\Main")
             if ($main) {
                 $dir = $main.GetValue('Install Directory')
-                if ($dir -and -not $dirs.Contains($dir.TrimEnd('\'))) { $dirs.Add($dir.TrimEnd('\')) }
+                if ($dir) { Add-Dir $dir $Kind }
                 $main.Close()
             }
         }
         $moz.Close()
     }
+}
+foreach ($view in 'Registry64', 'Registry32') {
+    $base = [Microsoft.Win32.RegistryKey]::OpenBaseKey('LocalMachine', $view)
+    Read-Installs $base 'machine'
     $base.Close()
 }
-$installs = @(foreach ($d in $dirs) { $i = Get-FileInfo "$d\firefox.exe"; $i.dir = $d; $i })
+foreach ($sid in [Microsoft.Win32.Registry]::Users.GetSubKeyNames()) {
+    if ($sid -notmatch '^S-1-(5-21|12-1)-[\d-]+$') { continue }
+    $hive = [Microsoft.Win32.Registry]::Users.OpenSubKey($sid)
+    if ($hive) { Read-Installs $hive 'user'; $hive.Close() }
+}
+$list = [Microsoft.Win32.Registry]::LocalMachine.OpenSubKey('SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList')
+foreach ($sid in $list.GetSubKeyNames()) {
+    if ($sid -notmatch '^S-1-(5-21|12-1)-[\d-]+$') { continue }
+    $image = $list.OpenSubKey($sid).GetValue('ProfileImagePath')
+    if ($image) {
+        $local = [Environment]::ExpandEnvironmentVariables($image) + '\AppData\Local\Mozilla Firefox'
+        if (Test-Path -LiteralPath "$local\firefox.exe" -PathType Leaf) { Add-Dir $local 'user' }
+    }
+}
+$list.Close()
+foreach ($pkg in @(Get-AppxPackage -AllUsers -Name 'Mozilla.Firefox*' -ErrorAction SilentlyContinue)) {
+    Add-Dir "$($pkg.InstallLocation)\VFS\ProgramFiles\Firefox Package Root" 'store'
+}
+$installs = @(foreach ($d in $dirs) { $i = Get-FileInfo "$d\firefox.exe"; $i.dir = $d; $i.kind = "$($kinds[$d])"; $i })
 $gclib = @(foreach ($p in $GclibPaths) { Get-FileInfo $p })
 
 # GPO registry: {relative key: {value name: data}}, machine (HKLM) and per loaded user hive (HKU\<SID>:
 # Firefox also reads user Group Policy from HKCU).
-function Read-Key($Key, [string]$Rel, [hashtable]$Into) {
+function Read-Key($Key, [string]$Rel) {
+    $dump = @{}
     $values = @{}
     foreach ($n in $Key.GetValueNames()) {
         if ($n) { $values[$n] = $Key.GetValue($n, $null, 'DoNotExpandEnvironmentNames') }
     }
-    $Into[$Rel] = $values
+    $dump[$Rel] = $values
     foreach ($s in $Key.GetSubKeyNames()) {
         $sub = $Key.OpenSubKey($s)
-        Read-Key $sub $(if ($Rel) { "$Rel\$s" } else { $s }) $Into
+        $below = Read-Key $sub $(if ($Rel) { "$Rel\$s" } else { $s })
+        foreach ($e in $below.GetEnumerator()) { $dump[$e.Key] = $e.Value }
         $sub.Close()
     }
+    return $dump
 }
 $gpo = @{}
 $root = [Microsoft.Win32.Registry]::LocalMachine.OpenSubKey('SOFTWARE\Policies\Mozilla\Firefox')
-if ($root) { Read-Key $root '' $gpo; $root.Close() }
+if ($root) { $gpo = Read-Key $root ''; $root.Close() }
 $gpoUsers = @{}
 foreach ($sid in [Microsoft.Win32.Registry]::Users.GetSubKeyNames()) {
     if ($sid -notmatch '^S-1-(5-21|12-1)-[\d-]+$') { continue }   # user hives, not *_Classes or well-known SIDs
     $userRoot = [Microsoft.Win32.Registry]::Users.OpenSubKey("$sid\Software\Policies\Mozilla\Firefox")
     if ($userRoot) {
-        $dump = @{}
-        Read-Key $userRoot '' $dump
-        $gpoUsers[$sid] = $dump
+        $gpoUsers[$sid] = Read-Key $userRoot ''
         $userRoot.Close()
     }
 }

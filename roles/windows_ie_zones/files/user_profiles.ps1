@@ -1,15 +1,23 @@
 # tokentrust: list the user profiles (read-only). Runs in check mode too.
+# A profile whose hive is not loaded is only usable when its NTUSER.DAT exists (stale ProfileList entries,
+# FSLogix or User Profile Disk profiles on RDS keep it elsewhere); the Default profile is ProfileList's.
 [CmdletBinding(SupportsShouldProcess)]
 param ()
 $Ansible.Changed = $false
+$list = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList'
 $loaded = @(Get-ChildItem -LiteralPath 'Registry::HKEY_USERS' | ForEach-Object { $_.PSChildName })
 $me = [System.Security.Principal.WindowsIdentity]::GetCurrent().User.Value
-$profiles = @(Get-ChildItem -LiteralPath 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList' | ForEach-Object {
+$profiles = @(Get-ChildItem -LiteralPath $list | ForEach-Object {
     $image = $_.GetValue('ProfileImagePath')
+    $path = if ($image) { [Environment]::ExpandEnvironmentVariables($image) } else { $null }
     [PSCustomObject]@{
         sid = $_.PSChildName
-        profile_path = if ($image) { [Environment]::ExpandEnvironmentVariables($image) } else { $null }
+        profile_path = $path
         loaded = $loaded -contains $_.PSChildName
+        ntuser_exists = [bool]($path -and (Test-Path -LiteralPath "$path\NTUSER.DAT" -PathType Leaf))
     }
 })
-$Ansible.Result = @{ profiles = $profiles; connection_sid = $me }
+$defaultPath = [Environment]::ExpandEnvironmentVariables((Get-Item -LiteralPath $list).GetValue('Default'))
+$default = @{ path = $defaultPath
+              ntuser_exists = [bool]($defaultPath -and (Test-Path -LiteralPath "$defaultPath\NTUSER.DAT" -PathType Leaf)) }
+$Ansible.Result = @{ profiles = $profiles; connection_sid = $me; default_profile = $default }

@@ -11,24 +11,34 @@ $svc = Get-Service -Name SCardSvr -ErrorAction SilentlyContinue
 $service = if ($svc) { @{ exists = $true; status = "$($svc.Status)"; start_type = "$($svc.StartType)" } }
            else { @{ exists = $false; status = $null; start_type = $null } }
 
+# Certificate Propagation copies the key's certificates into the user's personal store at insertion (what
+# "Tout enregistrer" of Classic Client Toolbox does by hand).
+$cp = Get-Service -Name CertPropSvc -ErrorAction SilentlyContinue
+$certprop = if ($cp) { @{ exists = $true; status = "$($cp.Status)"; start_type = "$($cp.StartType)" } }
+            else { @{ exists = $false; status = $null; start_type = $null } }
+
+# An RDS session host redirects the key into the user's session: a WinRM session never sees it.
+$ts = Get-CimInstance -Namespace 'root\cimv2\TerminalServices' -ClassName Win32_TerminalServiceSetting -ErrorAction SilentlyContinue
+$rdsHost = [bool]($ts -and $ts.TerminalServerMode -eq 1)
+
 $pnp = @(Get-PnpDevice -Class SmartCardReader -PresentOnly -ErrorAction SilentlyContinue |
     ForEach-Object { @{ name = $_.FriendlyName; status = "$($_.Status)"; instance_id = $_.InstanceId } })
 
 Add-Type -TypeDefinition @'
 using System;
 using System.Runtime.InteropServices;
+[StructLayout(LayoutKind.Sequential, CharSet = CharSet.Unicode)]
+public struct TokentrustReaderState {
+    public string Reader; public IntPtr UserData; public uint CurrentState; public uint EventState;
+    public uint AtrLength; [MarshalAs(UnmanagedType.ByValArray, SizeConst = 36)] public byte[] Atr;
+}
 public static class TokentrustSCard {
-    [StructLayout(LayoutKind.Sequential, CharSet = CharSet.Unicode)]
-    public struct READERSTATE {
-        public string Reader; public IntPtr UserData; public uint CurrentState; public uint EventState;
-        public uint AtrLength; [MarshalAs(UnmanagedType.ByValArray, SizeConst = 36)] public byte[] Atr;
-    }
     [DllImport("winscard.dll")] public static extern int SCardEstablishContext(uint scope, IntPtr r1, IntPtr r2, out IntPtr ctx);
     [DllImport("winscard.dll")] public static extern int SCardReleaseContext(IntPtr ctx);
     [DllImport("winscard.dll", CharSet = CharSet.Unicode)]
     public static extern int SCardListReaders(IntPtr ctx, string groups, char[] readers, ref uint len);
     [DllImport("winscard.dll", CharSet = CharSet.Unicode)]
-    public static extern int SCardGetStatusChange(IntPtr ctx, uint timeout, [In, Out] READERSTATE[] states, uint count);
+    public static extern int SCardGetStatusChange(IntPtr ctx, uint timeout, [In, Out] TokentrustReaderState[] states, uint count);
 }
 '@
 
@@ -49,9 +59,9 @@ else {
             $names = @([string]::new($buf).Split([char]0) | Where-Object { $_ })
             # a typed array, filled by assignment (a struct element changed in place would be a copy), so
             # that the [In, Out] marshalling writes the states back into it
-            $states = [TokentrustSCard+READERSTATE[]]::new($names.Count)
+            $states = [TokentrustReaderState[]]::new($names.Count)
             for ($i = 0; $i -lt $names.Count; $i++) {
-                $s = New-Object TokentrustSCard+READERSTATE
+                $s = New-Object TokentrustReaderState
                 $s.Reader = $names[$i]; $s.CurrentState = 0; $s.Atr = New-Object byte[] 36
                 $states[$i] = $s
             }
@@ -91,5 +101,6 @@ foreach ($view in 'Registry64', 'Registry32') {
     $base.Close()
 }
 
-$Ansible.Result = @{ service = $service; pnp_readers = $pnp; scard = $scard; registered_cards = $cards
+$Ansible.Result = @{ service = $service; certprop = $certprop; rds_session_host = $rdsHost
+                     pnp_readers = $pnp; scard = $scard; registered_cards = $cards
                      session = @{ interactive = [Environment]::UserInteractive; id = (Get-Process -Id $PID).SessionId } }

@@ -88,7 +88,7 @@ def split_value(value, comma):
 
 SIMULATED = ("win_certificate_info", "win_certificate_store", "win_reg_stat", "win_regedit", "win_stat", "win_file",
              "win_copy", "win_acl", "win_acl_inheritance", "win_owner", "win_powershell", "win_package",
-             "win_reboot", "win_ping")
+             "win_reboot", "win_ping", "win_service")
 
 
 def shadow_collection(tmp):
@@ -106,11 +106,32 @@ def shadow_collection(tmp):
     return str(tmp)
 
 
+# A French Windows 11: the well-known accounts by their localized names (what NTAccount.Translate gives).
+FRENCH_ACCOUNTS = {"S-1-5-32-544": "BUILTIN\\Administrateurs", "S-1-5-18": "AUTORITE NT\\Système",
+                   "S-1-5-32-545": "BUILTIN\\Utilisateurs", "S-1-3-0": "CREATEUR PROPRIETAIRE",
+                   "S-1-5-11": "AUTORITE NT\\Utilisateurs authentifiés",
+                   "S-1-5-21-1-2-3-500": "PC-01\\Administrateur", "S-1-5-21-1-2-3-1001": "PC-01\\mallory"}
+_INHERIT = "ContainerInherit, ObjectInherit"
+# C:\ProgramData's own ACL (icacls on Windows 11): Users may read, and create folders and files (the reason for
+# windows_private_dir); CREATOR OWNER gets full control of what they create.
+PROGRAMDATA_ACL = [
+    {"sid": "S-1-5-18", "rights": "FullControl", "type": "allow", "inherit": _INHERIT, "propagation": "None"},
+    {"sid": "S-1-5-32-544", "rights": "FullControl", "type": "allow", "inherit": _INHERIT, "propagation": "None"},
+    {"sid": "S-1-3-0", "rights": "FullControl", "type": "allow", "inherit": _INHERIT, "propagation": "InheritOnly"},
+    {"sid": "S-1-5-32-545", "rights": "ReadAndExecute", "type": "allow", "inherit": _INHERIT, "propagation": "None"},
+    {"sid": "S-1-5-32-545", "rights": "Write", "type": "allow", "inherit": "ContainerInherit", "propagation": "None"},
+]
+
+
 def new_state(**kw):
     names, _ = system_store_names()
     state = {"stores": {f"LocalMachine\\{n}": {} for n in names}, "registry": {}, "files": {}, "dirs": {},
-             "powershell": {}, "calls": [], "installed": [], "reboots": 0}
-    state["dirs"]["c:\\programdata"] = {"owner": "NT AUTHORITY\\SYSTEM", "inherit": False, "acl": []}
+             "powershell": {}, "calls": [], "installed": [], "reboots": 0, "accounts": dict(FRENCH_ACCOUNTS),
+             "computername": "PC-01",
+             # Windows 11's default: Manual (trigger start), stopped until a card is inserted
+             "services": {"CertPropSvc": {"start_mode": "manual", "state": "stopped"}}}
+    state["dirs"]["c:\\programdata"] = {"owner": "S-1-5-18", "inherit": False,
+                                        "acl": [dict(e, inherited=False) for e in PROGRAMDATA_ACL]}
     state["registry"]["hklm:\\software\\microsoft\\windows\\currentversion\\policies\\system"] = {
         "EnableLUA": {"type": "REG_DWORD", "data": 1}, "ConsentPromptBehaviorAdmin": {"type": "REG_DWORD", "data": 5},
         "PromptOnSecureDesktop": {"type": "REG_DWORD", "data": 1}}
@@ -121,8 +142,9 @@ def new_state(**kw):
 class Host:
     """One MOCK Windows host and the playbook runs against it."""
 
-    def __init__(self, tmp, state=None):
+    def __init__(self, tmp, state=None, roles=None):
         self.tmp = tmp
+        self.roles = roles or os.path.join(ROOT, "roles")
         self.path = os.path.join(str(tmp), "winsim_state.json")
         self.collections = shadow_collection(os.path.join(str(tmp), "collections"))
         specs = ansible_doc(tuple(f"ansible.windows.{m}" for m in SIMULATED))
@@ -161,7 +183,8 @@ class Host:
         env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_COLLECTIONS_PATH=self.collections, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
                    ANSIBLE_ACTION_PLUGINS=os.path.join(HERE, "action_plugins"),
-                   ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles"), TOKENTRUST_WINSIM_STATE=self.path,
+                   ANSIBLE_ROLES_PATH=self.roles, TOKENTRUST_WINSIM_STATE=self.path,
+                   TOKENTRUST_WINSIM_ROLES=self.roles, TOKENTRUST_WINSIM_ROOT=ROOT,
                    PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
         cmd = [os.path.join(BIN, "ansible-playbook"), "-i", "winpc,", "-c", "local", pb,
                "-e", json.dumps({"ansible_python_interpreter": sys.executable, **(extra_vars or {})})]

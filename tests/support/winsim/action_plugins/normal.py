@@ -11,14 +11,33 @@ own DOCUMENTATION (unknown option, bad choice -> failure, as the real module wou
 to a JSON host state whose semantics copy the modules' .ps1 sources where it matters:
 win_certificate_info opens `X509Store(store_name)` unchanged (an unknown name is an empty store);
 win_certificate_store maps only CertificateAuthority -> CA and fails on a store that does not exist.
+
+The host speaks FRENCH (state["accounts"]: BUILTIN\\Administrateurs, AUTORITE NT\\Système, ...): win_stat
+reports owners by their localized name; win_acl and win_owner resolve `user` as ansible-core's
+Ansible.ModuleUtils.SID (Convert-ToSID) does, so a SID passes and an English name fails. win_powershell
+answers only the probes we ship (roles/*/files/*.ps1, the script text must be one of them), parses each
+with tree-sitter-powershell, refuses parameters its param() block does not declare, checks its own
+answer against the shape derived from the probe's tree, and applies Convert-OutputObject's `depth` rule
+(default 2) to it, as ansible.windows' win_powershell.ps1 does. win_package returns the exit code the
+state asks for (3010: reboot_required).
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
+import sys
 
 from ansible.plugins.action import ActionBase
+
+sys.path.insert(0, os.environ.get("TOKENTRUST_WINSIM_ROOT", os.getcwd()))
+from tests.support.winsim import psshape  # noqa: E402  pylint: disable=wrong-import-position
+
+SID_RE = re.compile(r"^S-1-\d+(-\d+)+$", re.IGNORECASE)
+ADMINS, SYSTEM, USERS, CREATOR_OWNER = "S-1-5-32-544", "S-1-5-18", "S-1-5-32-545", "S-1-3-0"
+READ_RIGHTS = ("FullControl", "Modify", "ReadAndExecute", "Read")
 
 
 def _load(path):
@@ -44,6 +63,55 @@ def _thumb(pem_or_der):
     data = pem_or_der.encode() if isinstance(pem_or_der, str) else pem_or_der
     cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
     return hashlib.sha1(cert.public_bytes(Encoding.DER)).hexdigest().upper()  # noqa: S324
+
+
+def convert_to_sid(state, name):
+    """ansible-core Ansible.ModuleUtils.SID Convert-ToSID on the MOCK host's accounts: a SID is returned as
+    given; DOMAIN\\name, .\\name and name are looked up with the host's (localized) names; anything else
+    fails with the module's message."""
+    name = str(name)
+    if SID_RE.match(name):
+        return name.upper()
+    accounts = state.get("accounts", {})
+    if "\\" in name:
+        domain, user = name.split("\\", 1)
+        if domain == ".":
+            domain = state.get("computername", "PC-01")
+        want = [f"{domain}\\{user}".casefold()]
+    else:
+        want = [name.casefold()]
+    for sid, full in accounts.items():
+        short = full.split("\\", 1)[-1]
+        if full.casefold() in want or ("\\" not in name and short.casefold() in want):
+            return sid
+    raise LookupError(f"account_name {name} is not a valid account, cannot get SID: Exception calling \"Translate\" "
+                      "with \"1\" argument(s): \"Some or all identity references could not be translated.\"")
+
+
+def account_name(state, sid):
+    return state.get("accounts", {}).get(sid, sid)
+
+
+def inherited_from(parent):
+    """The ACEs a new child gets from `parent` (inheritable ones, marked inherited)."""
+    return [dict(e, inherited=True) for e in (parent or {}).get("acl", [])
+            if "ContainerInherit" in str(e.get("inherit", "")) or "ObjectInherit" in str(e.get("inherit", ""))]
+
+
+def readable_by(state, path, sid):
+    """True when `sid` (or a group the MOCK treats it as member of: Users) has an allow ACE with read."""
+    f = state["files"].get(_k(path)) or state["dirs"].get(_k(path)) or {}
+    return any(e.get("sid") == sid and e.get("type", "allow") == "allow" and e.get("rights") in READ_RIGHTS
+               for e in f.get("acl", []))
+
+
+def shipped_probes(roles):
+    """{script text (as lookup('file') returns it): file name} of every .ps1 we ship."""
+    out = {}
+    for path in glob.glob(os.path.join(roles, "*", "files", "*.ps1")):
+        with open(path, encoding="utf-8") as f:
+            out[f.read().rstrip("\n")] = os.path.basename(path)
+    return out
 
 
 class ActionModule(ActionBase):
@@ -172,10 +240,10 @@ class ActionModule(ActionBase):
         if p in state["dirs"]:
             d = state["dirs"][p]
             return {"stat": {"exists": True, "isdir": True, "islnk": False, "isjunction": False,
-                             "owner": d.get("owner", "BUILTIN\\Administrators")}}
+                             "owner": account_name(state, d.get("owner", ADMINS))}}
         if p in state["files"]:
             f = state["files"][p]
-            return {"stat": {"exists": True, "isdir": False, "owner": f.get("owner", "BUILTIN\\Administrators"),
+            return {"stat": {"exists": True, "isdir": False, "owner": account_name(state, f.get("owner", ADMINS)),
                              "checksum": hashlib.sha1(f["content"].encode()).hexdigest()}}  # noqa: S324
         return {"stat": {"exists": False}}
 
@@ -183,8 +251,9 @@ class ActionModule(ActionBase):
         p = _k(a["path"])
         if a.get("state") == "directory":
             changed = p not in state["dirs"]
-            if changed and not check:
-                state["dirs"][p] = {"owner": "BUILTIN\\Administrators", "inherit": True, "acl": []}
+            if changed and not check:  # created with the ACL it inherits from its parent
+                state["dirs"][p] = {"owner": ADMINS, "inherit": True,
+                                    "acl": inherited_from(state["dirs"].get(p.rsplit("\\", 1)[0]))}
             return {"changed": changed}
         if a.get("state") == "absent":
             changed = p in state["files"] or p in state["dirs"]
@@ -210,11 +279,17 @@ class ActionModule(ActionBase):
                 content = raw.decode()
             except UnicodeDecodeError:
                 content = raw.hex()
+        if check and dest.rsplit("\\", 1)[0] not in state["dirs"]:
+            # the win_copy action plugin answers a check run of a single file with changed, not asking the host
+            return {"changed": True, "dest": a["dest"]}
         if dest.rsplit("\\", 1)[0] not in state["dirs"]:
             return {"failed": True, "msg": f"Cannot copy src file: parent folder of '{a['dest']}' does not exist"}
         changed = state["files"].get(dest, {}).get("content") != content
         if changed and not check:
-            state["files"][dest] = {"content": content, "owner": "BUILTIN\\Administrators"}
+            old = state["files"].get(dest)
+            parent = state["dirs"][dest.rsplit("\\", 1)[0]]
+            state["files"][dest] = {"content": content, "owner": old["owner"] if old else ADMINS,
+                                    "acl": old["acl"] if old else inherited_from(parent)}
         return {"changed": changed, "dest": a["dest"]}
 
     def _win_acl_inheritance(self, state, a, check):
@@ -225,50 +300,165 @@ class ActionModule(ActionBase):
         changed = d.get("inherit", True) != want
         if changed and not check:
             d["inherit"] = want
-            if not a.get("reorganize"):
+            if not want and not a.get("reorganize"):
                 d["acl"] = [e for e in d.get("acl", []) if not e.get("inherited")]
+            elif not want:
+                d["acl"] = [dict(e, inherited=False) for e in d.get("acl", [])]
+            for f, meta in list(state["files"].items()) + list(state["dirs"].items()):
+                if f.startswith(_k(a["path"]) + "\\"):  # children re-inherit
+                    meta["acl"] = [e for e in meta.get("acl", []) if not e.get("inherited")] + inherited_from(d)
         return {"changed": changed}
 
     def _win_acl(self, state, a, check):
         d = state["dirs"].get(_k(a["path"]))
         if d is None:
             return {"failed": True, "msg": f"{a['path']} file or directory does not exist on the host"}
-        ace = {"user": a["user"], "rights": a["rights"], "type": a["type"], "state": a.get("state", "present")}
+        try:
+            sid = convert_to_sid(state, a["user"])
+        except LookupError as e:
+            return {"failed": True, "msg": str(e)}
+        ace = {"sid": sid, "rights": a["rights"], "type": a["type"], "inherit": a.get("inherit", ""),
+               "propagation": a.get("propagation", "None"), "inherited": False}
         acl = d.setdefault("acl", [])
+        if a.get("state", "present") == "absent":
+            changed = ace in acl
+            if changed and not check:
+                acl.remove(ace)
+            return {"changed": changed}
         changed = ace not in acl
         if changed and not check:
             acl.append(ace)
+            for f, meta in list(state["files"].items()) + list(state["dirs"].items()):
+                if f.startswith(_k(a["path"]) + "\\") and ace["inherit"]:
+                    meta.setdefault("acl", []).append(dict(ace, inherited=True))
         return {"changed": changed}
 
     def _win_owner(self, state, a, check):
         d = state["dirs"].get(_k(a["path"]))
         if d is None:
             return {"failed": True, "msg": f"{a['path']} does not exist"}
-        changed = d.get("owner") != a["user"]
+        try:
+            sid = convert_to_sid(state, a["user"])
+        except LookupError as e:
+            return {"failed": True, "msg": str(e)}
+        changed = d.get("owner") != sid
         if not check:
-            d["owner"] = a["user"]
-            if a.get("recurse"):
-                for f, meta in state["files"].items():
-                    if f.startswith(_k(a["path"]) + "\\") and meta.get("owner") != a["user"]:
-                        meta["owner"], changed = a["user"], True
+            d["owner"] = sid
+        if a.get("recurse"):
+            for f, meta in list(state["files"].items()) + list(state["dirs"].items()):
+                if f.startswith(_k(a["path"]) + "\\") and meta.get("owner") != sid:
+                    changed = True
+                    if not check:
+                        meta["owner"] = sid
         return {"changed": changed}
 
     # ---- scripts, packages, reboots ----
     def _win_powershell(self, state, a, check):
-        first = a["script"].lstrip().splitlines()[0]
-        if "list the machine-wide Uninstall entries" in first:  # follows what win_package did to the host
-            return {"result": {"entries": state.get("uninstall_entries", [])}, "output": [], "error": []}
-        for marker, res in state.get("powershell", {}).items():
-            if marker in first:
-                if "read-only probe of Firefox installs" in first:  # policies.json as the host holds it now
-                    res = dict(res, policies_json=dict(res.get("policies_json") or {}))
-                    for i in res.get("installs") or []:
-                        path = i["dir"] + "\\distribution\\policies.json"
-                        f = state["files"].get(_k(path))
-                        if f is not None:
-                            res["policies_json"][path] = f["content"]
-                return {"result": res, "output": [], "error": []}
-        return {"failed": True, "msg": f"winsim MOCK: no canned result for script {first!r}"}
+        roles = os.environ.get("TOKENTRUST_WINSIM_ROLES") or os.path.join(os.getcwd(), "roles")
+        script = a["script"].rstrip("\n")
+        name = shipped_probes(roles).get(script)
+        if name is None:
+            first = (script.lstrip().splitlines() or [""])[0]
+            return {"failed": True, "msg": f"winsim MOCK refuses a script that is not one of the probes we ship "
+                                           f"(roles/*/files/*.ps1): {first[:80]!r}"}
+        try:
+            shape = psshape.result_shape(script)
+            declared = psshape.params(script)
+        except psshape.ProbeError as e:
+            return {"failed": True, "msg": f"winsim MOCK: {name}: {e}"}
+        given = a.get("parameters") or {}
+        unknown = [k for k in given if k.casefold() not in {d.casefold() for d in declared}]
+        if unknown:
+            return {"failed": True, "msg": f"{name}: A parameter cannot be found that matches parameter name "
+                                           f"'{unknown[0]}'."}
+        answer = getattr(self, "_probe_" + name[:-4])(state, given, check)
+        changed = bool(answer.pop("__changed__", False)) if isinstance(answer, dict) else False
+        bad = psshape.conforms(answer, shape)
+        if bad:
+            return {"failed": True, "msg": f"winsim MOCK: {name}: its answer does not match what the probe emits: "
+                                           + "; ".join(bad[:5])}
+        depth = int(a.get("depth", 2))  # win_powershell's default
+        return {"result": psshape.convert_output(answer, depth), "output": [], "error": [], "changed": changed}
+
+    @staticmethod
+    def _canned(state, name):
+        if name not in state.get("powershell", {}):
+            raise KeyError(f"no state for probe {name} in this MOCK host")
+        return json.loads(json.dumps(state["powershell"][name]))
+
+    def _probe_uninstall_entries(self, state, params, check):
+        keys = ("key", "display_name", "display_version", "publisher", "windows_installer", "uninstall_string",
+                "quiet_uninstall_string", "view")
+        return {"entries": [{k: e.get(k, 0 if k == "windows_installer" else None) for k in keys}
+                            for e in state.get("uninstall_entries", [])]}
+
+    def _probe_token_probe(self, state, params, check):
+        res = self._canned(state, "token_probe.ps1")
+        svc = state.get("services", {}).get("CertPropSvc")
+        if svc is not None:  # as win_service left it
+            modes = {"auto": "Automatic", "manual": "Manual"}
+            res["certprop"] = {"exists": True, "status": "Running" if svc["state"] == "started" else "Stopped",
+                               "start_type": modes.get(svc["start_mode"], "Disabled")}
+        return res
+
+    def _probe_user_profiles(self, state, params, check):
+        return state.get("powershell", {}).get("user_profiles.ps1") or {
+            "profiles": [], "connection_sid": "S-1-5-21-9-9-9-500",
+            "default_profile": {"path": "C:\\Users\\Default", "ntuser_exists": True}}
+
+    def _probe_firefox_probe(self, state, params, check):
+        res = self._canned(state, "firefox_probe.ps1")  # policies.json as the host holds it now
+        res["policies_json"] = dict(res.get("policies_json") or {})
+        for i in res.get("installs") or []:
+            path = i["dir"] + "\\distribution\\policies.json"
+            f = state["files"].get(_k(path))
+            res["policies_json"][path] = f["content"] if f is not None else res["policies_json"].get(path)
+        return res
+
+    def _probe_ie_zones_probe(self, state, params, check):
+        """The zone of each URL from the machine Site to Zone Assignment List when its policy is on (the
+        WinRM account's own list is not modelled: zone 3, Internet, otherwise)."""
+        key = "HKLM:\\SOFTWARE\\Policies\\Microsoft\\Windows\\CurrentVersion\\Internet Settings"
+        pol = state["registry"].get(_k(key), {})
+        zonemap = state["registry"].get(_k(key + "\\ZoneMapKey"), {})
+        on = (pol.get("ListBox_Support_ZoneMapKey") or {}).get("data") == 1
+        zones = {}
+        for u in params.get("Urls") or []:
+            host = u.split("://", 1)[-1]
+            hit = zonemap.get(u) or zonemap.get(host)
+            zones[u] = int(hit["data"]) if on and hit else 3
+        esc = state.get("ie_esc") or {"admins": False, "users": False}
+        return {"gpo_sources": list(state.get("ie_gpo_sources") or []), "esc": dict(esc), "zones": zones}
+
+    def _probe_private_dir_probe(self, state, params, check):
+        out = []
+        for p in params.get("Paths") or []:
+            d = state["dirs"].get(_k(p))
+            f = state["files"].get(_k(p))
+            if d is None and f is None:
+                out.append({"path": p, "exists": False, "isdir": False, "reparse": False, "owner_sid": None,
+                            "owner_name": None})
+                continue
+            meta = d if d is not None else f
+            owner = meta.get("owner", ADMINS)
+            out.append({"path": p, "exists": True, "isdir": d is not None, "reparse": bool(meta.get("reparse")),
+                        "owner_sid": owner, "owner_name": state.get("accounts", {}).get(owner)})
+        return {"folders": out}
+
+    def _probe_private_dir_create(self, state, params, check):
+        p = _k(params["Path"])
+        if p in state["dirs"] or p in state["files"]:
+            return {"path": params["Path"], "created": False}
+        if not check and p.rsplit("\\", 1)[0] not in state["dirs"]:
+            raise KeyError(f"parent of {params['Path']} missing")
+        if not check:
+            acl = [{"sid": s, "rights": "FullControl", "type": "allow", "inherit": "ContainerInherit, ObjectInherit",
+                    "propagation": "None", "inherited": False} for s in (ADMINS, SYSTEM)]
+            acl += [{"sid": s.upper(), "rights": "ReadAndExecute", "type": "allow",
+                     "inherit": "ContainerInherit, ObjectInherit", "propagation": "None", "inherited": False}
+                    for s in params.get("ReadSids") or []]
+            state["dirs"][p] = {"owner": ADMINS, "inherit": False, "acl": acl}
+        return {"path": params["Path"], "created": True, "__changed__": True}
 
     def _win_package(self, state, a, check):
         pid = a.get("product_id") or a.get("path")
@@ -287,7 +477,23 @@ class ActionModule(ActionBase):
             changed = pid.casefold() in keys
             if changed and not check:
                 state["uninstall_entries"] = [e for e in entries if e["key"].casefold() != pid.casefold()]
-        return {"changed": changed, "reboot_required": False, "rc": 0}
+        rc = int(state.get("package_rc", {}).get(str(pid).casefold(), 0)) if changed and not check else 0
+        if rc not in [int(x) for x in (a.get("expected_return_code") or [0, 3010])]:
+            return {"failed": True, "rc": rc, "msg": f"unexpected rc from '{pid}': see rc, stdout, and stderr for more "
+                                                     "details"}
+        # win_package.ps1 sets failed = $false itself: Ansible would take a non-zero rc as a failure
+        return {"changed": changed, "reboot_required": rc == 3010, "rc": rc, "failed": False}
+
+    def _win_service(self, state, a, check):
+        svc = state.setdefault("services", {}).get(a["name"])
+        if svc is None:
+            return {"failed": True, "msg": f"Service '{a['name']}' is not installed, need to set 'path' to create a "
+                                           "new service"}
+        want = {k: a[k] for k in ("start_mode", "state") if a.get(k)}
+        changed = any(svc.get(k) != v for k, v in want.items())
+        if changed and not check:
+            svc.update(want)
+        return {"changed": changed, "exists": True, "name": a["name"]}
 
     def _win_reboot(self, state, a, check):
         if not check:

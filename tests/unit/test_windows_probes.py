@@ -1,0 +1,219 @@
+"""The PowerShell probes we ship, checked by a real PowerShell grammar (tree-sitter-powershell).
+
+From each probe's syntax tree (tests/support/winsim/psshape.py) we derive the keys and nesting of its
+`$Ansible.Result`, and check them against the `depth` of the win_powershell tasks that run it, the keys
+the roles' YAML and our module_utils read, and the MOCK host's answer (tests/support/winsim/probes.py).
+Mutations prove the check: a probe body that is not PowerShell, or a result deeper than its task's
+depth, makes these tests red.
+"""
+import glob
+import os
+import re
+import shutil
+
+import pytest
+import yaml
+from ansible.module_utils import tokentrust_windows as tw
+
+from tests.support.winsim import ROOT, module_source, probes, psshape
+
+SHIPPED = sorted(probes.shipped())
+
+
+def test_the_shipped_probes_agree_with_their_tasks_the_roles_and_the_mock():
+    assert len(SHIPPED) >= 7, SHIPPED
+    assert probes.problems() == []
+
+
+@pytest.mark.parametrize("name,depth,path", [
+    ("token_probe.ps1", 3, ("scard", "readers", "[]", "atr")),
+    ("firefox_probe.ps1", 4, ("gpo_users", "*", "*", "*")),
+    ("user_profiles.ps1", 2, ("profiles", "[]", "sid")),
+    ("uninstall_entries.ps1", 3, ("entries", "[]", "quiet_uninstall_string")),
+    ("private_dir_probe.ps1", 2, ("folders", "[]", "owner_sid")),
+    ("private_dir_create.ps1", 0, ("created",)),
+    ("ie_zones_probe.ps1", 1, ("zones", "*")),
+])
+def test_the_shape_comes_from_the_syntax_tree(name, depth, path):
+    shape = psshape.result_shape(probes.read(probes.shipped()[name]))
+    assert psshape.depth_needed(shape) == depth
+    assert path in psshape.paths(shape)
+    runs = [t for t in probes.tasks() if t["script"] == name]
+    assert runs and all(t["depth"] >= depth for t in runs), runs
+
+
+def test_convert_output_is_win_powershells_rule():
+    """The rule psshape.convert_output copies, as the installed ansible.windows states it."""
+    src = module_source("win_powershell")
+    assert "depth = @{ type = 'int'; default = 2 }" in src
+    assert "$childDepth = $Depth - 1" in src
+    rule = src[src.index("elseif ($Depth -lt 0) {\n            # This must occur after"):]
+    assert "[string]$InputObject" in rule.split("elseif", 2)[1]
+    value = {"a": {"b": [{"c": 1}], "n": 2, "s": "x"}}
+    assert psshape.convert_output(value, 2) == {"a": {"b": ["System.Collections.Hashtable"], "n": 2, "s": "x"}}
+    assert psshape.convert_output(value, 3) == value
+    assert psshape.convert_output({"l": [[1, 2]]}, 1) == {"l": ["1 2"]}
+
+
+def test_the_default_depth_breaks_the_token_checks_when_a_reader_is_present():
+    """Why item 2: with win_powershell's default depth 2, each reader arrives as a string."""
+    answer = probes.token_answer(present=True)
+    flat = psshape.convert_output(answer, 2)
+    assert flat["scard"]["readers"] == ["System.Collections.Hashtable"]
+    with pytest.raises(AttributeError, match="'str' object has no attribute 'get'"):
+        tw.token_checks(flat)
+    task = next(t for t in probes.tasks() if t["script"] == "token_probe.ps1")
+    checks = tw.token_checks(psshape.convert_output(answer, task["depth"]))
+    assert [c["ok"] for c in checks] == [True, True, True, True, True]
+    # and the checker says so when the task's depth is the default one
+    assert any("depth 2 (win_powershell's default) but token_probe.ps1 emits containers 3 levels" in p
+               for p in _problems_with(lambda roles: _set_depth(roles, "token_probe.ps1", None)))
+
+
+def _copy_roles(tmp):
+    dst = os.path.join(str(tmp), "roles")
+    shutil.copytree(probes.ROLES, dst)
+    return dst
+
+
+def _problems_with(mutate, tmp=None):
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as d:
+        roles = _copy_roles(d)
+        mutate(roles)
+        return probes.problems(roles)
+
+
+def _set_depth(roles, script, depth):
+    for path in glob.glob(os.path.join(roles, "*", "tasks", "*.yml")):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if f"'{script}'" in text:
+            text = re.sub(r"\n    depth: \d+", "" if depth is None else f"\n    depth: {depth}", text)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+
+
+NOT_POWERSHELL = {
+    "python-like": 'result = {"readers": [r for r in readers if r.present}\nreturn result ]\n',
+    "prose": "This file used to be a probe.\nIt now says nothing a Windows host could run.\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_POWERSHELL))
+@pytest.mark.parametrize("name", SHIPPED)
+def test_mutation_a_probe_body_that_is_not_powershell_is_red(tmp_path, name, kind):
+    def mutate(roles):
+        path = probes.shipped(roles)[name]
+        first = probes.read(path).splitlines()[0]  # the header comment stays: a marker match would not see it
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(first + "\n" + NOT_POWERSHELL[kind])
+
+    got = _problems_with(mutate)
+    assert [p for p in got if p.startswith(name)], got
+    assert any("not valid PowerShell" in p or "never sets $Ansible.Result" in p for p in got), got
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_mutation_output_deeper_than_the_tasks_depth_is_red(tmp_path, name):
+    def mutate(roles):
+        path = probes.shipped(roles)[name]
+        text = probes.read(path)
+        assert text.count("$Ansible.Result = @{") == 1
+        text = text.replace("$Ansible.Result = @{",
+                            "$Ansible.Result = @{ deeper = @{ a = @{ b = @(@{ c = @{ d = 1 } }) } }\n   ")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    got = _problems_with(mutate)
+    assert any(f"{name} emits containers" in p and "would turn them into strings" in p for p in got), got
+    assert any(p.startswith(f"{name}: MOCK answer: result.deeper") for p in got), got
+
+
+def test_mutation_a_key_the_python_reads_that_the_probe_no_longer_emits_is_red():
+    def mutate(roles):
+        path = probes.shipped(roles)["token_probe.ps1"]
+        text = probes.read(path).replace("present = [bool]", "inserted = [bool]")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    got = _problems_with(mutate)
+    assert "token_probe.ps1: module_utils reads result.scard.readers.[].present, which the probe does not emit" in got
+
+
+# ------------------------------------------------------------------ well-known accounts by SID only
+_NAMES = re.compile(r"(?i)\b(BUILTIN|NT AUTHORITY|AUTORITE NT)\\|\bCREATOR OWNER\b|\bCREATEUR PROPRIETAIRE\b"
+                    r"|\bEveryone\b|\bTout le monde\b"
+                    r"|(?-i:[\"'](Administrators|Administrateurs|SYSTEM|Syst[eè]me|Users|Utilisateurs)[\"'])")
+
+
+def _our_files():
+    pats = ["roles/**/*.yml", "roles/**/*.ps1", "module_utils/*.py", "filter_plugins/*.py", "playbooks/*.yml",
+            "inventories/example/**/*.yml"]
+    for pat in pats:
+        yield from sorted(glob.glob(os.path.join(ROOT, pat), recursive=True))
+
+
+def test_no_well_known_account_is_named_in_roles_defaults_or_module_utils():
+    hits = []
+    for path in _our_files():
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if _NAMES.search(line):
+                    hits.append(f"{os.path.relpath(path, ROOT)}:{n}: {line.strip()}")
+    assert hits == []
+
+
+def _values(tasks, module, key):
+    for t in tasks or []:
+        if isinstance(t, dict):
+            for k in ("block", "rescue", "always"):
+                yield from _values(t.get(k), module, key)
+            if isinstance(t.get(module), dict) and key in t[module]:
+                yield t[module][key], t.get("loop")
+
+
+def test_acl_and_owner_users_are_sids():
+    sid = re.compile(r"^S-1-\d+(-\d+)+$")
+    seen = 0
+    for path in glob.glob(os.path.join(ROOT, "roles", "*", "tasks", "*.yml")):
+        with open(path, encoding="utf-8") as f:
+            tasks = yaml.safe_load(f)
+        for module in ("ansible.windows.win_acl", "ansible.windows.win_owner"):
+            for value, _loop in _values(tasks, module, "user"):
+                seen += 1
+                assert sid.match(value) or value == "{{ item.sid }}", (path, value)
+    assert seen == 2
+    for path in glob.glob(os.path.join(ROOT, "roles", "*", "defaults", "main.yml")):
+        with open(path, encoding="utf-8") as f:
+            d = yaml.safe_load(f) or {}
+        for k, v in d.items():
+            if k.endswith(("_owners", "_readers")):
+                assert all(sid.match(x) for x in v), (path, k, v)
+
+
+def test_the_mock_resolves_names_as_ansible_core_does():
+    """ansible-core's Ansible.ModuleUtils.SID: a SID string is taken as is, a name is translated with the
+    host's language (NTAccount.Translate), a name it cannot translate fails the module with this message."""
+    import ansible  # noqa: PLC0415
+
+    from tests.support.winsim import new_state  # noqa: PLC0415
+    from tests.support.winsim.action_plugins.normal import convert_to_sid  # noqa: PLC0415
+
+    src_path = os.path.join(os.path.dirname(ansible.__file__), "module_utils", "powershell",
+                            "Ansible.ModuleUtils.SID.psm1")
+    with open(src_path, encoding="utf-8") as f:
+        src = f.read()
+    assert "New-Object -TypeName System.Security.Principal.SecurityIdentifier -ArgumentList $account_name" in src
+    assert "$account.Translate([System.Security.Principal.SecurityIdentifier])" in src
+    assert '"account_name $account_name is not a valid account, cannot get SID: $($_.Exception.Message)"' in src
+    state = new_state()
+    assert convert_to_sid(state, "S-1-5-32-544") == "S-1-5-32-544"
+    assert convert_to_sid(state, "BUILTIN\\Administrateurs") == "S-1-5-32-544"
+    assert convert_to_sid(state, "AUTORITE NT\\Système") == "S-1-5-18"
+    assert convert_to_sid(state, ".\\mallory") == "S-1-5-21-1-2-3-1001"
+    for english in ("BUILTIN\\Administrators", "NT AUTHORITY\\SYSTEM", "Users"):
+        msg = f"account_name {english} is not a valid account, cannot get SID"
+        with pytest.raises(LookupError, match=re.escape(msg)):
+            convert_to_sid(state, english)
