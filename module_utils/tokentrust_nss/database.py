@@ -805,7 +805,8 @@ def edit_pkcs11_txt(directory, name, library=None, remove=True, add=False):
         old_mode = stat.S_IMODE(os.lstat(path).st_mode)
         kept = []
         for lines, fields in _pkcs11_blocks(text):
-            if remove and "name" in fields and _module_of(fields)["name"] == name and not _module_of(fields)["internal"]:
+            mod = _module_of(fields) if "name" in fields else None
+            if remove and mod and mod["name"] == name and not mod["internal"]:
                 continue
             kept.append("\n".join(lines) + "\n")
     else:

@@ -433,7 +433,8 @@ def test_kill9_loop_never_corrupts_and_leftovers_are_cleaned(ca_set, tmp_path):
             cu = subprocess.run(["certutil", "-L", "-d", "sql:%s" % prof], capture_output=True, text=True)
             ok = cu.returncode == 0
             if not ok:
-                print("\ncorrupted %s: %s %s %s" % (prof, cu.stderr.strip(), sorted(os.listdir(prof)), {n: os.path.getsize(os.path.join(prof, n)) for n in os.listdir(prof)}))
+                sizes = {n: os.path.getsize(os.path.join(prof, n)) for n in os.listdir(prof)}
+                print("\ncorrupted %s: %s %s" % (prof, cu.stderr.strip(), sizes))
             corrupted += not ok
     out = json.loads(_runner(spec).communicate(timeout=300)[0])
     assert out["failed"] == [], out
