@@ -425,13 +425,15 @@ def clean_leftovers(directory, names=("cert9.db", "key4.db", "pkcs11.txt")):
             removed.append(os.path.basename(p))
         except FileNotFoundError:
             pass
+        except OSError:  # a read-only file system: left for the database's own check to report (truthfully)
+            pass
     txu = os.path.join(directory, "pkcs11.txu")
     try:
         st = os.lstat(txu)
         if time.time() - st.st_mtime > STALE_TXU_SECONDS:
             os.unlink(txu)
             removed.append("pkcs11.txu")
-    except FileNotFoundError:
+    except OSError:
         pass
     return removed
 

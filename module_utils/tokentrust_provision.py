@@ -233,6 +233,9 @@ def _locked_work(entry, work, lock_timeout, check_mode=False):
 def check_name(value, what):
     """A security device name or a nickname: non-empty, bounded, no control characters (they would inject lines
     into pkcs11.txt), no surrounding spaces."""
+    if value is not None and not isinstance(value, str):
+        raise InputError("%s must be a string, got %s %r: give a plain one-line name" % (what, type(value).__name__,
+                                                                                         value))
     if not isinstance(value, str) or not value.strip():
         raise InputError("%s is empty: give a name" % what)
     if len(value) > MAX_NAME_LENGTH:
@@ -265,13 +268,20 @@ def normalise_databases(databases):
             path = d.get("nss_db") or d.get("path")
             if not path:
                 raise InputError("databases[%d]: a profile entry needs 'path' (or 'nss_db')" % i)
+            if not isinstance(path, str):
+                raise InputError("databases[%d]: 'path' must be a directory path (a string), got %s %r: give the "
+                                 "profile directory, e.g. /home/jean/.mozilla/firefox/abcd.default-esr"
+                                 % (i, type(path).__name__, path))
             entry = {"path": path, "in_use": bool(d.get("in_use")), "name": d.get("name"), "kind": d.get("kind")}
             if isinstance(d.get("owner"), dict) and d["owner"].get("uid") is not None:
                 entry["owner_uid"] = int(d["owner"]["uid"])
             if d.get("format") == "dbm":
                 entry["format"] = "dbm"
+        elif isinstance(d, str) and d:
+            entry = {"path": d, "in_use": False, "name": None, "kind": None}
         else:
-            entry = {"path": str(d), "in_use": False, "name": None, "kind": None}
+            raise InputError("databases[%d]: expected a directory path or a profile entry (a dict with 'path'), got "
+                             "%s %r" % (i, type(d).__name__, d))
         if entry["path"].startswith("sql:"):
             entry["path"] = entry["path"][4:]
         entry["path"] = os.path.abspath(os.path.expanduser(entry["path"]))
@@ -294,8 +304,16 @@ def normalise_certificates(certificates, default_trust="C,,"):
             raise InputError("certificates[%d]: 'name' is required (it becomes the NSS nickname)" % i)
         check_name(name, "certificates[%d] name" % i)
         data = c.get("content") or c.get("pem")
+        if data is not None and not isinstance(data, (str, bytes)):
+            key = "content" if c.get("content") is not None else "pem"
+            raise InputError("certificates[%d] (%s): '%s' must be the certificate as PEM text, got %s: give the PEM "
+                             "text (-----BEGIN CERTIFICATE----- ...) or a file in 'path'" % (i, name, key,
+                                                                                          type(data).__name__))
         for key in ("path", "der_path"):
             if data is None and c.get(key):
+                if not isinstance(c[key], str):
+                    raise InputError("certificates[%d] (%s): '%s' must be a file path, got %s" % (
+                        i, name, key, type(c[key]).__name__))
                 try:
                     data = read_bounded(c[key], "certificates[%d] (%s) %s" % (i, name, key))
                 except OSError as exc:

@@ -458,3 +458,90 @@ def _no_forged_file():
     yield
     if os.path.exists("/tmp/tt-forged.json"):
         os.unlink("/tmp/tt-forged.json")
+
+
+# ---------------------------------------------------------------------------------------------- 4: lock directory
+
+LOCK_PROBE = textwrap.dedent("""
+    import importlib.util, sys
+    spec = importlib.util.spec_from_file_location("tokentrust_pin", %(path)r)
+    pin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pin)
+    lock = pin.TokenLock({"manufacturer": "test", "serial": "1"}, timeout=1)  # never a traceback here
+    try:
+        with lock:
+            print("LOCKED " + lock.path)
+    except OSError as exc:
+        print("REFUSED " + str(exc))
+""")
+
+
+def test_a_squatted_lock_directory_is_refused_with_a_message(user, bystander, tmp_path):
+    """Item 9: a non-root test login's token lock directory <tmp>/tokentrust-<uid>, created first by another
+    user: refused with a message when the lock is taken (f8c7a58: a traceback out of TokenLock's constructor);
+    with the user's own runtime directory (XDG_RUNTIME_DIR, 0700, theirs) the lock goes there."""
+    import tempfile
+
+    squat = os.path.join(tempfile.gettempdir(), "tokentrust-%d" % user.pw_uid)
+    shutil.rmtree(squat, ignore_errors=True)
+    as_user(bystander, "mkdir", "-m", "0700", squat)
+    try:
+        code = LOCK_PROBE % {"path": os.path.join(ROOT, "module_utils", "tokentrust_pin.py")}
+        env = ["env", "-u", "XDG_RUNTIME_DIR", "XDG_RUNTIME_DIR=/nonexistent"]
+        out = as_user(user, *env, "/usr/bin/python3", "-c", code).stdout
+        assert out.startswith("REFUSED ") and "belongs to uid %d" % bystander.pw_uid in out, out
+        assert "another user created it first" in out and squat in out
+        runtime = os.path.join(user.pw_dir, "run")
+        as_user(user, "mkdir", "-m", "0700", runtime)
+        out = as_user(user, "env", "XDG_RUNTIME_DIR=%s" % runtime, "/usr/bin/python3", "-c", code).stdout
+        assert out.startswith("LOCKED " + os.path.join(runtime, "tokentrust") + "/"), out
+    finally:
+        shutil.rmtree(squat, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- 5: bad inputs
+
+
+@pytest.mark.parametrize("module,args,needle", [
+    ("nss_provision", {"certificates": [{"name": "A", "content": 123}]},
+     "'content' must be the certificate as PEM text, got int"),
+    ("nss_provision", {"certificates": [{"name": "A", "pem": ["x"]}]},
+     "'pem' must be the certificate as PEM text, got list"),
+    ("nss_provision", {"certificates": [{"name": 7, "pem": "x"}]}, "certificates[0] name must be a string, got int"),
+    ("nss_provision", {"certificates": [{"name": "A", "path": ["/etc/passwd"]}]},
+     "'path' must be a file path, got list"),
+    ("nss_provision", {"databases": [{"path": 5}]},
+     "databases[0]: 'path' must be a directory path (a string), got int"),
+    ("nss_info", {"databases": [{"path": ["/tmp"]}]},
+     "databases[0]: 'path' must be a directory path (a string), got list"),
+    ("nss_info", {"databases": [5]}, "databases[0]: expected a directory path or a profile entry"),
+])
+def test_bad_inputs_get_written_errors(module, args, needle, tmp_path):
+    """Item 10: inputs that gave 'unexpected error' tracebacks on f8c7a58 get a message saying what and where."""
+    args = dict(args)
+    if module == "nss_provision":
+        args.setdefault("databases", [str(tmp_path)])
+        args["module_state"] = "ignore"
+    r = run_module(module, args)
+    assert r["failed"] is True and needle in r["msg"], r["msg"]
+    assert "unexpected" not in r["msg"].lower() and "Traceback" not in r["msg"], r["msg"]
+
+
+def test_read_only_file_system_gives_the_written_message(ca_set, tmp_path):
+    """Item 6: a profile on a read-only file system, with a leftover of ours in it: the message says the directory
+    is not writable (read-only file system), not a raw EROFS on `cert9.db.tokentrust-restore` (f8c7a58)."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "none", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        prof = mnt / "p"
+        prof.mkdir()
+        subprocess.run(["certutil", "-N", "-d", "sql:%s" % prof, "--empty-password"], check=True)
+        (prof / "cert9.db.tokentrust-restore").write_bytes(b"partial")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        r = run_module("nss_provision", {"databases": [str(prof)], "certificates": ca_set, "module_state": "ignore"})
+        assert r["failed"] is True and "read-only file system" in r["msg"], r["msg"]
+        assert "Errno" not in r["msg"] and "tokentrust-restore" not in r["msg"], r["msg"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
