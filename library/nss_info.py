@@ -72,7 +72,7 @@ from ansible.module_utils.tokentrust_errors import fail, require
 try:
     from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError, read_pkcs11_txt
     from ansible.module_utils.tokentrust_privsep import ChildError, PrivilegeError, acting_owner, run_as
-    from ansible.module_utils.tokentrust_provision import normalise_databases, quiet_stdout
+    from ansible.module_utils.tokentrust_provision import WORK_BUDGET, normalise_databases, quiet_stdout
     from ansible.module_utils.tokentrust_trust import encoded_trust
 
     IMPORT_ERROR = None
@@ -131,7 +131,7 @@ def main():
                 # read as the database's owner, in a child (tokentrust_privsep): root never opens a user's files
                 owner = acting_owner(d["path"], d.get("owner_uid"))
                 results.append(run_as(owner, read_one, d["path"], module.params["expected_certificates"],
-                                      module.params["expected_module"]))
+                                      module.params["expected_module"], deadline=WORK_BUDGET))
             except (PrivilegeError, ChildError) as exc:
                 results.append({"path": d["path"], "certificates": [], "modules": [], "missing": [],
                                 "wrong_trust": [], "module_ok": None, "compliant": False, "error": str(exc)})
