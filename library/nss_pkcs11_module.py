@@ -8,9 +8,9 @@ DOCUMENTATION = r"""
 module: nss_pkcs11_module
 short_description: Register or remove a PKCS#11 module (security device) in many NSS databases in one call
 description:
-  - Registers the token's PKCS#11 library (Gemalto/Thales Classic Client C(gclib) by default, module name C(gem))
+  - "Registers the token's PKCS#11 library (Gemalto/Thales Classic Client C(gclib) by default, module name C(gem))
     in the C(pkcs11.txt) of every given NSS database, with the entry C(modutil -add) writes, by editing the file as
-    text under the profile lock: no library is loaded, neither this one nor one the file already lists.
+    text under the profile lock. No library is loaded, neither this one nor one the file already lists."
   - Idempotent, a module with the same name and library is left alone. A module already registered under
     another name with the same library is reported (RV(databases[].other_names)), not duplicated.
   - Only entries named exactly O(name) are replaced or removed (C(gemalto) and C(gem2) stay when C(gem) is
