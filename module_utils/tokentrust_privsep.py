@@ -223,16 +223,30 @@ def _max_fd():
         return 65536
 
 
-def _reap(pid, block):
-    """(done, status) of child pid."""
+def _exited(pid, block):
+    """True once child pid has exited, without reaping it (its pid, and so its process group id, stays ours until
+    _reap): killing its group then never reaches an unrelated process that reused the number."""
+    if not hasattr(os, "waitid"):
+        return True
     while True:
         try:
-            got, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG))
         except ChildProcessError:
-            return True, 0
+            return True
         except InterruptedError:
             continue
-        return (got == pid), status
+        return info is not None
+
+
+def _reap(pid):
+    """The exit status of child pid (waits for it)."""
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
 
 
 def _kill_group(pid):
@@ -285,7 +299,6 @@ def run_as(owner, fn, *args, deadline=None, result_limit=MAX_RESULT_BYTES, **kwa
     chunks, size = [], 0
     end = time.monotonic() + limit_s
     why = None
-    done, status = False, 0
     try:
         os.set_blocking(rfd, False)
         poller = select.poll()
@@ -310,15 +323,15 @@ def run_as(owner, fn, *args, deadline=None, result_limit=MAX_RESULT_BYTES, **kwa
                     break
                 continue
             # nothing to read: a child that exited while something it started keeps the pipe open is done
-            done, status = _reap(pid, block=False)
-            if done:
+            if _exited(pid, block=False):
                 break
     finally:
         os.close(rfd)
     if why:
         _kill_group(pid)
-    if not done:
-        done, status = _reap(pid, block=True)
+    _exited(pid, block=True)
+    _kill_group(pid)  # whatever the worker started and left behind (its pid is not reaped yet: still ours)
+    status = _reap(pid)
     if why == "deadline":
         raise ChildError("the worker acting as %s did not finish within %.0f s (a file that never ends, a FIFO, a "
                          "lock held by its owner, a hanging library?): it was killed; nothing more was done there"
@@ -326,10 +339,6 @@ def run_as(owner, fn, *args, deadline=None, result_limit=MAX_RESULT_BYTES, **kwa
     if why == "size":
         raise ChildError("the worker acting as %s sent a result larger than %d bytes: it was killed and its result "
                          "ignored" % (owner["name"], result_limit), name="TT_RESULT_TOO_LARGE", kind="crash")
-    try:
-        os.killpg(pid, signal.SIGKILL)  # whatever the worker started and left behind
-    except OSError:
-        pass
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         try:
