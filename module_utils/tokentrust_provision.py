@@ -512,6 +512,14 @@ def provision(databases, certificates, module_spec=None, state="present", check_
     return results, changed, failed, warnings
 
 
+def _module_done(mods, module_spec, action):
+    """Whether pkcs11.txt (as read) holds what `action` was to achieve."""
+    named = [m for m in mods if m["name"] == module_spec["name"] and not m["internal"]]
+    if action == "delete":
+        return not named
+    return len(named) == 1 and named[0]["library"] == module_spec.get("library")
+
+
 def _module_change(path, module_spec, action):
     """The module change of one profile: pkcs11.txt edited as text (no library loaded), entries named exactly
     module_spec["name"] only. Returns the modules as read back from the file written (for the diff)."""
@@ -562,14 +570,20 @@ def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, ni
             try:
                 mod["after"] = _module_change(path, module_spec, mod["action"])
             except (NSSError, OSError) as exc:
-                after = None
-                try:  # the truth: what pkcs11.txt holds now
+                # the truth is what pkcs11.txt holds now (the write is a rename: old file or new, never half)
+                why = "%s: %s" % (exc.__class__.__name__, exc) if isinstance(exc, OSError) else str(exc)
+                try:
                     after = read_pkcs11_txt(path)
-                except (NSSError, OSError):
-                    pass
-                mod["after"] = mod["before"] if after is None else _module_lines(after)
-                mod_change = after is not None and mod["after"] != mod["before"]
-                mod["error"] = "%s: %s" % (exc.__class__.__name__, exc) if isinstance(exc, OSError) else str(exc)
+                except (NSSError, OSError) as again:
+                    mod["error"] = "%s; pkcs11.txt could not be read back (%s): check whether the module is there" % (
+                        why, again)
+                    mod["after"] = mod["before"]
+                    mod_change = False
+                else:
+                    mod["after"] = _module_lines(after)
+                    mod_change = mod["after"] != mod["before"]
+                    if not _module_done(after, module_spec, mod["action"]):
+                        mod["error"] = why
     out["certificates"] = [{"name": w["name"], "nickname": n, "action": a, "sha256": w["sha256"]}
                            for a, w, n in plan]
     if mod is not None:

@@ -545,3 +545,34 @@ def test_read_only_file_system_gives_the_written_message(ca_set, tmp_path):
         assert "Errno" not in r["msg"] and "tokentrust-restore" not in r["msg"], r["msg"]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("lands", [True, False])
+def test_a_failing_pkcs11_txt_write_reports_the_truth(lands, tmp_path, monkeypatch):
+    """Item 6: the write of pkcs11.txt fails at its last step (the rename; f8c7a58: a kill at NSS's unlink). When the
+    new file landed, the module is reported registered (f8c7a58 said "could not be registered"); when it did not,
+    the old file is whole, no temporary is left, and the warning says so."""
+    from ansible.module_utils.tokentrust_nss import database
+    from ansible.module_utils.tokentrust_provision import apply_module, normalise_databases
+
+    prof = tmp_path / "p"
+    prof.mkdir()
+    subprocess.run(["certutil", "-N", "-d", "sql:%s" % prof, "--empty-password"], check=True)
+    before = (prof / "pkcs11.txt").read_bytes()
+    real = os.replace
+
+    def replace_then_fail(src, dst):
+        if lands:
+            real(src, dst)
+        raise OSError(5, "Input/output error (induced)", dst)
+
+    monkeypatch.setattr(database.os, "replace", replace_then_fail)
+    results, changed, failed, warnings = apply_module(normalise_databases([str(prof)]), "gem", OPENSC)
+    names = pkcs11_names(str(prof))
+    assert not os.path.exists(prof / "pkcs11.txt.tokentrust-new")
+    if lands:
+        assert changed is True and not failed and not warnings, (results, warnings)
+        assert names == ["NSS Internal PKCS #11 Module", "gem"] and "gem" in results[0]["after"]
+    else:
+        assert (prof / "pkcs11.txt").read_bytes() == before and names == ["NSS Internal PKCS #11 Module"]
+        assert changed is False and failed == [str(prof)] and "Input/output error" in results[0]["error"], results
