@@ -515,6 +515,9 @@ def test_a_squatted_lock_directory_is_refused_with_a_message(user, bystander, tm
     ("nss_info", {"databases": [{"path": ["/tmp"]}]},
      "databases[0]: 'path' must be a directory path (a string), got list"),
     ("nss_info", {"databases": [5]}, "databases[0]: expected a directory path or a profile entry"),
+    ("pkcs11_token_login", {"url": "https://[::1/"}, "the test URL 'https://[::1/' cannot be parsed"),
+    ("pkcs11_token_login", {"ca_set": [5]}, "ca_set[0] (CA #1): expected a dict with name and pem"),
+    ("pkcs11_token_login", {"server_ca": ["/dev/zero"]}, "server_ca[0]: /dev/zero is not a regular file"),
 ])
 def test_bad_inputs_get_written_errors(module, args, needle, tmp_path):
     """Item 10: inputs that gave 'unexpected error' tracebacks on f8c7a58 get a message saying what and where."""
@@ -522,6 +525,8 @@ def test_bad_inputs_get_written_errors(module, args, needle, tmp_path):
     if module == "nss_provision":
         args.setdefault("databases", [str(tmp_path)])
         args["module_state"] = "ignore"
+    if module == "pkcs11_token_login":  # nothing is presented: inputs are checked before the token is touched
+        args.update(pin="0000", module="/usr/lib/softhsm/libsofthsm2.so")
     r = run_module(module, args)
     assert r["failed"] is True and needle in r["msg"], r["msg"]
     assert "unexpected" not in r["msg"].lower() and "Traceback" not in r["msg"], r["msg"]
