@@ -536,6 +536,10 @@ def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, ni
     exists = os.path.exists(os.path.join(path, "cert9.db"))
     mod = _module_plan(path, module_spec, lib_exists)
     mod_change = bool(mod and mod["changed"])
+    if mod_change and lib_problem and mod["action"] in ("add", "replace"):  # check mode says it too
+        mod["error"] = lib_problem
+        mod["after"] = mod["before"]
+        mod_change = False
     out = {}
     if check_mode or (not exists and not mod_change and (state == "absent" or not wanted)):
         current = []
@@ -562,11 +566,7 @@ def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, ni
                     db.delete_certificate(der=w["der"])
             out["after"] = _state_lines([c.to_dict() for c in db.certificates()])
             out["created"] = db.created
-        if mod_change and lib_problem and mod["action"] in ("add", "replace"):
-            mod["error"] = lib_problem
-            mod["after"] = mod["before"]
-            mod_change = False
-        elif mod_change:
+        if mod_change:
             try:
                 mod["after"] = _module_change(path, module_spec, mod["action"])
             except (NSSError, OSError) as exc:
