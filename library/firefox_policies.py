@@ -233,6 +233,7 @@ from ansible.module_utils.tokentrust_facts import (
 from ansible.module_utils.tokentrust_files import WriteError, with_attributes_diff, write_file
 from ansible.module_utils.tokentrust_policies import (
     PolicyError,
+    certificate_pem,
     default_policies_path,
     desired_policies,
     dump_policies,
@@ -252,17 +253,25 @@ def _ids(module, owner, group):
 
 
 def deploy_certificate_files(module, p):
-    """Write (or remove) the certificate_set files; returns (entries, changed)."""
+    """Write (or remove) the certificate_set files; returns (entries, changed).
+
+    Every entry is checked first (nothing is written when one is bad): its 'pem' must be one X.509 certificate
+    whose SHA-256 matches the entry's pin when it has one; the file, named by us after the nickname in
+    certificate_dir, gets that certificate re-encoded, never the text as given."""
     out, changed = [], False
     d = p["certificate_dir"]
     _ids(module, p["certificate_owner"], p["certificate_group"])  # a clear message before anything is written
+    planned = []
     for i, ca in enumerate(p["certificate_set"]):
         nick = ca_entry_name(ca)  # file names and the TLS-server rule: module_utils/tokentrust_facts.py
         pem = ca.get("pem")
         if not nick or not pem:
             raise PolicyError(f"certificate_set[{i}]: needs 'nickname' (or 'name') and 'pem'")
-        path = os.path.join(d, ca_file_name(nick))
-        content = pem.strip() + "\n"
+        content = None
+        if p["state"] == "present":
+            content = certificate_pem(pem, f"certificate_set[{i}] ({nick})", ca.get("sha256"))[0]
+        planned.append((ca, nick, os.path.join(d, ca_file_name(nick)), content))
+    for ca, nick, path, content in planned:
         entry = {"name": ca.get("name") or nick, "path": path, "ssl_ca": trusted_for_tls_servers(ca.get("nss_trust"))}
         exists = os.path.isfile(path)
         if p["state"] == "absent":

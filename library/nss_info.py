@@ -52,7 +52,11 @@ databases:
   contains:
     path: {description: Database directory., type: str}
     certificates: {description: "Certificates with nickname, sha256, subject, issuer, not_after, trust.", type: list}
-    modules: {description: "External PKCS#11 modules with name, library and slots.", type: list}
+    modules:
+      description:
+        - "External PKCS#11 modules registered in C(pkcs11.txt), with name and library, read as text: no library a
+          profile lists is loaded (slots and tokens are not listed)."
+      type: list
     missing: {description: Expected certificates absent from the database (names)., type: list}
     wrong_trust: {description: Expected certificates present with another trust (names)., type: list}
     module_ok: {description: The expected module is registered with the expected library., type: bool}
@@ -66,9 +70,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.tokentrust_errors import fail, require
 
 try:
-    from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError
+    from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError, read_pkcs11_txt
     from ansible.module_utils.tokentrust_privsep import ChildError, PrivilegeError, acting_owner, run_as
-    from ansible.module_utils.tokentrust_provision import normalise_databases, quiet_stdout
+    from ansible.module_utils.tokentrust_provision import WORK_BUDGET, normalise_databases, quiet_stdout
     from ansible.module_utils.tokentrust_trust import encoded_trust
 
     IMPORT_ERROR = None
@@ -80,9 +84,11 @@ def read_one(path, expected, module_spec):
     res = {"path": path, "certificates": [], "modules": [], "missing": [], "wrong_trust": [], "module_ok": None,
            "compliant": False, "error": None}
     try:
-        with NSSDatabase(path, readonly=True) as db:
+        # certificates with the module database closed, modules read from pkcs11.txt as text: no PKCS#11 library
+        # a profile lists is ever loaded (a user's own library would run in this worker)
+        with NSSDatabase(path, readonly=True, modules=False) as db:
             certs = [c.to_dict() for c in db.certificates()]
-            mods = [m for m in db.modules() if not m["internal"]]
+        mods = [m for m in read_pkcs11_txt(path) if not m["internal"]]
     except NSSError as exc:
         res["error"] = str(exc)
         return res
@@ -125,7 +131,7 @@ def main():
                 # read as the database's owner, in a child (tokentrust_privsep): root never opens a user's files
                 owner = acting_owner(d["path"], d.get("owner_uid"))
                 results.append(run_as(owner, read_one, d["path"], module.params["expected_certificates"],
-                                      module.params["expected_module"]))
+                                      module.params["expected_module"], deadline=WORK_BUDGET))
             except (PrivilegeError, ChildError) as exc:
                 results.append({"path": d["path"], "certificates": [], "modules": [], "missing": [],
                                 "wrong_trust": [], "module_ok": None, "compliant": False, "error": str(exc)})

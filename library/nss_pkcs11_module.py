@@ -8,13 +8,15 @@ DOCUMENTATION = r"""
 module: nss_pkcs11_module
 short_description: Register or remove a PKCS#11 module (security device) in many NSS databases in one call
 description:
-  - Registers the token's PKCS#11 library (Gemalto/Thales Classic Client C(gclib) by default, module name C(gem))
-    in the C(pkcs11.txt) of every given NSS database, in-process through tokentrust's cffi bindings to libnss3,
-    as the Load button of Firefox's security devices or C(modutil -add) would.
+  - "Registers the token's PKCS#11 library (Gemalto/Thales Classic Client C(gclib) by default, module name C(gem))
+    in the C(pkcs11.txt) of every given NSS database, with the entry C(modutil -add) writes, by editing the file as
+    text under the profile lock. No library is loaded, neither this one nor one the file already lists."
   - Idempotent, a module with the same name and library is left alone. A module already registered under
     another name with the same library is reported (RV(databases[].other_names)), not duplicated.
-  - NSS loads a library to register it, so a library missing on the host cannot be registered; the module warns
-    and skips (O(missing_library=warn)) or fails (O(missing_library=fail)).
+  - Only entries named exactly O(name) are replaced or removed (C(gemalto) and C(gem2) stay when C(gem) is
+    registered); the diff's after-state is C(pkcs11.txt) as written.
+  - A library missing on the host, or not a shared object for this host (checked without loading it), cannot be
+    registered; the module warns and skips (O(missing_library=warn)) or fails (O(missing_library=fail)).
 version_added: "1.0.0"
 author:
   - tokentrust contributors (!UNKNOWN)

@@ -12,8 +12,10 @@ description:
     users (as M(firefox_profiles_info) does), then, for each profile, opens its NSS database once, in-process
     through tokentrust's cffi bindings to libnss3, applies the certificates (as M(nss_certificate)) and registers
     the PKCS#11 module (as M(nss_pkcs11_module)).
-  - The module database (C(pkcs11.txt)) is read as text to decide; NSS loads it, and with it the token library,
-    only in a profile where the module must change.
+  - The module database (C(pkcs11.txt)) is read and edited as text under the profile lock; no PKCS#11 library is
+    ever loaded, neither one a profile lists (a user's own library never runs in a root-started run) nor the token
+    library (it is checked to be a shared object for this host without loading it). Only modules named exactly
+    O(module_name) are touched.
   - Profiles still in the legacy dbm format are skipped and reported. A failing profile is left untouched and
     reported with its path; the others complete unless O(fail_fast=true); the module then fails at the end.
 version_added: "1.0.0"
@@ -81,9 +83,13 @@ notes:
     scanned, and each profile provisioned, in a forked child that has dropped to the owner's uid, gid and groups.
     Profiles that resolve outside their owner's home, or are owned by another user, are refused and reported as
     failed (RV(refused)). Database files that are symbolic links are refused.
-  - A profile's failure, including a PKCS#11 library that crashes when NSS loads it, is reported for that
-    profile only. The certificates are applied with no PKCS#11 library loaded; a library that cannot be loaded
-    costs the module registration only (a warning with O(missing_library=warn), a failure with C(fail)).
+  - A profile's failure is reported for that profile only. A token library that is not a shared object for this
+    host costs the module registration only (a warning with O(missing_library=warn), a failure with C(fail)).
+  - Bounds (issue 22). Every worker starts clean (no descriptor of root's, stdin/stdout/stderr on /dev/null) and
+    has a deadline, after which it is killed. Database files must be regular files (a FIFO or device is refused
+    without blocking) of sane size (64 MiB; C(pkcs11.txt) 1 MiB). One home's profiles together get at most 180 s,
+    a run 3600 s; what is not done then is reported failed with the reason. A home that cannot be scanned fails
+    the task. See C(docs/security.md).
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - tokentrust_common

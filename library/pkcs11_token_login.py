@@ -254,6 +254,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.tokentrust_errors import TokentrustError, exit_report, fail, require
 from ansible.module_utils.tokentrust_options import TOKEN_OPTIONS
+from ansible.module_utils.tokentrust_privsep import read_bounded
 
 try:
     from ansible.module_utils.tokentrust_nss.token import default_module, verify_token
@@ -269,12 +270,13 @@ def _server_cas(module, items):
         if item.lstrip().startswith("-----BEGIN"):
             out.append(item.encode())
             continue
-        try:
-            with open(item, "rb") as f:
-                out.append(f.read())
+        try:  # a regular file of at most 1 MiB, opened without blocking (never /dev/zero or a FIFO)
+            out.append(read_bounded(item, "server_ca[%d]" % i))
         except OSError as exc:
             fail(module, TokentrustError("input", "server_ca[%d]: cannot read %s on the host: %s"
                                          % (i, item, exc.strerror)))
+        except ValueError as exc:
+            fail(module, TokentrustError("input", str(exc)))
     return out
 
 

@@ -103,12 +103,25 @@ LOCK_DIR = "/run/tokentrust"
 
 
 def _lock_dir():
-    """A directory only we can write: /run/tokentrust for root, else <tmp>/tokentrust-<uid> (mode 0700, ours)."""
+    """A directory only we can write: /run/tokentrust for root; else $XDG_RUNTIME_DIR/tokentrust (inside the user's
+    own 0700 runtime directory: nobody else can create it first), then <tmp>/tokentrust-<uid> (mode 0700, ours).
+    A candidate that another user created first (squatting it), or that is a link or group/world-writable, is
+    refused with the reason; OSError naming every refusal when none is left."""
     import os
+    import stat
     import tempfile
 
     uid = os.geteuid()
-    candidates = ([LOCK_DIR] if uid == 0 else []) + [os.path.join(tempfile.gettempdir(), "tokentrust-%d" % uid)]
+    candidates = [LOCK_DIR] if uid == 0 else []
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or "/run/user/%d" % uid
+    if uid != 0 and os.path.isabs(runtime):
+        try:
+            rst = os.lstat(runtime)
+            if stat.S_ISDIR(rst.st_mode) and rst.st_uid == uid and not rst.st_mode & 0o077:
+                candidates.append(os.path.join(runtime, "tokentrust"))
+        except OSError:
+            pass
+    candidates.append(os.path.join(tempfile.gettempdir(), "tokentrust-%d" % uid))
     problems = []
     for d in candidates:
         try:
@@ -117,13 +130,17 @@ def _lock_dir():
         except OSError as exc:
             problems.append("%s: %s" % (d, exc.strerror))
             continue
-        import stat
-
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
-            problems.append("%s is not a directory owned by uid %d and writable only by it" % (d, uid))
-            continue
-        return d
-    raise OSError("no safe directory for the token lock (%s)" % "; ".join(problems))
+        if not stat.S_ISDIR(st.st_mode):
+            problems.append("%s is not a directory (a link or a file someone put there): refused" % d)
+        elif st.st_uid != uid:
+            problems.append("%s belongs to uid %d, not to uid %d (another user created it first): refused, a lock "
+                            "there could be held or removed by them; remove it (as root) or run with "
+                            "XDG_RUNTIME_DIR set" % (d, st.st_uid, uid))
+        elif st.st_mode & 0o022:
+            problems.append("%s is writable by others (mode %o): refused" % (d, stat.S_IMODE(st.st_mode)))
+        else:
+            return d
+    raise OSError("no safe directory for the token lock: %s" % "; ".join(problems))
 
 
 def lock_path(token_info):
@@ -152,7 +169,11 @@ class TokenLock:
     single run would not. ``record`` is a small JSON state kept in the file (the last wrong PIN per run id)."""
 
     def __init__(self, token_info, timeout=120.0):
-        self.path = lock_path(token_info)
+        self._error = None
+        try:
+            self.path = lock_path(token_info)
+        except OSError as exc:  # raised when the lock is taken (the caller's try): a message, not a traceback
+            self.path, self._error = None, exc
         self.timeout = timeout
         self._fd = None
         self.waited = 0.0
@@ -163,6 +184,8 @@ class TokenLock:
         import os
         import time
 
+        if self._error is not None:
+            raise self._error
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         t0 = time.monotonic()
         while True:

@@ -389,3 +389,65 @@ def default_policies_path(system="Linux", location="system", install_dir=None, e
             return distribution_policies(d)
     looked = ", ".join(LINUX_INSTALL_DIRS)
     raise PolicyError(f"no Firefox install dir found (looked in {looked}): set install_dir or path")
+
+
+# --------------------------------------------------------------------------------------------- certificate files
+_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+_PEM_END = "-----END CERTIFICATE-----"
+
+
+def _der_item(der, pos, what):
+    """(tag, start of content, end) of the DER item at `pos`; PolicyError when it does not fit in `der`."""
+    if pos + 2 > len(der):
+        raise PolicyError(f"{what}: not a certificate (truncated DER)")
+    tag, n = der[pos], der[pos + 1]
+    if n < 0x80:
+        start, length = pos + 2, n
+    else:
+        k = n & 0x7F
+        if k == 0 or k > 4 or pos + 2 + k > len(der):
+            raise PolicyError(f"{what}: not a certificate (bad DER length)")
+        start, length = pos + 2 + k, int.from_bytes(der[pos + 2:pos + 2 + k], "big")
+    if start + length > len(der):
+        raise PolicyError(f"{what}: not a certificate (truncated DER)")
+    return tag, start, start + length
+
+
+def certificate_pem(text, what, sha256=None):
+    """Canonical PEM of the one X.509 certificate `text` holds, checked: exactly one PEM CERTIFICATE block and
+    nothing else but whitespace, a DER Certificate (SEQUENCE of tbsCertificate SEQUENCE, algorithm SEQUENCE,
+    signature BIT STRING, nothing after), and, when the CA set gives one, the SHA-256 fingerprint. What is written
+    into a certificate file is re-encoded from that DER: no other text can reach the file (PolicyError
+    otherwise). Returns (pem text, sha256 hex upper)."""
+    import base64
+    import binascii
+    import hashlib
+
+    if not isinstance(text, str):
+        raise PolicyError(f"{what}: 'pem' must be PEM text, got {type(text).__name__}")
+    body = text.strip()
+    if not (body.startswith(_PEM_BEGIN) and body.endswith(_PEM_END)) or body.count(_PEM_BEGIN) != 1:
+        raise PolicyError(f"{what}: 'pem' is not one PEM certificate (-----BEGIN CERTIFICATE----- ... "
+                          "-----END CERTIFICATE----- and nothing else): nothing written")
+    b64 = "".join(body[len(_PEM_BEGIN):-len(_PEM_END)].split())
+    try:
+        der = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise PolicyError(f"{what}: 'pem' holds invalid base64: nothing written") from None
+    tag, start, end = _der_item(der, 0, what)
+    if tag != 0x30 or end != len(der):
+        raise PolicyError(f"{what}: not a DER certificate (outer SEQUENCE, trailing data): nothing written")
+    tags = []
+    pos = start
+    while pos < end:
+        t, _s, e = _der_item(der, pos, what)
+        tags.append(t)
+        pos = e
+    if tags != [0x30, 0x30, 0x03]:
+        raise PolicyError(f"{what}: not an X.509 certificate (expected tbsCertificate, signatureAlgorithm, "
+                          "signatureValue): nothing written")
+    fp = hashlib.sha256(der).hexdigest().upper()
+    if sha256 and str(sha256).replace(":", "").upper() != fp:
+        raise PolicyError(f"{what}: the certificate's SHA-256 is {fp}, the CA set pins {sha256}: nothing written")
+    enc = base64.b64encode(der).decode()
+    return _PEM_BEGIN + "\n" + "".join(enc[i:i + 64] + "\n" for i in range(0, len(enc), 64)) + _PEM_END + "\n", fp

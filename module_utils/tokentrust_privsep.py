@@ -25,6 +25,7 @@ import grp
 import json
 import os
 import pwd
+import select
 import signal
 import stat
 import sys
@@ -38,6 +39,9 @@ for _codec in ("utf-8", "utf-8-sig", "ascii", "latin-1", "idna"):
     codecs.lookup(_codec)
 
 MAX_INPUT_BYTES = 1024 * 1024  # a certificate or a CA bundle file is a few KiB; 1 MiB is generous
+MAX_RESULT_BYTES = 16 * 1024 * 1024  # what one worker may send back (a profile's certificate list is a few KiB)
+DEFAULT_DEADLINE = 300.0  # seconds a worker may take unless its caller gives its own budget
+RESULT_FD = 3  # the one descriptor a worker keeps: its result pipe
 
 
 class PrivilegeError(TokentrustError):
@@ -194,12 +198,77 @@ def _error_fields(exc):
     return {"error": text, "name": name or "TT_%s" % exc.__class__.__name__.upper()}
 
 
-def run_as(owner, fn, *args, **kwargs):
+def _clean_child(wfd):
+    """In a fresh child, before anything else runs: the result pipe becomes fd 3, stdin/stdout/stderr /dev/null,
+    every other descriptor inherited from root (the module's real stdout, a dup of it, other pipes, sockets) is
+    closed. Nothing loaded later in this child can write into the module's result or reach root's files."""
+    if wfd != RESULT_FD:
+        os.dup2(wfd, RESULT_FD)
+        os.close(wfd)
+    os.set_inheritable(RESULT_FD, False)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(RESULT_FD + 1, _max_fd())
+    try:
+        os.setpgid(0, 0)  # its own process group: what it starts is killed with it at the deadline
+    except OSError:
+        pass
+
+
+def _max_fd():
+    try:
+        return max(os.sysconf("SC_OPEN_MAX"), 1024)
+    except (ValueError, OSError):
+        return 65536
+
+
+def _exited(pid, block):
+    """True once child pid has exited, without reaping it (its pid, and so its process group id, stays ours until
+    _reap): killing its group then never reaches an unrelated process that reused the number."""
+    if not hasattr(os, "waitid"):
+        return True
+    while True:
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG))
+        except ChildProcessError:
+            return True
+        except InterruptedError:
+            continue
+        return info is not None
+
+
+def _reap(pid):
+    """The exit status of child pid (waits for it)."""
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+
+
+def _kill_group(pid):
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def run_as(owner, fn, *args, deadline=None, result_limit=MAX_RESULT_BYTES, **kwargs):
     """fn(*args, **kwargs) in a forked child running as `owner`; returns its (JSON-able) result.
+
+    The child starts clean (`_clean_child`: no descriptor of root's but its result pipe, stdin/stdout/stderr on
+    /dev/null) before it drops privileges and calls fn. Its result is one JSON document on that pipe, read with
+    a size bound (`result_limit`) and a time bound: at `deadline` (seconds from now, default DEFAULT_DEADLINE) the
+    child and its process group are killed and the call is a ChildError (name TT_DEADLINE).
 
     Raises ChildError when fn raised (with its text and name) or the child died (a signal, e.g. a crashing
     PKCS#11 library). The parent never touches what the child touches.
     """
+    limit_s = DEFAULT_DEADLINE if deadline is None else max(float(deadline), 0.05)
     sys.stdout.flush()
     sys.stderr.flush()
     rfd, wfd = os.pipe()
@@ -208,6 +277,7 @@ def run_as(owner, fn, *args, **kwargs):
         code = 0
         try:
             os.close(rfd)
+            _clean_child(wfd)
             os.chdir("/")
             _drop_to(owner)
             payload = {"ok": fn(*args, **kwargs)}
@@ -220,33 +290,55 @@ def run_as(owner, fn, *args, **kwargs):
         try:
             view = memoryview(data)
             while view:
-                n = os.write(wfd, view)
+                n = os.write(RESULT_FD, view)
                 view = view[n:]
         except OSError:
             code = 3
         os._exit(code)
     os.close(wfd)
-    chunks = []
+    chunks, size = [], 0
+    end = time.monotonic() + limit_s
+    why = None
     try:
+        os.set_blocking(rfd, False)
+        poller = select.poll()
+        poller.register(rfd, select.POLLIN)
         while True:
-            try:
-                b = os.read(rfd, 65536)
-            except InterruptedError:
-                continue
-            if not b:
+            left = end - time.monotonic()
+            if left <= 0:
+                why = "deadline"
                 break
-            chunks.append(b)
+            ready = poller.poll(int(min(left, 0.5) * 1000) + 1)
+            if ready:
+                try:
+                    b = os.read(rfd, 65536)
+                except BlockingIOError:
+                    continue
+                if not b:
+                    break
+                chunks.append(b)
+                size += len(b)
+                if size > result_limit:
+                    why = "size"
+                    break
+                continue
+            # nothing to read: a child that exited while something it started keeps the pipe open is done
+            if _exited(pid, block=False):
+                break
     finally:
         os.close(rfd)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except ChildProcessError:
-            status = 0
-            break
-        except InterruptedError:
-            continue
+    if why:
+        _kill_group(pid)
+    _exited(pid, block=True)
+    _kill_group(pid)  # whatever the worker started and left behind (its pid is not reaped yet: still ours)
+    status = _reap(pid)
+    if why == "deadline":
+        raise ChildError("the worker acting as %s did not finish within %.0f s (a file that never ends, a FIFO, a "
+                         "lock held by its owner, a hanging library?): it was killed; nothing more was done there"
+                         % (owner["name"], limit_s), name="TT_DEADLINE", kind="deadline")
+    if why == "size":
+        raise ChildError("the worker acting as %s sent a result larger than %d bytes: it was killed and its result "
+                         "ignored" % (owner["name"], result_limit), name="TT_RESULT_TOO_LARGE", kind="crash")
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         try:
@@ -260,12 +352,13 @@ def run_as(owner, fn, *args, **kwargs):
         payload = json.loads(raw.decode()) if raw else None
     except ValueError:
         payload = None
-    if not isinstance(payload, dict):
-        raise ChildError("the worker acting as %s exited (status %d) without a result" % (
+    if not isinstance(payload, dict) or not ("ok" in payload or isinstance(payload.get("error"), str)):
+        raise ChildError("the worker acting as %s exited (status %d) without a valid result" % (
             owner["name"], os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1), kind="crash")
     if "ok" in payload:
         return payload["ok"]
-    raise ChildError(payload.get("error") or "failed", name=payload.get("name"))
+    name = payload.get("name")
+    raise ChildError(payload["error"], name=name if isinstance(name, str) else None)
 
 
 # --------------------------------------------------------------------------------------------- in the profile
@@ -326,20 +419,22 @@ class profile_lock:  # noqa: N801 - a context manager
 
 # files an interrupted run (kill -9) of ours, or of NSS on our behalf, can leave in a profile
 LEFTOVER_SUFFIX = ".tokentrust-restore"
+NEW_PKCS11_TXT = "pkcs11.txt.tokentrust-new"  # tokentrust_nss.database.PKCS11_TXT_NEW: pkcs11.txt being rewritten
 STALE_TXU_SECONDS = 60
 
 
 def clean_leftovers(directory, names=("cert9.db", "key4.db", "pkcs11.txt")):
-    """Remove our own leftovers of an interrupted run (call it under profile_lock): `<db>.tokentrust-restore`
-    files, and NSS's `pkcs11.txu` temporary when it is older than a minute (NSS renames it at once). Returns the
-    names removed."""
+    """Remove our own leftovers of an interrupted run (call it under profile_lock, never in check mode):
+    `<db>.tokentrust-restore` files, `pkcs11.txt.tokentrust-new`, and NSS's `pkcs11.txu` temporary when it is
+    older than a minute (NSS renames it at once). Returns the names removed."""
     removed = []
-    for n in names:
-        p = os.path.join(directory, n + LEFTOVER_SUFFIX)
+    for p in [os.path.join(directory, n + LEFTOVER_SUFFIX) for n in names] + [os.path.join(directory, NEW_PKCS11_TXT)]:
         try:
             os.unlink(p)
             removed.append(os.path.basename(p))
         except FileNotFoundError:
+            pass
+        except OSError:  # a read-only file system: left for the database's own check to report (truthfully)
             pass
     txu = os.path.join(directory, "pkcs11.txu")
     try:
@@ -347,7 +442,7 @@ def clean_leftovers(directory, names=("cert9.db", "key4.db", "pkcs11.txt")):
         if time.time() - st.st_mtime > STALE_TXU_SECONDS:
             os.unlink(txu)
             removed.append("pkcs11.txu")
-    except FileNotFoundError:
+    except OSError:
         pass
     return removed
 

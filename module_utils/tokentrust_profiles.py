@@ -22,10 +22,16 @@ import os
 import platform
 import pwd
 import socket
+import stat
 import struct
+import time
 
 from ansible.module_utils.tokentrust_errors import TokentrustError
 from ansible.module_utils.tokentrust_privsep import ChildError, run_as
+
+MAX_INI_BYTES = 256 * 1024  # profiles.ini / installs.ini list a few profiles: a few hundred bytes
+HOME_SCAN_BUDGET = 60  # seconds to scan one home (its owner's worker is killed after that)
+SCAN_RUN_BUDGET = 600  # seconds to scan all homes; the homes not reached are reported as not scanned
 
 # (kind, path relative to the home, needs include_*)
 FIREFOX_ROOTS = (
@@ -147,10 +153,12 @@ def _fcntl_holder(path):
     except ImportError:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))  # a FIFO never blocks us
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         if platform.system() == "Linux":
             fmt = "@hhqqi4x"      # struct flock on Linux 64-bit: type, whence, start, len, pid
         elif platform.system() == "Darwin":
@@ -206,11 +214,24 @@ def lock_state(path, local_addresses=None):
 # ---------------------------------------------------------------------------------------------
 # per root
 # ---------------------------------------------------------------------------------------------
+def read_small_file(path, limit=MAX_INI_BYTES):
+    """Text of a small regular file of a user's: opened without blocking, refused (OSError)
+    when it is not a regular file (a FIFO, a device) or larger than `limit` (an endless or huge file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # as its owner: a link is theirs to follow, a FIFO never blocks
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a socket): refused", path)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, "larger than %d bytes: refused" % limit, path)
+    return data.decode("utf-8-sig")
+
+
 def _read_ini(path):
     cp = configparser.RawConfigParser(strict=True, interpolation=None)
     cp.optionxform = str
-    with open(path, encoding="utf-8-sig") as f:
-        cp.read_file(f, source=path)
+    cp.read_string(read_small_file(path), source=path)
     return cp
 
 
@@ -226,7 +247,12 @@ def scan_root(root, kind, owner, locks=True, local_addresses=None):
     ini = os.path.join(root, "profiles.ini")
     try:
         cp = _read_ini(ini)
-    except (configparser.Error, UnicodeDecodeError, OSError) as e:
+    except OSError as e:  # not a regular file (a FIFO), too large, unreadable: this root cannot be scanned
+        report["error"] = f"profiles.ini cannot be read: {e.strerror or e}"
+        report["unreadable"] = True
+        warnings.append(f"{ini}: {report['error']}; its profiles are not listed")
+        return [], report, warnings
+    except (configparser.Error, UnicodeDecodeError) as e:
         msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         report["error"] = f"malformed profiles.ini: {e.__class__.__name__}: {msg}"
         warnings.append(f"{ini}: {report['error']}; its profiles are not listed")
@@ -331,8 +357,9 @@ def scan_home(home, owner, roots_def, include_chromium=False, locks=True, local_
 
     for kind, rel in roots_def:
         root = os.path.join(home, rel)
-        if not os.path.isfile(os.path.join(root, "profiles.ini")):
-            continue
+        ini = os.path.join(root, "profiles.ini")
+        if not os.path.isfile(ini) and not (os.path.lexists(ini) and not os.path.isdir(ini)):
+            continue  # no profiles.ini; one that is not a regular file (a FIFO) is reported by scan_root
         real = os.path.realpath(root)
         if not _inside(real, top):
             why = f"profile root {root} resolves to {real}, outside the home {home}: refused"
@@ -343,6 +370,9 @@ def scan_home(home, owner, roots_def, include_chromium=False, locks=True, local_
             continue
         seen.add(real)
         profiles, report, warnings = scan_root(root, kind, owner, locks, local_addresses)
+        if report.pop("unreadable", False):  # fails the task as a refused profile does: its profiles are unknown
+            out["refused"].append({"path": root, "owner": dict(owner),
+                                   "reason": f"{os.path.join(root, 'profiles.ini')}: {report['error']}: refused"})
         out["roots"].append(report)
         out["warnings"].extend(warnings)
         out["profiles"].extend(p for p in profiles if admit(p, "profile"))
@@ -363,12 +393,21 @@ def find_profiles(users=None, homes=None, include_thunderbird=False, include_chr
     local = sorted(_local_addresses()) if locks else None
     result = {"profiles": [], "roots": [], "homes": [], "refused": [], "warnings": []}
     seen = set()
+    run_end = time.monotonic() + SCAN_RUN_BUDGET
     for home, owner in select_homes(users, homes):
         result["homes"].append({"path": home, "owner": owner})
+        left = run_end - time.monotonic()
         try:
-            found = run_as(owner, scan_home, home, owner, roots_def, include_chromium, locks, local)
+            if left <= 0:
+                raise ChildError(f"not scanned: the scan's time budget ({SCAN_RUN_BUDGET} s) was used up by the "
+                                 "homes before it", name="TT_TIME_BUDGET", kind="deadline")
+            found = run_as(owner, scan_home, home, owner, roots_def, include_chromium, locks, local,
+                           deadline=min(HOME_SCAN_BUDGET, left))
         except ChildError as exc:
-            result["warnings"].append(f"{home}: could not be scanned as {owner['name']}: {exc}")
+            # a home that cannot be scanned fails the task as a refused profile does: its profiles are unknown
+            why = f"{home}: could not be scanned as {owner['name']}: {exc}"
+            result["refused"].append({"path": home, "owner": dict(owner), "reason": why})
+            result["warnings"].append(why)
             continue
         result["roots"].extend(found["roots"])
         result["refused"].extend(found["refused"])

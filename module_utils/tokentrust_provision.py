@@ -14,7 +14,14 @@ import hashlib
 import os
 
 from ansible.module_utils.tokentrust_errors import TokentrustError, module_name
-from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError, der_from_bytes, normalize_trust, read_pkcs11_txt
+from ansible.module_utils.tokentrust_nss import (
+    NSSDatabase,
+    NSSError,
+    der_from_bytes,
+    edit_pkcs11_txt,
+    normalize_trust,
+    read_pkcs11_txt,
+)
 from ansible.module_utils.tokentrust_privsep import (
     ChildError,
     PrivilegeError,
@@ -27,6 +34,13 @@ from ansible.module_utils.tokentrust_privsep import (
 from ansible.module_utils.tokentrust_trust import encoded_trust
 
 DEFAULT_LOCK_TIMEOUT = 60
+# Time budgets (seconds). A home's profiles together get at most HOME_BUDGET (a user who holds locks on, or plants
+# FIFOs in, many profiles costs the run that much, not lock_timeout per profile); the whole run RUN_BUDGET; one
+# database's work (after its lock) WORK_BUDGET. A worker still running at its deadline is killed; what was not done
+# is reported as failed with the reason, and the run goes on with the next home.
+HOME_BUDGET = 180
+RUN_BUDGET = 3600
+WORK_BUDGET = 120
 # security device names and nicknames end up in pkcs11.txt lines and NSS attributes
 MAX_NAME_LENGTH = 128
 
@@ -61,7 +75,51 @@ def default_library():
 
 def missing_library_message(library):
     return ("PKCS#11 library %s does not exist on this host: install the middleware (Gemalto/Thales Classic Client) "
-            "first; the module was not registered (NSS must load a library to register it)" % library)
+            "first; the module was not registered" % library)
+
+
+_ELF_MACHINES = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183, "i386": 3, "i686": 3, "armv7l": 40,
+                 "ppc64le": 21, "s390x": 22, "riscv64": 243}
+
+
+def library_problem(library):
+    """Why `library` cannot be a PKCS#11 module for this host, or None. Checked without loading it (no library is
+    ever loaded to register it): a regular file, an ELF shared object of this machine's class and architecture
+    (a 32-bit library cannot be loaded by a 64-bit Firefox). Not ELF platforms (macOS) are only checked to be a
+    regular file."""
+    import platform
+    import struct
+    import sys
+
+    try:
+        fd = os.open(library, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        return "cannot open %s: %s" % (library, exc.strerror)
+    try:
+        import stat as stat_mod
+
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            return "%s is not a regular file" % library
+        head = os.read(fd, 64)
+    finally:
+        os.close(fd)
+    if platform.system() not in ("Linux", "FreeBSD"):
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return "%s is not a shared library (no ELF header): NSS and Firefox could not load it" % library
+    bits = 64 if sys.maxsize > 2 ** 32 else 32
+    if head[4] != (2 if bits == 64 else 1):
+        return "%s is a %d-bit library; this host's NSS and Firefox are %d-bit and cannot load it" % (
+            library, 32 if head[4] == 1 else 64, bits)
+    endian = "<" if head[5] == 1 else ">"
+    e_type, e_machine = struct.unpack(endian + "HH", head[16:20])
+    if e_type != 3:
+        return "%s is not a shared object (ELF type %d): NSS and Firefox could not load it" % (library, e_type)
+    want = _ELF_MACHINES.get(platform.machine().lower())
+    if want is not None and e_machine != want:
+        return "%s is built for another architecture (ELF machine %d, this host is %s)" % (
+            library, e_machine, platform.machine())
+    return None
 
 
 class InputError(TokentrustError, ValueError):
@@ -105,23 +163,46 @@ def _preload_nss():
                 pass  # NSS will say it at NSS_InitContext, in the child, for that profile
 
 
-def _each_database(databases, fresh, work, fail_fast, lock_timeout=DEFAULT_LOCK_TIMEOUT):
+def _each_database(databases, fresh, work, fail_fast, lock_timeout=DEFAULT_LOCK_TIMEOUT, check_mode=False,
+                   home_budget=None, run_budget=None):
     """Run work(entry) on each database, one after another, each in a child acting as the database's owner
-    (tokentrust_privsep) under our per-profile lock; any failure there (an exception, a crash) fails that
-    database only.
+    (tokentrust_privsep) under our per-profile lock; any failure there (an exception, a crash, its deadline)
+    fails that database only.
 
+    Time: the databases of one owner together get at most `home_budget` seconds, the whole call `run_budget`;
+    a database reached after its budget is used up is reported failed (TT_TIME_BUDGET), not started.
     fresh(entry) gives the result skeleton (with "skipped" set to leave the database alone).
     Returns (results, changed, failed paths); stops after the first failure when fail_fast.
     """
+    import time
+
+    home_budget = HOME_BUDGET if home_budget is None else float(home_budget)
+    run_budget = RUN_BUDGET if run_budget is None else float(run_budget)
+    run_end = time.monotonic() + run_budget
+    spent = {}
     results, failed = [], []
     if databases:
         _preload_nss()
     for entry in databases:
         res = fresh(entry)
         if not res.get("skipped"):
+            started = time.monotonic()
+            key = None
             try:
                 owner = acting_owner(entry["path"], entry.get("owner_uid"))
-                res.update(run_as(owner, _locked_work, entry, work, lock_timeout))
+                key = owner["uid"]
+                left_home = home_budget - spent.get(key, 0.0)
+                left_run = run_end - started
+                if min(left_home, left_run) <= 0:
+                    raise ChildError("not done: %s (%.0f s) was used up before this database was reached; run "
+                                     "again (the other databases were done)" % (
+                                         "the time budget of %s's profiles" % owner["name"] if left_home <= 0
+                                         else "this run's time budget", home_budget if left_home <= 0 else run_budget),
+                                     name="TT_TIME_BUDGET", kind="deadline")
+                budget = min(left_home, left_run)
+                wait = min(float(lock_timeout), budget)
+                res.update(run_as(owner, _locked_work, entry, work, wait, check_mode,
+                                  deadline=min(wait + WORK_BUDGET, budget)))
             except (NSSError, PrivilegeError, ChildError) as exc:
                 text = str(exc)
                 if entry["path"] not in text:
@@ -129,17 +210,20 @@ def _each_database(databases, fresh, work, fail_fast, lock_timeout=DEFAULT_LOCK_
                 res["error"] = text
                 res["error_name"] = exc.name
                 failed.append(entry["path"])
+            if key is not None:
+                spent[key] = spent.get(key, 0.0) + time.monotonic() - started
         results.append(res)
         if res["error"] and fail_fast:
             break
     return results, any(r["changed"] for r in results), failed
 
 
-def _locked_work(entry, work, lock_timeout):
-    """In the owner's child: take our profile lock, clean what an interrupted run left, then work."""
+def _locked_work(entry, work, lock_timeout, check_mode=False):
+    """In the owner's child: take our profile lock, clean what an interrupted run left (not in check mode: it
+    changes nothing on disk), then work."""
     path = entry["path"]
     with profile_lock(path, lock_timeout):
-        leftovers = clean_leftovers(path)
+        leftovers = [] if check_mode else clean_leftovers(path)
         out = work(entry)
     if leftovers:
         out["cleaned"] = leftovers
@@ -149,6 +233,9 @@ def _locked_work(entry, work, lock_timeout):
 def check_name(value, what):
     """A security device name or a nickname: non-empty, bounded, no control characters (they would inject lines
     into pkcs11.txt), no surrounding spaces."""
+    if value is not None and not isinstance(value, str):
+        raise InputError("%s must be a string, got %s %r: give a plain one-line name" % (what, type(value).__name__,
+                                                                                         value))
     if not isinstance(value, str) or not value.strip():
         raise InputError("%s is empty: give a name" % what)
     if len(value) > MAX_NAME_LENGTH:
@@ -181,13 +268,20 @@ def normalise_databases(databases):
             path = d.get("nss_db") or d.get("path")
             if not path:
                 raise InputError("databases[%d]: a profile entry needs 'path' (or 'nss_db')" % i)
+            if not isinstance(path, str):
+                raise InputError("databases[%d]: 'path' must be a directory path (a string), got %s %r: give the "
+                                 "profile directory, e.g. /home/jean/.mozilla/firefox/abcd.default-esr"
+                                 % (i, type(path).__name__, path))
             entry = {"path": path, "in_use": bool(d.get("in_use")), "name": d.get("name"), "kind": d.get("kind")}
             if isinstance(d.get("owner"), dict) and d["owner"].get("uid") is not None:
                 entry["owner_uid"] = int(d["owner"]["uid"])
             if d.get("format") == "dbm":
                 entry["format"] = "dbm"
+        elif isinstance(d, str) and d:
+            entry = {"path": d, "in_use": False, "name": None, "kind": None}
         else:
-            entry = {"path": str(d), "in_use": False, "name": None, "kind": None}
+            raise InputError("databases[%d]: expected a directory path or a profile entry (a dict with 'path'), got "
+                             "%s %r" % (i, type(d).__name__, d))
         if entry["path"].startswith("sql:"):
             entry["path"] = entry["path"][4:]
         entry["path"] = os.path.abspath(os.path.expanduser(entry["path"]))
@@ -210,8 +304,16 @@ def normalise_certificates(certificates, default_trust="C,,"):
             raise InputError("certificates[%d]: 'name' is required (it becomes the NSS nickname)" % i)
         check_name(name, "certificates[%d] name" % i)
         data = c.get("content") or c.get("pem")
+        if data is not None and not isinstance(data, (str, bytes)):
+            key = "content" if c.get("content") is not None else "pem"
+            raise InputError("certificates[%d] (%s): '%s' must be the certificate as PEM text, got %s: give the PEM "
+                             "text (-----BEGIN CERTIFICATE----- ...) or a file in 'path'" % (i, name, key,
+                                                                                          type(data).__name__))
         for key in ("path", "der_path"):
             if data is None and c.get(key):
+                if not isinstance(c[key], str):
+                    raise InputError("certificates[%d] (%s): '%s' must be a file path, got %s" % (
+                        i, name, key, type(c[key]).__name__))
                 try:
                     data = read_bounded(c[key], "certificates[%d] (%s) %s" % (i, name, key))
                 except OSError as exc:
@@ -343,22 +445,24 @@ def _module_plan(path, module_spec, lib_exists):
 
 def provision(databases, certificates, module_spec=None, state="present", check_mode=False,
               nickname_conflict="fail", backup=False, fail_fast=False, password=None,
-              lock_timeout=DEFAULT_LOCK_TIMEOUT):
+              lock_timeout=DEFAULT_LOCK_TIMEOUT, home_budget=None, run_budget=None):
     """Certificates and the PKCS#11 module on every database, each in a child acting as its owner.
 
     The one apply path of nss_provision, nss_certificate (apply_certificates) and nss_pkcs11_module (apply_module).
     module_spec: {name, library, state (present|absent|ignore), missing_library (warn|fail), fail_on_error (a
     module that cannot be registered fails the database, not only with missing_library=fail), option (the option
     name used in messages, default module_name)} or None.
-    Certificates are applied with the module database closed (no PKCS#11 library loaded); the module, when it
-    must change, in a second open in a child of its own: a token library that cannot be loaded, or crashes,
-    costs the module only, never the CA set. A database that does not exist is created only when something is
-    to be written in it. Returns (results, changed, failed, warnings).
+    Certificates are applied with the module database closed (NSS_INIT_NOMODDB); the module is registered or
+    removed by editing pkcs11.txt as text under the same lock: no PKCS#11 library is ever loaded, neither one a
+    profile lists nor ours (a library that is not a shared object for this host is refused without loading it,
+    and costs the module only, never the CA set). A database that does not exist is created only when something
+    is to be written in it. Returns (results, changed, failed, warnings).
     """
     for w in certificates:
         w["trust_encoded"] = encoded_trust(w["trust"])
     warnings = []
     lib_exists = True
+    lib_problem = None
     if module_spec:
         check_name(module_spec.get("name"), module_spec.get("option") or "module_name")
         check_library_path(module_spec.get("library"))
@@ -369,6 +473,8 @@ def provision(databases, certificates, module_spec=None, state="present", check_
             if module_spec.get("missing_library") == "fail":
                 raise InputError(msg)
             warnings.append(msg)
+        else:
+            lib_problem = library_problem(module_spec["library"])
 
     def fresh(entry):
         res = {"path": entry["path"], "name": entry.get("name"), "kind": entry.get("kind"), "changed": False,
@@ -385,8 +491,8 @@ def provision(databases, certificates, module_spec=None, state="present", check_
     results, changed, failed = _each_database(
         databases, fresh,
         lambda e: _provision_one(e, certificates, module_spec, lib_exists, state, check_mode, nickname_conflict,
-                                 backup, password),
-        fail_fast, lock_timeout,
+                                 backup, password, lib_problem),
+        fail_fast, lock_timeout, check_mode, home_budget, run_budget,
     )
     for r in results:
         if r.get("skipped") == "refused":
@@ -406,23 +512,34 @@ def provision(databases, certificates, module_spec=None, state="present", check_
     return results, changed, failed, warnings
 
 
-def _module_change(path, module_spec, action, password):
-    """The module change of one profile (second open, pkcs11.txt loaded): runs in a child of its own."""
-    with NSSDatabase(path, readonly=False, password=password, modules=True) as db:
-        if action in ("replace", "delete"):
-            db.delete_module(module_spec["name"])
-        if action in ("add", "replace"):
-            db.add_module(module_spec["name"], module_spec["library"])
-        return _module_lines(db.modules())
+def _module_done(mods, module_spec, action):
+    """Whether pkcs11.txt (as read) holds what `action` was to achieve."""
+    named = [m for m in mods if m["name"] == module_spec["name"] and not m["internal"]]
+    if action == "delete":
+        return not named
+    return len(named) == 1 and named[0]["library"] == module_spec.get("library")
 
 
-def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, nickname_conflict, backup, password):
+def _module_change(path, module_spec, action):
+    """The module change of one profile: pkcs11.txt edited as text (no library loaded), entries named exactly
+    module_spec["name"] only. Returns the modules as read back from the file written (for the diff)."""
+    mods = edit_pkcs11_txt(path, module_spec["name"], module_spec.get("library"),
+                           remove=action in ("replace", "delete"), add=action in ("add", "replace"))
+    return _module_lines(mods)
+
+
+def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, nickname_conflict, backup, password,
+                   lib_problem=None):
     path = entry["path"]
     if not os.path.isdir(path):
         raise NSSError("open", "sql:%s" % path, text="directory %s does not exist" % path)
     exists = os.path.exists(os.path.join(path, "cert9.db"))
     mod = _module_plan(path, module_spec, lib_exists)
     mod_change = bool(mod and mod["changed"])
+    if mod_change and lib_problem and mod["action"] in ("add", "replace"):  # check mode says it too
+        mod["error"] = lib_problem
+        mod["after"] = mod["before"]
+        mod_change = False
     out = {}
     if check_mode or (not exists and not mod_change and (state == "absent" or not wanted)):
         current = []
@@ -451,11 +568,22 @@ def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, ni
             out["created"] = db.created
         if mod_change:
             try:
-                mod["after"] = run_as(acting_owner(path), _module_change, path, module_spec, mod["action"], password)
-            except (NSSError, ChildError) as exc:
-                mod["error"] = str(exc)
-                mod["after"] = mod["before"]
-                mod_change = False
+                mod["after"] = _module_change(path, module_spec, mod["action"])
+            except (NSSError, OSError) as exc:
+                # the truth is what pkcs11.txt holds now (the write is a rename: old file or new, never half)
+                why = "%s: %s" % (exc.__class__.__name__, exc) if isinstance(exc, OSError) else str(exc)
+                try:
+                    after = read_pkcs11_txt(path)
+                except (NSSError, OSError) as again:
+                    mod["error"] = "%s; pkcs11.txt could not be read back (%s): check whether the module is there" % (
+                        why, again)
+                    mod["after"] = mod["before"]
+                    mod_change = False
+                else:
+                    mod["after"] = _module_lines(after)
+                    mod_change = mod["after"] != mod["before"]
+                    if not _module_done(after, module_spec, mod["action"]):
+                        mod["error"] = why
     out["certificates"] = [{"name": w["name"], "nickname": n, "action": a, "sha256": w["sha256"]}
                            for a, w, n in plan]
     if mod is not None:

@@ -15,6 +15,7 @@ from ansible.module_utils.tokentrust_nss.database import (  # noqa: F401
     NSSDatabase,
     check_sqlite_file,
     der_from_bytes,
+    edit_pkcs11_txt,
     normalize_trust,
     read_pkcs11_txt,
     slot_info,

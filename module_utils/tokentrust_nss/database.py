@@ -33,6 +33,11 @@ from ansible.module_utils.tokentrust_nss.errors import DatabaseLockedError, Lega
 DB_FILES = ("cert9.db", "key4.db", "pkcs11.txt")
 LEGACY_FILES = ("cert8.db", "key3.db", "secmod.db")
 SQLITE_MAGIC = b"SQLite format 3\x00"
+# A Firefox profile's cert9.db is a few hundred KiB, key4.db less, pkcs11.txt a few lines: anything larger is refused
+# before it is read (a sparse 1 GB file in a user's profile must not cost root's run its memory, nor a backup).
+MAX_DB_BYTES = 64 * 1024 * 1024
+MAX_PKCS11_TXT_BYTES = 1024 * 1024
+PKCS11_TXT_NEW = "pkcs11.txt.tokentrust-new"  # our temporary while pkcs11.txt is rewritten (renamed over it)
 
 NSS_INIT_READONLY = 0x1
 NSS_INIT_NOMODDB = 0x4
@@ -122,12 +127,46 @@ def _check_der(der, what):
         )
 
 
+def open_regular(path, what="file", limit=MAX_DB_BYTES):
+    """A descriptor on `path` opened without blocking and without following a link, refused (NSSError) unless it
+    is a regular file of at most `limit` bytes: a FIFO, a device or a socket planted in a profile never blocks us,
+    an endless or huge file is never read."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)  # OSError (missing, ELOOP for a link) to the caller
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NSSError("open", path, name="TT_NOT_REGULAR_FILE",
+                           text="%s %s is not a regular file (a FIFO, a device or a socket?): refused, nothing was "
+                           "read or changed; remove it (Firefox recreates it)" % (what, path))
+        if st.st_size > limit:
+            raise NSSError("open", path, name="TT_FILE_TOO_LARGE",
+                           text="%s %s is %d bytes, more than the %d a profile's %s can sanely be: refused, nothing "
+                           "was read, backed up or changed; move it aside (Firefox recreates it)"
+                           % (what, path, st.st_size, limit, os.path.basename(path)))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path, what="file", limit=MAX_DB_BYTES):
+    """The bytes of `path` (open_regular), at most `limit` of them."""
+    with os.fdopen(open_regular(path, what, limit), "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # it grew after the check
+        raise NSSError("read", path, name="TT_FILE_TOO_LARGE", text="%s %s grew beyond %d bytes while being read: "
+                       "refused, nothing was changed" % (what, path, limit))
+    return data
+
+
 def check_sqlite_file(path):
     """None if `path` looks like a complete SQLite database; otherwise a reason string."""
     size = os.path.getsize(path)
     if size == 0:
         return "is empty (0 bytes)"
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path, "database file"), "rb") as f:
         head = f.read(100)
     if len(head) < 100 or not head.startswith(SQLITE_MAGIC):
         return "is not an SQLite database (garbage or another format)"
@@ -281,6 +320,11 @@ class NSSDatabase:
                                text="%s is a symbolic link (to %s): tokentrust never follows links inside a profile; "
                                "replace it with the real file (or remove it: Firefox recreates it); nothing was "
                                "changed" % (os.path.join(d, name), os.readlink(os.path.join(d, name))))
+        for name in DB_FILES:
+            if name in present:
+                p = os.path.join(d, name)
+                os.close(open_regular(p, "database file", MAX_PKCS11_TXT_BYTES if name == "pkcs11.txt"
+                                      else MAX_DB_BYTES))
         legacy = [n for n in LEGACY_FILES if n in present]
         if legacy and "cert9.db" not in present:
             raise LegacyDatabaseError(
@@ -328,8 +372,7 @@ class NSSDatabase:
             for name in DB_FILES:
                 p = os.path.join(self.directory, name)
                 if self._before[name] is not None:
-                    with os.fdopen(os.open(p, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
-                        self._snapshot[name] = f.read()
+                    self._snapshot[name] = read_regular(p, "database file")
                 else:
                     self._snapshot[name] = None
             self.created = self._before["cert9.db"] is None
@@ -392,10 +435,9 @@ class NSSDatabase:
                     os.unlink(p)
                 continue
             try:
-                with os.fdopen(os.open(p, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
-                    if f.read() == data:
-                        continue
-            except OSError:  # gone, or a link planted in its place: replaced below, never followed
+                if read_regular(p, "database file") == data:
+                    continue
+            except (OSError, NSSError):  # gone, or a link planted in its place: replaced below, never followed
                 pass
             st = self._before[name]
             tmp = p + ".tokentrust-restore"
@@ -686,8 +728,48 @@ def _module_dict(mod):
     }
 
 
-def read_pkcs11_txt(directory):
-    """Modules registered in a database's pkcs11.txt, read as text (nothing loaded): [{name, library}]."""
+def _pkcs11_blocks(text):
+    """pkcs11.txt as NSS reads it (nssutil_ReadSecmodDB): entries separated by blank lines, `#` comments, one
+    `key=value` per line. -> list of (raw lines, fields); a module's name is the text after `name=` exactly."""
+    blocks, cur = [], []
+    for line in text.split("\n"):
+        if line.strip() == "":
+            if cur:
+                blocks.append(cur)
+                cur = []
+            continue
+        cur.append(line.rstrip("\r"))
+    if cur:
+        blocks.append(cur)
+    out = []
+    for lines in blocks:
+        fields = {}
+        for line in lines:
+            if line.startswith("#") or "=" not in line:
+                continue
+            k, v = line.split("=", 1)
+            fields.setdefault(k.strip(), v)
+        out.append((lines, fields))
+    return out
+
+
+def _module_of(fields):
+    name = fields["name"].rstrip()
+    library = (fields.get("library") or "").strip() or None
+    return {"name": name, "library": library, "internal": not library}
+
+
+def read_pkcs11_txt(directory, text=None):
+    """Modules registered in a database's pkcs11.txt, read as text (nothing loaded): [{name, library, internal}].
+
+    The file is opened without blocking or following a link and must be a regular file of at most
+    MAX_PKCS11_TXT_BYTES (NSSError otherwise)."""
+    if text is None:
+        text = _pkcs11_text(directory)
+    return [_module_of(f) for _l, f in _pkcs11_blocks(text or "") if "name" in f]
+
+
+def _pkcs11_text(directory):
     path = os.path.join(directory, "pkcs11.txt")
     if os.path.islink(path):
         raise NSSError("read modules", "sql:%s" % directory, name="TT_SYMLINK",
@@ -695,21 +777,64 @@ def read_pkcs11_txt(directory):
                        "it with the real file (or remove it: Firefox recreates it); nothing was changed"
                        % (path, os.readlink(path)))
     try:
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        data = read_regular(path, "module database", MAX_PKCS11_TXT_BYTES)
     except FileNotFoundError:
-        return []
-    out = []
-    for block in re.split(r"\n\s*\n", text):
-        fields = {}
-        for line in block.splitlines():
-            if "=" in line:
-                k, v = line.split("=", 1)
-                fields.setdefault(k.strip(), v.strip())
-        if "name" in fields:
-            out.append({"name": fields["name"], "library": fields.get("library") or None,
-                        "internal": not fields.get("library")})
-    return out
+        return None
+    return data.decode("utf-8", errors="replace")
+
+
+def internal_module_block(directory):
+    """The internal-module entry NSS writes first in a new pkcs11.txt (NSS 3.x, sql: databases)."""
+    return ("library=\nname=NSS Internal PKCS #11 Module\nparameters=configdir='sql:%s' certPrefix='' keyPrefix='' "
+            "secmod='secmod.db' flags= updatedir='' updateCertPrefix='' updateKeyPrefix='' updateid='' "
+            "updateTokenDescription='' \nNSS=Flags=internal,critical trustOrder=75 cipherOrder=100 slotParams=(1={"
+            "slotFlags=[ECC,RSA,DSA,DH,RC2,RC4,DES,RANDOM,SHA1,MD5,MD2,SSL,TLS,AES,Camellia,SEED,SHA256,SHA512] "
+            "askpw=any timeout=30})\n" % directory)
+
+
+def edit_pkcs11_txt(directory, name, library=None, remove=True, add=False):
+    """Register or remove one PKCS#11 module by editing pkcs11.txt as text: no library is loaded, neither ours nor
+    one the file lists. Only entries named exactly `name` (and never the internal module) are removed; every other
+    entry is kept byte for byte. The new file is written beside it and renamed over it (atomic: a kill leaves the
+    old or the new file, never a half), keeping the old file's mode (0600 for a new one). Call it as the profile's
+    owner under the profile lock. Returns the modules as read back from the file written."""
+    path = os.path.join(directory, "pkcs11.txt")
+    text = _pkcs11_text(directory)
+    old_mode = None
+    if text is not None:
+        old_mode = stat.S_IMODE(os.lstat(path).st_mode)
+        kept = []
+        for lines, fields in _pkcs11_blocks(text):
+            mod = _module_of(fields) if "name" in fields else None
+            if remove and mod and mod["name"] == name and not mod["internal"]:
+                continue
+            kept.append("\n".join(lines) + "\n")
+    else:
+        kept = [internal_module_block(directory)]
+    if add:
+        kept.append("library=%s\nname=%s\n" % (library, name))
+    new = "\n".join(kept) + "\n"
+    tmp = os.path.join(directory, PKCS11_TXT_NEW)
+    try:
+        os.unlink(tmp)  # a leftover of a killed run (unlink acts on a planted link itself, never follows it)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600 if old_mode is None else old_mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(new)
+            f.flush()
+            os.fsync(f.fileno())
+            if old_mode is not None:
+                os.fchmod(f.fileno(), old_mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return read_pkcs11_txt(directory)
 
 
 def token_flags(flags):

@@ -77,7 +77,11 @@ def _cert_summary(der):
 
 def parse_url(url):
     """(host, port, path) of an https URL; TLSError(kind='url') otherwise."""
-    parts = urlsplit(url or "")
+    try:
+        parts = urlsplit(url or "")  # an unclosed IPv6 literal raises here
+    except (ValueError, TypeError) as exc:
+        raise TLSError("url", "the test URL %r cannot be parsed (%s): give https://host[:port]/path, an IPv6 "
+                       "address in brackets (https://[::1]:8443/)" % (url, exc)) from None
     if parts.scheme != "https" or not parts.hostname:
         raise TLSError("url", "the test URL %r is not an https:// URL with a host name" % url)
     try:

@@ -169,6 +169,10 @@ def _load_ca_set(ca_set):
         if not pem:
             raise TokenError("ca_set", "CA set entry %r has no 'pem': pass the tokentrust_ca_set fact of the "
                              "ca_certificates role (entries with name, pem, sha256, role)" % name)
+        if not isinstance(pem, (str, bytes)):
+            raise TokenError("ca_set", "ca_set[%d] (%s): expected a dict with name and pem (PEM text) or a PEM text, "
+                             "got %s: pass the tokentrust_ca_set fact of the ca_certificates role"
+                             % (i, name, type(pem).__name__))
         try:
             der = der_from_bytes(pem, "CA set entry %r" % name)
             out.append((name, x509.load_der_x509_certificate(der)))

@@ -241,15 +241,21 @@ def test_one_bad_profile_fails_alone_even_a_crashing_library(user, ca_set, reque
     _, (p1, p2) = user_profiles(user, ["c1", "c2"])
     args = {"databases": [p1, p2], "certificates": ca_set, "module_name": "crashy", "module_library": str(lib),
             "missing_library": "fail"}
+    # issue 22: registering a module never loads it (pkcs11.txt is edited as text), so a library that crashes
+    # when loaded costs the run nothing: it is registered (Firefox is the one that will load it), the CA set is
+    # in place. f8c7a58 loaded it in a worker, which died with SIGSEGV.
     r = run_module("nss_provision", args)
-    assert r["failed"] is True and sorted(r["failed_databases"]) == sorted([p1, p2]), r
-    for d in r["databases"]:
-        assert "SIGSEGV" in d["error"] and "CA set is in place" in d["error"], d
-    for p in (p1, p2):  # the CA set does not depend on the token library
-        assert len(certutil_list(p)) == len(ca_set) and "crashy" not in modutil_modules(p)
-    r = run_module("nss_provision", dict(args, missing_library="warn"))
+    assert not r.get("failed") and r["changed"] is True, r
+    for p in (p1, p2):
+        copy = pathlib.Path(tempfile.mkdtemp(prefix="tt-copy-"))  # certutil would load (and crash on) crashy
+        request_cleanup.append(lambda c=copy: shutil.rmtree(c, ignore_errors=True))
+        for n in ("cert9.db", "key4.db"):
+            shutil.copyfile(os.path.join(p, n), copy / n)
+        assert len(certutil_list(str(copy))) == len(ca_set)
+        with open(os.path.join(p, "pkcs11.txt")) as f:
+            assert "library=%s\nname=crashy\n" % lib in f.read()
+    r = run_module("nss_provision", args)
     assert not r.get("failed") and r["changed"] is False, r
-    assert any("SIGSEGV" in w for w in r["warnings"])
 
 
 # ---------------------------------------------------------------------------------------------- 5: concurrency
@@ -424,7 +430,11 @@ def test_kill9_loop_never_corrupts_and_leftovers_are_cleaned(ca_set, tmp_path):
     corrupted = 0
     for prof in profs:
         if os.path.exists(os.path.join(prof, "cert9.db")):
-            ok = subprocess.run(["certutil", "-L", "-d", "sql:%s" % prof], capture_output=True).returncode == 0
+            cu = subprocess.run(["certutil", "-L", "-d", "sql:%s" % prof], capture_output=True, text=True)
+            ok = cu.returncode == 0
+            if not ok:
+                sizes = {n: os.path.getsize(os.path.join(prof, n)) for n in os.listdir(prof)}
+                print("\ncorrupted %s: %s %s" % (prof, cu.stderr.strip(), sizes))
             corrupted += not ok
     out = json.loads(_runner(spec).communicate(timeout=300)[0])
     assert out["failed"] == [], out
