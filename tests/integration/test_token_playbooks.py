@@ -140,7 +140,7 @@ def test_token_pin_playbook_batch_change_then_unblock(lab):
     proc = playbook(common + ["-e", "@%s" % pins])
     res, stats = task_results(proc)
     assert stats["lab-ws"]["failures"] == 0, proc.stdout[-3000:]
-    assert "PIN unblocked and set on token 'CERTEUROPE LAB'" in res["Token PIN | Say what was done"]["msg"]
+    assert "PIN unblocked with the PUK and set on token 'CERTEUROPE LAB'" in res["Token PIN | Say what was done"]["msg"]
     assert "PIN state ok" in res["Token PIN | Say what was done"]["msg"]
     assert PUK not in proc.stdout and lab["tok"].counters() == (0, 0) and flags_of(lab["tok"]) == []
 
