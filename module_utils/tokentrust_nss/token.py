@@ -959,7 +959,8 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
            "token": None, "pin_state_before": None, "logged_in": False, "pin_attempts": 0, "certificates": [],
            "other_certificates": 0, "login_certificate": None, "holder": None, "not_after": None, "days_left": None,
            "client_cert_requested": None, "client_cert_sent": None, "client_cert_accepted": None,
-           "tls": None, "preflight": None, "error": None, "problems": [], "warnings": [], "check_mode": bool(check_mode),
+           "tls": None, "preflight": None, "error": None, "problems": [], "warnings": [],
+           "check_mode": bool(check_mode),
            "lock_waited": None}
     try:
         validate_inputs(url, tls, certificate, timeout, body_bytes, min_days_left, tls_max)

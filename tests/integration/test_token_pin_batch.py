@@ -99,7 +99,8 @@ def test_puk_and_current_pin_both_given_means_unblock(tok, tmp_path):
     tasks, stats, proc = run_batch(tmp_path, tok, {"token_pin_current": "11111111", "token_pin_puk": PUK,
                                                    "token_pin_new": NEW})
     assert stats["failures"] == 0, proc.stdout[-3000:]
-    assert tasks[DO]["invocation"]["module_args"]["action"] == "unblock" and tok.counters() == (0, 0) and logs_in(tok, NEW)
+    assert tasks[DO]["invocation"]["module_args"]["action"] == "unblock"
+    assert tok.counters() == (0, 0) and logs_in(tok, NEW)
 
 
 def test_no_new_pin_without_a_terminal_presents_nothing(tok, tmp_path):
