@@ -304,7 +304,7 @@ def test_missing_nss_is_a_written_message_not_a_traceback(tok, pki, tmp_path):
 # ------------------------------------------------------------------------------------ 5. host name checked
 def test_server_certificate_for_another_host_name_is_refused(tok, pki, tmp_path):
     """SSL_SetURL's return is checked and the name it sets is enforced: a page whose certificate (from a trusted
-    CA) names another host is server_untrusted with SSL_ERROR_BAD_CERT_DOMAIN, before any client certificate."""
+    CA) names another host is server_name_mismatch with SSL_ERROR_BAD_CERT_DOMAIN, before any client certificate."""
     from lab.testpage import TestPage, make_server_identity
 
     other = make_server_identity(tmp_path / "other", names=("test-page.invalid",))
@@ -314,6 +314,6 @@ def test_server_certificate_for_another_host_name_is_refused(tok, pki, tmp_path)
                              "url": page.url, "server_ca": [str(other["ca"])], "fail_on_error": False},
                             {"tt_pin": PIN})
         assert [e for e in page.entries() if e["event"] == "request"] == []
-    assert res["ok"] is False and res["error"]["kind"] == "server_untrusted"
-    assert res["error"]["nss_error"] == "SSL_ERROR_BAD_CERT_DOMAIN"
+    assert res["ok"] is False and res["error"]["kind"] == "server_name_mismatch"
+    assert res["error"]["nss_error"] == "SSL_ERROR_BAD_CERT_DOMAIN" and res["pin_attempts"] == 0
     assert res["client_cert_sent"] is None
