@@ -68,8 +68,8 @@ CKF_PROTECTED_AUTHENTICATION_PATH = 0x100
 
 
 def default_module(system=None):
-    """The Gemalto Classic Client PKCS#11 library for this OS (None when we know no default): the one per-OS table
-    of module_utils/tokentrust_facts.py."""
+    """The token library of this host (system None: the first of the table of module_utils/tokentrust_facts.py found
+    here, else Classic Client's), or Classic Client's for `system`; None when we know no default."""
     return default_library(system)
 
 
@@ -481,8 +481,8 @@ def _check_library(lib_path):
                          "library has no default on %s)" % platform.system())
     if not os.path.exists(lib_path):
         raise TokenError("module_missing", "PKCS#11 module %s does not exist on this host: install the token "
-                         "middleware (Gemalto/Thales Classic Client) or set `module` to its library"
-                         % lib_path, module=lib_path)
+                         "middleware (Gemalto/Thales Classic Client, or OpenSC) or set `module` to its library "
+                         "(roles: tokentrust_token_library)" % lib_path, module=lib_path)
     if not os.path.isfile(lib_path):
         raise TokenError("module_missing", "PKCS#11 module %s is not a file" % lib_path, module=lib_path)
 
