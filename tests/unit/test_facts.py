@@ -162,7 +162,8 @@ def test_token_library_table_covers_the_key_family():
     (["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"], "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"),
     (["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so", "/usr/lib/libeTPkcs11.so"], "/usr/lib/libeTPkcs11.so"),
     (["/usr/lib/libeTPkcs11.so", "/usr/lib/pkcs11/libIDPrimePKCS11.so"], "/usr/lib/pkcs11/libIDPrimePKCS11.so"),
-    (["/usr/lib64/pkcs11/opensc-pkcs11.so", "/usr/lib/ClassicClient/libgclib.so"], "/usr/lib/ClassicClient/libgclib.so"),
+    (["/usr/lib64/pkcs11/opensc-pkcs11.so", "/usr/lib/ClassicClient/libgclib.so"],
+     "/usr/lib/ClassicClient/libgclib.so"),
 ])
 def test_the_host_default_is_the_first_library_found(present, expected, monkeypatch):
     monkeypatch.setattr(tl.platform, "system", lambda: "Linux")
