@@ -62,8 +62,9 @@ options:
   module:
     description:
       - Path of the PKCS#11 library of the token middleware on the host.
-      - Default by OS, from the one per-OS table (C(module_utils/tokentrust_facts.py)), Linux
-        C(/usr/lib/pkcs11/libgclib.so), macOS
+      - Default, the first token library of the table in C(module_utils/tokentrust_facts.py) that exists on the host
+        (Gemalto Classic Client, IDPrime, SafeNet Authentication Client, OpenSC), else Classic Client's path for the
+        OS, Linux C(/usr/lib/pkcs11/libgclib.so), macOS
         C(/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11ClassicClient/libgclib.dylib).
     type: path
   token_label:

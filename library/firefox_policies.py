@@ -95,9 +95,10 @@ options:
     type: str
   device_candidates:
     description:
-      - Library paths for O(device_name). Empty means the Gemalto Classic Client paths of the OS (Linux
-        C(/usr/lib/pkcs11/libgclib.so), C(/usr/lib64/pkcs11/libgclib.so), C(/usr/lib/ClassicClient/libgclib.so);
-        macOS C(libgclib.dylib) in C(Pkcs11ClassicClient.framework)).
+      - Library paths for O(device_name). Empty means every token library of the OS in the table of
+        C(module_utils/tokentrust_facts.py) (Gemalto Classic Client first - Linux C(/usr/lib/pkcs11/libgclib.so),
+        macOS C(libgclib.dylib) in C(Pkcs11ClassicClient.framework) - then IDPrime, SafeNet Authentication Client
+        and OpenSC); the first that exists on the host is registered, else the first of them.
     type: list
     elements: path
     default: []
@@ -227,7 +228,7 @@ from ansible.module_utils.tokentrust_errors import TokentrustError, fail
 from ansible.module_utils.tokentrust_facts import (
     ca_entry_name,
     ca_file_name,
-    library_candidates,
+    token_library_paths,
     trusted_for_tls_servers,
 )
 from ansible.module_utils.tokentrust_files import WriteError, with_attributes_diff, write_file
@@ -308,7 +309,7 @@ def run(module):
     devices = dict(p["devices"])
     device_library = None
     if p["device_name"]:
-        candidates = p["device_candidates"] or library_candidates(platform.system(), guess=True)
+        candidates = p["device_candidates"] or token_library_paths(platform.system(), guess=True)
         device_library = next((c for c in candidates if os.path.isfile(c)), candidates[0])
         devices[p["device_name"]] = device_library
     desired = desired_policies(certificates, devices, p["import_enterprise_roots"])

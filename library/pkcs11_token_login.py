@@ -28,8 +28,15 @@ description:
     handshake completed with it) and the page answered HTTP 200. A server that never asks for a client
     certificate is the failure C(no_client_auth), since such a login proves nothing about the key. A page that says the
     certificate is not valid ("n'est pas valide") is a problem.
-  - Every input (URL scheme and host, certificate selector, timeouts) is checked B(before the key is touched),
-    so a bad input presents no PIN.
+  - Every input (URL scheme, host and port 1-65535, certificate selector, timeouts) is checked B(before the key is
+    touched), so a bad input presents no PIN.
+  - B(A pre-flight handshake without the key) comes before the PIN is presented (not in check mode). The server
+    must be reachable, trusted and valid for the URL's host name, and must ask for a client certificate. When its
+    CertificateRequest names acceptable CAs, one of them must be a CA above the certificate to log in with (else the
+    failure C(client_ca_not_accepted), since such a server cannot really accept the key whatever it answers). The same
+    request is then sent B(with no client certificate) (the negative control); a server that answers it with HTTP
+    2xx does not need the key, the failure C(client_cert_optional). Each of these failures spends no PIN try. What
+    the pre-flight saw is returned in C(preflight).
   - The PIN guard holds an exclusive lock per token (keyed by the token's serial; C(fcntl.flock) on a file in
     C(/run/tokentrust) for root, else a private temporary directory) from reading the PIN counter to the end of
     the login, so parallel runs (several hosts sharing one key, two playbooks at once) never present a PIN that
@@ -123,7 +130,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: No PIN is presented and no TLS connection is made in check mode.
+    details: No PIN is presented and no TLS connection is made in check mode (not even the pre-flight).
   diff_mode:
     support: none
 notes:
@@ -164,8 +171,12 @@ error:
   description: What stopped the test (kind, message, nss_error). C(kind) is one of module_missing, module_load,
     no_token, several_tokens, token_not_found, pin_locked, pin_final_try, wrong_pin, login, ca_set, url, resolve,
     connect, timeout, server_untrusted, client_cert_rejected, client_cert_required, handshake, http, nss,
-    no_client_auth (the server did not ask for a client certificate), client_cert_not_sent, page_status (not
-    HTTP 200), certificate_ambiguous, certificate_not_found, input, lock, wrong_pin_this_run.
+    no_client_auth (the server did not ask for a client certificate), client_ca_not_accepted (the server's acceptable
+    CA names exclude the key's chain), client_cert_optional (the server answered 2xx with no client certificate),
+    server_name_mismatch (the server certificate is not for the URL's host), client_cert_not_sent, page_status (not
+    HTTP 200; a redirection gives its Location), certificate_ambiguous, certificate_not_found, input, lock,
+    wrong_pin_this_run. The kinds found by the pre-flight (resolve, connect, timeout, server_untrusted,
+    server_name_mismatch, no_client_auth, client_ca_not_accepted, client_cert_optional) come before the PIN.
   returned: always
   type: dict
   sample: {"kind": "pin_final_try", "message": "the token 'CERTEUROPE LAB' says the next wrong PIN locks it..."}
@@ -241,8 +252,16 @@ client_cert_accepted:
     when the server refused it; null when not tried.
   returned: always
   type: bool
+preflight:
+  description: The handshake made without the key before the PIN (null when not made - check mode, no URL, or a
+    failure before it). url, tls_version, server_certificate, client_cert_requested, acceptable_cas (the CA names
+    of the CertificateRequest, as text; empty when the server names none), acceptable_cas_der (hex),
+    without_client_cert (accepted, status, location, refused - the TLS error by which the server refused a
+    request with no certificate).
+  returned: always
+  type: dict
 tls:
-  description: The TLS login (url, status, reason, content_type, body_start, http_framing, tls_version,
+  description: The TLS login (url, status, reason, location, content_type, body_start, http_framing, tls_version,
     cipher_suite, client_cert_requested, client_cert_sent, client_cert_accepted, server_certificate, page with
     holder_found, says_valid, says_not_valid, expiry).
   returned: when the handshake was made

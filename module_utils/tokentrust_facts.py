@@ -6,7 +6,8 @@ Pure data and pure functions, importing nothing of Ansible: modules and module_u
 ``ansible.module_utils.tokentrust_facts``; roles reach it through the ``tokentrust_*`` filters of
 ``filter_plugins/tokentrust.py``, never through a Jinja copy.
 
-- The middleware's PKCS#11 library per OS (``GEMALTO_CLASSIC_CLIENT``, ``library_candidates``, ``default_library``).
+- The middleware's PKCS#11 library per OS (``GEMALTO_CLASSIC_CLIENT``, ``library_candidates``, ``default_library``)
+  and every token library of the key family (``TOKEN_LIBRARIES``, ``find_token_library``): tokentrust_token_library.
 - NSS trust strings (``NSS_TRUST_LETTERS``, ``NSS_TRUST_RE``, ``is_nss_trust``).
 - CA file names (``ca_file_stem``, ``ca_file_name``, ``ca_files``) and which CAs Firefox's policies install
   (``trusted_for_tls_servers``).
@@ -52,6 +53,72 @@ GEMALTO_CLASSIC_CLIENT = {
 # Another Unix-like OS with no entry: its packages lay the library out as on Linux (guess=True).
 _GUESS_FOR_UNKNOWN = "Linux"
 
+# Every token library this key family really ships with, per OS, in the order a host is searched (the first that
+# exists on the host is the default of tokentrust_token_library): the manual's Classic Client first, then Thales'
+# IDPrime library, SafeNet Authentication Client's eToken library, and the distribution's OpenSC. Each path is cited.
+# - Classic Client: GEMALTO_CLASSIC_CLIENT above (docs/token.md; macOS: web-eid/libelectronic-id).
+# - IDPrime (SafeNet Authentication Client 10.x ships libIDPrimePKCS11 beside libeTPkcs11): Linux /usr/lib and
+#   /usr/lib/pkcs11 (the SAC 10.8 .deb's usr/lib, NixOS/nixpkgs pkgs/by-name/pc/pcsc-safenet/package.nix; the
+#   B-Trust BISS setup checks /usr/lib/pkcs11/libIDPrimePKCS11.so), /usr/lib64 on RPM systems; macOS
+#   /Library/Frameworks/eToken.framework/Versions/A/libIDPrimePKCS11.dylib; Windows the SAC x64 folder
+#   (C:\Program Files\SafeNet\Authentication\SAC\x64\IDPrimePKCS1164.dll) and System32 (IDPrimePKCS11.dll).
+# - SafeNet Authentication Client (eToken): Linux /usr/lib/libeTPkcs11.so (SafeNet Authentication Client (Linux)
+#   Administrator Guide 007-013842-001; the same .deb), /usr/lib/pkcs11/libeTPkcs11.so; macOS
+#   /usr/local/lib/libeTPkcs11.dylib and eToken.framework's libeToken.dylib (open-eid/browser-token-signing
+#   common/PKCS11Path.cpp); Windows C:\Windows\System32\eTPKCS11.dll (SAC Windows Administrator Guide).
+# - OpenSC: Debian/Ubuntu multiarch /usr/lib/<triplet>/opensc-pkcs11.so and .../pkcs11/opensc-pkcs11.so (package
+#   opensc-pkcs11's file list, Debian 12 and 13), Fedora/RHEL /usr/lib64/opensc-pkcs11.so and
+#   /usr/lib64/pkcs11/opensc-pkcs11.so (package opensc); macOS /Library/OpenSC/lib/opensc-pkcs11.so
+#   (open-eid/browser-token-signing common/PKCS11Path.cpp); Windows C:\Program Files\OpenSC Project\OpenSC\pkcs11\
+#   opensc-pkcs11.dll (OpenSC/OpenSC win32/OpenSC.wxs.in, INSTALLDIR_PKCS11).
+TOKEN_LIBRARIES = (
+    ("Classic Client", GEMALTO_CLASSIC_CLIENT),
+    ("IDPrime", {
+        "Linux": ["/usr/lib/libIDPrimePKCS11.so", "/usr/lib/pkcs11/libIDPrimePKCS11.so",
+                  "/usr/lib64/libIDPrimePKCS11.so"],
+        "Darwin": ["/Library/Frameworks/eToken.framework/Versions/A/libIDPrimePKCS11.dylib"],
+        "Windows": ["C:\\Program Files\\SafeNet\\Authentication\\SAC\\x64\\IDPrimePKCS1164.dll",
+                    "C:\\Windows\\System32\\IDPrimePKCS11.dll"],
+    }),
+    ("SafeNet Authentication Client", {
+        "Linux": ["/usr/lib/libeTPkcs11.so", "/usr/lib/pkcs11/libeTPkcs11.so", "/usr/lib64/libeTPkcs11.so"],
+        "Darwin": ["/usr/local/lib/libeTPkcs11.dylib",
+                   "/Library/Frameworks/eToken.framework/Versions/Current/libeToken.dylib"],
+        "Windows": ["C:\\Windows\\System32\\eTPKCS11.dll"],
+    }),
+    ("OpenSC", {
+        "Linux": ["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so", "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
+                  "/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so",
+                  "/usr/lib/aarch64-linux-gnu/pkcs11/opensc-pkcs11.so",
+                  "/usr/lib64/opensc-pkcs11.so", "/usr/lib64/pkcs11/opensc-pkcs11.so"],
+        "Darwin": ["/Library/OpenSC/lib/opensc-pkcs11.so"],
+        "Windows": ["C:\\Program Files\\OpenSC Project\\OpenSC\\pkcs11\\opensc-pkcs11.dll"],
+    }),
+)
+
+
+def token_library_candidates(system=None, guess=False):
+    """[(middleware, path)] of every token library known on `system` (default: this host), in search order."""
+    system = system or platform.system()
+    if guess and all(system not in table for _name, table in TOKEN_LIBRARIES):
+        system = _GUESS_FOR_UNKNOWN
+    return [(name, path) for name, table in TOKEN_LIBRARIES for path in table.get(system, [])]
+
+
+def token_library_paths(system=None, guess=False):
+    """The paths of token_library_candidates() (the firefox_policies role's candidates: first existing wins)."""
+    return [path for _name, path in token_library_candidates(system, guess)]
+
+
+def find_token_library(system=None, guess=False, exists=None):
+    """(middleware, path) of the first token library of the table that exists on THIS host (regular file, symlinks
+    followed), None when none does."""
+    exists = exists or posixpath.isfile
+    for name, path in token_library_candidates(system, guess):
+        if exists(path):
+            return name, path
+    return None
+
 
 def library_candidates(system=None, guess=False):
     """Every known path of the middleware's PKCS#11 library on `system` (default: this host), default first.
@@ -62,8 +129,14 @@ def library_candidates(system=None, guess=False):
     return list(GEMALTO_CLASSIC_CLIENT.get(system, []))
 
 
-def default_library(system=None, guess=False):
-    """The default PKCS#11 library path on `system` (default: this host); None when no default is known."""
+def default_library(system=None, guess=False, exists=None):
+    """The default PKCS#11 library path. With no `system` (a module on the host itself): the first token library of
+    TOKEN_LIBRARIES found on this host, else Classic Client's default. With a `system` (a controller naming a host's
+    OS): Classic Client's default for it. None when no default is known."""
+    if system is None:
+        found = find_token_library(None, guess, exists)
+        if found:
+            return found[1]
     found = library_candidates(system, guess)
     return found[0] if found else None
 

@@ -113,7 +113,8 @@ _cdef(
     typedef struct CERTCertDBHandle CERTCertDBHandle;
     typedef struct PK11SlotInfo PK11SlotInfo;
     typedef struct SECKEYPrivateKey SECKEYPrivateKey;
-    typedef struct CERTDistNames CERTDistNames;
+    /* struct CERTDistNamesStr (certt.h): the acceptable CA names of a CertificateRequest, DER names */
+    typedef struct CERTDistNamesStr { PLArenaPool *arena; int nnames; SECItem *names; void *head; } CERTDistNames;
     typedef struct CERTSignedDataStr { SECItem data; SECAlgorithmID signatureAlgorithm; SECItem signature; }
         CERTSignedData;
     /* prefix of struct CERTCertificateStr (certt.h): we only read derCert */
@@ -128,6 +129,7 @@ _cdef(
     } CERTCertificate;
     typedef struct CERTCertListNodeStr { PRCList links; CERTCertificate *cert; void *appData; } CERTCertListNode;
     typedef struct CERTCertListStr { PRCList list; PLArenaPool *arena; } CERTCertList;
+    char *CERT_DerNameToAscii(SECItem *dername);
     typedef struct CERTCertTrustStr { unsigned int sslFlags; unsigned int emailFlags;
                                       unsigned int objectSigningFlags; } CERTCertTrust;
 

@@ -85,9 +85,13 @@ def parse_url(url):
     if parts.scheme != "https" or not parts.hostname:
         raise TLSError("url", "the test URL %r is not an https:// URL with a host name" % url)
     try:
-        port = parts.port or 443
+        port = parts.port
     except ValueError:
-        raise TLSError("url", "the test URL %r has a bad port" % url) from None
+        port = -1
+    if port is None:
+        port = 443
+    elif not 1 <= port <= 65535:
+        raise TLSError("url", "the test URL %r has a bad port: a TCP port is a number from 1 to 65535" % url)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
@@ -309,11 +313,17 @@ class _Hooks:
         self.key_missing = False
         self.server_error = None
         self.server_der = None
+        self.ca_names = None  # DER names of the CertificateRequest's acceptable CAs (None: no request seen)
         self.client_cb = ffi.callback("SSLGetClientAuthData", self._client_auth, error=-1)
         self.auth_cb = ffi.callback("SSLAuthCertificate", self._auth_cert, error=-1)
 
     def _client_auth(self, arg, fd, ca_names, p_cert, p_key):
         self.requested = True
+        if ca_names != ffi.NULL:
+            self.ca_names = [bytes(ffi.buffer(ca_names.names[i].data, ca_names.names[i].len))
+                             for i in range(max(int(ca_names.nnames), 0))]
+        else:
+            self.ca_names = []
         if self.client_cert is None:
             return -1  # no certificate to offer
         key = lib.nss3.PK11_FindKeyByAnyCert(self.client_cert, ffi.NULL)
@@ -361,14 +371,33 @@ def _ok(rv, what, where):
         raise TLSError("handshake", "%s failed for %s: %s (%s)" % (what, where, err.name, err.text), err.name)
 
 
-def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls_max=None):
-    """GET `url` over TLS with client authentication by `client_cert` (CERTCertificate* or None).
+# what a failed TCP connect means, in words (NSPR reports a refused connect, an RST in answer to the SYN, as
+# PR_CONNECT_RESET_ERROR "reset by peer": at connect time that is a refusal, nothing was ever exchanged)
+CONNECT_TEXTS = {
+    "PR_CONNECT_REFUSED_ERROR": "connection refused: nothing listens on that port (or a firewall refuses it)",
+    "PR_CONNECT_RESET_ERROR": "connection refused: nothing listens on that port (or a firewall refuses it)",
+    "PR_NETWORK_UNREACHABLE_ERROR": "network unreachable from this host",
+    "PR_HOST_UNREACHABLE_ERROR": "host unreachable from this host",
+    "PR_IO_TIMEOUT_ERROR": "no answer in time (a firewall dropping the packets, or a wrong address)",
+}
 
-    Returns url, status, reason, content_type, body_start (at most `max_body` characters), http_framing,
-    tls_version, cipher_suite, client_cert_requested, client_cert_sent (SHA-256 or None), client_cert_accepted
-    (sent, and the server answered over the authenticated connection), server_certificate, page (analyse_page).
-    Raises TLSError.
-    """
+
+def dn_text(der):
+    """A DER distinguished name as text (NSS's CERT_DerNameToAscii), its hex when NSS cannot read it."""
+    buf = ffi.new("unsigned char[]", bytes(der))
+    item = ffi.new("SECItem *", {"type": 0, "data": buf, "len": len(der)})
+    p = lib.nss3.CERT_DerNameToAscii(item)
+    if p == ffi.NULL:
+        return "DER:" + bytes(der).hex()
+    try:
+        return ffi.string(p).decode("utf-8", "replace")
+    finally:
+        lib.nss3.PORT_Free(p)
+
+
+def _open(url, hooks, timeout, tls_max):
+    """A TCP connection to `url` with the TLS handshake done, through `hooks`. Returns (fd, info, where, request);
+    the caller closes fd. Raises TLSError (with the socket closed)."""
     host, port, path = parse_url(url)
     interval = lib.nspr4.PR_SecondsToInterval(int(timeout))
     addr = _resolve(host, port)
@@ -382,7 +411,6 @@ def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls
         err = last_error("SSL_ImportFD")
         lib.nspr4.PR_Close(tcp)
         raise TLSError("handshake", "cannot set up TLS on the socket: %s" % err.name, err.name)
-    hooks = _Hooks(client_cert)
     where = "%s:%d" % (host, port)
     try:
         for opt, val in ((SSL_SECURITY, 1), (SSL_HANDSHAKE_AS_CLIENT, 1), (SSL_NO_CACHE, 1),
@@ -399,63 +427,145 @@ def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls
         if lib.nspr4.PR_Connect(fd, addr, interval) != 0:
             err = last_error("connect")
             kind = "timeout" if err.name in TIMEOUTS else "connect"
-            raise TLSError(kind, "cannot connect to %s: %s (%s)" % (where, err.name, err.text), err.name)
+            raise TLSError(kind, "cannot connect to %s: %s (%s)" % (where, CONNECT_TEXTS.get(err.name, err.text),
+                                                                   err.name), err.name)
         if lib.ssl3.SSL_ForceHandshakeWithTimeout(fd, interval) != 0:
             raise _handshake_error(last_error("TLS handshake"), hooks, where)
-
         info = ffi.new("SSLChannelInfo *")
         _ok(lib.ssl3.SSL_GetChannelInfo(fd, info, ffi.sizeof("SSLChannelInfo")), "SSL_GetChannelInfo", where)
-        request = ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tokentrust-token-login/1\r\nAccept: text/html,*/*\r\n"
-                   "Accept-Encoding: identity\r\nConnection: close\r\n\r\n"
-                   % (path, host if port == 443 else where)).encode()
-        sent = lib.nspr4.PR_Send(fd, request, len(request), 0, interval)
-        if sent != len(request):
-            raise _handshake_error(last_error("send"), hooks, where)
-        buf = ffi.new("char[]", 16384)
-        got_any = [False]
+    except BaseException:
+        lib.nspr4.PR_Close(fd)
+        raise
+    request = ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tokentrust-token-login/1\r\nAccept: text/html,*/*\r\n"
+               "Accept-Encoding: identity\r\nConnection: close\r\n\r\n"
+               % (path, host if port == 443 else where)).encode()
+    return fd, info, where, request
 
-        def recv():
-            n = lib.nspr4.PR_Recv(fd, buf, 16384, 0, interval)
-            if n == 0:
-                return b""
-            if n < 0:
-                err = last_error("receive")
-                if got_any[0] and err.name in ("PR_CONNECT_RESET_ERROR", "SSL_ERROR_CLOSE_NOTIFY_ALERT",
-                                               "PR_END_OF_FILE_ERROR"):
-                    return b""  # the server closed after its answer
-                raise _handshake_error(err, hooks, where)
-            got_any[0] = True
-            return ffi.buffer(buf, n)[:]
 
-        reader = HTTPReader(recv, max(MAX_PAGE, max_body * 4))
-        status, reason, headers, body = reader.read()
+def _get(fd, hooks, where, request, timeout, limit):
+    """Send `request` on the open connection and read the answer: (reader, status, reason, headers, body)."""
+    interval = lib.nspr4.PR_SecondsToInterval(int(timeout))
+    sent = lib.nspr4.PR_Send(fd, request, len(request), 0, interval)
+    if sent != len(request):
+        raise _handshake_error(last_error("send"), hooks, where)
+    buf = ffi.new("char[]", 16384)
+    got_any = [False]
+
+    def recv():
+        n = lib.nspr4.PR_Recv(fd, buf, 16384, 0, interval)
+        if n == 0:
+            return b""
+        if n < 0:
+            err = last_error("receive")
+            if got_any[0] and err.name in ("PR_CONNECT_RESET_ERROR", "SSL_ERROR_CLOSE_NOTIFY_ALERT",
+                                           "PR_END_OF_FILE_ERROR"):
+                return b""  # the server closed after its answer
+            raise _handshake_error(err, hooks, where)
+        got_any[0] = True
+        return ffi.buffer(buf, n)[:]
+
+    reader = HTTPReader(recv, limit)
+    status, reason, headers, body = reader.read()
+    return reader, status, reason, headers, body
+
+
+def _facts(hooks):
+    return {"client_cert_requested": hooks.requested,
+            "client_cert_sent": hashlib.sha256(hooks.sent_der).hexdigest().upper() if hooks.sent_der else None}
+
+
+def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls_max=None):
+    """GET `url` over TLS with client authentication by `client_cert` (CERTCertificate* or None).
+
+    Returns url, status, reason, location, content_type, body_start (at most `max_body` characters), http_framing,
+    tls_version, cipher_suite, client_cert_requested, client_cert_sent (SHA-256 or None), client_cert_accepted
+    (sent, and the server answered over the authenticated connection), server_certificate, page (analyse_page).
+    Raises TLSError; one raised after the handshake (a malformed answer) keeps what the handshake showed
+    (client_cert_requested, client_cert_sent).
+    """
+    hooks = _Hooks(client_cert)
+    fd, info, where, request = _open(url, hooks, timeout, tls_max)
+    try:
+        reader, status, reason, headers, body = _get(fd, hooks, where, request, timeout, max(MAX_PAGE, max_body * 4))
+    except TLSError as exc:
+        for k, v in _facts(hooks).items():
+            exc.details.setdefault(k, v)
+        raise
     finally:
         lib.nspr4.PR_Close(fd)
     text = _decode_text(body, headers)
-    sent_sha = hashlib.sha256(hooks.sent_der).hexdigest().upper() if hooks.sent_der else None
+    facts = _facts(hooks)
     out = {
         "url": url,
         "status": status,
         "reason": reason,
+        "location": headers.get("location"),
         "content_type": headers.get("content-type"),
         "body_start": text[:max_body],
         "http_framing": reader.framing,
         "tls_version": TLS_VERSIONS.get(info.protocolVersion, hex(info.protocolVersion)),
         "cipher_suite": "0x%04X" % info.cipherSuite,
-        "client_cert_requested": hooks.requested,
-        "client_cert_sent": sent_sha,
-        "client_cert_accepted": bool(sent_sha),  # handshake done with it and the page answered over that channel
+        "client_cert_requested": facts["client_cert_requested"],
+        "client_cert_sent": facts["client_cert_sent"],
+        "client_cert_accepted": bool(facts["client_cert_sent"]),  # handshake done with it, the page answered
         "server_certificate": _cert_summary(hooks.server_der) if hooks.server_der else None,
         "page": analyse_page(text, holder),
     }
     return out
 
 
+def preflight(url, timeout=20, tls_max=None):
+    """The test login's pre-flight, without the key: connect, verify the server (trust and host name), see whether it
+    asks for a client certificate and which CAs it names, then send the same request with NO client certificate
+    (the negative control). Raises TLSError for what stops any login (url, resolve, connect, timeout,
+    server_untrusted, server_name_mismatch, handshake). Returns a dict:
+
+    url, tls_version, server_certificate, client_cert_requested, acceptable_cas (texts), acceptable_cas_der (DER
+    names, hex), without_client_cert: {accepted (the server answered 2xx with no certificate), status, location,
+    refused (the TLS error by which it refused, or None)}."""
+    hooks = _Hooks(None)
+    control = {"accepted": False, "status": None, "location": None, "refused": None}
+    fd = None
+    try:
+        fd, info, where, request = _open(url, hooks, timeout, tls_max)
+    except TLSError as exc:
+        if not (hooks.requested and exc.kind in ("client_cert_required", "handshake", "client_cert_rejected")):
+            raise
+        control["refused"] = exc.details.get("nss_error") or exc.kind  # refused in the handshake: good
+        info = None
+    if fd is not None:
+        try:
+            _reader, status, _reason, headers, _body = _get(fd, hooks, where, request, timeout, 64 * 1024)
+            control.update(status=status, location=headers.get("location"), accepted=200 <= status < 300)
+        except TLSError as exc:
+            if exc.kind in ("client_cert_required", "client_cert_rejected", "handshake") and hooks.requested:
+                control["refused"] = exc.details.get("nss_error") or exc.kind  # TLS 1.3: refused after it
+            elif exc.kind != "http":
+                raise
+            else:
+                control["refused"] = "http: %s" % exc
+        finally:
+            lib.nspr4.PR_Close(fd)
+    names = hooks.ca_names or []
+    return {
+        "url": url,
+        "tls_version": TLS_VERSIONS.get(info.protocolVersion, hex(info.protocolVersion)) if info is not None else None,
+        "server_certificate": _cert_summary(hooks.server_der) if hooks.server_der else None,
+        "client_cert_requested": hooks.requested,
+        "acceptable_cas": [dn_text(n) for n in names],
+        "acceptable_cas_der": [n.hex() for n in names],
+        "without_client_cert": control,
+    }
+
+
 def _handshake_error(err, hooks, where):
     name = err.name
     server = _cert_summary(hooks.server_der) if hooks.server_der else None
-    facts = {"client_cert_requested": hooks.requested,
-             "client_cert_sent": hashlib.sha256(hooks.sent_der).hexdigest().upper() if hooks.sent_der else None}
+    facts = _facts(hooks)
+    if hooks.server_error == "SSL_ERROR_BAD_CERT_DOMAIN":
+        return TLSError("server_name_mismatch", "the server %s is not who the URL names: its certificate %s is not "
+                        "valid for that host name (check the URL)" % (where, (server or {}).get("subject", "?")),
+                        hooks.server_error, server_certificate=server, **facts)
     if hooks.server_error:
         return TLSError("server_untrusted", "the server %s is not trusted (%s): its certificate %s does not chain to "
                         "a trusted CA (give its CA in server_ca, or check the URL)"

@@ -68,8 +68,8 @@ CKF_PROTECTED_AUTHENTICATION_PATH = 0x100
 
 
 def default_module(system=None):
-    """The Gemalto Classic Client PKCS#11 library for this OS (None when we know no default): the one per-OS table
-    of module_utils/tokentrust_facts.py."""
+    """The token library of this host (system None: the first of the table of module_utils/tokentrust_facts.py found
+    here, else Classic Client's), or Classic Client's for `system`; None when we know no default."""
     return default_library(system)
 
 
@@ -485,8 +485,8 @@ def _check_library(lib_path):
                          "library has no default on %s)" % platform.system())
     if not os.path.exists(lib_path):
         raise TokenError("module_missing", "PKCS#11 module %s does not exist on this host: install the token "
-                         "middleware (Gemalto/Thales Classic Client) or set `module` to its library"
-                         % lib_path, module=lib_path)
+                         "middleware (Gemalto/Thales Classic Client, or OpenSC) or set `module` to its library "
+                         "(roles: tokentrust_token_library)" % lib_path, module=lib_path)
     if not os.path.isfile(lib_path):
         raise TokenError("module_missing", "PKCS#11 module %s is not a file" % lib_path, module=lib_path)
 
@@ -880,9 +880,69 @@ def _tls_verdict(tls, chosen, url):
         return ("client_cert_not_sent", "the server %s asked for a client certificate but %s was not sent (sent: %s)"
                 % (url, chosen["sha256"], tls["client_cert_sent"] or "none"))
     if tls["status"] != 200:
+        where = (" to %s" % tls["location"]) if tls.get("location") else " with no Location"
+        moved = (" (a redirection%s: give the page it leads to as the URL if that is the test page)" % where
+                 if 300 <= tls["status"] < 400 else "")
         return ("page_status", "the test page %s answered HTTP %d %s after the client certificate was sent: the "
-                "server did not accept it" % (url, tls["status"], tls["reason"]))
+                "server did not accept it%s" % (url, tls["status"], tls["reason"], moved))
     return None
+
+
+def _chain_names(handle, desc, cas):
+    """The DER names of the CAs above a token certificate: its issuer, and every CA of the set in its chain."""
+    out = {bytes(ffi.buffer(handle.derIssuer.data, handle.derIssuer.len))}
+    for name in desc.get("chain") or []:
+        out.update(c.subject.public_bytes() for n, c in cas or [] if n == name)
+    return out
+
+
+def _preflight_verdict(pre, ours, url):
+    """Why a login at `url` could not pass, from the pre-flight handshake without the key (before the PIN):
+    (kind, message) or None. `ours`: the DER names of the CAs above the certificate to log in with."""
+    from ansible.module_utils.tokentrust_nss.tls import dn_text
+
+    nothing = "nothing was presented to the key (no PIN try spent)"
+    if not pre["client_cert_requested"]:
+        return ("no_client_auth", "the server %s did not ask for a client certificate in a handshake made without "
+                "the key: the key would not be used, so the login would prove nothing (wrong URL, a proxy that ends "
+                "TLS, or not the CA's test page); %s" % (url, nothing))
+    theirs = [bytes.fromhex(h) for h in pre["acceptable_cas_der"]]
+    if theirs:
+        ours_text = {dn_text(d).casefold() for d in ours}
+        if not any(d in ours or dn_text(d).casefold() in ours_text for d in theirs):
+            return ("client_ca_not_accepted", "the server %s asks for a client certificate issued by %s only; the "
+                    "key's certificate is issued under %s, which it does not name: it cannot accept the key as a "
+                    "login, whatever it answers (wrong URL, or the server is not configured for this CA); %s"
+                    % (url, "; ".join(pre["acceptable_cas"]), "; ".join(sorted(dn_text(d) for d in ours)), nothing))
+    control = pre["without_client_cert"]
+    if control["accepted"]:
+        return ("client_cert_optional", "the server %s answered HTTP %d to the same request made with NO client "
+                "certificate (negative control): it does not need the key, so a login there proves nothing (a "
+                "server that only asks for a certificate, optionally); %s" % (url, control["status"], nothing))
+    return None
+
+
+def _preflight(rep, tok, cas, now, certificate, url, timeout, tls_max):
+    """The pre-flight handshake without the key, before any PIN: raises TLSError or TokenError when no login there
+    could pass; the facts go to rep['preflight']."""
+    from ansible.module_utils.tokentrust_nss.tls import preflight
+
+    pre = preflight(url, timeout=timeout, tls_max=tls_max)
+    rep["preflight"] = pre
+    rep["client_cert_requested"] = pre["client_cert_requested"]
+    public = tok.certificates(cas, now)
+    ours = set()
+    if public:
+        descs = [d for d, _ in public]
+        try:
+            idx, _why = choose_certificate(descs, certificate)
+        except TokenError:
+            idx = None
+        for i in ([idx] if idx is not None else range(len(public))):
+            ours |= _chain_names(public[i][1], public[i][0], cas)
+    verdict = _preflight_verdict(pre, ours, url)
+    if verdict:
+        raise TokenError(verdict[0], verdict[1], preflight=pre)
 
 
 def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_pems=(), builtin_roots=True,
@@ -903,7 +963,8 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
            "token": None, "pin_state_before": None, "logged_in": False, "pin_attempts": 0, "certificates": [],
            "other_certificates": 0, "login_certificate": None, "holder": None, "not_after": None, "days_left": None,
            "client_cert_requested": None, "client_cert_sent": None, "client_cert_accepted": None,
-           "tls": None, "error": None, "problems": [], "warnings": [], "check_mode": bool(check_mode),
+           "tls": None, "preflight": None, "error": None, "problems": [], "warnings": [],
+           "check_mode": bool(check_mode),
            "lock_waited": None}
     try:
         validate_inputs(url, tls, certificate, timeout, body_bytes, min_days_left, tls_max)
@@ -929,6 +990,8 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
                 _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, False, url, timeout,
                                       body_bytes, tls_max, https_get, check_mode)
             else:
+                if tls and url:  # before the PIN: a login that cannot pass spends no try
+                    _preflight(rep, tok, cas, now, certificate, url, timeout, tls_max)
                 lock = _locked(info, lock_timeout)
                 lock.__enter__()
                 try:
@@ -961,6 +1024,7 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
             rep["token"] = _public_token(info)
     except TokenError as e:
         rep["error"] = e.to_dict()
+        rep["error"].pop("preflight", None)  # already in rep['preflight']
         if "token" in rep["error"]:
             rep["token"] = _public_token(rep["error"].pop("token"))
     except TLSError as e:

@@ -100,10 +100,14 @@ def test_good_login_check_real_and_again(tok, pki, ident, page, tmp_path):
         assert "JEAN DUPONT" in tls["body_start"]
         assert tls["server_certificate"]["issuer"].startswith("CN=Lab TLS CA")
         assert res["token"]["user_pin"] == "ok" and res["pin_state_before"] == "ok"
-    # the server's own record: two valid logins with the certificate from the token
+        pre = res["preflight"]  # the handshake without the key, made before the PIN
+        assert pre["client_cert_requested"] is True and pre["without_client_cert"]["accepted"] is False
+        assert pre["without_client_cert"]["status"] == 403
+    # the server's own record: each run is a pre-flight request without a certificate (refused, 403), then a valid
+    # login with the certificate from the token
     log = [e for e in new_entries(page, n0) if e["event"] == "request"]
-    assert [e["status"] for e in log] == ["valid", "valid"]
-    assert log[0]["sha256"] == res["login_certificate"]["sha256"] and log[0]["holder"] == "JEAN DUPONT"
+    assert [e["status"] for e in log] == ["no-certificate", "valid", "no-certificate", "valid"]
+    assert log[1]["sha256"] == res["login_certificate"]["sha256"] and log[1]["holder"] == "JEAN DUPONT"
     assert tok.counters() == (0, 0) and flags_of(tok) == []
 
 
@@ -117,7 +121,8 @@ def test_wrong_pin_costs_exactly_one_attempt(tok, pki, ident, page, tmp_path):
     assert res["pin_attempts"] == 1 and res["logged_in"] is False and res["tls"] is None
     assert res["token"]["user_pin"] == "count_low"
     assert tok.counters() == (1, 0) and flags_of(tok) == ["user_pin_count_low"]
-    assert new_entries(page, n0) == []  # no TLS attempt after a failed login
+    # only the pre-flight (no certificate, refused) reached the page: no TLS attempt with the key after a failed login
+    assert [(e["event"], e.get("status")) for e in new_entries(page, n0)] == [("request", "no-certificate")]
     # the right PIN afterwards: works, counter back to zero
     res = run_inproc("verify_token", {"module_path": str(tok.module), "pin": PIN, "tls": False})
     assert res["ok"] is True and res["pin_state_before"] == "count_low" and res["token"]["user_pin"] == "ok"
@@ -253,7 +258,9 @@ def test_server_rejects_the_certificate(tok, pki, ident, tmp_path):
         assert res["error"]["nss_error"] == "SSL_ERROR_UNKNOWN_CA_ALERT"
         assert "does not know the CA of the client certificate" in res["msg"]
         assert res["logged_in"] is True and res["pin_attempts"] == 1
-        assert [e["event"] for e in strict.entries()] == ["tls-error"]
+        # the pre-flight without a certificate (answered 403), then the handshake with the key (refused)
+        assert [(e["event"], e.get("status")) for e in strict.entries()] == [("request", "no-certificate"),
+                                                                           ("tls-error", None)]
     assert tok.counters() == (0, 0) and flags_of(tok) == []
 
 

@@ -90,7 +90,8 @@ def test_verify_playbook_reports_a_successful_login(lab):
     msg = res["Token verify | Say what the test login found"]["msg"]
     assert msg.startswith("Test login OK: JEAN DUPONT, certificate valid until ")
     assert PIN not in proc.stdout + proc.stderr
-    assert [e["status"] for e in lab["page"].entries()] == ["valid"]
+    # the pre-flight without the key (refused: no certificate), then the login with it
+    assert [e["status"] for e in lab["page"].entries()] == ["no-certificate", "valid"]
     assert lab["tok"].counters() == (0, 0) and flags_of(lab["tok"]) == []
     # verbose text output: still no PIN
     proc = playbook(["-i", str(inv), "playbooks/verify.yml", "--vault-password-file", str(pw), "-vvv"], False)
@@ -109,7 +110,8 @@ def test_verify_playbook_wrong_pin_fails_after_publishing_the_report(lab):
     assert failed["failed"] is True and "wrong PIN for token 'CERTEUROPE LAB'" in failed["msg"]
     assert "31415926" not in proc.stdout + proc.stderr
     assert lab["tok"].counters() == (1, 0) and flags_of(lab["tok"]) == ["user_pin_count_low"]
-    assert lab["page"].entries() == []
+    # only the pre-flight without the key reached the page: nothing with the key after the wrong PIN
+    assert [e["status"] for e in lab["page"].entries()] == ["no-certificate"]
 
 
 def test_token_pin_playbook_batch_change_then_unblock(lab):
@@ -140,7 +142,7 @@ def test_token_pin_playbook_batch_change_then_unblock(lab):
     proc = playbook(common + ["-e", "@%s" % pins])
     res, stats = task_results(proc)
     assert stats["lab-ws"]["failures"] == 0, proc.stdout[-3000:]
-    assert "PIN unblocked and set on token 'CERTEUROPE LAB'" in res["Token PIN | Say what was done"]["msg"]
+    assert "PIN unblocked with the PUK and set on token 'CERTEUROPE LAB'" in res["Token PIN | Say what was done"]["msg"]
     assert "PIN state ok" in res["Token PIN | Say what was done"]["msg"]
     assert PUK not in proc.stdout and lab["tok"].counters() == (0, 0) and flags_of(lab["tok"]) == []
 

@@ -172,7 +172,9 @@ def test_analyse_page_and_url():
                                                                  "says_not_valid": False, "expiry": None}
     assert parse_url("https://services.certeurope.fr/") == ("services.certeurope.fr", 443, "/")
     assert parse_url("https://127.0.0.1:8443/status.json?x=1") == ("127.0.0.1", 8443, "/status.json?x=1")
-    for bad in ("http://example.org/", "services.certeurope.fr", "https://h:99999/"):
+    assert parse_url("https://h:65535/")[1] == 65535 and parse_url("https://h:1/")[1] == 1
+    for bad in ("http://example.org/", "services.certeurope.fr", "https://h:99999/", "https://h:0/", "https://h:-1/",
+                "https://h:65536/", "https://h:00/"):
         with pytest.raises(TLSError) as e:
             parse_url(bad)
         assert e.value.kind == "url"
