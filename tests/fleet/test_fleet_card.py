@@ -4,6 +4,7 @@ over SSH with become. Counters are read from the card's state file on the contro
 
 Pulling / inserting the card = stopping / starting its process (lab.fleet card_pull / card_insert).
 """
+import json
 import time
 
 import pytest
@@ -17,16 +18,26 @@ OPENSC = fleetlab.CARD_MODULE
 PIN, PUK = piv_card.DEFAULT_PIN, piv_card.DEFAULT_PUK
 
 
+CARD_VARS = json.dumps({"token_verify_module": OPENSC, "token_verify_token_label": piv_card.HOLDER,
+                        "token_verify_pin": PIN})
+
+
 @pytest.fixture(scope="module")
 def cardfleet(fleet):
-    """The fleet after token_middleware_linux (first run: installs; second run: nothing to change)."""
-    first = fleet.playbook("firefox.yml", "--tags", "token_middleware_linux")
+    """The fleet after site.yml (which installs the middleware), the middleware role run again (nothing to
+    change), then verify.yml's test login with the card (through pcscd, OpenSC) timed, its APDUs counted."""
+    first = fleet.playbook("site.yml")
     assert first.returncode == 0, first.stdout[-4000:]
     second = fleet.playbook("firefox.yml", "--tags", "token_middleware_linux")
     assert second.returncode == 0, second.stdout[-4000:]
     fleet.middleware_runs = (recap(first.stdout), recap(second.stdout))
     for h in fleet.m["hosts"]:
         fleetlab.card_insert(h, wait=10)
+    before = {h["name"]: piv_card.apdu_count(h["card_dir"]) for h in fleet.m["hosts"]}
+    t0 = time.monotonic()
+    fleet.verify = fleet.playbook("verify.yml", "-e", CARD_VARS)
+    fleet.verify_seconds = time.monotonic() - t0
+    fleet.verify_apdus = {h["name"]: piv_card.apdu_count(h["card_dir"]) - before[h["name"]] for h in fleet.m["hosts"]}
     return fleet
 
 
@@ -58,16 +69,28 @@ def test_card_seen_through_pcscd_on_every_workstation(cardfleet):
 
 
 def test_test_login_through_pcscd_over_ssh(cardfleet):
-    h = host(cardfleet)
-    n0, t0 = piv_card.apdu_count(h["card_dir"]), time.monotonic()
-    rc, res = cardfleet.module(h["name"], "pkcs11_token_login", {
-        "module": OPENSC, "token_label": piv_card.HOLDER, "pin": PIN, "url": ""})
-    seconds = time.monotonic() - t0
-    apdus = piv_card.apdu_count(h["card_dir"]) - n0
-    assert rc == 0 and res.get("logged_in") is True, res
-    c = piv_card.counters(h["card_dir"])
-    assert c["pin_tries_left"] == 3
-    print("card login over SSH with become: %.2f s, %d APDUs" % (seconds, apdus))
+    """verify.yml's real TLS test login with the card on every workstation: passes, the card itself signed."""
+    run = cardfleet.verify
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert run.stdout.count("Test login OK: JEAN DUPONT") == len(cardfleet.hosts), run.stdout[-4000:]
+    for h in cardfleet.m["hosts"]:
+        c = piv_card.counters(h["card_dir"])
+        assert c["pin_tries_left"] == 3 and c["sign"] >= 1, c
+        assert cardfleet.verify_apdus[h["name"]] > 0
+    print("verify.yml with the card on %d hosts: %.1f s; APDUs per host %s"
+          % (len(cardfleet.hosts), cardfleet.verify_seconds, cardfleet.verify_apdus))
+
+
+def test_pkcs11_login_time_and_apdus_per_host(cardfleet):
+    """The PKCS#11 part of the login alone (pkcs11_token_login, no TLS) over SSH with become: APDUs per host."""
+    for h in cardfleet.m["hosts"]:
+        n0, t0 = piv_card.apdu_count(h["card_dir"]), time.monotonic()
+        rc, res = cardfleet.module(h["name"], "pkcs11_token_login", {
+            "module": OPENSC, "token_label": piv_card.HOLDER, "pin": PIN, "url": ""})
+        seconds, apdus = time.monotonic() - t0, piv_card.apdu_count(h["card_dir"]) - n0
+        assert rc == 0 and res.get("logged_in") is True, res
+        assert piv_card.counters(h["card_dir"])["pin_tries_left"] == 3
+        print("%s: card login over SSH with become %.2f s (whole ansible call), %d APDUs" % (h["name"], seconds, apdus))
 
 
 def test_unblock_over_ssh_spends_no_pin_try(cardfleet):
