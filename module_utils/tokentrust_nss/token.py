@@ -304,13 +304,40 @@ def _info_dict(ti, slot_name):
     }
 
 
+PCSCD_SOCKET = "/run/pcscd/pcscd.comm"
+PCSCD_PATHS = ("/usr/sbin/pcscd", "/usr/bin/pcscd", "/sbin/pcscd")
+
+
+def card_state(slot_count, socket_path=PCSCD_SOCKET, pcscd_paths=PCSCD_PATHS):
+    """Why no token is there, as a user meets it: (state, what to do). A smart-card middleware (OpenSC, vendor
+    libraries) shows one slot per reader that pcscd reports, so no slot at all means no pcscd or no reader."""
+    import socket as _socket
+
+    if slot_count:
+        return ("no_card", "the reader is there but holds no card: insert the key (chip side in), then run again")
+    if not any(os.path.exists(p) for p in pcscd_paths):
+        return ("pcscd_missing", "pcscd (the PC/SC daemon) is not installed: run site.yml (role "
+                                 "token_middleware_linux) or install pcscd, then run again")
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        s.settimeout(2)
+        s.connect(socket_path)
+    except OSError:
+        return ("pcscd_not_running", "pcscd is installed but not running (no %s): start it (systemctl start "
+                                     "pcscd.socket, or service pcscd start), then run again" % socket_path)
+    finally:
+        s.close()
+    return ("no_reader", "pcscd runs but sees no card reader: plug in the reader (or the USB key), check it with "
+                         "`pcsc_scan` or `opensc-tool --list-readers`, then run again")
+
+
 def _select(found, label, module_path, slot_count):
     """The one entry of `found` ([(label, obj)]) to use; TokenError no_token / token_not_found / several_tokens."""
     labels = [lb for lb, _ in found]
     if not found:
-        raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty): plug in "
-                         "the key (and check the reader), then run again" % (module_path, slot_count),
-                         module=module_path)
+        state, todo = card_state(slot_count)
+        raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty): %s"
+                         % (module_path, slot_count, todo), module=module_path, card_state=state)
     if label:
         match = [o for lb, o in found if lb == label]
         if not match:

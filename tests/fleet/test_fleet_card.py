@@ -128,3 +128,52 @@ def test_pulling_the_card_is_seen_and_changes_nothing(cardfleet):
     out = cardfleet.sh(h["name"], "pkcs11-tool --module %s -L" % OPENSC).stdout
     assert "piv_II" in out
     assert piv_card.counters(h["card_dir"])["pin_tries_left"] == before["pin_tries_left"]
+
+
+def login(fleet, h, pin=PIN):
+    return fleet.module(h["name"], "pkcs11_token_login", {"module": OPENSC, "pin": pin, "url": "",
+                                                          "fail_on_error": False})[1]
+
+
+def test_card_states_each_said_with_what_to_do(cardfleet, tmp_path):
+    """Reader without a card, pcscd not running, two cards, PIN blocked: each a distinct state and text."""
+    h = host(cardfleet)
+    assert fleetlab.card_pull(h)
+    try:
+        res = login(cardfleet, h)
+        assert res["error"]["kind"] == "no_token" and res["error"]["card_state"] == "no_card", res["error"]
+        assert "insert the key" in res["error"]["message"]
+    finally:
+        fleetlab.card_insert(h, wait=10)
+    cardfleet.sh(h["name"], "service pcscd stop >/dev/null 2>&1; pkill -x pcscd; rm -f /run/pcscd/pcscd.comm",
+                 check=False)
+    try:
+        res = login(cardfleet, h)
+        assert res["error"]["card_state"] == "pcscd_not_running", res["error"]
+        assert "start it" in res["error"]["message"]
+    finally:
+        cardfleet.sh(h["name"], "service pcscd start")
+        fleetlab.card_insert(h, wait=10)
+    # a second card in the reader's second slot (vpcd: port + 1): two keys, the same holder
+    second = dict(h, card_dir=str(tmp_path / "card2"), card_port=h["card_port"] + 1)
+    fleetlab.make_card(tmp_path / "card2", cardfleet.m["pki"])
+    fleetlab.card_insert(second, wait=10)
+    try:
+        deadline = time.monotonic() + 10
+        while "piv_II" not in cardfleet.sh(h["name"], "pkcs11-tool --module %s -L | sed -n '/Slot 1/,$p'"
+                                           % OPENSC).stdout and time.monotonic() < deadline:
+            time.sleep(0.3)
+        res = login(cardfleet, h)
+        assert res["error"]["kind"] == "several_tokens", res["error"]
+        assert "one key at a time" in res["error"]["message"]
+    finally:
+        fleetlab.card_pull(second)
+    # PIN blocked: said, nothing presented (the card's counters unchanged)
+    wrong_pins(cardfleet, h["name"], 3)
+    before = piv_card.counters(h["card_dir"])
+    res = login(cardfleet, h)
+    assert res["error"]["kind"] == "pin_locked" and "PUK" in res["error"]["message"], res["error"]
+    assert piv_card.counters(h["card_dir"]) == before
+    rc, res = cardfleet.module(h["name"], "pkcs11_pin", {"module": OPENSC, "action": "unblock", "puk": PUK,
+                                                         "new_pin": PIN, "new_pin_confirm": PIN, "reject_weak": False})
+    assert rc == 0 and piv_card.counters(h["card_dir"])["pin_tries_left"] == 3, res
