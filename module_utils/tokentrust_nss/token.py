@@ -308,11 +308,24 @@ PCSCD_SOCKET = "/run/pcscd/pcscd.comm"
 PCSCD_PATHS = ("/usr/sbin/pcscd", "/usr/bin/pcscd", "/sbin/pcscd")
 
 
-def card_state(slot_count, socket_path=PCSCD_SOCKET, pcscd_paths=PCSCD_PATHS):
+def uses_pcsc(maps="/proc/self/maps"):
+    """True when this process has PC/SC's client library loaded (the token library talks to pcscd: OpenSC loads it
+    in C_Initialize, vendor libraries link it); None when it cannot be told (no /proc)."""
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as f:
+            return "libpcsclite" in f.read()
+    except OSError:
+        return None
+
+
+def card_state(slot_count, socket_path=PCSCD_SOCKET, pcscd_paths=PCSCD_PATHS, pcsc=True):
     """Why no token is there, as a user meets it: (state, what to do). A smart-card middleware (OpenSC, vendor
-    libraries) shows one slot per reader that pcscd reports, so no slot at all means no pcscd or no reader."""
+    libraries) shows one slot per reader that pcscd reports, so no slot at all means no pcscd or no reader.
+    `pcsc` False (a library that does not use PC/SC, e.g. SoftHSM2): no reader diagnosis."""
     import socket as _socket
 
+    if pcsc is False:
+        return ("no_token", "plug in the key (and check the reader), then run again")
     if slot_count:
         return ("no_card", "the reader is there but holds no card: insert the key (chip side in), then run again")
     if not any(os.path.exists(p) for p in pcscd_paths):
@@ -335,7 +348,7 @@ def _select(found, label, module_path, slot_count):
     """The one entry of `found` ([(label, obj)]) to use; TokenError no_token / token_not_found / several_tokens."""
     labels = [lb for lb, _ in found]
     if not found:
-        state, todo = card_state(slot_count)
+        state, todo = card_state(slot_count, pcsc=uses_pcsc())
         raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty): %s"
                          % (module_path, slot_count, todo), module=module_path, card_state=state)
     if label:

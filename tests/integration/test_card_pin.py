@@ -113,3 +113,15 @@ def test_final_try_guard_relies_on_final_try_since_opensc_never_says_count_low(c
     assert res["pin_attempts"] == 0 and res["token_before"]["user_pin"] == "final_try"
     assert "count_low" not in res["token_before"]["flags"] and "COUNT_LOW" not in str(res["token_before"]["flags"])
     assert card.counters() == before  # nothing reached the card's counters
+
+
+def test_reader_without_card_is_said_as_such(card, tmp_path):
+    """OpenSC loads PC/SC's client library: an empty reader is "no_card" (insert the key), not a generic no token."""
+    card.pull()
+    try:
+        res = run_module(tmp_path / "play", "pkcs11_token_login", {"module": OPENSC, "pin": "{{ tt_pin }}", "url": ""},
+                         SECRETS)[0]
+    finally:
+        card.insert()
+    assert res["error"]["kind"] == "no_token" and res["error"]["card_state"] == "no_card", res["error"]
+    assert "insert the key" in res["msg"] and res["pin_attempts"] == 0

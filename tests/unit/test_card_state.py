@@ -31,3 +31,19 @@ def test_no_reader_when_pcscd_answers(tmp_path):
     finally:
         srv.close()
     assert state == "no_reader" and "reader" in todo
+
+
+def test_a_library_without_pcsc_gets_no_reader_diagnosis(tmp_path):
+    state, todo = card_state(0, socket_path=str(tmp_path / "none"), pcscd_paths=(), pcsc=False)
+    assert state == "no_token" and "plug in the key" in todo
+
+
+def test_uses_pcsc_reads_the_process_maps(tmp_path):
+    from ansible.module_utils.tokentrust_nss.token import uses_pcsc
+
+    maps = tmp_path / "maps"
+    maps.write_text("7f00 r-xp /usr/lib/x86_64-linux-gnu/libpcsclite.so.1.0.0\n")
+    assert uses_pcsc(str(maps)) is True
+    maps.write_text("7f00 r-xp /usr/lib/softhsm/libsofthsm2.so\n")
+    assert uses_pcsc(str(maps)) is False
+    assert uses_pcsc(str(tmp_path / "missing")) is None
