@@ -343,6 +343,7 @@ def write_inventory(inv: Path, manifest: dict, python: str) -> list:
         "# stand-in.\n",
         f"ca_certificates_dest: {_yaml_str(str(Path(manifest['dir']) / 'cache' / 'ca'))}\n",
         "firefox_nss_install_packages: false\n",
+        "tokentrust_token_middleware_linux: false  # no pcscd/OpenSC install on this machine (the fleet does it)\n",
         "firefox_nss_module_library: \"{{ tokentrust_token_module }}\"\n",
         "firefox_nss_missing_library: fail\n",
         "firefox_policies_path: \"{{ tokentrust_lab_dir }}/hosts/{{ inventory_hostname }}/etc/firefox/policies/"

@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from lab import build as labbuild
+from lab import piv_card
+from lab import reader as labreader
 from lab import token as labtoken
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,16 +60,24 @@ DEFAULT_INVENTORY = ROOT / "inventories" / "fleet"
 EXAMPLE_INVENTORY = ROOT / "inventories" / "example"
 MANIFEST = "fleet.json"
 SUITE = "bookworm"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 IMAGE_REPO = "tokentrust-fleet"
 TOKEN_MOUNT = "/srv/tokentrust-lab/token"
 TOKEN_MODULE = TOKEN_MOUNT + "/libpin_guard.so"
+CARD_MODULE = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"  # what token_middleware_linux installs (Debian, amd64)
+CARD_HOLDER_USER = "alice"  # the workstation user whose key the card is (polkit rule, Firefox login)
 LABEL = "tokentrust.fleet"
 PACKAGES = ("firefox-esr", "opensc", "softhsm2", "openssh-server", "sudo", "python3", "libnss3-tools",
             "ca-certificates")
 CFFI_PACKAGES = ("python3-cffi",)
 USERS = {"alice": "mozilla", "bob": "xdg", "carol": None}  # user -> profile layout made by Firefox (None: never)
 ADMIN = "admin"
+# The card reader (lab/reader.py): Debian's vsmartcard-vpcd driver unpacked from its package without pcscd (pcscd,
+# libccid and OpenSC are what site.yml installs), the bind-to-127.0.0.1 shim preloaded into pcscd by
+# /etc/default/pcscd, and per host a reader.conf naming its own port (the containers share the host's network).
+READER_PACKAGE = "vsmartcard-vpcd"
+SHIM_PATH = "/usr/local/lib/tokentrust-lab/libvpcd_loopback.so"
+READER_CONF = "/etc/reader.conf.d/vpcd"
 FIREFOX_ENV = ("MOZ_HEADLESS=1", "MOZ_CRASHREPORTER_DISABLE=1", "MOZ_DISABLE_NONLOCAL_CONNECTIONS=1")
 
 # Run inside the imported rootfs (host networking) to make the workstation image. $MIRROR comes from the
@@ -79,6 +89,14 @@ echo "deb $MIRROR $SUITE main" > /etc/apt/sources.list
 [ -z "$SECURITY" ] || echo "deb $SECURITY $SUITE-security main" >> /etc/apt/sources.list
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null
+# the card reader: vpcd's driver only (dpkg-deb -x: its package depends on pcscd, which site.yml installs)
+cd /tmp && apt-get download -qq "$READER_PACKAGE"
+dpkg-deb -x "$READER_PACKAGE"_*.deb / && rm -f "$READER_PACKAGE"_*.deb
+rm -f /etc/reader.conf.d/vpcd  # written per host (its own port) when the container starts
+cd /
+install -D -m 0755 /tmp/tokentrust-shim/libvpcd_loopback.so "$SHIM_PATH"
+printf '# tokentrust lab: vpcd binds 0.0.0.0; this keeps it on 127.0.0.1 (lab/vpcd_loopback)\nexport LD_PRELOAD=%s\n' \
+  "$SHIM_PATH" > /etc/default/pcscd
 mkdir -p /run/sshd
 ssh-keygen -A >/dev/null
 cat > /etc/ssh/sshd_config.d/tokentrust-lab.conf <<'EOF'
@@ -188,7 +206,8 @@ def apt_mirrors(sources: Sequence[Path] = (Path("/etc/apt/sources.list"),
 
 def recipe_hash(extra: str = "") -> str:
     text = json.dumps({"v": RECIPE_VERSION, "suite": SUITE, "packages": PACKAGES, "users": USERS, "admin": ADMIN,
-                       "script": BUILD_SCRIPT, "extra": extra}, sort_keys=True)
+                       "script": BUILD_SCRIPT, "extra": extra, "reader": READER_PACKAGE, "shim_path": SHIM_PATH,
+                       "shim": labreader.SHIM_SRC.read_text()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -231,8 +250,10 @@ def build_image(log: Callable[[str], None] = lambda s: None) -> dict:
             log("fleet: installing Firefox ESR, opensc, softhsm2, sshd in the image; Firefox makes the profiles")
             name = f"tokentrust-fleet-build-{os.getpid()}"
             users = " ".join(f"{u}:{k or 'none'}" for u, k in USERS.items())
+            shim = labreader.build_loopback()
             try:
-                docker("run", "--name", name, "--network", "host",
+                docker("run", "--name", name, "--network", "host", "-v", f"{shim.parent}:/tmp/tokentrust-shim:ro",
+                       "-e", f"READER_PACKAGE={READER_PACKAGE}", "-e", f"SHIM_PATH={SHIM_PATH}",
                        "-e", f"MIRROR={mirror}", "-e", f"SECURITY={security}", "-e", f"SUITE={SUITE}",
                        "-e", f"PACKAGES={' '.join(PACKAGES)}", "-e", f"USERS={users}", "-e", f"ADMIN={ADMIN}",
                        base, "bash", "-c", BUILD_SCRIPT, what="building the workstation image", timeout=1800)
@@ -311,6 +332,10 @@ def start_host(host: dict, key: Path, token_dir: Optional[Path], fid: str) -> No
     args += [host["image"], "/usr/sbin/sshd", "-D", "-e", "-o", "ListenAddress=127.0.0.1",
              "-o", f"Port={host['port']}"]
     docker(*args, what=f"starting {host['name']}")
+    if host.get("card_port"):
+        docker("exec", "-i", name, "sh", "-c", f"cat > {READER_CONF}",
+               input_text=labreader.reader_conf(host["card_port"]),
+               what=f"writing the card reader's configuration on {host['name']}")
     pub = Path(str(key) + ".pub").read_text()
     docker("exec", "-i", name, "sh", "-c",
            f"umask 077 && cat > /home/{ADMIN}/.ssh/authorized_keys"
@@ -347,6 +372,61 @@ def make_token(tok_dir: Path, pki: dict) -> labtoken.LabToken:
     for f in (tok.conf, tok.guard_conf):  # the container sees this directory at TOKEN_MOUNT
         f.write_text(f.read_text().replace(str(tok.root), TOKEN_MOUNT))
     return tok
+
+
+def make_card(card_dir: Path, pki: dict) -> dict:
+    """The workstation's PIV card (lab/piv_card.py) issued from the fleet's PKI, made once and kept."""
+    if (card_dir / "card.json").exists():
+        return piv_card.load_state(card_dir)
+    chain = {e["name"]: labbuild._load_issued(e) for e in pki["cas"]}
+    return piv_card.create_card(card_dir, pki=chain)
+
+
+def _card_pid(card_dir: Path) -> Optional[int]:
+    try:
+        pid = int((card_dir / "card.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"lab.piv_card" in cmdline and str(card_dir).encode() in cmdline else None
+
+
+def card_inserted(host: dict) -> bool:
+    return _card_pid(Path(host["card_dir"])) is not None
+
+
+def card_insert(host: dict, wait: float = 0.0) -> None:
+    """Start the card process of `host` (= insert its card into the workstation's reader). `wait`: seconds to wait
+    for the reader to talk to it (0: do not wait; the card keeps knocking until pcscd runs)."""
+    d = Path(host["card_dir"])
+    if _card_pid(d) is None:
+        n0 = piv_card.apdu_count(d)
+        with open(d / "card.log", "ab") as log:
+            cmd = [sys.executable, "-m", "lab.piv_card", "run", str(d), "--port", str(host["card_port"])]
+            p = subprocess.Popen(cmd, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True)
+        (d / "card.pid").write_text(str(p.pid))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and piv_card.apdu_count(d) == n0:
+            time.sleep(0.1)
+
+
+def card_pull(host: dict) -> bool:
+    """Stop the card process of `host` (= pull the card out); True when it was in."""
+    d = Path(host["card_dir"])
+    pid = _card_pid(d)
+    if pid is None:
+        return False
+    os.kill(pid, 15)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    time.sleep(0.5)  # pcscd polls the reader: a removal is seen within 0.4 s
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,6 +486,12 @@ def write_lab_vars(path: Path, manifest: dict) -> None:
         f"token_verify_pin: {_yaml(tok['lab_only_secrets']['pin'])}\n",
         f"tokentrust_lab_token_pin: {_yaml(tok['lab_only_secrets']['pin'])}\n",
         f"tokentrust_lab_token_puk: {_yaml(tok['lab_only_secrets']['puk'])}\n",
+        "# The key as it really is: a PIV card (lab/piv_card.py) in vpcd's reader under pcscd, OpenSC as middleware\n",
+        f"tokentrust_lab_card_module: {_yaml(CARD_MODULE)}\n",
+        f"tokentrust_lab_card_label: {_yaml(piv_card.HOLDER)}\n",
+        f"tokentrust_lab_card_pin: {_yaml(piv_card.DEFAULT_PIN)}\n",
+        f"tokentrust_lab_card_puk: {_yaml(piv_card.DEFAULT_PUK)}\n",
+        f"token_middleware_linux_polkit_users: [{_yaml(CARD_HOLDER_USER)}]\n",
         f"fleet_report_dest: {_yaml(Path(manifest['dir']) / 'reports')}\n",
     ]
     path.write_text("".join(out))
@@ -470,11 +556,19 @@ def create(run: Path = DEFAULT_DIR, *, hosts: int = 3, inventory: Path = DEFAULT
         tdir = run / "tokens" / name
         tok = make_token(tdir, pki)
         h["token_dir"] = str(tdir)
+        cdir = run / "cards" / name
+        make_card(cdir, pki)
+        h["card_dir"] = str(cdir)
+        h["card_port"] = prev.get("card_port") or free_port()
         start_host(h, key, tdir, fid)
+        card_insert(h)
         plan.append(h)
     for name, prev in old_hosts.items():
         if name not in {h["name"] for h in plan}:
             subprocess.run(["docker", "rm", "-f", prev["container"]], capture_output=True, check=False)
+            if prev.get("card_dir"):
+                card_pull(prev)
+                shutil.rmtree(prev["card_dir"], ignore_errors=True)
             shutil.rmtree(run / "tokens" / name, ignore_errors=True)
     known.write_text("".join(host_key_line(h) for h in plan))
     ssh_args = (f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes "
@@ -517,6 +611,9 @@ def destroy(run: Path = DEFAULT_DIR, log: Callable[[str], None] = lambda s: None
         return gone
     from lab import testpage as tp
 
+    for h in m.get("hosts", []):
+        if h.get("card_dir") and card_pull(h):
+            gone.append(f"card {h['name']}")
     if tp.stop_daemon(run / "testpage" / "testpage.pid"):
         gone.append("testpage")
     inv = Path(m["inventory"])

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(libnss3 libnss3-tools firefox-esr softhsm2 opensc openssl gcc libc6-dev python3-venv
               publicsuffix libkrb5-dev    # IE zones planner (registrable domains); pywinrm[kerberos] builds on krb5
               python3-cffi python3-cryptography   # the target side on the system Python (token test login)
-              docker.io debootstrap)              # the fleet lab (lab/fleet.py)
+              docker.io debootstrap               # the fleet lab (lab/fleet.py)
+              pcscd vsmartcard-vpcd)              # the lab card's reader (lab/reader.py, lab/piv_card.py)
 STAMP_DIR=.stamps
 VENV=.venv
 

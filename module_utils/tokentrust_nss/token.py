@@ -308,13 +308,53 @@ def _info_dict(ti, slot_name):
     }
 
 
+PCSCD_SOCKET = "/run/pcscd/pcscd.comm"
+PCSCD_PATHS = ("/usr/sbin/pcscd", "/usr/bin/pcscd", "/sbin/pcscd")
+
+
+def uses_pcsc(maps="/proc/self/maps"):
+    """True when this process has PC/SC's client library loaded (the token library talks to pcscd: OpenSC loads it
+    in C_Initialize, vendor libraries link it); None when it cannot be told (no /proc)."""
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as f:
+            return "libpcsclite" in f.read()
+    except OSError:
+        return None
+
+
+def card_state(slot_count, socket_path=PCSCD_SOCKET, pcscd_paths=PCSCD_PATHS, pcsc=True):
+    """Why no token is there, as a user meets it: (state, what to do). A smart-card middleware (OpenSC, vendor
+    libraries) shows one slot per reader that pcscd reports, so no slot at all means no pcscd or no reader.
+    `pcsc` False (a library that does not use PC/SC, e.g. SoftHSM2): no reader diagnosis."""
+    import socket as _socket
+
+    if pcsc is False:
+        return ("no_token", "plug in the key (and check the reader), then run again")
+    if slot_count:
+        return ("no_card", "the reader is there but holds no card: insert the key (chip side in), then run again")
+    if not any(os.path.exists(p) for p in pcscd_paths):
+        return ("pcscd_missing", "pcscd (the PC/SC daemon) is not installed: run site.yml (role "
+                                 "token_middleware_linux) or install pcscd, then run again")
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        s.settimeout(2)
+        s.connect(socket_path)
+    except OSError:
+        return ("pcscd_not_running", "pcscd is installed but not running (no %s): start it (systemctl start "
+                                     "pcscd.socket, or service pcscd start), then run again" % socket_path)
+    finally:
+        s.close()
+    return ("no_reader", "pcscd runs but sees no card reader: plug in the reader (or the USB key), check it with "
+                         "`pcsc_scan` or `opensc-tool --list-readers`, then run again")
+
+
 def _select(found, label, module_path, slot_count):
     """The one entry of `found` ([(label, obj)]) to use; TokenError no_token / token_not_found / several_tokens."""
     labels = [lb for lb, _ in found]
     if not found:
-        raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty): plug in "
-                         "the key (and check the reader), then run again" % (module_path, slot_count),
-                         module=module_path)
+        state, todo = card_state(slot_count, pcsc=uses_pcsc())
+        raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty): %s"
+                         % (module_path, slot_count, todo), module=module_path, card_state=state)
     if label:
         match = [o for lb, o in found if lb == label]
         if not match:
@@ -350,9 +390,10 @@ class RawToken:
     """The token through its PKCS#11 module directly (no NSS), for PIN change and PUK unblock: one C_SetPIN or one
     SO C_Login per call, in a read-write session of our own. Context manager; one per process at a time."""
 
-    def __init__(self, library, label=None):
+    def __init__(self, library, label=None, action=None):
         self.module_path = library
         self.want_label = label
+        self.action = action
         self._lib = None
         self.fl = None
         self._initialized = False
@@ -360,6 +401,59 @@ class RawToken:
         self.label = None
         self.pin_presentations = 0
         self.puk_presentations = 0
+        self.middleware = None  # "opensc" when the library is OpenSC's (C_GetInfo manufacturer)
+        self.unblock_style = None  # OpenSC's user_pin_unblock_style we set for this process
+        self._conf_dir = None
+        self._old_conf = None
+
+    def _initialize(self):
+        rv = self.fl.C_Initialize(ffi.NULL)
+        if rv not in (0, 0x191):
+            raise TokenError("module_load", "C_Initialize of %s failed: %s" % (self.module_path, _ckr(rv)))
+        self._initialized = rv == 0
+
+    def _manufacturer(self):
+        """C_GetInfo's manufacturerID (the library's maker, not the token's)."""
+        buf = ffi.new("unsigned char[]", 256)  # CK_INFO: version(2) + manufacturerID[32] + ... (< 100 bytes)
+        fn = ffi.cast("unsigned long(*)(unsigned char *)", self.fl.C_GetInfo)
+        if fn(buf) != 0:
+            return ""
+        return bytes(ffi.buffer(buf, 34)[2:34]).decode("utf-8", "replace").strip()
+
+    def _opensc_style(self):
+        """OpenSC decides in opensc.conf what C_SetPIN outside a login means (user_pin_unblock_style): with the
+        default ("none") it is a PIN change, so an unblock sent that way presents the PUK as the PIN and spends a
+        PIN try; C_Login(SO) + C_InitPIN sends VERIFY P2=81, which a PIV card does not define (CKR_GENERAL_ERROR).
+        We set the style for our own process only (OPENSC_CONF = the host's configuration with our
+        `app opensc-pkcs11 { pkcs11 { user_pin_unblock_style } }` block first): set_pin_in_unlogged_session for an
+        unblock (C_SetPIN(PUK, new PIN) = RESET RETRY COUNTER, no PIN presented), none for a change (C_SetPIN(old,
+        new) = CHANGE REFERENCE DATA, whatever the host's file says)."""
+        style = "set_pin_in_unlogged_session" if self.action == "unblock" else "none"
+        src = os.environ.get("OPENSC_CONF") or next(
+            (f for f in ("/etc/opensc/opensc.conf", "/etc/opensc.conf") if os.path.isfile(f)), None)
+        try:
+            with open(src, encoding="utf-8", errors="replace") as f:
+                host_conf = f.read()
+        except (OSError, TypeError):
+            host_conf = "app default {\n}\n"
+        self._conf_dir = tempfile.mkdtemp(prefix="tokentrust-opensc-")
+        conf = os.path.join(self._conf_dir, "opensc.conf")
+        with open(conf, "w", encoding="utf-8") as f:
+            f.write("# tokentrust: this process only (%s)\napp opensc-pkcs11 {\n pkcs11 {\n"
+                    "  user_pin_unblock_style = %s;\n }\n}\n%s" % (self.action, style, host_conf))
+        self._old_conf = os.environ.get("OPENSC_CONF")
+        os.environ["OPENSC_CONF"] = conf
+        return style
+
+    def _restore_conf(self):
+        if self._conf_dir is None:
+            return
+        if self._old_conf is None:
+            os.environ.pop("OPENSC_CONF", None)
+        else:
+            os.environ["OPENSC_CONF"] = self._old_conf
+        shutil.rmtree(self._conf_dir, ignore_errors=True)
+        self._conf_dir = None
 
     def __enter__(self):
         _check_library(self.module_path)
@@ -375,11 +469,15 @@ class RawToken:
         if rv != 0:
             raise TokenError("module_load", "C_GetFunctionList of %s failed: %s" % (self.module_path, _ckr(rv)))
         self.fl = pfl[0]
-        rv = self.fl.C_Initialize(ffi.NULL)
-        if rv not in (0, 0x191):
-            raise TokenError("module_load", "C_Initialize of %s failed: %s" % (self.module_path, _ckr(rv)))
-        self._initialized = rv == 0
+        self._initialize()
         try:
+            if "OpenSC" in self._manufacturer():
+                self.middleware = "opensc"
+                if self.action in ("change", "unblock") and self._initialized:
+                    self.fl.C_Finalize(ffi.NULL)  # OpenSC reads its configuration in C_Initialize
+                    self._initialized = False
+                    self.unblock_style = self._opensc_style()
+                    self._initialize()
             count = ffi.new("CK_ULONG *")
             self._call("C_GetSlotList", self.fl.C_GetSlotList(1, ffi.NULL, count))
             slots = ffi.new("CK_ULONG[]", max(count[0], 1))
@@ -401,6 +499,7 @@ class RawToken:
             self.fl.C_Finalize(ffi.NULL)
         self.fl = None
         self._initialized = False
+        self._restore_conf()
         return False
 
     def _call(self, what, rv):
@@ -459,8 +558,23 @@ class RawToken:
         return warns
 
     def unblock(self, puk, new_pin, allow_final_try=False):
-        """C_Login(SO, PUK) then C_InitPIN(new PIN): one presentation of the PUK. Returns warnings."""
+        """One presentation of the PUK, never of the PIN. Returns warnings.
+
+        OpenSC (user_pin_unblock_style = set_pin_in_unlogged_session, set for this process): C_SetPIN(PUK, new PIN)
+        in a session with no login = RESET RETRY COUNTER. Other middleware: C_Login(SO, PUK) then C_InitPIN(new
+        PIN), the PKCS#11 standard's way."""
         warns = self.guard("so", allow_final_try)
+        if self.unblock_style == "set_pin_in_unlogged_session":
+            h = self._session()
+            try:
+                so, new = puk.encode("utf-8"), new_pin.encode("utf-8")
+                self.puk_presentations += 1
+                rv = self.fl.C_SetPIN(h, so, len(so), new, len(new))
+            finally:
+                self.fl.C_CloseSession(h)
+            if rv != 0:
+                raise self._fail("so", rv, "unblock")
+            return warns
         h = self._session()
         try:
             so, new = puk.encode("utf-8"), new_pin.encode("utf-8")
@@ -1102,7 +1216,7 @@ def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None
         with contextlib.ExitStack() as stack:
             if not check_mode:
                 stack.enter_context(_locked(library_lock_info(module_path)))
-            tok = stack.enter_context(RawToken(module_path, label))
+            tok = stack.enter_context(RawToken(module_path, label, action))
             info = tok.info()
             rep["token_before"] = _public_token(info)
             rep["token"] = rep["token_before"]
