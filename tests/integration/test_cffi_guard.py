@@ -71,7 +71,8 @@ def test_modules_fail_with_missing_required_lib_on_a_python_without_cffi(python_
     args = json.loads(json.dumps(args).replace("{db}", str(tmp_path)))
     env = ansible_env(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
     p = subprocess.run([os.path.join(BIN, "ansible"), "localhost", "-i", "localhost,", "-c", "local",
-                        "-e", "ansible_python_interpreter=%s" % python_without_cffi, "-m", module, "-a", json.dumps(args)],
+                        "-e", "ansible_python_interpreter=%s" % python_without_cffi, "-m", module,
+                        "-a", json.dumps(args)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     res = json.loads(p.stdout[p.stdout.index("{"):])["plays"][0]["tasks"][0]["hosts"]["localhost"]
     assert res.get("failed") is True, res
