@@ -103,6 +103,8 @@ def skipped(output):
     out = {}
     current = None
     for line in output.splitlines():
+        if line.startswith("WARNING: Reviewing previous"):  # the warnings repeated at the end
+            break
         m = re.match(r'Running sanity test "([\w-]+)"', line)
         if m:
             current = m.group(1)
