@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 .PHONY: setup demo demo-local test lint unit integration fleet-tests bench bench-fleet bench-ssh clean lab lab-destroy \
-	fleet fleet-destroy collection ffi sanity changelog filter-docs controller ee
+	fleet fleet-destroy collection ffi sanity changelog filter-docs controller
 
 setup:
 	@bash scripts/setup.sh
@@ -43,6 +43,11 @@ sanity: setup
 # Release galaxy.yml's version: collection/changelogs/fragments -> changelog.yaml + CHANGELOG.md (antsibull-changelog).
 changelog: setup
 	$(BIN)/python scripts/changelog.py
+
+# The Debian 13 controller image (lab/controller.py; built once per recipe), then its tests (tests/controller/).
+controller: setup
+	$(BIN)/python -m lab.controller image
+	$(BIN)/pytest -q tests/controller
 
 # After changing a filter (filter_plugins/tokentrust.py): regenerate its documentation (filter_plugins/<name>.yml).
 filter-docs: setup

@@ -54,6 +54,8 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null
 apt-get clean
 python3 -m venv $VENV
+# pip's certificate bundle for every pip run (ansible-test passes pip no PIP_* variable): the host's, mounted
+[ ! -f "$CA_IN" ] || printf '[global]\ncert = %s\n' "$CA_IN" > /etc/pip.conf
 $VENV/bin/pip install -q --disable-pip-version-check -r /recipe/requirements-controller.txt
 # ansible-test's sanity environments for this ansible-core, made now (from the package registry) so runs install nothing
 TOKENTRUST_SANITY_HOME=$SANITY_HOME $VENV/bin/python $SRC/scripts/sanity.py --out /tmp/sanity-prime --prime \
@@ -121,7 +123,7 @@ def build_image(log: Callable[[str], None] = lambda s: None) -> dict:
                                 "-v", f"{recipe}:/recipe:ro", "-v", f"{ROOT}:/src:ro",
                                 "-e", f"MIRROR={mirror}", "-e", f"SECURITY={security}", "-e", f"SUITE={SUITE}",
                                 "-e", f"PACKAGES={' '.join(PACKAGES)}", "-e", f"VENV={VENV}",
-                                "-e", f"SANITY_HOME={SANITY_HOME}", "-e", "SRC=/src",
+                                "-e", f"SANITY_HOME={SANITY_HOME}", "-e", "SRC=/src", "-e", f"CA_IN={CA_IN}",
                                 base, "bash", "-c", BUILD_SCRIPT, what="building the controller image", timeout=3600)
                 fleetlab.docker("commit", "--change", f"ENV PATH={VENV}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                                 "--change", "ENV LC_ALL=C.UTF-8", name, image, what="committing the controller image")

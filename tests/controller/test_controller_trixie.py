@@ -50,8 +50,11 @@ def test_it_is_debian13_with_the_newest_ansible_core(image, base_tmp):
 
 
 def test_unit_tests_pass_on_the_debian13_controller(image, base_tmp):
+    """All of tests/unit but test_role_meta.py, which checks the roles' metadata against the facts of the machine that
+    runs `make test` (its Debian release, where the folder lab runs; requirements.txt's ansible-core): inside this
+    container those facts are the container's, which runs no folder lab."""
     p = in_controller(image, base_tmp, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit",
-                      timeout=1200)
+                      "--ignore", "tests/unit/test_role_meta.py", timeout=1200)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     assert re.search(r"^\d+ passed", p.stdout.splitlines()[-1]), p.stdout[-500:]
 
