@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 .PHONY: setup demo demo-local test lint unit integration fleet-tests bench bench-fleet bench-ssh clean lab lab-destroy \
-	fleet fleet-destroy collection ffi
+	fleet fleet-destroy collection ffi sanity changelog filter-docs controller
 
 setup:
 	@bash scripts/setup.sh
@@ -35,6 +35,23 @@ lint: setup
 
 collection: setup
 	$(BIN)/python scripts/build_collection.py
+
+# ansible-test sanity in full on the built collection (its environments cached in .cache/ansible-test).
+sanity: setup
+	$(BIN)/python scripts/sanity.py
+
+# Release galaxy.yml's version: collection/changelogs/fragments -> changelog.yaml + CHANGELOG.md (antsibull-changelog).
+changelog: setup
+	$(BIN)/python scripts/changelog.py
+
+# The Debian 13 controller image (lab/controller.py; built once per recipe), then its tests (tests/controller/).
+controller: setup
+	$(BIN)/python -m lab.controller image
+	$(BIN)/pytest -q tests/controller
+
+# After changing a filter (filter_plugins/tokentrust.py): regenerate its documentation (filter_plugins/<name>.yml).
+filter-docs: setup
+	$(BIN)/python scripts/gen_filter_docs.py
 
 # After changing a cffi declaration in module_utils/tokentrust_nss/_ffi.py: regenerate its pre-parsed form.
 ffi: setup

@@ -20,10 +20,12 @@ from __future__ import annotations
 import functools
 import os
 
-import ansible.module_utils
 from ansible.errors import AnsibleFilterError
 
 # --- repository layout: begin (the build replaces this block with the collection's imports)
+# isort: split
+import ansible.module_utils
+
 _MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
 if _MODULE_UTILS not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(_MODULE_UTILS)

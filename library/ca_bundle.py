@@ -302,5 +302,6 @@ def main():
     module.exit_json(changed=changed, cas=res.cas, sources=res.sources, written=written,
                      diff=with_attributes_diff(diff, writes))
 
+
 if __name__ == "__main__":
     main()

@@ -120,6 +120,7 @@ from ansible.module_utils.tokentrust_errors import fail, require
 from ansible.module_utils.tokentrust_options import NSS_CERTIFICATE_OPTIONS, NSS_WRITE_OPTIONS
 
 try:
+    from ansible.module_utils.tokentrust_nss import CFFI_IMPORT_ERROR
     from ansible.module_utils.tokentrust_provision import (
         apply_certificates,
         exit_databases,
@@ -128,7 +129,7 @@ try:
         quiet_stdout,
     )
 
-    IMPORT_ERROR = None
+    IMPORT_ERROR = CFFI_IMPORT_ERROR  # None when cffi imports (the guard of tokentrust_nss)
 except ImportError:  # cffi missing on the target
     IMPORT_ERROR = traceback.format_exc()
 

@@ -70,12 +70,12 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.tokentrust_errors import fail, require
 
 try:
-    from ansible.module_utils.tokentrust_nss import NSSDatabase, NSSError, read_pkcs11_txt
+    from ansible.module_utils.tokentrust_nss import CFFI_IMPORT_ERROR, NSSDatabase, NSSError, read_pkcs11_txt
     from ansible.module_utils.tokentrust_privsep import ChildError, PrivilegeError, acting_owner, run_as
     from ansible.module_utils.tokentrust_provision import WORK_BUDGET, normalise_databases, quiet_stdout
     from ansible.module_utils.tokentrust_trust import encoded_trust
 
-    IMPORT_ERROR = None
+    IMPORT_ERROR = CFFI_IMPORT_ERROR  # None when cffi imports (the guard of tokentrust_nss)
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 

@@ -180,6 +180,7 @@ from ansible.module_utils.tokentrust_prerequisites import message as prerequisit
 from ansible.module_utils.tokentrust_prerequisites import probe as prerequisites_probe
 
 try:
+    from ansible.module_utils.tokentrust_nss import CFFI_IMPORT_ERROR
     from ansible.module_utils.tokentrust_profiles import find_profiles
     from ansible.module_utils.tokentrust_provision import (
         default_library,
@@ -191,7 +192,7 @@ try:
         require_nss,
     )
 
-    IMPORT_ERROR = None
+    IMPORT_ERROR = CFFI_IMPORT_ERROR  # None when cffi imports (the guard of tokentrust_nss)
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 

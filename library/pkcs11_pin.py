@@ -136,9 +136,10 @@ from ansible.module_utils.tokentrust_errors import exit_report, fail, require
 from ansible.module_utils.tokentrust_options import TOKEN_OPTIONS
 
 try:
+    from ansible.module_utils.tokentrust_nss import CFFI_IMPORT_ERROR
     from ansible.module_utils.tokentrust_nss.token import default_module, pin_action
 
-    IMPORT_ERROR = None
+    IMPORT_ERROR = CFFI_IMPORT_ERROR  # None when cffi imports (the guard of tokentrust_nss)
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 

@@ -276,9 +276,10 @@ from ansible.module_utils.tokentrust_options import TOKEN_OPTIONS
 from ansible.module_utils.tokentrust_privsep import read_bounded
 
 try:
+    from ansible.module_utils.tokentrust_nss import CFFI_IMPORT_ERROR
     from ansible.module_utils.tokentrust_nss.token import default_module, verify_token
 
-    IMPORT_ERROR = None
+    IMPORT_ERROR = CFFI_IMPORT_ERROR  # None when cffi imports (the guard of tokentrust_nss)
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 

@@ -162,7 +162,7 @@ def is_nss_trust(value):
 def trusted_for_tls_servers(nss_trust):
     """Whether a CA entry is trusted to issue TLS server certificates: 'C' in the SSL field of its NSS trust, or no
     trust given at all (Firefox then uses its own default for Certificates.Install, CT,CT,)."""
-    return nss_trust is None or "C" in str(nss_trust).split(",")[0]
+    return nss_trust is None or "C" in str(nss_trust).split(",", maxsplit=1)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------

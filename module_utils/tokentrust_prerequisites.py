@@ -26,7 +26,7 @@ def os_family():
     try:
         with open("/etc/os-release", encoding="utf-8", errors="replace") as f:
             for line in f:
-                k, _, v = line.strip().partition("=")
+                k, _sep, v = line.strip().partition("=")
                 if k in ("ID", "ID_LIKE"):
                     ids += " " + v.strip('"').lower()
     except OSError:

@@ -18,7 +18,7 @@ whatever the user planted, the child can only reach what the user could reach an
 from __future__ import annotations
 
 import codecs
-import configparser  # noqa: F401 - imported before any child drops privileges (see below)
+import configparser  # noqa: F401 - imported before any child drops privileges (see below)  # pylint: disable=unused-import
 import errno
 import fcntl
 import grp

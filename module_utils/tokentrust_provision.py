@@ -331,8 +331,8 @@ def normalise_certificates(certificates, default_trust="C,,"):
         sha256 = hashlib.sha256(der).hexdigest().upper()
         pin = (c.get("sha256") or "").replace(":", "").upper()
         if pin and pin != sha256:
-            raise InputError("certificates[%d] (%s): content has SHA-256 %s but the entry says %s" % (i, name, sha256,
-                                                                                                    pin))
+            raise InputError("certificates[%d] (%s): content has SHA-256 %s but the entry says %s"
+                             % (i, name, sha256, pin))
         if name in names:
             raise InputError("certificates[%d]: nickname %r is used twice in the input" % (i, name))
         names.add(name)
@@ -547,7 +547,7 @@ def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, ni
             with NSSDatabase(path, readonly=True, password=password, modules=False) as db:
                 current = db.certificates()
         plan = _plan_certificates(current, wanted, state, nickname_conflict)
-        cert_change = any(a != "ok" for a, _, _ in plan)
+        cert_change = any(step[0] != "ok" for step in plan)
         out["before"] = _state_lines([c.to_dict() for c in current])
         out["after"] = _state_lines(_simulate(current, plan))
         out["created"] = not exists and (cert_change or mod_change)
@@ -555,7 +555,7 @@ def _provision_one(entry, wanted, module_spec, lib_exists, state, check_mode, ni
         with NSSDatabase(path, readonly=False, password=password, modules=False) as db:
             current = db.certificates()
             plan = _plan_certificates(current, wanted, state, nickname_conflict)
-            cert_change = any(a != "ok" for a, _, _ in plan)
+            cert_change = any(step[0] != "ok" for step in plan)
             out["before"] = _state_lines([c.to_dict() for c in current])
             if (cert_change or mod_change) and backup and not db.created:
                 out["backup"] = _backup(db, path)
@@ -606,9 +606,9 @@ def apply_certificates(databases, certificates, state="present", check_mode=Fals
                        backup=False, fail_fast=False, password=None):
     """Certificates only. Returns (results, changed, failed); per database: path, changed, created, actions,
     restart_needed, backup, error (and before/after for the diff)."""
-    results, changed, failed, _ = provision(databases, certificates, None, state=state, check_mode=check_mode,
-                                            nickname_conflict=nickname_conflict, backup=backup, fail_fast=fail_fast,
-                                            password=password)
+    results, changed, failed = provision(databases, certificates, None, state=state, check_mode=check_mode,
+                                         nickname_conflict=nickname_conflict, backup=backup, fail_fast=fail_fast,
+                                         password=password)[:3]
     for r in results:
         r["actions"] = r.pop("certificates")
         for key in ("name", "kind", "module", "module_before", "module_after"):

@@ -196,8 +196,8 @@ def normalise_token(data, settings, now):
     if checked is None:
         stale = "the result has no check time (checked_at)"
     elif age > settings["token_max_age_hours"]:
-        stale = "checked %s, %d hours ago (more than %d)" % (data.get("checked_at"), int(age),
-                                                            settings["token_max_age_hours"])
+        stale = "checked %s, %d hours ago (more than %d)" % (
+            data.get("checked_at"), int(age), settings["token_max_age_hours"])
     if status == OK and stale:
         status = UNKNOWN
     if status == OK and data.get("client_cert_requested") is False:
@@ -582,7 +582,7 @@ def _host_row(m):
         w = m["windows"]
         bad = len(w["failed"])
         cells.append('<td data-sort="-1" class="muted">Windows</td>')
-        stores = [c for c in w["stores"]]
+        stores = list(w["stores"])
         cells.append(_ok_cell(all(c.get("ok") for c in stores) if stores else None, "stores ok", "stores: %d bad"
                               % sum(1 for c in stores if not c.get("ok"))))
         cells.append('<td class="muted" data-sort="1">%s</td>' % _E(w["summary"]))
@@ -662,7 +662,7 @@ def timeline_svg(entries, now, settings, width=960):
     if not entries:
         return '<p class="muted">No certificate to show.</p>'
     dated = [(e, parse_time(e["not_after"])) for e in entries]
-    ends = [t for _, t in dated if t is not None]
+    ends = [d[1] for d in dated if d[1] is not None]
     span_end = max(ends + [now + _dt.timedelta(days=365)])
     span_end = min(span_end, now + _dt.timedelta(days=365 * 25))
     start = now - _dt.timedelta(days=30)
@@ -720,8 +720,8 @@ def render_html(report, now=None):
     settings = settings_with_defaults(dict(report["settings"], title=report.get("title")))
     now = now or parse_time(report["generated"]) or now_utc()
     s = report["summary"]
-    cards = [("hosts", s["hosts"], "hosts", ""), ("ok", s[OK], "fine", OK), ("warning", s[WARNING], "attention",
-                                                                              WARNING),
+    cards = [("hosts", s["hosts"], "hosts", ""), ("ok", s[OK], "fine", OK),
+             ("warning", s[WARNING], "attention", WARNING),
              ("failed", s[FAILED], "need action", FAILED),
              ("profiles", "%d/%d" % (s["profiles_ok"], s["profiles"]), "profiles compliant", ""),
              ("token", "%d/%d" % (s["token_ok"], s["hosts"]), "test logins ok (%d failed, %d not run, %d unknown)"

@@ -772,8 +772,8 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
             out["warnings"] += r["warnings"]
         if state == "present":
             desired = out["json"][0]["desired"]
-            scopes = [("HKLM", probe.get("gpo"))] + [(f"HKU\\{sid}", d)
-                                                      for sid, d in sorted((probe.get("gpo_users") or {}).items())]
+            scopes = [("HKLM", probe.get("gpo"))] + [
+                (f"HKU\\{sid}", d) for sid, d in sorted((probe.get("gpo_users") or {}).items())]
             found = {}
             for scope, dump in scopes:
                 for c in gpo_conflicts(dump, desired):
@@ -896,7 +896,7 @@ def gpo_values(fragment):
 def gpo_conflicts(dump, desired):
     """Top-level policies we want that the GPO registry already sets: GPO wins for those."""
     tops = {k.split("\\")[0] for k, v in (dump or {}).items() if v and k}
-    tops |= {n for n in (dump or {}).get("", {}) or {}}
+    tops |= set((dump or {}).get("", {}) or {})
     return sorted(p for p in desired if p in tops)
 
 
@@ -911,7 +911,7 @@ def _reg_value(value, where):
 
 
 def _numbered(values):
-    return [v for _, v in sorted(((int(k), v) for k, v in (values or {}).items() if str(k).isdigit()))]
+    return [kv[1] for kv in sorted((int(k), v) for k, v in (values or {}).items() if str(k).isdigit())]
 
 
 def gpo_plan(dump, desired, state="present", key=FIREFOX_GPO_KEY):

@@ -10,7 +10,12 @@ filter_plugins/ at the top) and stays the one source; the collection tree is gen
   doc_fragments/*.py    -> plugins/doc_fragments/  named by FQCN in extends_documentation_fragment
   roles/*               -> roles/                  modules, roles and filters called by FQCN
   playbooks/*.yml       -> playbooks/              same (lab.yml stays: it drives this repository's lab)
-  collection/           -> galaxy.yml, meta/runtime.yml, README.md
+  collection/           -> galaxy.yml, meta/runtime.yml, README.md, CHANGELOG.md, changelogs/, tests/sanity/
+  LICENSE               -> LICENSE (GPL-3.0-or-later, the full text)
+
+YAML is rewritten structurally: the file is composed into YAML nodes (with their positions), the module actions,
+role references and imported playbooks are found there as Ansible reads them, and only those scalars are replaced
+in place (comments and layout kept). A task named like a role, or a variable named like a module, stays as it is.
 
 Every rewrite is checked afterwards (no short module name as a task action, no `ansible.module_utils.tokentrust`
 import, no module_utils search-path patch left); a source change that defeats a rewrite fails the build with
@@ -68,12 +73,6 @@ class Rewriter:
         self.modules = _names("library", ".py")
         self.roles = _names("roles")
         mods = "|".join(map(re.escape, self.modules))
-        roles = "|".join(map(re.escape, self.roles))
-        # a task's action key: `  nss_provision:` or `- nss_provision:` (optionally followed by a comment)
-        self.re_action = re.compile(rf"^(\s*(?:- )?)({mods}):(\s*(?:#.*)?)$", re.M)
-        # a role reference: `- role: x`, `role: x`, `name: x` (include_role/import_role), `- x` under roles:
-        self.re_role = re.compile(rf"^(\s*(?:- )?(?:role|name):\s*)({roles})(\s*(?:#.*)?)$", re.M)
-        self.re_role_item = re.compile(rf"^(\s*- )({roles})(\s*(?:#.*)?)$", re.M)
         self.filters = filter_names()
         self.re_filter = re.compile(r"(\|\s*)({})\b".format("|".join(map(re.escape, self.filters))))
         self.re_doc_module = re.compile(rf"\bM\(({mods})\)")
@@ -95,7 +94,7 @@ class Rewriter:
         text = self.re_seealso.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text)
         m = re.search(r'^EXAMPLES = r?("""|\'\'\')(.*?)\1', text, re.M | re.S)
         if m:
-            examples = self.re_action.sub(lambda a: f"{a.group(1)}{self.fq}.{a.group(2)}:{a.group(3)}", m.group(2))
+            examples = self.yaml_text(m.group(2), path + " (EXAMPLES)", playbook=True)
             text = text[: m.start(2)] + examples + text[m.end(2):]
         return text
 
@@ -115,16 +114,89 @@ class Rewriter:
 
     # YAML -----------------------------------------------------------------------------------------------
     def yaml_text(self, text, path, playbook=False):
+        """Module actions, role references and imported playbooks are found in the parsed YAML (the composed node
+        graph, with each node's position in the text) and only those scalars are rewritten in place, so comments and
+        layout stay, and a task *named* like a role or a variable named like a module is left alone. Filters live
+        inside Jinja strings: `| tokentrust_x` is qualified wherever it occurs."""
         text = self.re_noqa_fqcn.sub("", text)
-        text = self.re_action.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}:{m.group(3)}", text)
-        text = self.re_role.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text)
-        if playbook:
-            text = self.re_role_item.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text)
-            # import_playbook: ca.yml -> tokentrust.workstation.ca
-            text = re.sub(r"^(\s*(?:- )?import_playbook:\s*)([a-z_]+)\.yml(\s*)$",
-                          lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}{m.group(3)}", text, flags=re.M)
+        edits = []
+        try:
+            docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        except yaml.YAMLError as e:
+            raise BuildError(f"{path}: not valid YAML: {e}") from e
+        rel = path.replace(os.sep, "/")
+        in_meta = "/meta/" in rel
+        for doc in docs:
+            if in_meta:
+                self._meta_node(doc, edits)
+            elif isinstance(doc, yaml.SequenceNode):
+                self._task_list(doc, edits, playbook)
+        for start, end, old, new in sorted(edits, reverse=True):
+            if text[start:end] != old:  # a multi-line or escaped scalar: not one we write in place
+                raise BuildError(f"{path}: cannot rewrite {text[start:end]!r} in place (expected {old!r})")
+            text = text[:start] + new + text[end:]
         text = self.re_filter.sub(lambda m: f"{m.group(1)}{self.fq}.{m.group(2)}", text)
         return text
+
+    def _qualify(self, node, edits, name=None):
+        """Rewrite one scalar node in place (its quotes kept) to the FQCN of `name` (default: its own value)."""
+        quote = node.style if node.style in ("'", '"') else ""
+        edits.append((node.start_mark.index, node.end_mark.index, f"{quote}{node.value}{quote}",
+                      f"{quote}{self.fq}.{name or node.value}{quote}"))
+
+    @staticmethod
+    def _items(mapping):
+        return [(k.value, k, v) for k, v in mapping.value if isinstance(k, yaml.ScalarNode)]
+
+    def _role_ref(self, node, edits):
+        """A role reference: `- x` or `- role: x` / `- name: x` (roles: of a play, dependencies: of a role)."""
+        if isinstance(node, yaml.ScalarNode) and node.value in self.roles:
+            self._qualify(node, edits)
+        elif isinstance(node, yaml.MappingNode):
+            for key, _k, v in self._items(node):
+                if key in ("role", "name") and isinstance(v, yaml.ScalarNode) and v.value in self.roles:
+                    self._qualify(v, edits)
+
+    def _meta_node(self, doc, edits):
+        if isinstance(doc, yaml.MappingNode):
+            for key, _k, v in self._items(doc):
+                if key == "dependencies" and isinstance(v, yaml.SequenceNode):
+                    for item in v.value:
+                        self._role_ref(item, edits)
+
+    def _task_list(self, seq, edits, playbook):
+        for item in seq.value:
+            if not isinstance(item, yaml.MappingNode):
+                continue
+            keys = dict((k, v) for k, _kn, v in self._items(item))
+            if playbook and ("hosts" in keys or "import_playbook" in keys or "ansible.builtin.import_playbook" in keys):
+                self._play(item, edits)
+            else:
+                self._task(item, edits, playbook)
+
+    def _play(self, play, edits):
+        for key, _k, v in self._items(play):
+            if key in ("pre_tasks", "tasks", "post_tasks", "handlers") and isinstance(v, yaml.SequenceNode):
+                self._task_list(v, edits, False)
+            elif key == "roles" and isinstance(v, yaml.SequenceNode):
+                for item in v.value:
+                    self._role_ref(item, edits)
+            elif key in ("import_playbook", "ansible.builtin.import_playbook") and isinstance(v, yaml.ScalarNode):
+                stem = v.value[:-4] if v.value.endswith(".yml") else None
+                if stem and re.fullmatch(r"[a-z_]+", stem) and os.path.exists(os.path.join(ROOT, "playbooks", v.value)):
+                    self._qualify(v, edits, stem)
+
+    def _task(self, task, edits, playbook):
+        for key, knode, v in self._items(task):
+            if key in ("block", "rescue", "always") and isinstance(v, yaml.SequenceNode):
+                self._task_list(v, edits, playbook)
+            elif key in self.modules:
+                self._qualify(knode, edits)
+            elif key in ("include_role", "import_role", "ansible.builtin.include_role", "ansible.builtin.import_role") \
+                    and isinstance(v, yaml.MappingNode):
+                for k2, _k2, v2 in self._items(v):
+                    if k2 == "name" and isinstance(v2, yaml.ScalarNode) and v2.value in self.roles:
+                        self._qualify(v2, edits)
 
 
 def _copytree(src, dst):
@@ -152,6 +224,7 @@ def assemble(out):
     if os.path.exists(tree):
         shutil.rmtree(tree)
     os.makedirs(tree)
+    shutil.copy2(os.path.join(ROOT, "LICENSE"), os.path.join(tree, "LICENSE"))
     src = os.path.join(ROOT, "collection")
     for n in os.listdir(src):
         copy = _copytree if os.path.isdir(os.path.join(src, n)) else shutil.copy2

@@ -3,11 +3,13 @@
 """tokentrust's own cffi bindings to NSS (libnss3, libnspr4, libsmime3, libssl3), ABI mode.
 
 Public API:
+    HAS_CFFI, CFFI_IMPORT_ERROR                         the cffi guard: the traceback of the failed import, or None
     NSSDatabase(path, readonly=True, password=None)   context manager; certificates, modules, trust
     NSSError, LegacyDatabaseError, DatabaseLockedError
     der_from_bytes(data)                                one certificate from DER or PEM bytes
     nss_version()
 """
+from ansible.module_utils.tokentrust_nss._ffi import CFFI_IMPORT_ERROR, HAS_CFFI  # noqa: F401
 from ansible.module_utils.tokentrust_nss.database import (  # noqa: F401
     DB_FILES,
     TOKEN_FLAGS,

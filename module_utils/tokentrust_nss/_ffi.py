@@ -11,8 +11,21 @@ from __future__ import annotations
 import ctypes.util
 import hashlib
 import os
+import sys
+import traceback
 
 from ansible.module_utils.tokentrust_facts import LINUX_INSTALL_DIRS, MACOS_APP
+
+# The guard (as community.crypto guards cryptography): without cffi this package still imports, `ffi` says what to
+# install when used, and the modules fail early with missing_required_lib and CFFI_IMPORT_ERROR's traceback.
+try:
+    from cffi import FFI
+except ImportError:
+    FFI = None
+    CFFI_IMPORT_ERROR = traceback.format_exc()
+else:
+    CFFI_IMPORT_ERROR = None
+HAS_CFFI = CFFI_IMPORT_ERROR is None
 
 _CDEFS = []
 
@@ -430,11 +443,23 @@ def _make_ffi():
             return _ffi_abi.ffi
     except Exception:  # noqa: BLE001 - any reason to not use it means: parse
         pass
-    from cffi import FFI
-
     parsed = FFI()
     parsed.cdef(cdef_source())
     return parsed
 
 
-ffi = _make_ffi()
+class _MissingCffi:
+    """`ffi` when cffi cannot be imported: any use raises NSSMissingError (an NSSError) saying what to install."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        from ansible.module_utils.tokentrust_nss.errors import NSSMissingError
+
+        raise NSSMissingError(
+            "load cffi", None, None, "CFFI_NOT_FOUND",
+            "the Python cffi package is not installed for %s: install it (Debian/Ubuntu: apt-get install python3-cffi; "
+            "RHEL: dnf install python3-cffi; or pip install cffi)" % sys.executable)
+
+
+ffi = _make_ffi() if HAS_CFFI else _MissingCffi()

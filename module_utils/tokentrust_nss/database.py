@@ -313,7 +313,7 @@ class NSSDatabase:
                            "Firefox once so that it creates the profile" % d)
         if not os.path.isdir(d):
             raise NSSError("open", self.spec, text="%s is not a directory" % d)
-        present = {n for n in os.listdir(d)}
+        present = set(os.listdir(d))
         for name in DB_FILES + LEGACY_FILES:
             if name in present and os.path.islink(os.path.join(d, name)):
                 raise NSSError("open", self.spec, name="TT_SYMLINK",

@@ -104,7 +104,7 @@ class _PinSource:
         self._pin = None
         self.requests = 0  # how many times NSS asked
         self.presented = 0  # how many times a PIN was handed over (<= 1 per arm)
-        self._cb = ffi.callback("PK11PasswordFunc", self._callback)
+        self._cb = None  # made at the first install(): importing this module needs no cffi
 
     def _callback(self, slot, retry, arg):
         self.requests += 1
@@ -121,6 +121,8 @@ class _PinSource:
         self._pin = None
 
     def install(self):
+        if self._cb is None:
+            self._cb = ffi.callback("PK11PasswordFunc", self._callback)
         lib.nss3.PK11_SetPasswordFunc(self._cb)
 
 
@@ -206,7 +208,7 @@ def check_chain(cert, cas, now=None):
         if found is None:
             return {"in_ca_set": False, "chain": chain,
                     "problem": "a CA of the set has the issuer's name (%s) but did not sign it: forged or "
-                    "re-keyed CA" % ", ".join(n for n, _ in candidates)}
+                    "re-keyed CA" % ", ".join(c[0] for c in candidates)}
         name, ca = found
         ca_after = cert_dates(ca)[1]
         if ca_after < now:
@@ -350,7 +352,7 @@ def card_state(slot_count, socket_path=PCSCD_SOCKET, pcscd_paths=PCSCD_PATHS, pc
 
 def _select(found, label, module_path, slot_count):
     """The one entry of `found` ([(label, obj)]) to use; TokenError no_token / token_not_found / several_tokens."""
-    labels = [lb for lb, _ in found]
+    labels = [f[0] for f in found]
     if not found:
         state, todo = card_state(slot_count, pcsc=uses_pcsc())
         raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty): %s"
@@ -518,8 +520,8 @@ class RawToken:
 
     def _session(self):
         h = ffi.new("CK_ULONG *")
-        self._call("C_OpenSession", self.fl.C_OpenSession(self.slot, CKF_RW_SESSION | CKF_SERIAL_SESSION, ffi.NULL,
-                                                            ffi.NULL, h))
+        self._call("C_OpenSession",
+                   self.fl.C_OpenSession(self.slot, CKF_RW_SESSION | CKF_SERIAL_SESSION, ffi.NULL, ffi.NULL, h))
         return h[0]
 
     def _fail(self, who, rv, op):
@@ -918,8 +920,8 @@ def select_certificate(descs, selector):
     if len(distinct) > 1:
         raise TokenError("certificate_ambiguous", "%d certificates on the key match %r: %s. Choose one by its "
                          "SHA-256 fingerprint" % (len(distinct), selector, "; ".join(
-                             "%s (issuer %s, expires %s), SHA-256 %s" % (descs[i]["holder"], descs[i]["issuer"],
-                                                                          descs[i]["not_after"], descs[i]["sha256"])
+                             "%s (issuer %s, expires %s), SHA-256 %s"
+                             % (descs[i]["holder"], descs[i]["issuer"], descs[i]["not_after"], descs[i]["sha256"])
                              for i in distinct.values())), candidates=sorted(distinct))
     return next(iter(distinct.values()))
 
@@ -968,8 +970,8 @@ def validate_inputs(url=None, tls=True, certificate=None, timeout=20, body_bytes
     if tls and url:
         parse_url(url)
     check_selector(certificate)
-    for name, value, low in (("timeout", timeout, 1), ("body_bytes", body_bytes, 0), ("min_days_left",
-                                                                                     min_days_left, 0)):
+    for name, value, low in (("timeout", timeout, 1), ("body_bytes", body_bytes, 0),
+                             ("min_days_left", min_days_left, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise TokenError("input", "%s must be a whole number >= %d, got %r" % (name, low, value))
     if timeout > 600:
@@ -1096,7 +1098,7 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
             rep["pin_state_before"] = info["user_pin"]
             rep["token"] = _public_token(info)
             if certificate:  # the selector is resolved on the public certificates, before any PIN
-                public = [d for d, _ in tok.certificates(cas, now)]
+                public = [c[0] for c in tok.certificates(cas, now)]
                 if public:
                     select_certificate(public, certificate)
             if check_mode:
@@ -1116,8 +1118,8 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
                     rep["token"] = _public_token(info)
                     if run_id and record.get("wrong_pin_run") == run_id and info["user_pin"] != "ok":
                         raise TokenError("wrong_pin_this_run", "this run (%s) already had its PIN refused by token %r "
-                                         "(%s): not presented again; check the PIN" % (run_id, tok.label,
-                                                                                     record.get("wrong_pin_at")),
+                                         "(%s): not presented again; check the PIN"
+                                         % (run_id, tok.label, record.get("wrong_pin_at")),
                                          token=info)
                     try:
                         rep["warnings"] += tok.login(pin, allow_final_try)
@@ -1159,14 +1161,14 @@ def _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, tls, u
     pairs = tok.certificates(cas, now)
     with_key = [(d, h) for d, h in pairs if d["has_key"] or check_mode]
     rep["other_certificates"] = len(pairs) - len(with_key)
-    descs = [d for d, _ in with_key]
+    descs = [w[0] for w in with_key]
     for d in descs:
         d["usable"] = usable_for_login(d) is None
         if check_mode:
             d["has_key"] = None  # private keys are private objects: not visible without login
         if d["expired"]:
-            rep["problems"].append("certificate %s (issuer %s) expired on %s" % (d["holder"], d["issuer"],
-                                                                                d["not_after"]))
+            rep["problems"].append("certificate %s (issuer %s) expired on %s"
+                                   % (d["holder"], d["issuer"], d["not_after"]))
         elif d.get("in_ca_set") is False:
             rep["problems"].append("certificate %s (issuer %s) does not chain to the CA set: %s"
                                    % (d["holder"], d["issuer"], d["problem"]))
@@ -1182,8 +1184,8 @@ def _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, tls, u
     if idx is None:
         return
     chosen = descs[idx]
-    rep["login_certificate"] = {k: chosen[k] for k in ("holder", "subject", "issuer", "serial", "not_after",
-                                                        "days_left", "sha256", "nickname")}
+    keys = ("holder", "subject", "issuer", "serial", "not_after", "days_left", "sha256", "nickname")
+    rep["login_certificate"] = {k: chosen[k] for k in keys}
     rep["holder"], rep["not_after"], rep["days_left"] = chosen["holder"], chosen["not_after"], chosen["days_left"]
     if not (tls and url) or check_mode:
         return

@@ -4,6 +4,7 @@ ansible.cfg of this repository, no ANSIBLE_LIBRARY / ANSIBLE_MODULE_UTILS / role
 The NSS state written by the installed modules is checked with certutil, not with our bindings."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -208,7 +209,7 @@ def test_installed_roles_and_playbooks_call_everything_by_fqcn(installed):
             if name.count(".") < 2 and "{{" not in name:
                 short.append(f"{where}: {ref}")
         text = f.read_text()
-        short += [f"{where}: filter {m}" for m in __import__("re").findall(r"\|\s*(tokentrust_win_\w+)", text)]
+        short += [f"{where}: filter {m}" for m in re.findall(r"\|\s*(tokentrust_win_\w+)", text)]
     assert short == []
     # the references exist: every module and role of the repository is called by its FQCN somewhere
     assert {f"{FQ}.{m}" for m in ("nss_provision", "firefox_policies", "ca_bundle", "pkcs11_token_login")} <= set(seen)
@@ -298,3 +299,64 @@ def test_a_playbook_of_the_installed_collection_writes_into_the_working_director
     assert sorted(n.name for n in (project / ".cache" / "ca").iterdir()) == sorted(
         f"{stem}{ext}" for stem in (ca_file_stem(c["name"]) for c in cas) for ext in (".der", ".pem"))
     assert sorted(str(p.relative_to(top)) for p in top.rglob("*")) == before
+
+
+def _filters():
+    with open(os.path.join(ROOT, "filter_plugins", "tokentrust.py"), encoding="utf-8") as f:
+        return sorted(re.findall(r'^\s*"(tokentrust_\w+)":', f.read(), re.M))
+
+
+def test_license_in_repository_and_tarball(built):
+    tarball, _ = built
+    with open(os.path.join(ROOT, "LICENSE"), encoding="utf-8") as f:
+        text = f.read()
+    assert "GNU GENERAL PUBLIC LICENSE" in text and "Version 3, 29 June 2007" in text and len(text) > 30000
+    if os.path.exists("/usr/share/common-licenses/GPL-3"):  # Debian's copy of the full text
+        with open("/usr/share/common-licenses/GPL-3", encoding="utf-8") as f:
+            assert text == f.read()
+    with tarfile.open(tarball) as t:
+        assert t.extractfile("LICENSE").read().decode() == text
+        manifest = json.load(t.extractfile("MANIFEST.json"))
+    assert manifest["collection_info"]["license"] == ["GPL-3.0-or-later"]
+
+
+def test_every_filter_is_documented_and_renders(installed):
+    """ansible-doc -t filter lists every filter of the collection with a description (none UNDOCUMENTED) and renders
+    each one's documentation; the documentation files are what scripts/gen_filter_docs.py makes of the functions."""
+    home, _colls, env = installed
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gen_filter_docs.py"), "--check"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    names = _filters()
+    assert len(names) >= 39
+    p = subprocess.run([os.path.join(BIN, "ansible-doc"), "-t", "filter", "-l", FQ], cwd=home, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in p.stdout.splitlines() if line.startswith(FQ + ".")}
+    assert sorted(listed) == [f"{FQ}.{n}" for n in names]
+    assert not [n for n, d in listed.items() if "UNDOCUMENTED" in d], listed
+    p = subprocess.run([os.path.join(BIN, "ansible-doc"), "-t", "filter", "--json", *listed], cwd=home, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    docs = json.loads(p.stdout)
+    for n in names:
+        doc = docs[f"{FQ}.{n}"]
+        assert doc["doc"]["name"] == n and doc["doc"]["short_description"] and "_input" in doc["doc"]["options"], n
+        assert f"{FQ}.{n}" in doc["examples"], n
+    p = subprocess.run([os.path.join(BIN, "ansible-doc"), "-t", "filter", f"{FQ}.tokentrust_win_path"], cwd=home,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "exactly one backslash" in " ".join(p.stdout.split()), p.stdout + p.stderr
+
+
+def test_changelog_is_generated_from_fragments():
+    """CHANGELOG.md is what antsibull-changelog generates from changelogs/changelog.yaml, whose releases list every
+    module of the repository (the hand-written one missed nss_prerequisites)."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "changelog.py"), "--check"], capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(os.path.join(ROOT, "collection", "changelogs", "changelog.yaml"), encoding="utf-8") as f:
+        releases = yaml.safe_load(f)["releases"]
+    modules = sorted(m["name"] for r in releases.values() for m in r.get("modules", []))
+    assert modules == REPO_MODULES
+    filters = sorted(x["name"] for r in releases.values() for x in r.get("plugins", {}).get("filter", []))
+    assert filters == _filters()
