@@ -384,8 +384,10 @@ def state_entry(state):
                                      "last_unreachable", "unreachable_msg", "last_result")}
     out["converged_at"] = max(converged) or None
     out["converged_by"] = None if not out["converged_at"] else "pull" if converged[1] > converged[0] else "push"
-    out["converged"] = (bool(out["converged_at"]) and out["converged_at"] >= (state.get("last_attempt") or "")
-                        if state else None)
+    if not state.get("last_attempt") and not out["converged_at"]:
+        out["converged"] = None  # no converge run recorded for it (only seen by other playbooks, or no state)
+    else:
+        out["converged"] = bool(out["converged_at"]) and out["converged_at"] >= (state.get("last_attempt") or "")
     return out
 
 

@@ -98,3 +98,11 @@ def test_reached_but_not_converged_is_noted():
     h = rep["hosts"][0]
     assert h["status"] == "ok" and rep["summary"]["not_converged"] == ["ws"]
     assert any(r["level"] == "info" and "did not complete on it (failed)" in r["text"] for r in h["reasons"])
+
+
+def test_seen_only_is_not_not_converged():
+    """A host only seen by report.yml or verify.yml (no converge run recorded) is neither converged nor not."""
+    rep = tr.build_report([{"name": "ws", "data": linux_host(), "token": token_ok(),
+                            "state": {"last_seen": "2026-06-01T11:00:00Z"}}], ca_set(), now=NOW)
+    assert rep["hosts"][0]["state"]["converged"] is None and rep["summary"]["not_converged"] == []
+    assert [r["level"] for r in rep["hosts"][0]["reasons"]] == []
