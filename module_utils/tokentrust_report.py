@@ -463,7 +463,7 @@ def build_host(name, raw, cas, token, settings, now, state=None):
     known = [e["days_left"] for e in host["expiry"] if e["days_left"] is not None]
     host["next_expiry_days"] = min(known) if known else None
     host["status"] = worst(r["level"] for r in reasons) if raw else UNREACHABLE  # never an old run's colour
-    reasons.sort(key=lambda r: RANK[r["level"]])
+    reasons.sort(key=lambda r: (bool(raw) or r["level"] != UNREACHABLE, RANK[r["level"]]))  # unreachable first
     host["counts"] = {
         "profiles": sum(1 for p in host["profiles"] if p["status"] != INFO),
         "profiles_ok": sum(1 for p in host["profiles"] if p["status"] == OK),

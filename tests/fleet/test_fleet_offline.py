@@ -119,6 +119,7 @@ def test_hosts_off_before_and_during_the_runs(fleet3):
         assert hosts[h]["status"] == "unreachable" and hosts[h]["reached"] is False, hosts[h]
         assert hosts[h]["state"]["converged_at"] is None
     assert hosts[WS1]["state"]["last_seen"] is None and "last seen never" in hosts[WS1]["reasons"][0]["text"]
+    assert hosts[WS1]["reasons"][0]["level"] == "unreachable"  # first, before what older results said
     assert hosts[WS2]["state"]["last_seen"] == s[WS2]["last_seen"]
     assert "last seen %s" % s[WS2]["last_seen"] in hosts[WS2]["reasons"][0]["text"]
     assert "2 unreachable" in run.stdout and "Not converged: %s, %s" % (WS1, WS2) in run.stdout, run.stdout[-2000:]

@@ -15,6 +15,7 @@ Prints one JSON line: {"changed": bool, "sha256": ..., "files": n}.
 """
 import argparse
 import glob
+import gzip
 import hashlib
 import io
 import json
@@ -58,7 +59,8 @@ def content(project, variables):
         variables["ca_certificates_list"] = cas
     extra["pull_vars.yml"] = (json.dumps(variables, indent=1, sort_keys=True) + "\n").encode()
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", mtime=0) as tar:  # deterministic: same input, same bytes
+    # deterministic: same input, same bytes (no time stamps in the gzip header or the members)
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for rel in sorted(set(files)):
             st = os.stat(os.path.join(project, rel))
             with open(os.path.join(project, rel), "rb") as f:
