@@ -17,10 +17,26 @@ MODULE = os.environ.get("BENCH_PKCS11_MODULE", "/usr/lib/x86_64-linux-gnu/opensc
 EXTRA = ["-e", "tokentrust_token_module=%s" % MODULE]
 
 
+def mitogen_env():
+    """ANSIBLE_STRATEGY=mitogen_linear and its plugin path, when BENCH_MITOGEN=1 (mitogen importable: installed, or
+    its wheel unpacked on PYTHONPATH); {} otherwise."""
+    if os.environ.get("BENCH_MITOGEN") != "1":
+        return {}
+    import importlib.util
+
+    spec = importlib.util.find_spec("ansible_mitogen")
+    if spec is None:
+        raise SystemExit("BENCH_MITOGEN=1 but ansible_mitogen is not importable: pip install mitogen (0.3.54 supports "
+                         "ansible-core 2.19), or unpack its wheel and put it on PYTHONPATH")
+    plugins = os.path.join(os.path.dirname(spec.origin), "plugins", "strategy")
+    return {"ANSIBLE_STRATEGY_PLUGINS": plugins, "ANSIBLE_STRATEGY": "mitogen_linear"}
+
+
 def env():
     return dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                 ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles") + ":" + os.path.join(ROOT, "bench", "peer", "roles"),
-                PATH=BIN + os.pathsep + os.environ["PATH"], ANSIBLE_FORKS=os.environ.get("ANSIBLE_FORKS", "20"))
+                PATH=BIN + os.pathsep + os.environ["PATH"], ANSIBLE_FORKS=os.environ.get("ANSIBLE_FORKS", "20"),
+                **mitogen_env())
 
 
 def build_lab(hosts, profiles):
@@ -95,7 +111,7 @@ FLEET_DIR = os.path.join(ROOT, "lab", "build", "bench-fleet", "run")
 FLEET_INVENTORY = os.path.join(ROOT, "lab", "build", "bench-fleet", "inventory")
 
 
-def fleet_compare(ours_playbook, label, hosts, rounds=3):
+def fleet_compare(ours_playbook, label, hosts, rounds=3, peer=True):
     """Same comparison on N containers over SSH: each first run starts from fresh containers (profiles made by
     Firefox at image build, python3-cffi already there so that neither side pays for a package download).
 
@@ -124,9 +140,12 @@ def fleet_compare(ours_playbook, label, hosts, rounds=3):
         for r in range(1, rounds + 1):
             fresh()
             (o1, changes["ours1"]), (o2, changes["ours2"]) = run(ours_playbook), run(ours_playbook)
-            fresh()
-            peer = os.path.join(ROOT, "bench", "peer", "naive.yml")
-            (p1, changes["peer1"]), (p2, changes["peer2"]) = run(peer, peer_extra), run(peer, peer_extra)
+            if peer:
+                fresh()
+                naive = os.path.join(ROOT, "bench", "peer", "naive.yml")
+                (p1, changes["peer1"]), (p2, changes["peer2"]) = run(naive, peer_extra), run(naive, peer_extra)
+            else:
+                p1 = p2 = changes["peer1"] = changes["peer2"] = 0
             pong, _ = timed([os.path.join(BIN, "ansible"), "linux", "-i", m["inventory"], "-m", "ansible.builtin.ping"])
             for k, v in zip(seen, (o1, o2, p1, p2, pong)):
                 seen[k].append(v)
@@ -144,12 +163,17 @@ def fleet_compare(ours_playbook, label, hosts, rounds=3):
         "naive certutil/modutil role", best["peer1"], changes["peer1"], best["peer2"], changes["peer2"]))
     print("ansible -m ping, same hosts over SSH: %.1f s; our second run = %.2fx ping" % (
         best["ping"], best["ours2"] / best["ping"]))
-    print("ratio: %.1f" % (best["peer1"] / best["ours1"]))
+    print("per host: ours first %.0f ms, second %.0f ms; peer first %.0f ms; ping %.0f ms" % tuple(
+        1000.0 * best[k] / hosts for k in ("ours1", "ours2", "peer1", "ping")))
+    if mitogen_env():
+        print("strategy: mitogen_linear (ansible-playbook and the ping)")
+    if peer:
+        print("ratio: %.1f" % (best["peer1"] / best["ours1"]))
 
 
 def fleet_args(argv):
-    """bench/fleet.py --fleet [HOSTS=5] [--rounds N=3]"""
-    args = [a for a in argv if a != "--fleet"]
+    """bench/fleet.py --fleet [HOSTS=5] [--rounds N=3] [--no-peer]"""
+    args = [a for a in argv if a not in ("--fleet", "--no-peer")]
     rounds = 3
     if "--rounds" in args:
         i = args.index("--rounds")

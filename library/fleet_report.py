@@ -114,7 +114,7 @@ statuses:
   type: dict
   sample: {"lab-ws-01": "ok", "lab-ws-02": "failed"}
 reasons:
-  description: Host name to the reasons in words (failed and warning only).
+  description: Host name to the reasons in words (failed, unreachable and warning only).
   returned: always
   type: dict
 json_path:
@@ -265,7 +265,7 @@ def main():
     statuses = {m["name"]: m["status"] for m in report["hosts"]}
     result = dict(
         changed=changed, summary=report["summary"], statuses=statuses, json_path=json_path, html_path=html_path,
-        reasons={m["name"]: [r["text"] for r in m["reasons"] if r["level"] in ("failed", "warning")]
+        reasons={m["name"]: [r["text"] for r in m["reasons"] if r["level"] in ("failed", "unreachable", "warning")]
                  for m in report["hosts"]},
     )
     if module._diff:
