@@ -131,8 +131,7 @@ def fleet_compare(ours_playbook, label, hosts, rounds=3, peer=True):
         return timed([os.path.join(BIN, "ansible-playbook"), pb, *base, *extra])
 
     def fresh():
-        for h in m["hosts"]:
-            fl.reset_host(m, h["name"])
+        fl.reset_hosts(m, workers=int(os.environ.get("BENCH_RESET_WORKERS", "6")))
 
     seen = {k: [] for k in ("ours1", "ours2", "peer1", "peer2", "ping")}
     changes = {}

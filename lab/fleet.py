@@ -566,6 +566,18 @@ def reset_host(m: dict, host: str) -> dict:
     return h
 
 
+def reset_hosts(m: dict, hosts: Optional[Sequence[str]] = None, workers: int = 8) -> float:
+    """reset_host on many workstations at once (`workers` docker calls in parallel: a 50-host fleet is re-made in
+    about a quarter of the sequential time); returns the seconds it took."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.monotonic()
+    names = list(hosts) if hosts is not None else [h["name"] for h in m["hosts"]]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(lambda n: reset_host(m, n), names))
+    return round(time.monotonic() - t0, 1)
+
+
 def stop_host(m: dict, host: str) -> dict:
     """The workstation is switched off: its container killed (SIGKILL, no grace: the SSH connection drops at once).
     Its disk (profiles, what a run wrote) stays: `resume_host` switches it on again."""

@@ -68,6 +68,8 @@ def playbook_stopping(fleet, name, trigger, action, *args):
             fired = True
             action(p)
     p.wait(timeout=900)
+    with open(os.path.join(fleet.m["dir"], "last-%s.log" % name), "w") as f:  # for a failing assertion's reader
+        f.write("".join(out))
     return p.returncode, "".join(out), fired
 
 
@@ -92,16 +94,17 @@ def test_hosts_off_before_and_during_the_runs(fleet3):
     assert fired, outline(out)
     rec = recap(out)
     assert rc != 0, outline(out)  # some hosts were unreachable: the run says so
-    assert rec[WS3]["failed"] == 0 and rec[WS3]["unreachable"] == 0 and rec[WS3]["changed"] > 0, rec
-    assert rec[WS1]["unreachable"] == 1, rec
-    assert rec[WS2]["unreachable"] == 1, rec
+    assert rec[WS3]["failed"] == 0 and rec[WS3]["unreachable"] == 0 and rec[WS3]["changed"] > 0, outline(out)
+    assert rec[WS1]["unreachable"] == 1, outline(out)
+    # switched off while its module ran: Ansible says unreachable (connection dropped) or failed (process killed)
+    assert rec[WS2]["unreachable"] + rec[WS2]["failed"] == 1, outline(out)
     assert has_ca(f, WS3)
     s = state(f)
     assert s[WS3]["last_converged"] >= t0 and s[WS3]["last_result"] == "converged"
     assert "last_converged" not in s[WS1] and "last_seen" not in s[WS1]  # never reached
     assert s[WS1]["last_result"] == "unreachable" and "Connection refused" in s[WS1]["unreachable_msg"]
     assert s[WS2]["last_seen"] >= t0 and "last_converged" not in s[WS2]  # reached (nss_provision), then off
-    assert s[WS2]["last_result"] == "unreachable"
+    assert s[WS2]["last_result"] in ("unreachable", "failed")
     assert not_converged(f) == [WS1, WS2]
 
     # verify.yml with both still off: the test login runs on ws-03
@@ -141,7 +144,8 @@ def test_hosts_off_before_and_during_the_runs(fleet3):
     assert has_ca(f, WS1) and has_ca(f, WS2)
     assert not_converged(f) == []
     s2 = state(f)
-    assert s2[WS1]["last_converged"] >= s[WS3]["last_converged"] and s2[WS3] == s[WS3]
+    assert s2[WS1]["last_converged"] >= s[WS3]["last_converged"]
+    assert (s2[WS3]["last_attempt"], s2[WS3]["last_converged"]) == (s[WS3]["last_attempt"], s[WS3]["last_converged"])
 
     # ws-03, green in the last report, is switched off during report.yml: unreachable, never its old green
     rc, out, fired = playbook_stopping(f, "report.yml", "TASK [fleet_report", lambda p: fleetlab.stop_host(f.m, WS3))
