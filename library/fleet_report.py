@@ -15,8 +15,8 @@ description:
     SVG, no network: a sortable host table, summary counts and the certificate expiry timeline)."
   - A host without a test-login result in the C(token) of its O(hosts) entry gets the one in
     O(token_dir)C(/<host>.json) when that file exists (written by C(playbooks/verify.yml)), else "not run".
-  - A host whose O(hosts) entry has no C(data) was not reached: it is C(unreachable) (amber), never the status an
-    older report gave it, with when it was last seen and last converged, read from O(state_dir).
+  - "A host whose O(hosts) entry has no C(data) was not reached: it is C(unreachable) (amber), never the status an
+    older report gave it, with when it was last seen and last converged, read from O(state_dir)."
   - Files are written atomically and only when their content changed.
 version_added: "1.0.0"
 author:
@@ -44,10 +44,10 @@ options:
     default: ""
   state_dir:
     description:
-      - The controller-side fleet state written by callback plugin C(tokentrust_state) (C(state.json): last seen,
-        last converged per host). Empty to not look.
+      - The controller-side fleet state written by callback plugin C(tokentrust_state) (C(state.json), with the
+        last seen and last converged times per host). Empty to not look.
       - A host whose C(data) has a C(pull) result (pull mode, the host converged itself) that converged has that
-        time recorded there as C(pull_converged) (not in check mode), so it leaves C(not_converged).
+        time recorded there as C(pull_converged) (not in check mode), so that it leaves C(not_converged).
     type: path
     default: ""
   expiry_warning_days:

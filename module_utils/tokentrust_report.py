@@ -793,8 +793,9 @@ def render_html(report, now=None):
     title = report.get("title") or DEFAULT_SETTINGS["title"]
     overall = FAILED if s[FAILED] else UNREACHABLE if s.get(UNREACHABLE) else WARNING if s[WARNING] else OK
     headline = ("All %d hosts are fine." % s["hosts"] if overall == OK else
-                "%d of %d hosts need action, %d need attention, %d unreachable." % (
-                    s[FAILED], s["hosts"], s[WARNING], s.get(UNREACHABLE, 0)))
+                "%d of %d hosts need action, %d need attention%s." % (
+                    s[FAILED], s["hosts"], s[WARNING],
+                    ", %d unreachable" % s[UNREACHABLE] if s.get(UNREACHABLE) else ""))
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",

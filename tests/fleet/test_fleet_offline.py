@@ -154,7 +154,9 @@ def test_hosts_off_before_and_during_the_runs(fleet3):
         hosts = {h["name"]: h for h in json.load(fh)["hosts"]}
     assert hosts[WS3]["status"] == "unreachable", hosts[WS3]
     assert hosts[WS3]["state"]["converged_at"] == s[WS3]["last_converged"]
-    assert hosts[WS1]["status"] == "ok" and hosts[WS2]["status"] == "ok", (hosts[WS1]["reasons"], hosts[WS2]["reasons"])
+    for h in (WS1, WS2):  # back and converged; their test login is still the one verify.yml could not complete
+        assert hosts[h]["reached"] and hosts[h]["counts"]["profiles_ok"] == hosts[h]["counts"]["profiles"] >= 3
+        assert [r["part"] for r in hosts[h]["reasons"] if r["level"] != "info"] == ["token"], hosts[h]["reasons"]
     fleetlab.resume_host(f.m, WS3)
 
 
