@@ -71,6 +71,9 @@ def timed(cmd):
     dt = time.perf_counter() - t
     if p.returncode != 0:
         sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
+        bad = [ln for ln in (p.stdout + p.stderr).splitlines()
+               if re.search(r"fatal:|\[ERROR\]|failed=[1-9]|unreachable=[1-9]|rc=", ln)]
+        sys.stderr.write("\nrc %d; what failed:\n%s\n" % (p.returncode, "\n".join(bad[:40])))
         raise SystemExit("benchmark run failed: %s" % " ".join(cmd))
     changed = sum(int(c) for c in re.findall(r"changed=(\d+)", p.stdout))
     return dt, changed
