@@ -133,27 +133,36 @@ def fleet_compare(ours_playbook, label, hosts, rounds=3, peer=True):
     def run(pb, extra=()):
         return timed([os.path.join(BIN, "ansible-playbook"), pb, *base, *extra])
 
-    def fresh():
-        fl.reset_hosts(m, workers=int(os.environ.get("BENCH_RESET_WORKERS", "6")))
+    def say(what, secs):
+        print("round %d: %s %.1f s (%.0f ms/host)" % (r, what, secs, 1000.0 * secs / hosts), flush=True)
 
+    def fresh():
+        return fl.reset_hosts(m, workers=int(os.environ.get("BENCH_RESET_WORKERS", "6")))
+
+    r = 0
     seen = {k: [] for k in ("ours1", "ours2", "peer1", "peer2", "ping")}
     changes = {}
     try:
         for r in range(1, rounds + 1):
-            fresh()
-            (o1, changes["ours1"]), (o2, changes["ours2"]) = run(ours_playbook), run(ours_playbook)
+            t = fresh()
+            print("round %d: %d fresh containers in %.1f s" % (r, hosts, t), flush=True)
+            o1, changes["ours1"] = run(ours_playbook)
+            say("ours first run", o1)
+            o2, changes["ours2"] = run(ours_playbook)
+            say("ours second run", o2)
+            pong, _ = timed([os.path.join(BIN, "ansible"), "linux", "-i", m["inventory"], "-m", "ansible.builtin.ping"])
+            say("ansible -m ping", pong)
             if peer:
                 fresh()
                 naive = os.path.join(ROOT, "bench", "peer", "naive.yml")
-                (p1, changes["peer1"]), (p2, changes["peer2"]) = run(naive, peer_extra), run(naive, peer_extra)
+                p1, changes["peer1"] = run(naive, peer_extra)
+                say("peer first run", p1)
+                p2, changes["peer2"] = run(naive, peer_extra)
+                say("peer second run", p2)
             else:
                 p1 = p2 = changes["peer1"] = changes["peer2"] = 0
-            pong, _ = timed([os.path.join(BIN, "ansible"), "linux", "-i", m["inventory"], "-m", "ansible.builtin.ping"])
             for k, v in zip(seen, (o1, o2, p1, p2, pong)):
                 seen[k].append(v)
-            if rounds > 1:
-                print("round %d: ours %.1f s / %.1f s, peer %.1f s / %.1f s, ping %.1f s" % (r, o1, o2, p1, p2, pong),
-                      flush=True)
     finally:
         fl.destroy(FLEET_DIR)
     best = {k: min(v) for k, v in seen.items()}
