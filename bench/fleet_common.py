@@ -110,8 +110,8 @@ def compare(ours_playbook, label, hosts, profiles):
 # ---------------------------------------------------------------------------------------------
 # fleet mode: the container fleet of lab/fleet.py, over SSH with become (bench/fleet.py --fleet, bench/site.py --fleet)
 
-FLEET_DIR = os.path.join(ROOT, "lab", "build", "bench-fleet", "run")
-FLEET_INVENTORY = os.path.join(ROOT, "lab", "build", "bench-fleet", "inventory")
+FLEET_DIR = os.environ.get("BENCH_FLEET_DIR", os.path.join(ROOT, "lab", "build", "bench-fleet", "run"))
+FLEET_INVENTORY = os.path.join(os.path.dirname(FLEET_DIR), "inventory")
 
 
 def fleet_compare(ours_playbook, label, hosts, rounds=3, peer=True):
