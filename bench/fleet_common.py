@@ -17,10 +17,26 @@ MODULE = os.environ.get("BENCH_PKCS11_MODULE", "/usr/lib/x86_64-linux-gnu/opensc
 EXTRA = ["-e", "tokentrust_token_module=%s" % MODULE]
 
 
+def mitogen_env():
+    """ANSIBLE_STRATEGY=mitogen_linear and its plugin path, when BENCH_MITOGEN=1 (mitogen importable: installed, or
+    its wheel unpacked on PYTHONPATH); {} otherwise."""
+    if os.environ.get("BENCH_MITOGEN") != "1":
+        return {}
+    import importlib.util
+
+    spec = importlib.util.find_spec("ansible_mitogen")
+    if spec is None:
+        raise SystemExit("BENCH_MITOGEN=1 but ansible_mitogen is not importable: pip install mitogen (0.3.54 supports "
+                         "ansible-core 2.19), or unpack its wheel and put it on PYTHONPATH")
+    plugins = os.path.join(os.path.dirname(spec.origin), "plugins", "strategy")
+    return {"ANSIBLE_STRATEGY_PLUGINS": plugins, "ANSIBLE_STRATEGY": "mitogen_linear"}
+
+
 def env():
     return dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                 ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles") + ":" + os.path.join(ROOT, "bench", "peer", "roles"),
-                PATH=BIN + os.pathsep + os.environ["PATH"], ANSIBLE_FORKS=os.environ.get("ANSIBLE_FORKS", "20"))
+                PATH=BIN + os.pathsep + os.environ["PATH"], ANSIBLE_FORKS=os.environ.get("ANSIBLE_FORKS", "20"),
+                **mitogen_env())
 
 
 def build_lab(hosts, profiles):
@@ -55,6 +71,9 @@ def timed(cmd):
     dt = time.perf_counter() - t
     if p.returncode != 0:
         sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
+        bad = [ln for ln in (p.stdout + p.stderr).splitlines()
+               if re.search(r"fatal:|\[ERROR\]|failed=[1-9]|unreachable=[1-9]|rc=", ln)]
+        sys.stderr.write("\nrc %d; what failed:\n%s\n" % (p.returncode, "\n".join(bad[:40])))
         raise SystemExit("benchmark run failed: %s" % " ".join(cmd))
     changed = sum(int(c) for c in re.findall(r"changed=(\d+)", p.stdout))
     return dt, changed
@@ -91,11 +110,11 @@ def compare(ours_playbook, label, hosts, profiles):
 # ---------------------------------------------------------------------------------------------
 # fleet mode: the container fleet of lab/fleet.py, over SSH with become (bench/fleet.py --fleet, bench/site.py --fleet)
 
-FLEET_DIR = os.path.join(ROOT, "lab", "build", "bench-fleet", "run")
-FLEET_INVENTORY = os.path.join(ROOT, "lab", "build", "bench-fleet", "inventory")
+FLEET_DIR = os.environ.get("BENCH_FLEET_DIR", os.path.join(ROOT, "lab", "build", "bench-fleet", "run"))
+FLEET_INVENTORY = os.path.join(os.path.dirname(FLEET_DIR), "inventory")
 
 
-def fleet_compare(ours_playbook, label, hosts, rounds=3):
+def fleet_compare(ours_playbook, label, hosts, rounds=3, peer=True):
     """Same comparison on N containers over SSH: each first run starts from fresh containers (profiles made by
     Firefox at image build, python3-cffi already there so that neither side pays for a package download).
 
@@ -114,25 +133,39 @@ def fleet_compare(ours_playbook, label, hosts, rounds=3):
     def run(pb, extra=()):
         return timed([os.path.join(BIN, "ansible-playbook"), pb, *base, *extra])
 
-    def fresh():
-        for h in m["hosts"]:
-            fl.reset_host(m, h["name"])
+    def say(what, secs):
+        print("round %d: %s %.1f s (%.0f ms/host)" % (r, what, secs, 1000.0 * secs / hosts), flush=True)
 
+    def fresh():
+        return fl.reset_hosts(m, workers=int(os.environ.get("BENCH_RESET_WORKERS", "6")))
+
+    r = 0
     seen = {k: [] for k in ("ours1", "ours2", "peer1", "peer2", "ping")}
     changes = {}
     try:
         for r in range(1, rounds + 1):
-            fresh()
-            (o1, changes["ours1"]), (o2, changes["ours2"]) = run(ours_playbook), run(ours_playbook)
-            fresh()
-            peer = os.path.join(ROOT, "bench", "peer", "naive.yml")
-            (p1, changes["peer1"]), (p2, changes["peer2"]) = run(peer, peer_extra), run(peer, peer_extra)
+            t = fresh()
+            print("round %d: %d fresh containers in %.1f s" % (r, hosts, t), flush=True)
+            o1, changes["ours1"] = run(ours_playbook)
+            say("ours first run", o1)
+            o2, changes["ours2"] = run(ours_playbook)
+            say("ours second run", o2)
             pong, _ = timed([os.path.join(BIN, "ansible"), "linux", "-i", m["inventory"], "-m", "ansible.builtin.ping"])
+            say("ansible -m ping", pong)
+            if peer:
+                fresh()
+                naive = os.path.join(ROOT, "bench", "peer", "naive.yml")
+                p1, changes["peer1"] = run(naive, peer_extra)
+                say("peer first run", p1)
+                if os.environ.get("BENCH_PEER_ONCE") == "1":  # the ratio needs only the peer's first run
+                    p2, changes["peer2"] = 0.0, 0
+                else:
+                    p2, changes["peer2"] = run(naive, peer_extra)
+                    say("peer second run", p2)
+            else:
+                p1 = p2 = changes["peer1"] = changes["peer2"] = 0
             for k, v in zip(seen, (o1, o2, p1, p2, pong)):
                 seen[k].append(v)
-            if rounds > 1:
-                print("round %d: ours %.1f s / %.1f s, peer %.1f s / %.1f s, ping %.1f s" % (r, o1, o2, p1, p2, pong),
-                      flush=True)
     finally:
         fl.destroy(FLEET_DIR)
     best = {k: min(v) for k, v in seen.items()}
@@ -144,12 +177,17 @@ def fleet_compare(ours_playbook, label, hosts, rounds=3):
         "naive certutil/modutil role", best["peer1"], changes["peer1"], best["peer2"], changes["peer2"]))
     print("ansible -m ping, same hosts over SSH: %.1f s; our second run = %.2fx ping" % (
         best["ping"], best["ours2"] / best["ping"]))
-    print("ratio: %.1f" % (best["peer1"] / best["ours1"]))
+    print("per host: ours first %.0f ms, second %.0f ms; peer first %.0f ms; ping %.0f ms" % tuple(
+        1000.0 * best[k] / hosts for k in ("ours1", "ours2", "peer1", "ping")))
+    if mitogen_env():
+        print("strategy: mitogen_linear (ansible-playbook and the ping)")
+    if peer:
+        print("ratio: %.1f" % (best["peer1"] / best["ours1"]))
 
 
 def fleet_args(argv):
-    """bench/fleet.py --fleet [HOSTS=5] [--rounds N=3]"""
-    args = [a for a in argv if a != "--fleet"]
+    """bench/fleet.py --fleet [HOSTS=5] [--rounds N=3] [--no-peer]"""
+    args = [a for a in argv if a not in ("--fleet", "--no-peer")]
     rounds = 3
     if "--rounds" in args:
         i = args.index("--rounds")

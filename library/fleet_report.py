@@ -15,6 +15,8 @@ description:
     SVG, no network: a sortable host table, summary counts and the certificate expiry timeline)."
   - A host without a test-login result in the C(token) of its O(hosts) entry gets the one in
     O(token_dir)C(/<host>.json) when that file exists (written by C(playbooks/verify.yml)), else "not run".
+  - "A host whose O(hosts) entry has no C(data) was not reached: it is C(unreachable) (amber), never the status an
+    older report gave it, with when it was last seen and last converged, read from O(state_dir)."
   - Files are written atomically and only when their content changed.
 version_added: "1.0.0"
 author:
@@ -38,6 +40,14 @@ options:
     required: true
   token_dir:
     description: Directory of the per-host test-login results (C(<inventory_hostname>.json)). Empty to not look.
+    type: path
+    default: ""
+  state_dir:
+    description:
+      - The controller-side fleet state written by callback plugin C(tokentrust_state) (C(state.json), with the
+        last seen and last converged times per host). Empty to not look.
+      - A host whose C(data) has a C(pull) result (pull mode, the host converged itself) that converged has that
+        time recorded there as C(pull_converged) (not in check mode), so that it leaves C(not_converged).
     type: path
     default: ""
   expiry_warning_days:
@@ -99,12 +109,12 @@ summary:
   returned: always
   type: dict
 statuses:
-  description: Host name to status (ok, warning, failed).
+  description: Host name to status (ok, warning, unreachable, failed).
   returned: always
   type: dict
   sample: {"lab-ws-01": "ok", "lab-ws-02": "failed"}
 reasons:
-  description: Host name to the reasons in words (failed and warning only).
+  description: Host name to the reasons in words (failed, unreachable and warning only).
   returned: always
   type: dict
 json_path:
@@ -127,6 +137,9 @@ from ansible.module_utils.tokentrust_files import with_attributes_diff, write_fi
 
 try:
     from ansible.module_utils.tokentrust_report import ReportError, build_report, render_html, to_json
+    from ansible.module_utils.tokentrust_state import StateError
+    from ansible.module_utils.tokentrust_state import load as load_state
+    from ansible.module_utils.tokentrust_state import update as update_state
 
     IMPORT_ERROR = None
 except ImportError:
@@ -145,6 +158,14 @@ def read_token_file(module, token_dir, host):
     except (OSError, ValueError) as exc:
         fail(module, ReportError("cannot read the test-login result %s: %s (fix or delete the file, then run again)"
                                  % (path, exc)))
+
+
+def pull_converged(data):
+    """The time of the host's last pull-mode run that converged it (its pull result, gathered by the role)."""
+    pull = data.get("pull") if isinstance(data, dict) else None
+    if isinstance(pull, dict) and pull.get("result") == "converged" and isinstance(pull.get("finished"), str):
+        return pull["finished"]
+    return None
 
 
 def read_text(path):
@@ -179,6 +200,7 @@ def main():
             ca_set=dict(type="list", elements="dict", default=[]),
             dest=dict(type="path", required=True),
             token_dir=dict(type="path", default=""),
+            state_dir=dict(type="path", default=""),
             expiry_warning_days=dict(type="int", default=90),
             expiry_critical_days=dict(type="int", default=30),
             token_required=dict(type="bool", default=False),
@@ -191,11 +213,22 @@ def main():
     )
     require(module, IMPORT_ERROR, "tokentrust_report (module_utils)")
     p = module.params
+    try:
+        pulls = {h.get("name"): pull_converged(h.get("data")) for h in p["hosts"]}
+        pulls = {k: v for k, v in pulls.items() if k and v}
+        if p["state_dir"] and pulls and not module.check_mode:
+            update_state(p["state_dir"], {k: {"pull_converged": v} for k, v in pulls.items()})
+        states = load_state(p["state_dir"]) if p["state_dir"] else {}
+    except StateError as exc:
+        fail(module, ReportError(str(exc)))
     hosts = []
     for h in p["hosts"]:
         h = dict(h)
         if not h.get("token"):
             h["token"] = read_token_file(module, p["token_dir"], h.get("name"))
+        h["state"] = dict(states.get(h.get("name")) or {})
+        if h.get("name") in pulls:
+            h["state"]["pull_converged"] = max(h["state"].get("pull_converged") or "", pulls[h["name"]])
         hosts.append(h)
     ca_set = [{k: v for k, v in ca.items() if k not in ("pem", "der")} for ca in p["ca_set"]]
     dest = p["dest"]
@@ -232,7 +265,7 @@ def main():
     statuses = {m["name"]: m["status"] for m in report["hosts"]}
     result = dict(
         changed=changed, summary=report["summary"], statuses=statuses, json_path=json_path, html_path=html_path,
-        reasons={m["name"]: [r["text"] for r in m["reasons"] if r["level"] in ("failed", "warning")]
+        reasons={m["name"]: [r["text"] for r in m["reasons"] if r["level"] in ("failed", "unreachable", "warning")]
                  for m in report["hosts"]},
     )
     if module._diff:

@@ -14,9 +14,13 @@ Input per host (what role `fleet_report` gathers, the `fleet_report_host` fact),
      "windows": tokentrust_windows_report,
      "error": {"task": ..., "message": ...}}
 
-A host with no data at all was unreachable (or its gathering failed before it could say why).
+A host with no data at all was not reached by the run that gathered (role `fleet_report` records every gathering
+failure of a reached host as `error`): its status is "unreachable" (amber, not failed), whatever an older run
+found, with when it was last seen and last converged from the controller-side fleet state
+(module_utils/tokentrust_state.py, the `state` of its entry).
 
-Levels, worst first: "failed" (red, needs action), "warning" (amber), "ok" (green); "info" notes change nothing.
+Levels, worst first: "failed" (red, needs action), "unreachable" (amber: not reached, state unknown), "warning"
+(amber), "ok" (green); "info" notes change nothing.
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ from ansible.module_utils.tokentrust_trust import encoded_trust
 
 FORMAT = "tokentrust-fleet-report/1"
 FAILED, WARNING, OK, INFO = "failed", "warning", "ok", "info"
-RANK = {FAILED: 0, WARNING: 1, OK: 2, INFO: 3}
+UNREACHABLE = "unreachable"
+RANK = {FAILED: 0, UNREACHABLE: 1, WARNING: 2, OK: 3, INFO: 4}
 NOT_RUN = "not run"
 UNKNOWN = "unknown"  # a test login said ok, but too long ago (or without a time): not counted as ok
 
@@ -367,14 +372,44 @@ def _windows(win, reasons):
             "checks": checks, "stores": stores, "failed": [c.get("name") for c in checks if not c.get("ok")]}
 
 
-def build_host(name, raw, cas, token, settings, now):
+def _when(stamp):
+    return stamp if parse_time(stamp) is not None else "never"
+
+
+def state_entry(state):
+    """The host's controller-side state as the report shows it (module_utils/tokentrust_state.py fields)."""
+    state = state if isinstance(state, dict) else {}
+    converged = [state.get("last_converged") or "", state.get("pull_converged") or ""]
+    out = {k: state.get(k) for k in ("last_seen", "last_converged", "pull_converged", "last_attempt",
+                                     "last_unreachable", "unreachable_msg", "last_result")}
+    out["converged_at"] = max(converged) or None
+    out["converged_by"] = None if not out["converged_at"] else "pull" if converged[1] > converged[0] else "push"
+    if not state.get("last_attempt") and not out["converged_at"]:
+        out["converged"] = None  # no converge run recorded for it (only seen by other playbooks, or no state)
+    else:
+        out["converged"] = bool(out["converged_at"]) and out["converged_at"] >= (state.get("last_attempt") or "")
+    return out
+
+
+def build_host(name, raw, cas, token, settings, now, state=None):
     """The status model of one host: status, reasons in words, and the parts behind them."""
     reasons = []
+    seen = state_entry(state)
     host = {"name": name, "platform": "unknown", "status": OK, "reasons": reasons, "profiles": [],
             "module": None, "policies": None, "windows": None, "token": normalise_token(token, settings, now),
-            "expiry": [], "counts": {}}
+            "expiry": [], "counts": {}, "reached": bool(raw), "state": seen}
+    if raw:  # seen by this very report (its time is the report's): no time stamp that changes the file every run
+        seen["last_seen"] = None
     if not raw:
-        reasons.append(_reason(FAILED, "no data: host unreachable or its gathering failed", "host"))
+        why = (": " + seen["unreachable_msg"]) if seen["unreachable_msg"] and seen["last_unreachable"] and \
+            seen["last_unreachable"] >= (seen["last_seen"] or "") else ""
+        reasons.append(_reason(UNREACHABLE, "unreachable: not reached by this report%s; last seen %s, last converged "
+                               "%s%s. Nothing shown for it is current" % (
+                                   why, _when(seen["last_seen"]), _when(seen["converged_at"]),
+                                   " (pull mode)" if seen["converged_by"] == "pull" else ""), "host"))
+    elif seen["converged"] is False:
+        reasons.append(_reason(INFO, "the last converge run did not complete on it (%s); re-run it with --limit "
+                               "@<state dir>/not_converged" % (seen["last_result"] or "interrupted"), "host"))
     elif raw.get("error"):
         err = raw["error"] if isinstance(raw["error"], dict) else {"message": str(raw["error"])}
         reasons.append(_reason(FAILED, "gathering failed%s: %s" % (
@@ -427,8 +462,8 @@ def build_host(name, raw, cas, token, settings, now):
                                    "expiry"))
     known = [e["days_left"] for e in host["expiry"] if e["days_left"] is not None]
     host["next_expiry_days"] = min(known) if known else None
-    host["status"] = worst(r["level"] for r in reasons)
-    reasons.sort(key=lambda r: RANK[r["level"]])
+    host["status"] = worst(r["level"] for r in reasons) if raw else UNREACHABLE  # never an old run's colour
+    reasons.sort(key=lambda r: (bool(raw) or r["level"] != UNREACHABLE, RANK[r["level"]]))  # unreachable first
     host["counts"] = {
         "profiles": sum(1 for p in host["profiles"] if p["status"] != INFO),
         "profiles_ok": sum(1 for p in host["profiles"] if p["status"] == OK),
@@ -454,7 +489,7 @@ def build_report(hosts, ca_set, settings=None, now=None, generated=None):
             raise ReportError("host %s is listed twice" % h["name"])
         seen.add(h["name"])
         try:
-            models.append(build_host(h["name"], h.get("data"), cas, h.get("token"), settings, now))
+            models.append(build_host(h["name"], h.get("data"), cas, h.get("token"), settings, now, h.get("state")))
         except ReportError as exc:
             raise ReportError("host %s: %s" % (h["name"], exc)) from exc
     models.sort(key=lambda m: (RANK[m["status"]], m["name"]))
@@ -464,6 +499,8 @@ def build_report(hosts, ca_set, settings=None, now=None, generated=None):
         OK: sum(1 for m in models if m["status"] == OK),
         WARNING: sum(1 for m in models if m["status"] == WARNING),
         FAILED: sum(1 for m in models if m["status"] == FAILED),
+        UNREACHABLE: sum(1 for m in models if m["status"] == UNREACHABLE),
+        "not_converged": sorted(m["name"] for m in models if m["state"]["converged"] is False),
         "profiles": sum(m["counts"]["profiles"] for m in models),
         "profiles_ok": sum(m["counts"]["profiles_ok"] for m in models),
         "token_ok": tokens.count(OK), "token_failed": tokens.count(FAILED), "token_not_run": tokens.count(NOT_RUN),
@@ -511,8 +548,9 @@ def to_json(report):
 # HTML
 # ---------------------------------------------------------------------------------------------
 _E = html.escape
-COLOURS = {OK: "#1e8e3e", WARNING: "#e8a10c", FAILED: "#d93025", INFO: "#5f6368", NOT_RUN: "#5f6368"}
-WORDS = {OK: "OK", WARNING: "Attention", FAILED: "Action needed"}
+COLOURS = {OK: "#1e8e3e", WARNING: "#e8a10c", FAILED: "#d93025", INFO: "#5f6368", NOT_RUN: "#5f6368",
+           UNREACHABLE: "#e8a10c"}
+WORDS = {OK: "OK", WARNING: "Attention", FAILED: "Action needed", UNREACHABLE: "Unreachable"}
 
 CSS = """
 *{box-sizing:border-box}body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
@@ -536,6 +574,10 @@ details summary{cursor:pointer;color:#1a73e8}td.num{text-align:right;font-varian
 .muted{color:#5f6368}code{font-size:12px}svg text{font:12px system-ui,"DejaVu Sans",sans-serif}
 table.inner td,table.inner th{font-size:12px;padding:3px 6px;background:none;cursor:default}
 table.inner th:after{content:""}#hosts>tbody>tr>td:first-child{white-space:nowrap}
+tr.unreachable td:first-child{border-left:6px dashed #e8a10c}tr.unreachable{background:repeating-linear-gradient(
+135deg,#fef7e0 0 10px,#fdf0c8 10px 20px)}.b-unreachable{background:#e8a10c;color:#202124;border:1px dashed #202124}
+.card.unreachable{border-color:#e8a10c;border-top-style:dashed}li.unreachable{color:#8a5a00;font-weight:600}
+.seen{font-size:12px}
 """
 
 JS = """
@@ -575,8 +617,14 @@ def _ok_cell(ok, yes="yes", no="no", unknown="n/a"):
 
 def _host_row(m):
     st = m["status"]
-    cells = ['<td data-sort="%s"><b>%s</b><br><span class="muted">%s</span></td>'
-             % (_E(m["name"]), _E(m["name"]), _E(m["platform"])),
+    seen = m.get("state") or {}
+    when = ""
+    if seen.get("converged_at") or st == UNREACHABLE:
+        when = '<br><span class="muted seen">seen %s<br>converged %s</span>' % (
+            _E(seen.get("last_seen") or "never") if not m.get("reached") else "by this report",
+            _E(seen.get("converged_at") or "never"))
+    cells = ['<td data-sort="%s"><b>%s</b><br><span class="muted">%s</span>%s</td>'
+             % (_E(m["name"]), _E(m["name"]), _E(m["platform"]), when),
              '<td data-sort="%d">%s</td>' % (RANK[st], _badge(st))]
     if m["platform"] == "windows" and m["windows"]:
         w = m["windows"]
@@ -600,7 +648,10 @@ def _host_row(m):
         cells.append(_ok_cell(None if pol is None else pol["ok"], "in place",
                               "missing" if pol and not pol["exists"] else "incomplete"))
     tok = m["token"]
-    if tok["status"] == OK:
+    if st == UNREACHABLE and tok["status"] != NOT_RUN:  # an old result: never shown in its colour
+        tok_html = _badge(NOT_RUN, "last known: %s" % tok["status"]) + ' <span class="muted">%s</span>' % _E(
+            tok["checked_at"] or "")
+    elif tok["status"] == OK:
         tok_html = _badge(OK, "ok") + " " + _E(tok["holder"] or "")
         if tok["http_status"] is not None:
             tok_html += ' <span class="muted">HTTP %s</span>' % _E(str(tok["http_status"]))
@@ -723,6 +774,7 @@ def render_html(report, now=None):
     cards = [("hosts", s["hosts"], "hosts", ""), ("ok", s[OK], "fine", OK),
              ("warning", s[WARNING], "attention", WARNING),
              ("failed", s[FAILED], "need action", FAILED),
+             ("unreachable", s.get(UNREACHABLE, 0), "unreachable (not reached: state unknown)", UNREACHABLE),
              ("profiles", "%d/%d" % (s["profiles_ok"], s["profiles"]), "profiles compliant", ""),
              ("token", "%d/%d" % (s["token_ok"], s["hosts"]), "test logins ok (%d failed, %d not run, %d unknown)"
               % (s["token_failed"], s["token_not_run"], s.get("token_unknown", 0)),
@@ -739,9 +791,11 @@ def render_html(report, now=None):
                         "" if c["days_left"] is None else c["days_left"],
                         "n/a" if c["days_left"] is None else "%d days" % c["days_left"]) for c in report["ca_set"])
     title = report.get("title") or DEFAULT_SETTINGS["title"]
-    overall = FAILED if s[FAILED] else WARNING if s[WARNING] else OK
+    overall = FAILED if s[FAILED] else UNREACHABLE if s.get(UNREACHABLE) else WARNING if s[WARNING] else OK
     headline = ("All %d hosts are fine." % s["hosts"] if overall == OK else
-                "%d of %d hosts need action, %d need attention." % (s[FAILED], s["hosts"], s[WARNING]))
+                "%d of %d hosts need action, %d need attention%s." % (
+                    s[FAILED], s["hosts"], s[WARNING],
+                    ", %d unreachable" % s[UNREACHABLE] if s.get(UNREACHABLE) else ""))
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",

@@ -158,7 +158,7 @@ def test_fleet_json(reported):
     assert ok["counts"]["profiles"] == ok["counts"]["profiles_ok"] == 2
     assert ok["module"]["ok"] is True and ok["policies"]["ok"] is True
     assert ok["token"]["holder"] == "JEAN DUPONT" and ok["token"]["http_status"] == 200
-    assert [r["level"] for r in ok["reasons"]] == []
+    assert [r["level"] for r in ok["reasons"]] == [], ok["reasons"]
 
 
 # ---------------------------------------------------------------------------------------------

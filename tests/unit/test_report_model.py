@@ -145,7 +145,8 @@ RULES = [
      "token certificate JEAN DUPONT expired 3 days ago"),
     ("thresholds are settings", linux_host(), token_ok(days=60), {"expiry_warning_days": 50,
                                                                   "expiry_critical_days": 20}, "ok", None),
-    ("unreachable host", None, None, {}, "failed", "no data: host unreachable or its gathering failed"),
+    ("unreachable host", None, None, {}, "unreachable", "unreachable: not reached by this report; last seen never, "
+     "last converged never. Nothing shown for it is current"),
     ("gathering failed", {"platform": "linux", "error": {"task": "Fleet report | Read", "message": "no cffi"}},
      token_ok(), {}, "failed", "gathering failed at 'Fleet report | Read': no cffi"),
 ]
@@ -290,7 +291,8 @@ def test_build_report_shape_and_summary():
     rep = tr.build_report(fleet(), ca_set(), now=NOW)
     assert rep["format"] == "tokentrust-fleet-report/1" and rep["generated"] == "2026-06-01T12:00:00Z"
     assert [h["name"] for h in rep["hosts"]] == ["ws-a", "ws-d", "ws-e", "win-01", "ws-b", "ws-c"]
-    assert rep["summary"] == {"hosts": 6, "ok": 3, "warning": 1, "failed": 2, "profiles": 4, "profiles_ok": 3,
+    assert rep["summary"] == {"hosts": 6, "ok": 3, "warning": 1, "failed": 1, "unreachable": 1, "not_converged": [],
+                              "profiles": 4, "profiles_ok": 3,
                               "token_ok": 3, "token_failed": 1, "token_not_run": 2, "token_unknown": 0,
                               "windows_hosts": 1, "cas": 2, "next_expiry_days": 50}
     assert all("pem" not in c for c in rep["ca_set"])
