@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from tests.hostile import HOSTILE_UIDS
 from tests.support.ansible_run import ROOT, run_module
 from tests.support.ca import standin_ca_set
 from tests.support.nsstools import certutil_list, modutil_modules
@@ -37,7 +38,7 @@ def ca_set():
 @pytest.fixture
 def user():
     subprocess.run(["userdel", "-r", "-f", USER], capture_output=True)
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True)
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", *HOSTILE_UIDS, USER], check=True)
     yield pwd.getpwnam(USER)
     subprocess.run(["pkill", "-9", "-u", USER], capture_output=True)
     subprocess.run(["userdel", "-r", "-f", USER], capture_output=True)

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from tests.hostile import HOSTILE_UIDS
 from tests.support.ansible_run import BIN, ROOT, ansible_env, run_module
 from tests.support.ca import standin_ca_set
 from tests.support.nsstools import certutil_list
@@ -93,7 +94,7 @@ def ca_set():
 def _make_user(name):
     subprocess.run(["pkill", "-9", "-u", name], capture_output=True)
     subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", *HOSTILE_UIDS, name], check=True)
     return pwd.getpwnam(name)
 
 
