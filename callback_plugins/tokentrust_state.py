@@ -6,21 +6,6 @@ Where module_utils come from: see filter_plugins/tokentrust.py (the same reposit
 """
 from __future__ import annotations
 
-import os
-
-import ansible.module_utils
-from ansible import context
-from ansible.plugins.callback import CallbackBase
-
-# --- repository layout: begin (the build replaces this block with the collection's imports)
-_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
-if _MODULE_UTILS not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(_MODULE_UTILS)
-from ansible.module_utils import tokentrust_facts as facts
-from ansible.module_utils import tokentrust_state as state
-
-# --- repository layout: end
-
 DOCUMENTATION = r"""
 name: tokentrust_state
 type: aggregate
@@ -41,6 +26,23 @@ description:
 requirements:
   - enable in ansible.cfg (C(callbacks_enabled = tokentrust_state))
 """
+
+import os
+
+from ansible import context
+from ansible.plugins.callback import CallbackBase
+
+# --- repository layout: begin (the build replaces this block with the collection's imports)
+# isort: split
+import ansible.module_utils
+
+_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
+if _MODULE_UTILS not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(_MODULE_UTILS)
+from ansible.module_utils import tokentrust_facts as facts
+from ansible.module_utils import tokentrust_state as state
+
+# --- repository layout: end
 
 CONVERGE_PLAYBOOKS = ("site.yml", "firefox.yml", "windows.yml", "pull.yml")
 # Actions that run on the controller only: their results say nothing about the host being up.

@@ -307,8 +307,8 @@ def normalise_certificates(certificates, default_trust="C,,"):
         if data is not None and not isinstance(data, (str, bytes)):
             key = "content" if c.get("content") is not None else "pem"
             raise InputError("certificates[%d] (%s): '%s' must be the certificate as PEM text, got %s: give the PEM "
-                             "text (-----BEGIN CERTIFICATE----- ...) or a file in 'path'" % (i, name, key,
-                                                                                          type(data).__name__))
+                             "text (-----BEGIN CERTIFICATE----- ...) or a file in 'path'"
+                             % (i, name, key, type(data).__name__))
         for key in ("path", "der_path"):
             if data is None and c.get(key):
                 if not isinstance(c[key], str):

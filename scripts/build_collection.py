@@ -7,6 +7,7 @@ filter_plugins/ at the top) and stays the one source; the collection tree is gen
   library/*.py          -> plugins/modules/        imports rewritten, EXAMPLES by FQCN
   module_utils/**       -> plugins/module_utils/   `ansible.module_utils.tokentrust_*` imports rewritten
   filter_plugins/*.py   -> plugins/filter/         the repository-layout import block replaced by collection imports
+  callback_plugins/*.py -> plugins/callback/       the same
   doc_fragments/*.py    -> plugins/doc_fragments/  named by FQCN in extends_documentation_fragment
   roles/*               -> roles/                  modules, roles and filters called by FQCN
   playbooks/*.yml       -> playbooks/              same (lab.yml stays: it drives this repository's lab)
@@ -240,6 +241,9 @@ def assemble(out):
         _copytree(os.path.join(ROOT, "doc_fragments"), os.path.join(plugins, "doc_fragments"))
     _rewrite_files(plugins, (".py",), rw.python)
     _rewrite_files(os.path.join(plugins, "filter"), (".py",), rw.filter_plugin)
+    _copytree(os.path.join(ROOT, "callback_plugins"), os.path.join(plugins, "callback"))
+    _rewrite_files(os.path.join(plugins, "callback"), (".py",), rw.python)
+    _rewrite_files(os.path.join(plugins, "callback"), (".py",), rw.filter_plugin)
 
     _copytree(os.path.join(ROOT, "roles"), os.path.join(tree, "roles"))
     _rewrite_files(os.path.join(tree, "roles"), (".yml", ".yaml"), rw.yaml_text)

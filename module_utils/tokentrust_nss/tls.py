@@ -427,8 +427,8 @@ def _open(url, hooks, timeout, tls_max):
         if lib.nspr4.PR_Connect(fd, addr, interval) != 0:
             err = last_error("connect")
             kind = "timeout" if err.name in TIMEOUTS else "connect"
-            raise TLSError(kind, "cannot connect to %s: %s (%s)" % (where, CONNECT_TEXTS.get(err.name, err.text),
-                                                                   err.name), err.name)
+            text = CONNECT_TEXTS.get(err.name, err.text)
+            raise TLSError(kind, "cannot connect to %s: %s (%s)" % (where, text, err.name), err.name)
         if lib.ssl3.SSL_ForceHandshakeWithTimeout(fd, interval) != 0:
             raise _handshake_error(last_error("TLS handshake"), hooks, where)
         info = ffi.new("SSLChannelInfo *")

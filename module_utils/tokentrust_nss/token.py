@@ -1049,7 +1049,7 @@ def _preflight(rep, tok, cas, now, certificate, url, timeout, tls_max):
     public = tok.certificates(cas, now)
     ours = set()
     if public:
-        descs = [d for d, _ in public]
+        descs = [pair[0] for pair in public]
         try:
             idx, _why = choose_certificate(descs, certificate)
         except TokenError:

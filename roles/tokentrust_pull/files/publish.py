@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: tokentrust contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Publish the content for pull mode (playbooks/pull_publish.yml runs this on the controller).

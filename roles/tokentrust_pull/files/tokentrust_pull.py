@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: tokentrust contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """tokentrust pull mode: this workstation converges itself (installed by role tokentrust_pull).
@@ -134,7 +133,7 @@ def run(cfg, reason):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     ap.add_argument("--background", action="store_true", help="detach (for hooks that must not wait)")
     ap.add_argument("--force", action="store_true", help="run even if a run converged recently")
     ap.add_argument("--reason", default="manual")
