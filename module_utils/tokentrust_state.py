@@ -28,6 +28,8 @@ import json
 import os
 import tempfile
 
+from ansible.module_utils.tokentrust_errors import TokentrustError
+
 FORMAT = "tokentrust-fleet-state/1"
 STATE_FILE = "state.json"
 RETRY_FILE = "not_converged"
@@ -36,8 +38,11 @@ FIELDS = ("last_attempt", "last_seen", "last_unreachable", "unreachable_msg", "l
           "last_playbook", "pull_converged")
 
 
-class StateError(Exception):
+class StateError(TokentrustError):
     """The state directory cannot be read or written (the message says which file and what to do)."""
+
+    def __init__(self, message):
+        super().__init__("state", message)
 
 
 def now_stamp(now=None):
