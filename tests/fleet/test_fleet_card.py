@@ -18,6 +18,7 @@ OPENSC = fleetlab.CARD_MODULE
 PIN, PUK = piv_card.DEFAULT_PIN, piv_card.DEFAULT_PUK
 
 
+MIDDLEWARE_ON = "tokentrust_token_middleware_linux=true"  # opt-in in site.yml (playbooks/firefox.yml)
 CARD_VARS = json.dumps({"token_verify_module": OPENSC, "token_verify_token_label": piv_card.HOLDER,
                         "token_verify_pin": PIN})
 
@@ -26,9 +27,9 @@ CARD_VARS = json.dumps({"token_verify_module": OPENSC, "token_verify_token_label
 def cardfleet(fleet):
     """The fleet after site.yml (which installs the middleware), the middleware role run again (nothing to
     change), then verify.yml's test login with the card (through pcscd, OpenSC) timed, its APDUs counted."""
-    first = fleet.playbook("site.yml")
+    first = fleet.playbook("site.yml", "-e", MIDDLEWARE_ON)
     assert first.returncode == 0, first.stdout[-4000:]
-    second = fleet.playbook("firefox.yml", "--tags", "token_middleware_linux")
+    second = fleet.playbook("firefox.yml", "--tags", "token_middleware_linux", "-e", MIDDLEWARE_ON)
     assert second.returncode == 0, second.stdout[-4000:]
     fleet.middleware_runs = (recap(first.stdout), recap(second.stdout))
     for h in fleet.m["hosts"]:
