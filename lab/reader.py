@@ -79,6 +79,23 @@ def listening(port: int) -> list:
     return out
 
 
+def pcscd_running_here() -> bool:
+    """A pcscd in this machine's own mount namespace (its socket is ours). The fleet's workstations run pcscd too,
+    in containers that share this kernel: `pgrep` lists theirs, which take nothing of ours."""
+    p = subprocess.run(["pgrep", "-x", "pcscd"], capture_output=True, text=True, check=False)
+    try:
+        ours = os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return bool(p.stdout.split())
+    for pid in p.stdout.split():
+        try:
+            if os.readlink(f"/proc/{pid}/ns/mnt") == ours:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 @contextlib.contextmanager
 def local_pcscd(workdir: Path, port: int):
     """A pcscd of our own on this machine with one vpcd reader on 127.0.0.1:`port`, in the foreground of a child
@@ -86,7 +103,7 @@ def local_pcscd(workdir: Path, port: int):
     other pcscd running."""
     if not Path(VPCD_DRIVER).exists():
         raise ReaderError(f"{VPCD_DRIVER} is missing: apt-get install vsmartcard-vpcd")
-    if subprocess.run(["pgrep", "-x", "pcscd"], capture_output=True, check=False).returncode == 0:
+    if pcscd_running_here():
         raise ReaderError("a pcscd already runs on this machine: stop it first (the lab needs its own)")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
