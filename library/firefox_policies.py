@@ -217,180 +217,21 @@ restart_required:
   type: bool
 """
 
-import grp
-import os
-import platform
-import pwd
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_native
-from ansible.module_utils.tokentrust_errors import TokentrustError, fail
-from ansible.module_utils.tokentrust_facts import (
-    ca_entry_name,
-    ca_file_name,
-    token_library_paths,
-    trusted_for_tls_servers,
-)
-from ansible.module_utils.tokentrust_files import WriteError, with_attributes_diff, write_file
-from ansible.module_utils.tokentrust_policies import (
-    PolicyError,
-    certificate_pem,
-    default_policies_path,
-    desired_policies,
-    dump_policies,
-    flat_security_devices,
-    load_policies,
-    plan_merge,
-)
-
-
-def _ids(module, owner, group):
-    try:
-        uid = pwd.getpwnam(owner).pw_uid if owner else -1
-        gid = grp.getgrnam(group).gr_gid if group else -1
-    except KeyError as e:
-        raise PolicyError(f"unknown owner or group for the certificate files: {to_native(e)}") from None
-    return uid, gid
-
-
-def deploy_certificate_files(module, p):
-    """Write (or remove) the certificate_set files; returns (entries, changed).
-
-    Every entry is checked first (nothing is written when one is bad): its 'pem' must be one X.509 certificate
-    whose SHA-256 matches the entry's pin when it has one; the file, named by us after the nickname in
-    certificate_dir, gets that certificate re-encoded, never the text as given."""
-    out, changed = [], False
-    d = p["certificate_dir"]
-    _ids(module, p["certificate_owner"], p["certificate_group"])  # a clear message before anything is written
-    planned = []
-    for i, ca in enumerate(p["certificate_set"]):
-        nick = ca_entry_name(ca)  # file names and the TLS-server rule: module_utils/tokentrust_facts.py
-        pem = ca.get("pem")
-        if not nick or not pem:
-            raise PolicyError(f"certificate_set[{i}]: needs 'nickname' (or 'name') and 'pem'")
-        content = None
-        if p["state"] == "present":
-            content = certificate_pem(pem, f"certificate_set[{i}] ({nick})", ca.get("sha256"))[0]
-        planned.append((ca, nick, os.path.join(d, ca_file_name(nick)), content))
-    for ca, nick, path, content in planned:
-        entry = {"name": ca.get("name") or nick, "path": path, "ssl_ca": trusted_for_tls_servers(ca.get("nss_trust"))}
-        exists = os.path.isfile(path)
-        if p["state"] == "absent":
-            entry["action"] = "removed" if exists else "ok"
-            if exists and not module.check_mode:
-                os.unlink(path)
-        else:
-            w = write_file(module, path, content, attributes={"mode": 0o644, "owner": p["certificate_owner"],
-                                                              "group": p["certificate_group"]})
-            entry["action"] = "written" if w["changed"] else "ok"
-        changed = changed or entry["action"] != "ok"
-        out.append(entry)
-    return out, changed
-
-
-def run(module):
-    p = module.params
-    path = p["path"]
-    if not path:
-        path = default_policies_path(platform.system(), p["location"], p["install_dir"])
-    path = os.path.realpath(path)
-    if os.path.isdir(path):
-        raise TokentrustError("input", f"{path} is a directory, expected the policies.json file path", path=path)
-
-    files, files_changed = deploy_certificate_files(module, p)
-    certificates = list(p["certificates"])
-    # Certificates.Install lists only the set's CAs trusted for TLS servers (NSS trust 'C' in the SSL field).
-    # Firefox's policy engine re-imports, at every start, each listed certificate that is not trusted as an SSL
-    # CA, with trust CT,C,: listing the intermediates (trust ',,') made Firefox and every later run disagree.
-    uninstalled = []
-    if p["install_certificate_set"]:
-        for f in files:
-            (certificates if p["state"] == "absent" or f["ssl_ca"] else uninstalled).append(f["path"])
-    devices = dict(p["devices"])
-    device_library = None
-    if p["device_name"]:
-        candidates = p["device_candidates"] or token_library_paths(platform.system(), guess=True)
-        device_library = next((c for c in candidates if os.path.isfile(c)), candidates[0])
-        devices[p["device_name"]] = device_library
-    desired = desired_policies(certificates, devices, p["import_enterprise_roots"])
-
-    before_text = ""
-    existing = {}
-    if os.path.exists(path):
-        with open(path, "rb") as f:
-            raw = f.read()
-        existing = load_policies(raw, path)   # PolicyError: nothing written
-        before_text = raw.decode("utf-8")
-
-    res = plan_merge(existing, desired, p["state"])
-    if uninstalled:  # listed by an earlier version: taken out, or Firefox keeps re-trusting them
-        stale = plan_merge(res.doc, desired_policies(uninstalled, {}, None), "absent")
-        res.doc = stale.doc
-        res.removed += [dict(e, note="not trusted for TLS servers: Firefox would re-import it with CT,C,")
-                        for e in stale.removed]
-    for w in res.warnings:
-        module.warn(f"{path}: {w}")
-    if p["check_files"] and p["state"] == "present":
-        for c in p["certificates"]:  # the certificate_set files are ours: written above
-            if not os.path.isfile(c):
-                module.warn(f"certificate file {c} does not exist on this host: Firefox will report "
-                            "'Unable to find certificate' at start-up")
-        for name, lib in devices.items():
-            if not os.path.isfile(lib):
-                module.warn(f"library {lib} of security device {name!r} does not exist on this host: "
-                            "Firefox will fail to add it")
-
-    after_text = dump_policies(res.doc) if res.changed else before_text
-    result = {
-        "changed": res.changed or files_changed,
-        "certificate_files": files,
-        "path": path,
-        "policies": res.doc.get("policies", {}),
-        "flat_security_devices": flat_security_devices(res.doc),
-        "restart_required": res.changed or files_changed,
-        **res.as_dict(),
-    }
-    if device_library:
-        result["device_library"] = device_library
-    result.pop("warnings")
-    if module._diff:
-        result["diff"] = {"before": before_text, "after": after_text,
-                          "before_header": path, "after_header": path}
-    if res.changed or os.path.exists(path):  # never an empty file where there was none
-        w = write_file(module, path, after_text, backup=p["backup"])
-        if w["backup_file"]:
-            result["backup_file"] = w["backup_file"]
-        result["changed"] = result["changed"] or w["changed"]
-        if module._diff:
-            result["diff"] = with_attributes_diff(result["diff"], [(path, w)])
-    module.exit_json(**result)
+from ansible.module_utils.tokentrust_errors import fail
+from ansible.module_utils.tokentrust_files import WriteError
+from ansible.module_utils.tokentrust_policies import PolicyError
+from ansible.module_utils.tokentrust_policies_apply import POLICIES_OPTIONS, apply_policies
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path"),
-            location=dict(type="str", default="system", choices=["system", "distribution"]),
-            install_dir=dict(type="path"),
-            certificates=dict(type="list", elements="path", default=[]),
-            devices=dict(type="dict", default={}),
-            device_name=dict(type="str"),
-            device_candidates=dict(type="list", elements="path", default=[]),
-            certificate_set=dict(type="list", elements="dict", default=[]),
-            certificate_dir=dict(type="path", default="/usr/local/share/tokentrust/ca"),
-            certificate_owner=dict(type="str"),
-            certificate_group=dict(type="str"),
-            install_certificate_set=dict(type="bool", default=True),
-            import_enterprise_roots=dict(type="bool"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            backup=dict(type="bool", default=False),
-            check_files=dict(type="bool", default=True),
-        ),
+        argument_spec=dict(POLICIES_OPTIONS),
         supports_check_mode=True,
         add_file_common_args=True,
     )
     try:
-        run(module)
+        result = apply_policies(module, module.params)
     except PolicyError as e:
         if e.path:
             e.hint = "The file was left unchanged; fix or remove it and run again"
@@ -399,6 +240,7 @@ def main():
         fail(module, WriteError(e.filename or "policies.json", e))
     except Exception as e:  # noqa: BLE001 - fail() tells ours from a bug
         fail(module, e)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

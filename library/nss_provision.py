@@ -78,6 +78,17 @@ options:
     type: str
     choices: [fail, report]
     default: fail
+  policies:
+    description:
+      - Firefox's enterprise policies as well, in the same call, as a dict of the options of M(firefox_policies)
+        (for example C(certificate_set), C(device_name), C(location)), checked as that module checks them, before
+        any profile is touched. The CA files and C(policies.json) are then written after the profiles, unless a
+        profile failed (as when the policies were a task of their own after this one), and RV(policies_result) is
+        what M(firefox_policies) returns.
+      - This makes a second C(site.yml) one remote call per host (role firefox_nss takes the policies that role
+        firefox_policies hands it, see C(playbooks/firefox.yml)). Nothing is written when prerequisites are
+        missing, the policies included.
+    type: dict
 notes:
   - Privilege model. Run as root, the module never opens a file inside a user's home itself; each home is
     scanned, and each profile provisioned, in a forked child that has dropped to the owner's uid, gid and groups.
@@ -147,6 +158,12 @@ failed_databases:
   returned: always
   type: list
   elements: str
+policies_result:
+  description:
+    - What M(firefox_policies) returns (its C(path), C(added), C(certificate_files), C(restart_required)...), for the
+      O(policies) applied in this call.
+  returned: when O(policies) is given and applied
+  type: dict
 restart_needed:
   description: True when a changed profile is in use by a running Firefox.
   returned: always
@@ -171,10 +188,17 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.tokentrust_errors import TokentrustError, fail
+from ansible.module_utils.tokentrust_files import WriteError
 from ansible.module_utils.tokentrust_options import (
     NSS_CERTIFICATE_OPTIONS,
     NSS_WRITE_OPTIONS,
     PROFILE_SEARCH_OPTIONS,
+)
+from ansible.module_utils.tokentrust_policies_apply import (
+    apply_policies,
+    check_certificate_set,
+    policies_path,
+    validate_policies_options,
 )
 from ansible.module_utils.tokentrust_prerequisites import message as prerequisites_message
 from ansible.module_utils.tokentrust_prerequisites import probe as prerequisites_probe
@@ -226,6 +250,7 @@ def main():
             missing_library=dict(type="str", choices=["warn", "fail"], default="warn"),
             lock_timeout=dict(type="int", default=60),
             prerequisites=dict(type="str", choices=["fail", "report"], default="fail"),
+            policies=dict(type="dict"),
         ),
         mutually_exclusive=[("databases", "homes"), ("databases", "users")],
         supports_check_mode=True,
@@ -243,6 +268,14 @@ def main():
                                      hint="install them (role firefox_nss does when firefox_nss_install_packages "
                                           "is true), then run again"), **empty)
     found = {"profiles": [], "warnings": []}
+    pol = planned = None
+    if p["policies"] is not None:  # checked in full before any profile is touched
+        try:
+            pol = validate_policies_options(p["policies"])
+            planned = check_certificate_set(pol)
+            policies_path(pol)
+        except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+            fail(module, exc, changed=False, databases=[], profiles=[], refused=[])
     try:
         if p["databases"] is not None:
             dbs = normalise_databases(p["databases"])
@@ -270,8 +303,23 @@ def main():
         module.warn("Firefox is running on %s: it loads security devices at start-up, so ask the user to restart "
                     "Firefox (nothing is lost: the change is on disk, and certificates are already seen)"
                     % ", ".join(in_use))
+    extra, extra_diff = {}, []
+    if pol is not None and not failed:  # as when the policies were a task of their own after this one
+        try:
+            pr = apply_policies(module, pol, planned, file_attributes={})
+        except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+            if isinstance(exc, OSError):
+                exc = WriteError(exc.filename or "policies.json", exc)
+            done = [{k: v for k, v in r.items() if k not in ("before", "after", "module_before", "module_after")}
+                    for r in results]  # the profiles were done: say so with the policies' failure
+            fail(module, exc, changed=changed, databases=done, failed_databases=[], profiles=found["profiles"],
+                 refused=found.get("refused", []))
+        d = pr.pop("diff", None)
+        extra_diff = d if isinstance(d, list) else [d] if d else []
+        extra["policies_result"] = pr
+        changed = changed or pr["changed"]
     exit_databases(module, results, changed, failed, len(dbs), profiles=found["profiles"],
-                   refused=found.get("refused", []))
+                   refused=found.get("refused", []), extra_diff=extra_diff, **extra)
 
 
 if __name__ == "__main__":

@@ -634,10 +634,10 @@ def apply_module(databases, name, library, state="present", check_mode=False, mi
     return results, changed, failed, warnings
 
 
-def exit_databases(module, results, changed, failed, total, diff_suffix="", **extra):
+def exit_databases(module, results, changed, failed, total, diff_suffix="", extra_diff=(), **extra):
     """End an NSS module with its per-database results: the diff (per changed database, from the before/after texts
-    the results carry, which are then dropped), the counts, and a failure naming every database that failed (the
-    others completed) or a normal exit."""
+    the results carry, which are then dropped; then `extra_diff`), the counts, and a failure naming every database
+    that failed (the others completed) or a normal exit."""
     diff = []
     for r in results:
         if r.get("skipped"):
@@ -651,7 +651,7 @@ def exit_databases(module, results, changed, failed, total, diff_suffix="", **ex
                          "after": after + ("modules:\n" + ma if ma else "")})
     out = dict(extra, changed=changed, databases=results, failed_databases=failed,
                changed_databases=sum(1 for r in results if r["changed"]),
-               restart_needed=any(r["restart_needed"] for r in results), diff=diff)
+               restart_needed=any(r["restart_needed"] for r in results), diff=diff + list(extra_diff))
     if failed:
         module.fail_json(msg="%s failed on %d of %d databases (the others completed): %s" % (
             module_name(module), len(failed), total, "; ".join(r["error"] for r in results if r["error"])), **out)

@@ -165,3 +165,58 @@ def test_profile_in_use_is_reported_with_a_restart_message(home, ca_set):
     msg = [w for w in r["warnings"] if "ask the user to restart Firefox" in w]
     assert msg and profiles[0] in msg[0] and profiles[1] not in msg[0]
     assert "Lab Root CA 2" in certutil_list(profiles[0])  # written all the same: SQLite locking keeps it safe
+
+
+def _policies(tmp_path, ca_set, **over):
+    return dict({"path": str(tmp_path / "etc" / "policies.json"), "certificate_set": ca_set,
+                 "certificate_dir": str(tmp_path / "share" / "ca"), "devices": {"gem": OPENSC}, "backup": False},
+                **over)
+
+
+def test_policies_in_the_same_call(home, ca_set, tmp_path):
+    """Issue 21: the policies (CA files + policies.json) in nss_provision's one call, as module firefox_policies
+    writes them: check mode writes nothing anywhere, a real run writes both, a second run changes nothing."""
+    import json
+
+    h, profiles = home
+    pol = _policies(tmp_path, ca_set)
+    args = {"homes": [h], "certificates": ca_set, "module_library": OPENSC, "policies": pol}
+    r = run_module("nss_provision", args, check=True, diff=True)
+    assert r["changed"] is True and r["policies_result"]["changed"] is True
+    assert not os.path.exists(pol["path"]) and not os.path.exists(pol["certificate_dir"])
+    assert all(not os.path.exists(os.path.join(p, "cert9.db")) for p in profiles)
+    assert any(d["after_header"] == pol["path"] for d in r["diff"]), [d["after_header"] for d in r["diff"]]
+    r = run_module("nss_provision", args, diff=True)
+    assert r["changed"] is True, r.get("msg")
+    with open(pol["path"]) as f:
+        written = json.load(f)["policies"]
+    assert written["SecurityDevices"]["Add"] == {"gem": OPENSC}
+    installed = written["Certificates"]["Install"]
+    roots = [c for c in ca_set if c.get("nss_trust", "C,,").split(",")[0].count("C")]
+    assert len(installed) == len(roots) and all(os.path.isfile(p) for p in installed)
+    assert sorted(os.listdir(pol["certificate_dir"])) == sorted(os.path.basename(f["path"])
+                                                               for f in r["policies_result"]["certificate_files"])
+    for p in profiles:
+        assert certutil_list(p)["Lab Root CA 2"] == "C,," and modutil_modules(p)["gem"] == OPENSC
+    again = run_module("nss_provision", args)
+    assert again["changed"] is False and again["policies_result"]["changed"] is False
+    # the module of its own gives the same file: nothing to change
+    alone = run_module("firefox_policies", pol)
+    assert alone["changed"] is False, alone
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"location": "nowhere"}, "location"),
+    ({"no_such_option": 1}, "no_such_option"),
+    ({"certificate_set": [{"name": "x", "pem": "not a certificate"}]}, "certificate_set[0]"),
+])
+def test_bad_policies_fail_before_any_profile(home, ca_set, tmp_path, bad, says):
+    """Bad policies input fails the call with a message naming it, and nothing was written: no profile database,
+    no CA file, no policies.json (checked before the first profile)."""
+    h, profiles = home
+    pol = dict(_policies(tmp_path, ca_set), **bad)
+    r = run_module("nss_provision", {"homes": [h], "certificates": ca_set, "module_library": OPENSC,
+                                     "policies": pol})
+    assert r.get("failed") is True and says in r["msg"], r["msg"]
+    assert all(not os.path.exists(os.path.join(p, "cert9.db")) for p in profiles)
+    assert not os.path.exists(pol["path"]) and not os.path.exists(str(tmp_path / "share"))
