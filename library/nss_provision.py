@@ -314,6 +314,9 @@ def main():
                     for r in results]  # the profiles were done: say so with the policies' failure
             fail(module, exc, changed=changed, databases=done, failed_databases=[], profiles=found["profiles"],
                  refused=found.get("refused", []))
+        if pr["restart_required"] and not module.check_mode:
+            module.warn("Firefox policies changed in %s: running Firefox instances apply them when restarted (new "
+                        "profiles get them at first start)" % pr["path"])
         d = pr.pop("diff", None)
         extra_diff = d if isinstance(d, list) else [d] if d else []
         extra["policies_result"] = pr
