@@ -64,8 +64,16 @@ def test_prerequisites_installed_first_then_converged(fleet):
     out = run.stdout
     apt_at = out.index("Install python3-apt first")
     assert "changed: [%s]" % host in out[apt_at:out.index("TASK", apt_at + 10)]
-    assert apt_at < out.index("Deploy the CA files and merge our entries into policies.json")
-    assert out.index("Install what the NSS modules need") < out.index("Deploy the CA files")
+    # the first call (prerequisites: report) changed nothing, the policies included; the call after the install
+    # applied the profiles and the policies together (nss_provision's policies option)
+    first = out.index("TASK [firefox_nss : Apply the CA set")
+    assert "ok: [%s]" % host in out[first:out.index("TASK", first + 10)]
+    installed = out.index("Install what the NSS modules need")
+    assert first < apt_at < installed
+    second = out.index("TASK [firefox_nss : Apply the CA set", installed)
+    assert "changed: [%s]" % host in re.split(r"\n(?:TASK|PLAY|RUNNING) ", out[second + 10:])[0]
+    assert "Deploy the CA files and merge our entries into policies.json" not in out  # no call of its own
+    fleet.sh(host, "grep -q SecurityDevices /etc/firefox/policies/policies.json")
     fleet.sh(host, "python3 -c 'import apt, cffi'")
     again = fleet.playbook("site.yml", "-l", host)
     assert recap(again.stdout)[host]["changed"] == 0, again.stdout[-4000:]
