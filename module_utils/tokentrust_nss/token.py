@@ -1199,7 +1199,7 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
                     _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, tls, url, timeout,
                                           body_bytes, tls_max, https_get, check_mode)
                 except (TokenError, TLSError, NSSError) as exc:
-                    if getattr(exc, "kind", None) not in _CARD_ANSWERS and tok.pin_presentations and _card_gone(tok):
+                    if getattr(exc, "kind", None) not in _CARD_ANSWERS and _card_gone(tok):
                         raise TokenError("card_pulled", "the key %r was pulled out during the test login (%s): %s"
                                          % (tok.label, getattr(exc, "message", None) or exc,
                                             CARD_STATES["card_pulled"]), card_state="card_pulled",
