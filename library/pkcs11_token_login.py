@@ -44,6 +44,11 @@ description:
   - The server is verified against NSS's built-in roots (O(builtin_roots)), the CAs in O(server_ca), and the CAs
     of O(ca_set) whose C(nss_trust) trusts them for TLS servers (as the C(ca_certificates) role gives roots to
     Firefox, C(C,,)), host name included; so the page is trusted exactly as the provisioned browser trusts it.
+  - The key's state, as users meet it, is said with what to do (C(error.card_state) and C(error.todo)) - pcscd missing
+    or not running, no reader, a reader without a key, the key pulled out during the login, several keys (never a
+    guess - the one labelled O(token_label) is used and a warning says which, in which reader; without a label that
+    tells them apart nothing is presented), not the holder's key, PIN at its final try, PIN blocked, PIN and PUK
+    blocked.
   - "In check mode nothing is presented to the token: the module finds the token, reads its PIN state (and
     says whether a login would be refused), lists its certificates and checks them against the CA set."
 author:
