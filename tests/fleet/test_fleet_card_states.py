@@ -43,9 +43,9 @@ def _failed_with(fleet, run, saved, name, state):
     return res["error"], reasons, page
 
 
-def _verify_in_background(fleet, report_dir):
+def _verify_in_background(fleet, report_dir, limit):
     out = {}
-    t = threading.Thread(target=lambda: out.update(zip(("run", "saved"), card_verify(fleet, report_dir))))
+    t = threading.Thread(target=lambda: out.update(zip(("run", "saved"), card_verify(fleet, report_dir, limit=limit))))
     t.start()
     return t, out
 
@@ -56,14 +56,14 @@ def test_no_card_then_a_card_inserted_after_provisioning_passes_without_site_yml
     h = states.card_host
     fleetlab.card_pull(h)
     before = piv_card.counters(h["card_dir"])
-    run, saved = card_verify(states, tmp_path / "out")
+    run, saved = card_verify(states, tmp_path / "out", limit=h["name"])
     err, reasons, _page = _failed_with(states, run, saved, h["name"], "no_card")
     assert reasons[0].startswith("test login failed, reader without a key: ") and "What to do: insert the key" \
         in reasons[0], reasons
     assert piv_card.counters(h["card_dir"]) == before
     fleetlab.card_insert(h, wait=10)
     n0 = piv_card.apdu_count(h["card_dir"])
-    run, saved = card_verify(states, tmp_path / "in")
+    run, saved = card_verify(states, tmp_path / "in", limit=h["name"])
     assert run.returncode == 0, run.stdout[-4000:]
     assert saved[h["name"]]["ok"] is True and saved[h["name"]]["holder"] == piv_card.HOLDER
     model, reasons, _page = report_of(h["name"], saved[h["name"]])
@@ -79,7 +79,7 @@ def test_card_pulled_during_the_login(states, tmp_path):
     before = piv_card.counters(h["card_dir"])
     piv_card.set_delay(h["card_dir"], piv_card.INS["general_authenticate"], seconds=120)
     try:
-        t, out = _verify_in_background(states, tmp_path / "out")
+        t, out = _verify_in_background(states, tmp_path / "out", h["name"])
         deadline = time.monotonic() + 240
         while not piv_card.delaying(h["card_dir"]):
             assert time.monotonic() < deadline and t.is_alive(), "the login never reached GENERAL AUTHENTICATE"
@@ -109,7 +109,7 @@ def test_two_cards_said_and_never_guessed(states, tmp_path):
     fleetlab.card_insert(same, wait=10)
     first0, second0 = piv_card.counters(h["card_dir"]), piv_card.counters(same["card_dir"])
     try:
-        run, saved = card_verify(states, tmp_path / "same-out")
+        run, saved = card_verify(states, tmp_path / "same-out", limit=h["name"])
     finally:
         fleetlab.card_pull(same)
     err, reasons, _page = _failed_with(states, run, saved, h["name"], "several_cards")
@@ -121,7 +121,7 @@ def test_two_cards_said_and_never_guessed(states, tmp_path):
     fleetlab.card_insert(other, wait=10)
     other0 = piv_card.counters(other["card_dir"])
     try:
-        run, saved = card_verify(states, tmp_path / "other-out")
+        run, saved = card_verify(states, tmp_path / "other-out", limit=h["name"])
     finally:
         fleetlab.card_pull(other)
     assert run.returncode == 0, run.stdout[-4000:]
@@ -151,7 +151,7 @@ def test_pin_blocked_and_puk_blocked_are_distinct_and_present_nothing(states, tm
     blocked = piv_card.counters(h["card_dir"])
     assert blocked["pin_tries_left"] == 0
     try:
-        run, saved = card_verify(states, tmp_path / "pin")
+        run, saved = card_verify(states, tmp_path / "pin", limit=h["name"])
         err, reasons, _page = _failed_with(states, run, saved, h["name"], "pin_locked")
         assert "token_pin.yml" in err["todo"] and "PUK" in err["todo"]
         assert "PIN blocked" in reasons[0] and "What to do: unblock the PIN with the PUK" in reasons[0], reasons
@@ -162,7 +162,7 @@ def test_pin_blocked_and_puk_blocked_are_distinct_and_present_nothing(states, tm
         assert kinds == ["wrong_puk", "wrong_puk", "puk_locked"], kinds
         both = piv_card.counters(h["card_dir"])
         assert both["puk_tries_left"] == 0 and both["pin_tries_left"] == 0
-        run, saved = card_verify(states, tmp_path / "puk")
+        run, saved = card_verify(states, tmp_path / "puk", limit=h["name"])
         err2, reasons2, _page = _failed_with(states, run, saved, h["name"], "puk_locked")
         assert "new key" in err2["todo"] and err2["todo"] != err["todo"]
         assert "PIN and PUK blocked" in reasons2[0] and "What to do: the PIN and the PUK are both blocked" \

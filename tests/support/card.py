@@ -6,6 +6,7 @@
         card.pull(); card.insert()   # stop / start the card process
 """
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -89,8 +90,9 @@ def local_card(tmp, holders=None, pki=None):
 # policies.json, the test login), run once per fleet, with every card pulled out (a card inserted after provisioning
 # is then the normal path, as on a workstation whose holder plugs the key in later).
 FLEET_OPENSC = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"  # lab.fleet.CARD_MODULE
-FLEET_CARD_VARS = ("-e", "tokentrust_token_middleware_linux=true", "-e", "tokentrust_token_module=" + FLEET_OPENSC,
-                   "-e", "tokentrust_token_label=" + piv_card.HOLDER, "-e", "token_verify_pin=" + piv_card.DEFAULT_PIN)
+FLEET_CARD_VARS = ("-e", json.dumps({"tokentrust_token_middleware_linux": True, "tokentrust_token_module": FLEET_OPENSC,
+                                      "tokentrust_token_label": piv_card.HOLDER,
+                                      "token_verify_pin": piv_card.DEFAULT_PIN}))
 
 
 def provision_for_card(fleet):
@@ -107,8 +109,6 @@ def provision_for_card(fleet):
 
 def card_verify(fleet, report_dir, *args, limit=None):
     """verify.yml with the card (results saved in `report_dir`): (the run, {host: saved result})."""
-    import json
-
     extra = ["-e", "token_verify_report_dir=%s" % report_dir]
     if limit:
         extra += ["--limit", limit]
