@@ -406,14 +406,14 @@ def _select(found, label, module_path, slot_count):
             raise TokenError("token_not_found", "no token labelled %r on %s; present: %s"
                              % (label, module_path, ", ".join(where)), present=labels, card_state="other_card")
         if len(match) > 1:
-            raise TokenError("several_tokens", "%d keys labelled %r are plugged in (%s): the test login will not "
-                             "guess which one is the holder's; remove all but one" % (len(match), label,
+            raise TokenError("several_tokens", "%d tokens labelled %r are present (%s): the test login will not "
+                             "guess which key is the holder's; remove all but one" % (len(match), label,
                                                                                      ", ".join(where)),
                              present=labels, card_state="several_cards",
                              todo="remove all keys labelled %r but one; no PIN was presented" % label)
         return match[0]
     if len(found) > 1:
-        raise TokenError("several_tokens", "%d keys are plugged in (%s): the test login will not guess which one is "
+        raise TokenError("several_tokens", "%d tokens are present (%s): the test login will not guess which key is "
                          "the holder's; set the token label to choose one, or plug in one key at a time"
                          % (len(found), ", ".join(where)), present=labels, card_state="several_cards")
     return found[0][1]
