@@ -407,8 +407,8 @@ def _select(found, label, module_path, slot_count):
                              % (label, module_path, ", ".join(where)), present=labels, card_state="other_card")
         if len(match) > 1:
             raise TokenError("several_tokens", "%d tokens labelled %r are present (%s): the test login will not "
-                             "guess which key is the holder's; remove all but one" % (len(match), label,
-                                                                                     ", ".join(where)),
+                             "guess which key is the holder's; remove all but one"
+                             % (len(match), label, ", ".join(where)),
                              present=labels, card_state="several_cards",
                              todo="remove all keys labelled %r but one; no PIN was presented" % label)
         return match[0]
