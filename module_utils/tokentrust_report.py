@@ -706,10 +706,11 @@ def _host_row(m):
     cells.append('<td class="num" data-sort="%s" style="color:%s">%s</td>'
                  % ("" if nx is None else nx, COLOURS[nx_level], "n/a" if nx is None else "%d days" % nx))
     shown = [r for r in m["reasons"] if r["level"] != INFO] or m["reasons"]
-    todo = '<br><span class="todo">What to do: %s</span>'
-    reasons = "".join('<li class="%s">%s%s</li>' % (_E(r["level"]), _E(r["text"]),
-                                                     todo % _E(r["todo"]) if r.get("todo") else "")
-                      for r in shown)
+    items = []
+    for r in shown:
+        todo = '<br><span class="todo">What to do: %s</span>' % _E(r["todo"]) if r.get("todo") else ""
+        items.append('<li class="%s">%s%s</li>' % (_E(r["level"]), _E(r["text"]), todo))
+    reasons = "".join(items)
     cells.append('<td data-sort="%d"><ul class="reasons">%s</ul>%s</td>'
                  % (len([r for r in m["reasons"] if r["level"] in (FAILED, WARNING)]),
                     reasons or '<li class="info">nothing to do</li>', _details(m)))
