@@ -23,6 +23,8 @@ def free_port():
 class Firefox:
     """Start Firefox on an existing profile with Marionette; `load(url)` returns ('ok', text) or ('error', why)."""
 
+    socket_timeout = 360  # marionette_driver's default: how long a command may go unanswered
+
     def __init__(self, profile, user=None, extra_prefs=None, binary=None, log=None):
         self.profile = str(profile)
         self.user = user
@@ -90,7 +92,7 @@ class Firefox:
                 if self.proc.poll() is not None:
                     raise RuntimeError("Firefox exited early (%s): see %s" % (self.proc.returncode, self.log)) from None
                 time.sleep(0.3)
-        self.client = Marionette(host="127.0.0.1", port=self.port)
+        self.client = Marionette(host="127.0.0.1", port=self.port, socket_timeout=self.socket_timeout)
         self.client.start_session({"acceptInsecureCerts": False})
         return self
 
@@ -136,6 +138,8 @@ class ContainerFirefox(Firefox):
     """Real Firefox ESR inside a fleet workstation (lab/fleet.py), started as `user` with `docker exec` and driven from
     here over Marionette: the containers share this machine's network, so the Marionette port Firefox opens on
     127.0.0.1 in the container is reachable here. `profile` is the path inside the container; the log stays here."""
+
+    socket_timeout = 150  # a modal prompt nobody answers blocks a command: fail in minutes, not six
 
     def __init__(self, container, profile, user, log, extra_prefs=None):
         self.container = container
