@@ -25,6 +25,11 @@ DIR/card.json holds everything the card keeps (keys, certificates, PIN, PUK, cou
 before the answer that depends on it leaves the card: pulling the card changes nothing. Tests read the
 counters from this file, never from tokentrust's own report. DIR/apdu.log gets one line per APDU (its count is
 the "APDU round trips" figure). Lab only: card.json holds the PIN and PUK in clear, like token.json.
+
+Test-only knob (a card pulled in the middle of a login): DIR/delay.json = {"ins": "87", "seconds": 30} makes the
+card, at the next APDU with that instruction byte, rename the file to DIR/delaying.json (one shot: the knob is
+spent) and wait that long before answering. A test waits for delaying.json, then pulls the card: the login is then
+certainly in progress, with no timing guess. `set_delay(DIR, ins, seconds)` / `clear_delay(DIR)`.
 """
 from __future__ import annotations
 
@@ -174,6 +179,29 @@ def counters(root: Path) -> dict:
             "pin_tries_max": s["pin_tries_max"], "puk_tries_max": s["puk_tries_max"], **s["counters"]}
 
 
+DELAY_FILE, DELAYING_FILE = "delay.json", "delaying.json"
+INS = {"select": 0xA4, "get_data": 0xCB, "verify": 0x20, "change_reference": 0x24, "reset_retry": 0x2C,
+       "general_authenticate": 0x87}
+
+
+def set_delay(root: Path, ins: int = INS["general_authenticate"], seconds: float = 30.0) -> None:
+    """Test only: the next APDU with instruction `ins` waits `seconds` before its answer (see the module's text)."""
+    root = Path(root)
+    for f in (DELAY_FILE, DELAYING_FILE):
+        (root / f).unlink(missing_ok=True)
+    _atomic_json(root / DELAY_FILE, {"ins": "%02X" % ins, "seconds": float(seconds)})
+
+
+def clear_delay(root: Path) -> None:
+    for f in (DELAY_FILE, DELAYING_FILE):
+        (Path(root) / f).unlink(missing_ok=True)
+
+
+def delaying(root: Path) -> bool:
+    """True once the card has met the delayed instruction and is waiting (the moment to pull it)."""
+    return (Path(root) / DELAYING_FILE).exists()
+
+
 def apdu_count(root: Path) -> int:
     try:
         with open(Path(root) / "apdu.log", "rb") as f:
@@ -213,8 +241,25 @@ class PivCard:
         self.state["counters"][what] = self.state["counters"].get(what, 0) + 1
 
     # -- APDU
+    def _delay(self, ins: int) -> None:
+        """The test-only knob: DIR/delay.json names an instruction; its next APDU waits (one shot)."""
+        knob = self.root / DELAY_FILE
+        if not knob.exists():
+            return
+        try:
+            spec = json.loads(knob.read_text())
+            if int(spec["ins"], 16) != ins:
+                return
+            seconds = float(spec["seconds"])
+            os.replace(knob, self.root / DELAYING_FILE)
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        time.sleep(seconds)
+
     def process(self, apdu: bytes) -> bytes:
         self.log.write(b"%02X%02X\n" % (apdu[0], apdu[1]) if len(apdu) >= 2 else b"??\n")
+        if len(apdu) >= 2:
+            self._delay(apdu[1])
         if len(apdu) < 4:
             return _sw(0x6700)
         cla, ins, p1, p2 = apdu[:4]

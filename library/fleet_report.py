@@ -114,7 +114,8 @@ statuses:
   type: dict
   sample: {"lab-ws-01": "ok", "lab-ws-02": "failed"}
 reasons:
-  description: Host name to the reasons in words (failed, unreachable and warning only).
+  description: Host name to the reasons in words (failed, unreachable and warning only). A test login that failed
+    because of the key's state (no card, PIN blocked, ...) ends with "What to do:" and the advice.
   returned: always
   type: dict
 json_path:
@@ -136,7 +137,7 @@ from ansible.module_utils.tokentrust_errors import fail, require
 from ansible.module_utils.tokentrust_files import with_attributes_diff, write_file
 
 try:
-    from ansible.module_utils.tokentrust_report import ReportError, build_report, render_html, to_json
+    from ansible.module_utils.tokentrust_report import ReportError, build_report, reason_text, render_html, to_json
     from ansible.module_utils.tokentrust_state import StateError
     from ansible.module_utils.tokentrust_state import load as load_state
     from ansible.module_utils.tokentrust_state import update as update_state
@@ -265,7 +266,7 @@ def main():
     statuses = {m["name"]: m["status"] for m in report["hosts"]}
     result = dict(
         changed=changed, summary=report["summary"], statuses=statuses, json_path=json_path, html_path=html_path,
-        reasons={m["name"]: [r["text"] for r in m["reasons"] if r["level"] in ("failed", "unreachable", "warning")]
+        reasons={m["name"]: [reason_text(r) for r in m["reasons"] if r["level"] in ("failed", "unreachable", "warning")]
                  for m in report["hosts"]},
     )
     if module._diff:

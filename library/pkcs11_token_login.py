@@ -44,6 +44,11 @@ description:
   - The server is verified against NSS's built-in roots (O(builtin_roots)), the CAs in O(server_ca), and the CAs
     of O(ca_set) whose C(nss_trust) trusts them for TLS servers (as the C(ca_certificates) role gives roots to
     Firefox, C(C,,)), host name included; so the page is trusted exactly as the provisioned browser trusts it.
+  - The key's state, as users meet it, is said with what to do (C(error.card_state) and C(error.todo)) - pcscd missing
+    or not running, no reader, a reader without a key, the key pulled out during the login, several keys (never a
+    guess - the one labelled O(token_label) is used and a warning says which, in which reader; without a label that
+    tells them apart nothing is presented), not the holder's key, PIN at its final try, PIN blocked, PIN and PUK
+    blocked.
   - "In check mode nothing is presented to the token: the module finds the token, reads its PIN state (and
     says whether a login would be refused), lists its certificates and checks them against the CA set."
 author:
@@ -168,7 +173,11 @@ ok:
   returned: always
   type: bool
 error:
-  description: What stopped the test (kind, message, nss_error). C(kind) is one of module_missing, module_load,
+  description: What stopped the test (kind, message, nss_error; card_state and todo when the key's state explains it,
+    one of pcscd_missing, pcscd_not_running, no_reader, no_card, card_pulled (the key was pulled out during the login),
+    several_cards, other_card, pin_final_try, pin_locked, puk_locked (PIN and PUK blocked; a PUK the key refused
+    as blocked is remembered on the host, since a PIV card cannot tell it without a presentation), each with its
+    plain "what to do" in C(todo)). C(kind) is one of module_missing, module_load,
     no_token, several_tokens, token_not_found, pin_locked, pin_final_try, wrong_pin, login, ca_set, url, resolve,
     connect, timeout, server_untrusted, client_cert_rejected, client_cert_required, handshake, http, nss,
     no_client_auth (the server did not ask for a client certificate), client_ca_not_accepted (the server's acceptable
@@ -176,7 +185,8 @@ error:
     server_name_mismatch (the server certificate is not for the URL's host), client_cert_not_sent, page_status (not
     HTTP 200; a redirection gives its Location), certificate_ambiguous, certificate_not_found, input, lock,
     wrong_pin_this_run. The kinds found by the pre-flight (resolve, connect, timeout, server_untrusted,
-    server_name_mismatch, no_client_auth, client_ca_not_accepted, client_cert_optional) come before the PIN.
+    server_name_mismatch, no_client_auth, client_ca_not_accepted, client_cert_optional) come before the PIN. Also
+    card_pulled and puk_locked.
   returned: always
   type: dict
   sample: {"kind": "pin_final_try", "message": "the token 'CERTEUROPE LAB' says the next wrong PIN locks it..."}
@@ -252,6 +262,17 @@ client_cert_accepted:
     when the server refused it; null when not tried.
   returned: always
   type: bool
+tokens_present:
+  description: The keys plugged in (label, reader) when the module was loaded. With several, the one used is the one
+    labelled O(token_label) (a warning says which, in which reader); without a label that tells them apart the login
+    stops before any PIN (C(several_tokens), card state C(several_cards)).
+  returned: when a token was found
+  type: list
+  elements: dict
+seconds:
+  description: How long the test login took on the host (loading the library to the end of the TLS step), in seconds.
+  returned: always
+  type: float
 preflight:
   description: The handshake made without the key before the PIN (null when not made - check mode, no URL, or a
     failure before it). url, tls_version, server_certificate, client_cert_requested, acceptable_cas (the CA names

@@ -118,6 +118,11 @@ def _reason(level, text, part):
     return {"level": level, "text": text, "part": part}
 
 
+def reason_text(reason):
+    """A reason in words, with its what-to-do when it has one (the module's `reasons`, a console)."""
+    return reason["text"] + (". What to do: " + reason["todo"] if reason.get("todo") else "")
+
+
 def _fp(value):
     return str(value or "").replace(":", "").replace(" ", "").upper()
 
@@ -165,13 +170,38 @@ def ca_entries(ca_set, settings, now):
 # ---------------------------------------------------------------------------------------------
 # the token test login (reports/token/<host>.json or the tokentrust_token_report fact)
 # ---------------------------------------------------------------------------------------------
+# The key's states as users meet them (the test login's error.card_state, decided on the host by
+# module_utils/tokentrust_nss/token.py, which also gives error.todo: what to do), in the report's words.
+CARD_STATE_WORDS = {
+    "pcscd_missing": "pcscd is not installed",
+    "pcscd_not_running": "pcscd is not running",
+    "no_reader": "no card reader",
+    "no_card": "reader without a key",
+    "no_token": "no key plugged in",
+    "card_pulled": "key pulled out during the test login",
+    "several_cards": "several keys plugged in",
+    "other_card": "not the holder's key",
+    "pin_final_try": "PIN at its final try",
+    "pin_locked": "PIN blocked",
+    "puk_locked": "PIN and PUK blocked",
+}
+
+
+def _without(message, todo):
+    """The message without the what-to-do text it may end with (shown on its own line)."""
+    if message and todo and todo in message:
+        message = message.replace(todo, "").rstrip(" :;,.")
+    return message
+
+
 def normalise_token(data, settings, now):
-    """The test-login result in one shape: status ok / failed / "not run", holder, certificates, error."""
+    """The test-login result in one shape: status ok / failed / "not run", holder, certificates, error, and the key's
+    state (card_state, its words, todo) when the key's state explains the failure."""
     if not data:
         return {"status": NOT_RUN, "holder": None, "http_status": None, "error": None, "url": None,
                 "checked_at": None, "age_hours": None, "stale": None, "certificates": [], "problems": [],
                 "client_cert_requested": None, "client_cert_sent": None, "client_cert_accepted": None,
-                "login_certificate": None}
+                "login_certificate": None, "card_state": None, "card_state_words": None, "todo": None}
     if not isinstance(data, dict):
         raise ReportError("the token report must be a JSON object, got %s" % type(data).__name__)
     status = data.get("status")
@@ -181,8 +211,11 @@ def normalise_token(data, settings, now):
     if status not in (OK, FAILED, NOT_RUN):
         raise ReportError("token report status must be ok, failed or 'not run', got %r" % status)
     err = data.get("error")
+    card_state = todo = None
     if isinstance(err, dict):
-        err = err.get("message") or err.get("kind") or json.dumps(err, sort_keys=True)
+        card_state = err.get("card_state") if isinstance(err.get("card_state"), str) else None
+        todo = err.get("todo") if isinstance(err.get("todo"), str) and err.get("todo") else None
+        err = _without(err.get("message"), todo) or err.get("kind") or json.dumps(err, sort_keys=True)
     http_status = data.get("http_status")
     if http_status is None and isinstance(data.get("tls"), dict):
         http_status = data["tls"].get("status")
@@ -214,7 +247,8 @@ def normalise_token(data, settings, now):
             "client_cert_requested": data.get("client_cert_requested"),
             "client_cert_sent": data.get("client_cert_sent"), "client_cert_accepted": data.get("client_cert_accepted"),
             "login_certificate": {k: cert.get(k) for k in ("holder", "issuer", "serial", "not_after", "sha256")}
-            if cert else None}
+            if cert else None,
+            "card_state": card_state, "card_state_words": CARD_STATE_WORDS.get(card_state, card_state), "todo": todo}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,7 +474,11 @@ def build_host(name, raw, cas, token, settings, now, state=None):
     tok = host["token"]
     if tok["status"] == FAILED:
         why = tok["error"] or "; ".join(tok["problems"]) or "no reason given"
-        reasons.append(_reason(FAILED, "test login failed: %s" % why, "token"))
+        if tok["card_state"]:
+            reasons.append(dict(_reason(FAILED, "test login failed, %s: %s" % (tok["card_state_words"], why), "token"),
+                                card_state=tok["card_state"], todo=tok["todo"]))
+        else:
+            reasons.append(_reason(FAILED, "test login failed: %s" % why, "token"))
     elif tok["status"] == NOT_RUN:
         reasons.append(_reason(WARNING if settings["token_required"] else INFO, "test login not run", "token"))
     elif tok["status"] == UNKNOWN:
@@ -577,7 +615,7 @@ table.inner th:after{content:""}#hosts>tbody>tr>td:first-child{white-space:nowra
 tr.unreachable td:first-child{border-left:6px dashed #e8a10c}tr.unreachable{background:repeating-linear-gradient(
 135deg,#fef7e0 0 10px,#fdf0c8 10px 20px)}.b-unreachable{background:#e8a10c;color:#202124;border:1px dashed #202124}
 .card.unreachable{border-color:#e8a10c;border-top-style:dashed}li.unreachable{color:#8a5a00;font-weight:600}
-.seen{font-size:12px}
+.seen{font-size:12px}li .todo{color:#202124;font-weight:400}
 """
 
 JS = """
@@ -656,7 +694,8 @@ def _host_row(m):
         if tok["http_status"] is not None:
             tok_html += ' <span class="muted">HTTP %s</span>' % _E(str(tok["http_status"]))
     elif tok["status"] == FAILED:
-        tok_html = _badge(FAILED, "failed") + " " + _E(tok["error"] or "")
+        tok_html = _badge(FAILED, "failed") + " " + (
+            "<b>%s</b>: " % _E(tok["card_state_words"]) if tok["card_state"] else "") + _E(tok["error"] or "")
     elif tok["status"] == UNKNOWN:
         tok_html = _badge(WARNING, "unknown") + " " + _E("ok, but %s" % tok["stale"])
     else:
@@ -667,7 +706,11 @@ def _host_row(m):
     cells.append('<td class="num" data-sort="%s" style="color:%s">%s</td>'
                  % ("" if nx is None else nx, COLOURS[nx_level], "n/a" if nx is None else "%d days" % nx))
     shown = [r for r in m["reasons"] if r["level"] != INFO] or m["reasons"]
-    reasons = "".join('<li class="%s">%s</li>' % (_E(r["level"]), _E(r["text"])) for r in shown)
+    items = []
+    for r in shown:
+        todo = '<br><span class="todo">What to do: %s</span>' % _E(r["todo"]) if r.get("todo") else ""
+        items.append('<li class="%s">%s%s</li>' % (_E(r["level"]), _E(r["text"]), todo))
+    reasons = "".join(items)
     cells.append('<td data-sort="%d"><ul class="reasons">%s</ul>%s</td>'
                  % (len([r for r in m["reasons"] if r["level"] in (FAILED, WARNING)]),
                     reasons or '<li class="info">nothing to do</li>', _details(m)))

@@ -324,6 +324,47 @@ def uses_pcsc(maps="/proc/self/maps"):
         return None
 
 
+# The key's states as users meet them: state -> what to do (plain words). Every failure of the test login or of a PIN
+# action that comes from the card's state carries `card_state` and `todo` (the report shows both); see
+# card_state_of().
+CARD_STATES = {
+    "pcscd_missing": "install pcscd: run site.yml with the middleware (tokentrust_token_middleware_linux: true, role "
+                     "token_middleware_linux) or `apt-get install pcscd`, then run verify.yml again",
+    "pcscd_not_running": "start it (`systemctl start pcscd.socket`, or `service pcscd start`), then run verify.yml "
+                         "again",
+    "no_reader": "plug in the card reader (or the USB key), check it with `opensc-tool --list-readers`, then run "
+                 "verify.yml again",
+    "no_card": "insert the key into the reader, then run verify.yml again (nothing needs to be provisioned again)",
+    "card_pulled": "put the key back, leave it in until the test login says OK, then run verify.yml again (pulling "
+                   "it out changed nothing on the key)",
+    "several_cards": "remove every key but the holder's, or set token_verify_token_label to the label of the "
+                     "holder's key; no PIN was presented to either",
+    "other_card": "plug in the holder's key (the label set in token_verify_token_label), or correct that label; no "
+                  "PIN was presented",
+    "pin_final_try": "check the PIN with the key's holder, then run again with token_verify_allow_final_try=true "
+                     "(one attempt)",
+    "pin_locked": "unblock the PIN with the PUK: playbooks/token_pin.yml (-e token_pin_action=unblock, or the PUK "
+                  "and a new PIN from a vault file), then run verify.yml again; the PIN was not presented",
+    "puk_locked": "the PIN and the PUK are both blocked: this key cannot be unblocked any more. Ask the CA for a new "
+                  "key (and have this one revoked); nothing was presented",
+}
+# error kinds that are card states of their own (the others get a state only when the card explains them)
+_KIND_STATES = {"several_tokens": "several_cards", "token_not_found": "other_card", "pin_final_try": "pin_final_try",
+                "pin_locked": "pin_locked", "puk_locked": "puk_locked", "card_pulled": "card_pulled"}
+
+
+def card_state_of(error):
+    """`error` (a TokenError's dict) with `card_state` and `todo` when the card's state explains it; unchanged
+    otherwise."""
+    if not isinstance(error, dict):
+        return error
+    state = error.get("card_state") or _KIND_STATES.get(error.get("kind"))
+    if state:
+        error["card_state"] = state
+        error.setdefault("todo", CARD_STATES.get(state))
+    return error
+
+
 def card_state(slot_count, socket_path=PCSCD_SOCKET, pcscd_paths=PCSCD_PATHS, pcsc=True):
     """Why no token is there, as a user meets it: (state, what to do). A smart-card middleware (OpenSC, vendor
     libraries) shows one slot per reader that pcscd reports, so no slot at all means no pcscd or no reader.
@@ -333,43 +374,48 @@ def card_state(slot_count, socket_path=PCSCD_SOCKET, pcscd_paths=PCSCD_PATHS, pc
     if pcsc is False:
         return ("no_token", "plug in the key (and check the reader), then run again")
     if slot_count:
-        return ("no_card", "the reader is there but holds no card: insert the key (chip side in), then run again")
+        return ("no_card", "the reader is there but holds no card: " + CARD_STATES["no_card"])
     if not any(os.path.exists(p) for p in pcscd_paths):
-        return ("pcscd_missing", "pcscd (the PC/SC daemon) is not installed: run site.yml (role "
-                                 "token_middleware_linux) or install pcscd, then run again")
+        return ("pcscd_missing", "pcscd (the PC/SC daemon) is not installed: " + CARD_STATES["pcscd_missing"])
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.settimeout(2)
         s.connect(socket_path)
     except OSError:
-        return ("pcscd_not_running", "pcscd is installed but not running (no %s): start it (systemctl start "
-                                     "pcscd.socket, or service pcscd start), then run again" % socket_path)
+        return ("pcscd_not_running", "pcscd is installed but not running (no %s): %s"
+                % (socket_path, CARD_STATES["pcscd_not_running"]))
     finally:
         s.close()
-    return ("no_reader", "pcscd runs but sees no card reader: plug in the reader (or the USB key), check it with "
-                         "`pcsc_scan` or `opensc-tool --list-readers`, then run again")
+    return ("no_reader", "pcscd runs but sees no card reader: " + CARD_STATES["no_reader"])
 
 
 def _select(found, label, module_path, slot_count):
-    """The one entry of `found` ([(label, obj)]) to use; TokenError no_token / token_not_found / several_tokens."""
+    """The one entry of `found` ([(label, obj)] or [(label, obj, reader)]) to use; TokenError no_token /
+    token_not_found / several_tokens (card states other_card / several_cards). Never a guess: several keys without a
+    label that tells them apart is an error, whichever would have been first."""
     labels = [f[0] for f in found]
+    where = ["%r%s" % (f[0], " in %s" % f[2] if len(f) > 2 and f[2] else "") for f in found]
     if not found:
         state, todo = card_state(slot_count, pcsc=uses_pcsc())
         raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty): %s"
-                         % (module_path, slot_count, todo), module=module_path, card_state=state)
+                         % (module_path, slot_count, todo), module=module_path, card_state=state,
+                         todo=CARD_STATES.get(state, todo))
     if label:
-        match = [o for lb, o in found if lb == label]
+        match = [f[1] for f in found if f[0] == label]
         if not match:
             raise TokenError("token_not_found", "no token labelled %r on %s; present: %s"
-                             % (label, module_path, ", ".join(repr(x) for x in labels)), present=labels)
+                             % (label, module_path, ", ".join(where)), present=labels, card_state="other_card")
         if len(match) > 1:
-            raise TokenError("several_tokens", "%d tokens labelled %r are present: plug in one key at a time"
-                             % (len(match), label), present=labels)
+            raise TokenError("several_tokens", "%d tokens labelled %r are present (%s): the test login will not "
+                             "guess which key is the holder's; remove all but one"
+                             % (len(match), label, ", ".join(where)),
+                             present=labels, card_state="several_cards",
+                             todo="remove all keys labelled %r but one; no PIN was presented" % label)
         return match[0]
     if len(found) > 1:
-        raise TokenError("several_tokens", "%d tokens are present (%s): set the token label to choose one, or "
-                         "plug in one key at a time" % (len(found), ", ".join(repr(x) for x in labels)),
-                         present=labels)
+        raise TokenError("several_tokens", "%d tokens are present (%s): the test login will not guess which key is "
+                         "the holder's; set the token label to choose one, or plug in one key at a time"
+                         % (len(found), ", ".join(where)), present=labels, card_state="several_cards")
     return found[0][1]
 
 
@@ -857,7 +903,8 @@ class TokenSession:
             if lib.nss3.PK11_IsPresent(slot):
                 present.append(Token(self, slot))
         self.tokens = present
-        self.token = _select([(t.label, t) for t in present], self.label, self.module_path, mod.slotCount)
+        self.token = _select([(t.label, t, t.slot_name) for t in present], self.label, self.module_path,
+                             mod.slotCount)
         return self.token
 
     @property
@@ -1072,9 +1119,12 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
     Every input is checked before the key is touched; the PIN guard holds the token's cross-process lock
     (tokentrust_pin.TokenLock) from reading the counter to the end of the login. With `run_id`, a run that already
     saw this PIN refused by this token does not present it again (hosts sharing one key in one playbook run)."""
+    import time
+
     from ansible.module_utils.tokentrust_nss.tls import TLSError, https_get
     from ansible.module_utils.tokentrust_pin import library_lock_info
 
+    started = time.monotonic()
     rep = {"ok": False, "checked_at": _now_iso(), "pkcs11_module": module_path, "url": url if tls else None,
            "token": None, "pin_state_before": None, "logged_in": False, "pin_attempts": 0, "certificates": [],
            "other_certificates": 0, "login_certificate": None, "holder": None, "not_after": None, "days_left": None,
@@ -1097,6 +1147,12 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
             info = tok.info()
             rep["pin_state_before"] = info["user_pin"]
             rep["token"] = _public_token(info)
+            rep["tokens_present"] = [{"label": t.label, "reader": t.slot_name} for t in ts.tokens]
+            if len(ts.tokens) > 1:  # chosen by its label (else _select refused): say which one, never silently
+                rep["warnings"].append("%d keys are plugged in (%s): the test login uses the one labelled %r in %s "
+                                       "(token label set)" % (len(ts.tokens), ", ".join(
+                                           "%r in %s" % (t.label, t.slot_name) for t in ts.tokens), tok.label,
+                                           tok.slot_name))
             if certificate:  # the selector is resolved on the public certificates, before any PIN
                 public = [c[0] for c in tok.certificates(cas, now)]
                 if public:
@@ -1121,19 +1177,34 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
                                          "(%s): not presented again; check the PIN"
                                          % (run_id, tok.label, record.get("wrong_pin_at")),
                                          token=info)
+                    puk_locked = _puk_locked(info, record)
                     try:
                         rep["warnings"] += tok.login(pin, allow_final_try)
                         rep["logged_in"] = tok.logged_in
                     except TokenError as e:
+                        if e.kind == "pin_locked" and not tok.pin_presentations and puk_locked:
+                            raise TokenError("puk_locked", "the PIN and the PUK of token %r are both blocked (%s): "
+                                             "no attempt was made" % (tok.label, puk_locked), token=info) from None
                         if e.kind in ("wrong_pin", "pin_locked") and tok.pin_presentations:
-                            lock.write({"wrong_pin_run": run_id, "wrong_pin_at": _now_iso()})
+                            lock.write(dict(_kept(record), wrong_pin_run=run_id, wrong_pin_at=_now_iso()))
                         raise
                     finally:
                         rep["pin_attempts"] = tok.pin_presentations
-                    if record:
-                        lock.write({})
+                    if record != _kept(record):
+                        lock.write(_kept(record))
+                    if puk_locked:
+                        rep["warnings"].append("the PUK of token %r is blocked (%s): a blocked PIN could not be "
+                                               "unblocked any more; ask the CA for a new key before that happens"
+                                               % (tok.label, puk_locked))
                     _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, tls, url, timeout,
                                           body_bytes, tls_max, https_get, check_mode)
+                except (TokenError, TLSError, NSSError) as exc:
+                    if getattr(exc, "kind", None) not in _CARD_ANSWERS and _card_gone(tok):
+                        raise TokenError("card_pulled", "the key %r was pulled out during the test login (%s): %s"
+                                         % (tok.label, getattr(exc, "message", None) or exc,
+                                            CARD_STATES["card_pulled"]), card_state="card_pulled",
+                                         cause=getattr(exc, "kind", "nss")) from None
+                    raise
                 finally:
                     lock.__exit__(None, None, None)
             info = tok.info()
@@ -1152,8 +1223,43 @@ def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_
             rep["client_cert_accepted"] = False
     except NSSError as e:
         rep["error"] = {"kind": "nss", "message": str(e), "nss_error": e.name}
+    card_state_of(rep["error"])
     rep["ok"] = rep["error"] is None and not rep["problems"] and not check_mode
+    rep["seconds"] = round(time.monotonic() - started, 3)
     return rep
+
+
+_CARD_ANSWERS = ("wrong_pin", "pin_locked", "pin_final_try", "wrong_pin_this_run", "puk_locked")
+
+
+def _kept(record):
+    """What of a token's lock record outlives a successful login: what the card said about its PUK."""
+    return {k: v for k, v in (record or {}).items() if k.startswith("puk_")}
+
+
+def _puk_locked(info, record):
+    """Why we know the PUK is blocked (a reason in words), or None. PIV cards cannot tell the PUK's tries without a
+    presentation (no VERIFY of the PUK) and OpenSC never sets CKF_SO_PIN_LOCKED for them: what the card answered to
+    the last unblock on this host (6983, recorded in the token's lock file by pin_action) is then all there is."""
+    if info.get("so_pin") == "locked":
+        return "the key says so (CKF_SO_PIN_LOCKED)"
+    if record.get("puk_locked_at"):
+        return "the key refused the PUK as blocked at %s" % record["puk_locked_at"]
+    return None
+
+
+def _card_gone(tok):
+    """After a failure in the middle of a login: True when the key is no longer in its reader (pulled out). NSS
+    caches a slot's presence for one second: read it after that."""
+    import time
+
+    if uses_pcsc() is False:
+        return False
+    time.sleep(1.2)
+    try:
+        return not lib.nss3.PK11_IsPresent(tok.slot)
+    except Exception:  # noqa: BLE001 - a question after a failure: never a second failure
+        return False
 
 
 def _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, tls, url, timeout, body_bytes, tls_max,
@@ -1231,8 +1337,10 @@ def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None
             if problems:
                 raise TokenError("pin_rules", "new PIN refused before anything was presented to the token: "
                                  + "; ".join(problems))
+            lock, record = None, {}
             if not check_mode:
-                stack.enter_context(_locked(info))
+                lock = stack.enter_context(_locked(info))
+                record = lock.read()
                 rep["token_before"] = rep["token"] = _public_token(tok.info())  # read again, under the lock
             if action == "change":
                 if not pin:
@@ -1247,11 +1355,19 @@ def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None
             elif action == "unblock":
                 if not puk:
                     raise TokenError("pin_rules", "action=unblock needs the PUK (puk)")
+                known = _puk_locked(rep["token_before"] or {}, record)
+                if known and record.get("puk_locked_at"):  # the card's flags may say otherwise: they win below
+                    raise TokenError("puk_locked", "the PUK of token %r is blocked (%s): not presented again (if "
+                                     "the key has been reset since, remove %s)" % (tok.label, known, lock.path))
                 if check_mode:
                     rep["warnings"] += tok.guard("so", allow_final_try)
                 else:
                     try:
                         rep["warnings"] += tok.unblock(puk, new_pin, allow_final_try)
+                    except TokenError as e:
+                        if e.kind == "puk_locked" and lock is not None:  # remembered: PIV cannot tell it otherwise
+                            lock.write(dict(record, puk_locked_at=_now_iso()))
+                        raise
                     finally:
                         rep["puk_attempts"] = tok.puk_presentations
             else:
@@ -1259,7 +1375,7 @@ def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None
             rep["changed"] = True
             rep["token"] = _public_token(tok.info())
     except TokenError as e:
-        rep["error"] = e.to_dict()
+        rep["error"] = card_state_of(e.to_dict())
         if "token" in rep["error"]:
             rep["token"] = _public_token(rep["error"].pop("token"))
     return rep

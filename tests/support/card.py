@@ -6,6 +6,7 @@
         card.pull(); card.insert()   # stop / start the card process
 """
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -81,3 +82,67 @@ def local_card(tmp, holders=None, pki=None):
             yield card
         finally:
             card.pull()
+
+
+# ---------------------------------------------------------------------------------------------- the card on the fleet
+# The fleet's workstations provisioned for the card (tests/fleet/test_fleet_card_states.py, test_fleet_card_firefox.py):
+# site.yml with the middleware on and the card's library as THE token library of every role (Firefox's `gem` module,
+# policies.json, the test login), run once per fleet, with every card pulled out (a card inserted after provisioning
+# is then the normal path, as on a workstation whose holder plugs the key in later).
+FLEET_OPENSC = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"  # lab.fleet.CARD_MODULE
+FLEET_CARD_VARS = ("-e", json.dumps({"tokentrust_token_middleware_linux": True, "tokentrust_token_module": FLEET_OPENSC,
+                                      "tokentrust_token_label": piv_card.HOLDER,
+                                      "token_verify_pin": piv_card.DEFAULT_PIN}))
+
+
+def provision_for_card(fleet):
+    """site.yml on the fleet with the card as the key, the cards pulled out first; once per fleet (memoised on it).
+    Returns the site.yml run."""
+    from lab import fleet as fleetlab
+
+    if getattr(fleet, "card_site_run", None) is None:
+        for h in fleet.m["hosts"]:
+            fleetlab.card_pull(h)
+        fleet.card_site_run = fleet.playbook("site.yml", *FLEET_CARD_VARS)
+    return fleet.card_site_run
+
+
+def card_verify(fleet, report_dir, *args, limit=None):
+    """verify.yml with the card (results saved in `report_dir`): (the run, {host: saved result})."""
+    extra = ["-e", "token_verify_report_dir=%s" % report_dir]
+    if limit:
+        extra += ["--limit", limit]
+    run = fleet.playbook("verify.yml", *FLEET_CARD_VARS, *extra, *args)
+    saved = {}
+    for h in fleet.hosts:
+        path = os.path.join(str(report_dir), "%s.json" % h)
+        if os.path.exists(path):
+            with open(path) as f:
+                saved[h] = json.load(f)
+    return run, saved
+
+
+def report_of(name, saved):
+    """What the fleet report (module_utils/tokentrust_report.py, as library/fleet_report.py calls it) says of host
+    `name` from its saved test-login result: (host model, its reasons as fleet_report returns them, the HTML page)."""
+    from ansible.module_utils.tokentrust_report import build_report, reason_text, render_html
+
+    report = build_report([{"name": name, "data": {"platform": "linux", "system": "Linux"}, "token": saved}], [])
+    model = report["hosts"][0]
+    texts = [reason_text(r) for r in model["reasons"] if r["level"] in ("failed", "unreachable", "warning")]
+    return model, texts, render_html(report)
+
+
+def second_card(host, card_dir, pki, holder=None):
+    """A second card for `host`, in the second slot of its vpcd reader (vpcd opens port and port + 1: two readers,
+    "Virtual PCD 00 00" and "00 01"), issued from the fleet's PKI; `holder` None: the same holder (the same label),
+    else another holder's card (another label). Returns a host-like dict for lab.fleet.card_insert / card_pull."""
+    from lab import build as labbuild
+    from lab.pki import make_leaf
+
+    chain = {e["name"]: labbuild._load_issued(e) for e in pki["cas"]}
+    holders = None
+    if holder:
+        holders = [(make_leaf(holder, issuer=chain["Lab Advanced CA V3"], client=True, key_type="rsa"), 0x9A)]
+    piv_card.create_card(card_dir, holders, pki=chain)
+    return dict(host, card_dir=str(card_dir), card_port=host["card_port"] + 1)

@@ -23,6 +23,8 @@ def free_port():
 class Firefox:
     """Start Firefox on an existing profile with Marionette; `load(url)` returns ('ok', text) or ('error', why)."""
 
+    socket_timeout = 360  # marionette_driver's default: how long a command may go unanswered
+
     def __init__(self, profile, user=None, extra_prefs=None, binary=None, log=None):
         self.profile = str(profile)
         self.user = user
@@ -44,17 +46,23 @@ class Firefox:
             "security.enterprise_roots.enabled": False,
         }
         prefs.update(extra_prefs or {})
-        with open(os.path.join(self.profile, "user.js"), "a") as f:
-            for k, v in prefs.items():
-                val = ("true" if v else "false") if isinstance(v, bool) else (repr(v) if isinstance(v, int)
-                                                                               else '"%s"' % v)
-                f.write('user_pref("%s", %s);\n' % (k, val))
-        if user:
-            subprocess.run(["chown", "%s:" % user, os.path.join(self.profile, "user.js")], check=True)
+        lines = []
+        for k, v in prefs.items():
+            val = ("true" if v else "false") if isinstance(v, bool) else (repr(v) if isinstance(v, int)
+                                                                           else '"%s"' % v)
+            lines.append('user_pref("%s", %s);\n' % (k, val))
+        self._append_prefs("".join(lines))
         self.proc = None
         self.client = None
 
-    def __enter__(self):
+    def _append_prefs(self, text):
+        with open(os.path.join(self.profile, "user.js"), "a") as f:
+            f.write(text)
+        if self.user:
+            subprocess.run(["chown", "%s:" % self.user, os.path.join(self.profile, "user.js")], check=True)
+
+    def _command(self):
+        """(argv, env) that start Firefox with Marionette on self.port."""
         env = dict(os.environ, MOZ_HEADLESS="1", MOZ_CRASHREPORTER_DISABLE="1")
         env.pop("DISPLAY", None)
         cmd = [self.binary, "--headless", "--no-remote", "--marionette", "-remote-allow-system-access",
@@ -65,6 +73,13 @@ class Firefox:
             pw = pwd.getpwnam(self.user)
             env["HOME"] = pw.pw_dir
             cmd = ["runuser", "-u", self.user, "--", "env", "HOME=%s" % pw.pw_dir, "MOZ_HEADLESS=1"] + cmd
+        return cmd, env
+
+    def _signal(self, sig):
+        os.killpg(self.proc.pid, sig)
+
+    def __enter__(self):
+        cmd, env = self._command()
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._logf, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -77,7 +92,7 @@ class Firefox:
                 if self.proc.poll() is not None:
                     raise RuntimeError("Firefox exited early (%s): see %s" % (self.proc.returncode, self.log)) from None
                 time.sleep(0.3)
-        self.client = Marionette(host="127.0.0.1", port=self.port)
+        self.client = Marionette(host="127.0.0.1", port=self.port, socket_timeout=self.socket_timeout)
         self.client.start_session({"acceptInsecureCerts": False})
         return self
 
@@ -105,11 +120,11 @@ class Firefox:
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                self._signal(signal.SIGTERM)
                 try:
                     self.proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self._signal(signal.SIGKILL)
                     self.proc.wait()
             self.proc = None
         self._logf.close()
@@ -117,6 +132,71 @@ class Firefox:
     def __exit__(self, *exc):
         self.quit()
         return False
+
+
+class ContainerFirefox(Firefox):
+    """Real Firefox ESR inside a fleet workstation (lab/fleet.py), started as `user` with `docker exec` and driven from
+    here over Marionette: the containers share this machine's network, so the Marionette port Firefox opens on
+    127.0.0.1 in the container is reachable here. `profile` is the path inside the container; the log stays here."""
+
+    socket_timeout = 150  # a modal prompt nobody answers blocks a command: fail in minutes, not six
+
+    def __init__(self, container, profile, user, log, extra_prefs=None):
+        self.container = container
+        self.pidfile = None
+        super().__init__(profile, user=user, extra_prefs=extra_prefs, binary="firefox-esr", log=log)
+
+    def _exec(self, *argv, user=None, **kw):
+        home = "/root" if (user or self.user) == "root" else "/home/%s" % (user or self.user)
+        return subprocess.run(["docker", "exec", "-i", "-u", user or self.user, "-e", "HOME=%s" % home, self.container,
+                               *argv], capture_output=True, timeout=60, **kw)
+
+    def _append_prefs(self, text):
+        p = self._exec("sh", "-c", 'cat >> "$1"', "sh", os.path.join(self.profile, "user.js"), input=text.encode())
+        assert p.returncode == 0, p.stderr
+        # a Firefox that did not end cleanly leaves its lock behind: the profile would be "already in use"
+        self._exec("sh", "-c", 'rm -f "$1/lock" "$1/.parentlock"', "sh", self.profile)
+
+    def _command(self):
+        self.pidfile = "/tmp/tokentrust-firefox-%d.pid" % self.port
+        home = "/home/%s" % self.user
+        script = ('echo $$ > "$1"; exec firefox-esr --headless --no-remote --marionette -remote-allow-system-access '
+                  '-profile "$2" about:blank')
+        cmd = ["docker", "exec", "-u", self.user, "-e", "HOME=%s" % home, "-e", "MOZ_HEADLESS=1",
+               "-e", "MOZ_CRASHREPORTER_DISABLE=1", "-e", "MOZ_DISABLE_NONLOCAL_CONNECTIONS=1", self.container,
+               "sh", "-c", script, "sh", self.pidfile, self.profile]
+        return cmd, dict(os.environ)
+
+    def _signal(self, sig):
+        """The Firefox we started in the container, by the pid it wrote (never by name)."""
+        self._exec("sh", "-c", 'kill -%d "$(cat "$1")"' % int(sig), "sh", self.pidfile)
+
+
+# Firefox's own PIN prompt ("Please authenticate to the security device (<token>)."), answered from chrome context: an
+# observer of "common-dialog-loaded" types the PIN into password1Textbox and accepts (Marionette's prompt commands do
+# not support password prompts). It answers at most arguments[1] prompts and counts them in prefs
+# tokentrust.test.prompts / tokentrust.test.prompt (the last prompt's text). Use with unhandledPromptBehavior "ignore".
+TYPE_PIN_INTO_PROMPT = """
+const pin = arguments[0];
+let left = arguments[1];
+const obs = { observe(win, topic) {
+  const doc = win.document;
+  const box = doc.getElementById("password1Textbox");
+  if (!box) return;
+  Services.prefs.setStringPref("tokentrust.test.prompt", (doc.getElementById("infoBody") || {}).textContent || "");
+  Services.prefs.setIntPref("tokentrust.test.prompts", Services.prefs.getIntPref("tokentrust.test.prompts", 0) + 1);
+  box.value = pin;
+  left -= 1;
+  if (left <= 0) Services.obs.removeObserver(obs, "common-dialog-loaded");
+  (doc.getElementById("commonDialog") || doc.querySelector("dialog")).acceptDialog();
+}};
+Services.obs.addObserver(obs, "common-dialog-loaded");
+return true;
+"""
+
+LIST_MODULES = """
+const mdb = Cc["@mozilla.org/security/pkcs11moduledb;1"].getService(Ci.nsIPKCS11ModuleDB);
+return mdb.listModules().then(ms => ms.map(m => [m.name, m.libName, m.slots.map(s => s.tokenName)]));"""
 
 
 def create_profile(home, name, path=None, user=None):
