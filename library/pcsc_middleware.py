@@ -12,15 +12,15 @@ description:
     polkit (pcsc-lite 2.x, Debian 13), the polkit rule's content, pcscd's socket (systemd) or process state, the
     system bus and the PKCS#11 library's path; when all is in place it returns C(changed=false) and does nothing
     else (the check of O(verify) aside, which only reads).
-  - Otherwise it does only what is missing, under its own lock (two runs at once: the second waits, then finds the
+  - Otherwise it does only what is missing, under its own lock (of two runs at once, the second waits, then finds the
     first one's work and changes nothing) - legacy packages removed, the missing packages installed with
     C(apt-get) (package lists updated first when apt has no candidate; C(DPkg::Lock::Timeout) waits for another
     package manager), the polkit rule written atomically, pcscd started (C(pcscd.socket) enabled and started under
     systemd; elsewhere C(service pcscd start), and the system bus first when pcscd asks polkit over it).
-  - Where pcscd is built with polkit, clients outside an active local session are refused
+  - 'Where pcscd is built with polkit, clients outside an active local session are refused
     ("Process N (user: U) is NOT authorized for action: access_pcsc"). The rule lets O(polkit_users), members of
     O(polkit_groups) and root (O(polkit_root)) use pcscd and the cards (actions C(org.debian.pcsc-lite.access_pcsc)
-    and C(org.debian.pcsc-lite.access_card)), nobody else.
+    and C(org.debian.pcsc-lite.access_card)), nobody else.'
   - With O(verify), pcscd must then answer root and every user of O(polkit_users) through libpcsclite (each in a
     child process that dropped to that user), and every reader holding a card must let them connect to it.
   - Hosts that are not Debian/Ubuntu are left alone with a warning (C(supported=false)).
