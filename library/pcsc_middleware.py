@@ -19,7 +19,7 @@ description:
     systemd; elsewhere C(service pcscd start), and the system bus first when pcscd asks polkit over it).
   - 'Where pcscd is built with polkit, clients outside an active local session are refused
     ("Process N (user: U) is NOT authorized for action: access_pcsc"). The rule lets O(polkit_users), members of
-    O(polkit_groups) and root (O(polkit_root)) use pcscd and the cards (actions C(org.debian.pcsc-lite.access_pcsc)
+    O(polkit_groups) (and root with O(polkit_root)) use pcscd and the cards (actions C(org.debian.pcsc-lite.access_pcsc)
     and C(org.debian.pcsc-lite.access_card)), nobody else.'
   - With O(verify), pcscd must then answer root and every user of O(polkit_users) through libpcsclite (each in a
     child process that dropped to that user), and every reader holding a card must let them connect to it.
@@ -65,9 +65,12 @@ options:
     elements: str
     default: []
   polkit_root:
-    description: Allow root (the test login runs as root over SSH with become).
+    description:
+      - Name root in the rule too. Not needed with polkitd as Debian 13 ships it, which authorizes uid 0 for every
+        action by itself (measured - root over SSH with become is authorized as soon as polkitd answers on the
+        system bus); for a polkit that does not.
     type: bool
-    default: true
+    default: false
   polkit_rule:
     description: Where the rule is written.
     type: path
@@ -290,7 +293,7 @@ def main():
             library=dict(type="path"),
             polkit_users=dict(type="list", elements="str", default=[]),
             polkit_groups=dict(type="list", elements="str", default=[]),
-            polkit_root=dict(type="bool", default=True),
+            polkit_root=dict(type="bool", default=False),
             polkit_rule=dict(type="path", default="/etc/polkit-1/rules.d/60-tokentrust-pcscd.rules"),
             verify=dict(type="bool", default=True),
             lock_timeout=dict(type="int", default=300),

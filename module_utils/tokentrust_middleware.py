@@ -150,6 +150,21 @@ def pcscd_running_process():
     return False
 
 
+def bus_up(path=SYSTEM_BUS):
+    """The system bus answers on its socket (a stale socket file left by a stopped dbus does not count)."""
+    import socket  # noqa: PLC0415 - only here
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def service_state(run):
     """{manager, socket_enabled, socket_active, running}: pcscd.socket under systemd, a running pcscd elsewhere."""
     if is_systemd():
@@ -157,7 +172,7 @@ def service_state(run):
         rc_a, out_a, _ = run(["systemctl", "is-active", "pcscd.socket"])
         return {"manager": "systemd", "socket_enabled": out_e.strip() in ("enabled", "static", "enabled-runtime"),
                 "socket_active": out_a.strip() == "active", "running": out_a.strip() == "active"}
-    return {"manager": "sysv", "running": pcscd_running_process(), "system_bus": os.path.exists(SYSTEM_BUS)}
+    return {"manager": "sysv", "running": pcscd_running_process(), "system_bus": bus_up()}
 
 
 def read_state(run, packages, legacy, rule_path, library):
@@ -331,10 +346,10 @@ def remove(run, names, lock_timeout, log):
 
 def start_bus(run, log):
     """No systemd: pcscd asks polkit over the system bus; start dbus (polkitd is bus-activated)."""
-    if os.path.exists(SYSTEM_BUS):
+    if bus_up():
         return
     rc, out, err = run(["service", "dbus", "start"])
-    if rc != 0 or not _wait(lambda: os.path.exists(SYSTEM_BUS), 10):
+    if rc != 0 or not _wait(bus_up, 10):
         raise MiddlewareError("bus_failed", "pcscd is built with polkit and needs the system bus; `service dbus "
                               "start` failed (rc %d): %s" % (rc, _last_lines(err or out)))
     log.append("service dbus start")

@@ -3,7 +3,7 @@ its PIV card through pcsc-lite 2.3 built with polkit, over SSH with become.
 
 On trixie, pcscd refuses clients outside an active local session unless a polkit rule allows them; a container has
 no logind session at all (docs/token.md: what was measured). Role token_middleware_linux (module pcsc_middleware)
-installs pcscd, libccid and OpenSC from the distribution, writes the rule for the key holder (alice) and root, starts
+installs pcscd, libccid and OpenSC from the distribution, writes the rule for the key holder (alice), starts
 the system bus that pcscd asks polkit over (no systemd here), and checks that pcscd answers them. Asserted from real
 state: the card's own state file on the controller (counters, signatures), `certutil -L` / the profile's pkcs11.txt
 inside the host, and pcscd's answers to users the rule names and to one it does not (bob).
@@ -73,10 +73,11 @@ def test_site_provisions_the_profiles_with_the_library_it_installed(trixie):
 
 
 def test_polkit_rule_scoped_to_the_holder_and_root(trixie):
-    """The rule names alice and root only; pcscd answers them (no session: the container has no logind) and
-    refuses bob, whom no rule names: the distribution's policy (allow_any no) is in force for everyone else."""
+    """The rule names alice only; pcscd answers her (no session: the container has no logind) and root (polkitd
+    authorizes uid 0 by itself), and refuses bob, whom no rule names: the distribution's policy (allow_any no) is in
+    force for everyone else."""
     rule = trixie.sh(name(trixie), "cat " + RULE).stdout
-    assert 'var users = ["alice", "root"];' in rule and "bob" not in rule, rule
+    assert 'var users = ["alice"];' in rule and "bob" not in rule and '"root"' not in rule, rule
     for user in ("root", "alice"):
         out = pkcs11_list(trixie, user)
         assert "token manufacturer : piv_II" in out, (user, out)
@@ -95,28 +96,33 @@ def test_test_login_through_pcscd_with_polkit_over_ssh(trixie):
     assert after["sign"] > before["sign"] and after["pin_tries_left"] == 3, (before, after)
 
 
-def test_without_the_rule_root_is_refused_and_site_restores_it(trixie):
-    """Remove the rule: root over SSH is refused by pcscd (the test login could not pass); site.yml finds it, writes
-    it back (changed) and its check passes; a run after that costs one remote call for the middleware."""
+def test_without_the_rule_or_the_bus_pcscd_refuses_and_the_role_restores_them(trixie):
+    """Without the rule, alice is refused (root is not: polkitd authorizes uid 0); without the system bus, pcscd cannot
+    ask polkit and refuses root too (the test login could not pass). The module finds both, starts the bus, writes
+    the rule back (changed) and its check passes for root and alice, with the card reached; a site.yml after that
+    changes nothing and the middleware costs it one remote call."""
     h = name(trixie)
     trixie.sh(h, "rm -f " + RULE)
-    out = pkcs11_list(trixie, "root")
-    assert "piv_II" not in out, out
+    assert "piv_II" not in pkcs11_list(trixie, "alice")
+    assert "piv_II" in pkcs11_list(trixie, "root")
+    trixie.sh(h, "service dbus stop >/dev/null 2>&1; pkill -x polkitd; true")
+    assert "piv_II" not in pkcs11_list(trixie, "root")
     rc, res = trixie.module(h, "pcsc_middleware", {"polkit_users": ["alice"]})
     assert rc == 0 and res["changed"] is True, res
     assert any(a.startswith("write " + RULE) for a in res["actions"]), res["actions"]
+    assert any(a.startswith("service dbus start") for a in res["actions"]), res["actions"]
     assert res["access"]["root"]["ok"] and res["access"]["alice"]["ok"], res["access"]
     assert any(r["card"] for r in res["access"]["root"]["readers"]), res["access"]
     again = trixie.playbook("site.yml", "-vvv")
     assert again.returncode == 0, again.stdout[-4000:]
     assert recap(again.stdout)[h]["changed"] == 0, again.stdout[-4000:]
-    calls = remote_calls(trixie, again.stdout)
-    print("trixie: a second site.yml costs %s remote calls" % calls)
-    first_calls = calls[h]
+    with_mw = remote_calls(trixie, again.stdout)[h]
     off = trixie.playbook("site.yml", "-vvv", "-e", "tokentrust_token_middleware_linux=false")
     assert off.returncode == 0, off.stdout[-4000:]
-    assert first_calls - remote_calls(trixie, off.stdout)[h] == 1  # the middleware: one call when in place
-    assert "piv_II" in pkcs11_list(trixie, "root")
+    print("trixie: a second site.yml costs %d remote calls, %d without the middleware"
+          % (with_mw, remote_calls(trixie, off.stdout)[h]))
+    assert with_mw - remote_calls(trixie, off.stdout)[h] == 1  # the middleware: one call when in place
+    assert "piv_II" in pkcs11_list(trixie, "alice")
 
 
 def test_middleware_check_mode_and_diff_change_nothing(trixie):
@@ -126,7 +132,7 @@ def test_middleware_check_mode_and_diff_change_nothing(trixie):
         run = trixie.playbook("firefox.yml", "--tags", "token_middleware_linux", "--check", "--diff")
         assert run.returncode == 0, run.stdout[-4000:]
         assert recap(run.stdout)[h]["changed"] == 1, run.stdout[-4000:]
-        assert '+    var users = ["alice", "root"];' in run.stdout, run.stdout[-4000:]
+        assert '+    var users = ["alice"];' in run.stdout, run.stdout[-4000:]
         assert "missing" in trixie.sh(h, "test -f %s || echo missing" % RULE).stdout
     finally:
         fix = trixie.playbook("firefox.yml", "--tags", "token_middleware_linux")
