@@ -237,13 +237,20 @@ def run(module):
             if todo["install"] and not module.check_mode:
                 svc = service_state(runner)
             need_bus = polkit and svc is not None and svc["manager"] == "sysv" and not svc["system_bus"]
+            restart = False
             if need_bus or (todo["start_bus"] and module.check_mode):
-                actions.append("service dbus start (pcscd asks polkit over the system bus)")
                 if not module.check_mode:
                     start_bus(runner, actions)
+                else:
+                    actions.append("service dbus start (pcscd asks polkit over the system bus)")
                 changed = True
+                restart = bool(svc and svc["running"])
             pcscd_down = svc is None or not svc["running"] or (svc["manager"] == "systemd" and todo["enable_socket"])
-            if pcscd_down:
+            if restart and not module.check_mode:
+                start_pcscd(runner, actions, enable_socket=False, restart=True)
+            elif restart:
+                actions.append("service pcscd restart (it ran without the system bus)")
+            elif pcscd_down:
                 what = ("systemctl enable --now pcscd.socket" if svc and svc["manager"] == "systemd"
                         else "start pcscd")
                 if not module.check_mode:

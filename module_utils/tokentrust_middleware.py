@@ -352,10 +352,19 @@ def start_bus(run, log):
     if rc != 0 or not _wait(bus_up, 10):
         raise MiddlewareError("bus_failed", "pcscd is built with polkit and needs the system bus; `service dbus "
                               "start` failed (rc %d): %s" % (rc, _last_lines(err or out)))
-    log.append("service dbus start")
+    log.append("service dbus start (pcscd asks polkit over the system bus)")
 
 
-def start_pcscd(run, log, enable_socket):
+def start_pcscd(run, log, enable_socket, restart=False):
+    """Start pcscd (restart: a pcscd that ran while the system bus was down; measured on Debian 13, such a pcscd keeps
+    a socket but answers no client, SCARD_E_NO_SERVICE, even after the bus is back)."""
+    if restart and not is_systemd():
+        what = "service pcscd restart"
+        rc, out, err = run(["service", "pcscd", "restart"])
+        if rc != 0 or not _wait(pcscd_running_process, 10):
+            raise MiddlewareError("pcscd_failed", "`%s` failed (rc %d): %s" % (what, rc, _last_lines(err or out)))
+        log.append(what + " (it ran without the system bus)")
+        return
     if is_systemd():
         args = ["systemctl", "enable", "--now", "pcscd.socket"] if enable_socket else \
             ["systemctl", "start", "pcscd.socket"]
