@@ -106,7 +106,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 library:
-  description: The PKCS#11 library (exists when RV(changed) is false or after a real run).
+  description: The PKCS#11 library (it exists when nothing was to change, or after a real run).
   returned: when supported
   type: str
   sample: /usr/lib/x86_64-linux-gnu/opensc-pkcs11.so

@@ -168,8 +168,8 @@ def bus_up(path=SYSTEM_BUS):
 def service_state(run):
     """{manager, socket_enabled, socket_active, running}: pcscd.socket under systemd, a running pcscd elsewhere."""
     if is_systemd():
-        rc_e, out_e, _ = run(["systemctl", "is-enabled", "pcscd.socket"])
-        rc_a, out_a, _ = run(["systemctl", "is-active", "pcscd.socket"])
+        out_e = run(["systemctl", "is-enabled", "pcscd.socket"])[1]
+        out_a = run(["systemctl", "is-active", "pcscd.socket"])[1]
         return {"manager": "systemd", "socket_enabled": out_e.strip() in ("enabled", "static", "enabled-runtime"),
                 "socket_active": out_a.strip() == "active", "running": out_a.strip() == "active"}
     return {"manager": "sysv", "running": pcscd_running_process(), "system_bus": bus_up()}
