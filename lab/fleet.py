@@ -80,9 +80,11 @@ CARD_HOLDER_USER = "alice"  # the workstation user whose key the card is (polkit
 LABEL = "tokentrust.fleet"
 PACKAGES = ("firefox-esr", "opensc", "softhsm2", "openssh-server", "sudo", "python3", "libnss3-tools",
             "ca-certificates")
-# Per release. The names are the same on Debian 12 and 13 for everything here (firefox-esr: ESR 140 on 12, ESR 153
-# on 13; python3-cffi; libpcsclite1 and polkitd come with pcscd, which site.yml installs: on 13, pcscd Depends on
-# polkitd). The trixie image has no opensc: site.yml installs all of OpenSC there.
+# Per release. Checked with apt-cache policy inside both images: the names are the same on Debian 12 and 13 for
+# everything the lab and the roles install (firefox-esr 153.8.0esr-1~deb12u1 / ~deb13u1; python3-cffi 1.15.1 / 1.17.1;
+# libpcsclite1 1.9.9 / 2.3.3 and pcscd, libccid, opensc-pkcs11 0.23 / 0.26; polkitd 122 / 126, which pcscd 2.3.3
+# Depends on; policykit-1 only exists on 12, as a transitional package, and nothing here names it). The trixie image
+# has no opensc: site.yml installs all of OpenSC there.
 SUITE_PACKAGES = {"bookworm": PACKAGES,
                   "trixie": tuple(p for p in PACKAGES if p != "opensc")}
 CFFI_PACKAGES = ("python3-cffi",)
