@@ -90,8 +90,10 @@ def test_polkit_rule_scoped_to_the_holder_and_root(trixie):
 def test_test_login_through_pcscd_with_polkit_over_ssh(trixie):
     """verify.yml's real TLS test login as root over SSH with become: the card signs, no PIN try is spent."""
     h = trixie.m["hosts"][0]
-    before = piv_card.counters(h["card_dir"])
+    before, n0, t0 = piv_card.counters(h["card_dir"]), piv_card.apdu_count(h["card_dir"]), time.monotonic()
     run = trixie.playbook("verify.yml")
+    print("trixie: verify.yml with the card through pcscd (polkit) %.1f s, %d APDUs"
+          % (time.monotonic() - t0, piv_card.apdu_count(h["card_dir"]) - n0))
     assert run.returncode == 0, run.stdout[-5000:]
     assert "Test login OK: JEAN DUPONT" in run.stdout, run.stdout[-4000:]
     after = piv_card.counters(h["card_dir"])
