@@ -83,20 +83,8 @@ def _pip_env() -> list:
 
 
 def build_base(tag: str, mirror: str, log: Callable[[str], None]) -> None:
-    """debootstrap minbase trixie -> `docker import` as `tag` (lab/fleet.py's build_base, for another suite)."""
-    with tempfile.TemporaryDirectory(prefix="tokentrust-controller-rootfs-", dir="/var/tmp") as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        log(f"controller: debootstrap {SUITE} (minbase)")
-        fleetlab._run(["debootstrap", "--variant=minbase", SUITE, str(rootfs), mirror], "debootstrap", timeout=1800)
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-        try:
-            p = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True,
-                               timeout=900, check=False)
-        finally:
-            tar.stdout.close()
-            tar.wait()
-        if p.returncode != 0 or tar.returncode != 0:
-            raise fleetlab.FleetError(f"docker import of the {SUITE} rootfs failed: {p.stderr.strip()[-800:]}")
+    """debootstrap minbase trixie -> `docker import` as `tag`: lab/fleet.py's build_base for this suite."""
+    fleetlab.build_base(tag, mirror, log, suite=SUITE)
 
 
 def build_image(log: Callable[[str], None] = lambda s: None) -> dict:

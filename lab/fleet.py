@@ -1,6 +1,7 @@
-"""The fleet lab: N real Debian 12 workstations as Docker containers, reached over SSH on 127.0.0.1.
+"""The fleet lab: N real Debian 12 and/or 13 workstations as Docker containers, reached over SSH on 127.0.0.1.
 
     python -m lab.fleet create [--hosts 3] [--dir lab/fleet] [--inventory inventories/fleet]
+                               [--suites bookworm,trixie | --mixed] [--key token|card]
     python -m lab.fleet destroy [--dir lab/fleet]
     python -m lab.fleet status [--dir lab/fleet]
     python -m lab.fleet image                      # only build (or find) the workstation image
@@ -8,9 +9,10 @@
     python -m lab.fleet stop HOST...               # switch workstations off (container killed: sshd gone at once)
     python -m lab.fleet start HOST...              # switch them on again (same container, port, key, profiles)
 
-The image is built here, from Debian's own packages: a `debootstrap --variant=minbase bookworm` rootfs
-imported into Docker, then Firefox ESR, opensc, softhsm2, openssh-server, sudo, python3 and libnss3-tools
-installed with apt, and the users made:
+The images are built here, from Debian's own packages, one per release (SUITES: bookworm = Debian 12, trixie =
+Debian 13): a `debootstrap --variant=minbase <suite>` rootfs imported into Docker, then Firefox ESR, softhsm2,
+openssh-server, sudo, python3 and libnss3-tools (and on bookworm opensc: the trixie image leaves all of OpenSC to
+site.yml) installed with apt, and the users made:
 
     admin      SSH key login (the fleet's key), passwordless sudo: what Ansible connects as
     alice      Firefox profiles in ~/.mozilla/firefox (the install's default + "work2"), made by Firefox
@@ -19,15 +21,20 @@ installed with apt, and the users made:
 
 System Python only; python3-cffi and python3-apt are NOT in the image (the roles install what they need);
 hosts with an even number get a variant with python3-cffi installed, so both paths run.
-Images are tagged by a hash of their recipe (package list, script, this file's recipe version): a second
-`create` reuses them, a changed recipe builds new ones.
+Images are tagged by a hash of their recipe (suite, package list, script, this file's recipe version): a second
+`create` reuses them, a changed recipe builds new ones. `create(suites=[...])` (CLI `--suites bookworm,trixie`,
+or `--mixed`) makes a mixed fleet: host i runs suites[(i - 1) % len(suites)]; the manifest (`release`, `debian`)
+and the inventory (host variable `tokentrust_lab_release`) record each host's release.
 
 Network rule: every container runs with host networking (no bridge, no container address), and its sshd
 listens on 127.0.0.1 only, on a port of its own. Everything goes to 127.0.0.1: SSH from the controller,
 and the test page (lab/testpage.py, on the controller's 127.0.0.1) from the workstations.
 
 The USB key of each workstation is its own SoftHSM2 token behind pin_guard (lab/token.py), made on the
-controller under <dir>/tokens/<host>/ and mounted into that container at TOKEN_MOUNT: "the key plugged in".
+controller under <dir>/tokens/<host>/ and mounted into that container at TOKEN_MOUNT: "the key plugged in"; and
+its PIV card (lab/piv_card.py) in vpcd's reader. `key="card"` (CLI `--key card`, what `make demo` uses) writes lab
+vars whose key is the card: no library named (site.yml installs OpenSC and each role resolves the library on the
+host), the card's label and PIN for the test login.
 
 Written under <dir> (git-ignored): fleet.json (the manifest), ssh/ (the admin key pair, known_hosts),
 pki/, tokens/, testpage/, lab_vars.yml (the lab's stand-ins: CA list, token module, test page URL, lab
@@ -62,6 +69,8 @@ DEFAULT_INVENTORY = ROOT / "inventories" / "fleet"
 EXAMPLE_INVENTORY = ROOT / "inventories" / "example"
 MANIFEST = "fleet.json"
 SUITE = "bookworm"
+SUITES = ("bookworm", "trixie")
+DEBIAN = {"bookworm": "12", "trixie": "13"}
 RECIPE_VERSION = 2
 IMAGE_REPO = "tokentrust-fleet"
 TOKEN_MOUNT = "/srv/tokentrust-lab/token"
@@ -71,7 +80,15 @@ CARD_HOLDER_USER = "alice"  # the workstation user whose key the card is (polkit
 LABEL = "tokentrust.fleet"
 PACKAGES = ("firefox-esr", "opensc", "softhsm2", "openssh-server", "sudo", "python3", "libnss3-tools",
             "ca-certificates")
+# Per release. Checked with apt-cache policy inside both images: the names are the same on Debian 12 and 13 for
+# everything the lab and the roles install (firefox-esr 153.8.0esr-1~deb12u1 / ~deb13u1; python3-cffi 1.15.1 / 1.17.1;
+# libpcsclite1 1.9.9 / 2.3.3 and pcscd, libccid, opensc-pkcs11 0.23 / 0.26; polkitd 122 / 126, which pcscd 2.3.3
+# Depends on; policykit-1 only exists on 12, as a transitional package, and nothing here names it). The trixie image
+# has no opensc: site.yml installs all of OpenSC there.
+SUITE_PACKAGES = {"bookworm": PACKAGES,
+                  "trixie": tuple(p for p in PACKAGES if p != "opensc")}
 CFFI_PACKAGES = ("python3-cffi",)
+KEYS = ("token", "card")
 USERS = {"alice": "mozilla", "bob": "xdg", "carol": None}  # user -> profile layout made by Firefox (None: never)
 ADMIN = "admin"
 # The card reader (lab/reader.py): Debian's vsmartcard-vpcd driver unpacked from its package without pcscd (pcscd,
@@ -206,8 +223,11 @@ def apt_mirrors(sources: Sequence[Path] = (Path("/etc/apt/sources.list"),
     return main, sec
 
 
-def recipe_hash(extra: str = "") -> str:
-    text = json.dumps({"v": RECIPE_VERSION, "suite": SUITE, "packages": PACKAGES, "users": USERS, "admin": ADMIN,
+def recipe_hash(extra: str = "", suite: str = SUITE) -> str:
+    """The recipe's hash: the suite and its packages in it (bookworm's text is what it was before trixie came, so
+    that its cached image stays valid)."""
+    text = json.dumps({"v": RECIPE_VERSION, "suite": suite, "packages": SUITE_PACKAGES[suite], "users": USERS,
+                       "admin": ADMIN,
                        "script": BUILD_SCRIPT, "extra": extra, "reader": READER_PACKAGE, "shim_path": SHIM_PATH,
                        "shim": labreader.SHIM_SRC.read_text()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -217,14 +237,14 @@ def image_exists(tag: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False).returncode == 0
 
 
-def build_base(tag: str, mirror: str, log: Callable[[str], None]) -> None:
-    """debootstrap minbase rootfs -> `docker import` as `tag`."""
+def build_base(tag: str, mirror: str, log: Callable[[str], None], suite: str = SUITE) -> None:
+    """debootstrap minbase rootfs of `suite` -> `docker import` as `tag` (lab/controller.py uses it for trixie)."""
     if not shutil.which("debootstrap"):
         raise FleetError("debootstrap is not installed: run scripts/setup.sh")
     with tempfile.TemporaryDirectory(prefix="tokentrust-rootfs-", dir="/var/tmp") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        log(f"fleet: debootstrap {SUITE} (minbase)")
-        _run(["debootstrap", "--variant=minbase", SUITE, str(rootfs), mirror], "debootstrap", timeout=1800)
+        log(f"fleet: debootstrap {suite} (minbase)")
+        _run(["debootstrap", "--variant=minbase", suite, str(rootfs), mirror], f"debootstrap {suite}", timeout=1800)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
         try:
             p = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True,
@@ -233,31 +253,41 @@ def build_base(tag: str, mirror: str, log: Callable[[str], None]) -> None:
             tar.stdout.close()
             tar.wait()
         if p.returncode != 0 or tar.returncode != 0:
-            raise FleetError(f"docker import of the rootfs failed: {p.stderr.strip()[-800:]}")
+            raise FleetError(f"docker import of the {suite} rootfs failed: {p.stderr.strip()[-800:]}")
 
 
-def build_image(log: Callable[[str], None] = lambda s: None) -> dict:
-    """The workstation images (without and with python3-cffi), built when their recipe tag is missing."""
+def image_tags(suite: str = SUITE) -> dict:
+    """{base, ws, ws_cffi, recipe} of `suite` (bookworm keeps the names it had: ws:<hash>; others ws-<suite>:<hash>)."""
+    if suite not in SUITES:
+        raise FleetError(f"unknown suite {suite!r}: one of {', '.join(SUITES)}")
+    h = recipe_hash(suite=suite)
+    tail = "" if suite == SUITE else f"-{suite}"
+    return {"base": f"{IMAGE_REPO}/base:{hashlib.sha256(suite.encode()).hexdigest()[:12]}",
+            "ws": f"{IMAGE_REPO}/ws{tail}:{h}", "ws_cffi": f"{IMAGE_REPO}/ws-cffi{tail}:{h}", "recipe": h}
+
+
+def build_image(log: Callable[[str], None] = lambda s: None, suite: str = SUITE) -> dict:
+    """The workstation images of `suite` (without and with python3-cffi), built when their recipe tag is missing."""
     t0 = time.monotonic()
-    h = recipe_hash()
-    base = f"{IMAGE_REPO}/base:{hashlib.sha256(SUITE.encode()).hexdigest()[:12]}"
-    ws, ws_cffi = f"{IMAGE_REPO}/ws:{h}", f"{IMAGE_REPO}/ws-cffi:{h}"
+    tags = image_tags(suite)
+    base, ws, ws_cffi, h = tags["base"], tags["ws"], tags["ws_cffi"], tags["recipe"]
     built = []
     if not image_exists(ws) or not image_exists(ws_cffi):
         mirror, security = apt_mirrors()
         if not image_exists(base):
-            build_base(base, mirror, log)
+            build_base(base, mirror, log, suite=suite)
             built.append(base)
         if not image_exists(ws):
-            log("fleet: installing Firefox ESR, opensc, softhsm2, sshd in the image; Firefox makes the profiles")
+            log(f"fleet: installing Firefox ESR, softhsm2, sshd in the {suite} image; Firefox makes the profiles")
             name = f"tokentrust-fleet-build-{os.getpid()}"
             users = " ".join(f"{u}:{k or 'none'}" for u, k in USERS.items())
             shim = labreader.build_loopback()
             try:
                 docker("run", "--name", name, "--network", "host", "-v", f"{shim.parent}:/tmp/tokentrust-shim:ro",
                        "-e", f"READER_PACKAGE={READER_PACKAGE}", "-e", f"SHIM_PATH={SHIM_PATH}",
-                       "-e", f"MIRROR={mirror}", "-e", f"SECURITY={security}", "-e", f"SUITE={SUITE}",
-                       "-e", f"PACKAGES={' '.join(PACKAGES)}", "-e", f"USERS={users}", "-e", f"ADMIN={ADMIN}",
+                       "-e", f"MIRROR={mirror}", "-e", f"SECURITY={security}", "-e", f"SUITE={suite}",
+                       "-e", f"PACKAGES={' '.join(SUITE_PACKAGES[suite])}", "-e", f"USERS={users}",
+                       "-e", f"ADMIN={ADMIN}",
                        base, "bash", "-c", BUILD_SCRIPT, what="building the workstation image", timeout=1800)
                 docker("commit", "--change", 'CMD ["/usr/sbin/sshd", "-D", "-e"]', name, ws,
                        what="committing the workstation image")
@@ -275,7 +305,7 @@ def build_image(log: Callable[[str], None] = lambda s: None) -> dict:
             finally:
                 subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
             built.append(ws_cffi)
-    return {"ws": ws, "ws_cffi": ws_cffi, "base": base, "recipe": h, "built": built,
+    return {"ws": ws, "ws_cffi": ws_cffi, "base": base, "recipe": h, "built": built, "suite": suite,
             "seconds": round(time.monotonic() - t0, 1)}
 
 
@@ -456,6 +486,7 @@ def write_inventory(inv: Path, manifest: dict) -> None:
              "          hosts: {}\n    linux:\n      hosts:\n"]
     for h in manifest["hosts"]:
         lines.append(f"        {h['name']}:\n"
+                     f"          tokentrust_lab_release: {h.get('release', SUITE)}  # Debian {h.get('debian', '12')}\n"
                      f"          ansible_host: 127.0.0.1\n"
                      f"          ansible_port: {h['port']}\n"
                      f"          ansible_user: {ADMIN}\n"
@@ -466,8 +497,14 @@ def write_inventory(inv: Path, manifest: dict) -> None:
 
 
 def write_lab_vars(path: Path, manifest: dict) -> None:
-    """The lab's stand-ins (what a real fleet sets to its real CAs, middleware and test page)."""
+    """The lab's stand-ins (what a real fleet sets to its real CAs, middleware and test page).
+
+    key "token" (the default): every role names pin_guard's library (the SoftHSM2 stand-in). key "card": no library
+    is named (the roles resolve it on the host: the OpenSC that site.yml installed), the test login uses the card's
+    label and PIN, and the report expects OpenSC's library registered (fleet_report_module_library: what the lab
+    expects to find, not what site.yml is told)."""
     tok, page = manifest["token"], manifest["testpage"]
+    card = manifest.get("key") == "card"
     out = ["---\n# Generated by `python -m lab.fleet create`: the fleet lab's stand-ins, given with -e @this-file.\n",
            "# LAB ONLY: the PIN below is the SoftHSM2 stand-in's; never put a real PIN in a file (ansible-vault).\n",
            "tokentrust_lab: true\n", "ca_certificates_list:\n"]
@@ -476,16 +513,26 @@ def write_lab_vars(path: Path, manifest: dict) -> None:
     out += [
         f"ca_certificates_dest: {_yaml(Path(manifest['dir']) / 'cache' / 'ca')}\n",
         f"tokentrust_token_module: {_yaml(TOKEN_MODULE)}\n",
-        f"tokentrust_token_label: {_yaml(tok['label'])}\n",
+        f"tokentrust_token_label: {_yaml(piv_card.HOLDER if card else tok['label'])}\n",
         f"tokentrust_token_holder: {_yaml(labtoken.HOLDER)}\n",
         f"tokentrust_test_url: {_yaml(page['url'])}\n",
         f"tokentrust_lab_testpage_log: {_yaml(page['log'])}\n",
-        "firefox_nss_module_library: \"{{ tokentrust_token_module }}\"\n",
-        "firefox_policies_module_path: \"{{ tokentrust_token_module }}\"\n",
-        "token_verify_module: \"{{ tokentrust_token_module }}\"\n",
+    ]
+    if card:
+        out += [
+            "# The key is the card: no library named, each role resolves it on the host (site.yml installs OpenSC)\n",
+            f"fleet_report_module_library: {_yaml(CARD_MODULE)}  # what the report must find registered\n",
+        ]
+    else:
+        out += [
+            "firefox_nss_module_library: \"{{ tokentrust_token_module }}\"\n",
+            "firefox_policies_module_path: \"{{ tokentrust_token_module }}\"\n",
+            "token_verify_module: \"{{ tokentrust_token_module }}\"\n",
+        ]
+    out += [
         "token_verify_token_label: \"{{ tokentrust_token_label }}\"\n",
         "token_verify_url: \"{{ tokentrust_test_url }}\"\n",
-        f"token_verify_pin: {_yaml(tok['lab_only_secrets']['pin'])}\n",
+        f"token_verify_pin: {_yaml(piv_card.DEFAULT_PIN if card else tok['lab_only_secrets']['pin'])}\n",
         f"tokentrust_lab_token_pin: {_yaml(tok['lab_only_secrets']['pin'])}\n",
         f"tokentrust_lab_token_puk: {_yaml(tok['lab_only_secrets']['puk'])}\n",
         "# The key as it really is: a PIV card (lab/piv_card.py) in vpcd's reader under pcscd, OpenSC as middleware\n",
@@ -512,13 +559,22 @@ def _load(run: Path) -> Optional[dict]:
 
 
 def create(run: Path = DEFAULT_DIR, *, hosts: int = 3, inventory: Path = DEFAULT_INVENTORY, cffi: str = "even",
+           suites: Optional[Sequence[str]] = None, key_kind: str = "token",
            log: Callable[[str], None] = lambda s: None) -> dict:
     """Build (or bring up to date) the fleet; returns the manifest (also <run>/fleet.json).
 
     `cffi`: which hosts have python3-cffi already: "even" (fleet-ws-02, -04, ...), "all" or "none".
+    `suites`: the Debian releases, host i running suites[(i - 1) % len(suites)] (default: bookworm only).
+    `key_kind`: "token" (lab vars name pin_guard's SoftHSM2 token) or "card" (the PIV card through pcscd, OpenSC).
     """
     if cffi not in ("even", "all", "none"):
         raise FleetError(f"cffi must be even, all or none, not {cffi!r}")
+    suites = list(suites or [SUITE])
+    bad = [s for s in suites if s not in SUITES]
+    if bad:
+        raise FleetError(f"unknown suite(s) {', '.join(bad)}: the fleet knows {', '.join(SUITES)}")
+    if key_kind not in KEYS:
+        raise FleetError(f"the key must be one of {', '.join(KEYS)}, not {key_kind!r}")
     t0 = time.monotonic()
     run, inventory = Path(run).resolve(), Path(inventory).resolve()
     if hosts < 1:
@@ -532,7 +588,10 @@ def create(run: Path = DEFAULT_DIR, *, hosts: int = 3, inventory: Path = DEFAULT
     run.mkdir(parents=True, exist_ok=True)
     os.chmod(run, 0o700)
     fid = _fleet_id(run)
-    images = build_image(log)
+    by_suite = {}
+    for suite in dict.fromkeys(suites):
+        by_suite[suite] = build_image(log, suite)
+    images = by_suite[suites[0]]
 
     pki = old.get("pki")
     if not labbuild._pki_ok(pki):
@@ -552,8 +611,10 @@ def create(run: Path = DEFAULT_DIR, *, hosts: int = 3, inventory: Path = DEFAULT
         port = prev.get("port") if prev.get("port") and (container_running(prev.get("container", ""))
                                                         or not _port_open(prev["port"])) else free_port()
         with_cffi = cffi == "all" or (cffi == "even" and i % 2 == 0)
-        image = images["ws_cffi"] if with_cffi else images["ws"]
+        suite = suites[(i - 1) % len(suites)]
+        image = by_suite[suite]["ws_cffi"] if with_cffi else by_suite[suite]["ws"]
         h = {"name": name, "container": f"tokentrust-{fid}-{name}", "port": port, "image": image,
+             "release": suite, "debian": DEBIAN[suite],
              "python3_cffi": with_cffi, "users": {u: k for u, k in USERS.items()}}
         tdir = run / "tokens" / name
         tok = make_token(tdir, pki)
@@ -579,7 +640,10 @@ def create(run: Path = DEFAULT_DIR, *, hosts: int = 3, inventory: Path = DEFAULT
         "dir": str(run), "manifest": str(run / MANIFEST), "fleet_id": fid,
         "created": old.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "inventory": str(inventory), "lab_vars": str(run / "lab_vars.yml"),
-        "images": {k: images[k] for k in ("ws", "ws_cffi", "base", "recipe")},
+        "images": dict({k: images[k] for k in ("ws", "ws_cffi", "base", "recipe")},
+                       by_suite={s: {k: v[k] for k in ("ws", "ws_cffi", "base", "recipe")}
+                                 for s, v in by_suite.items()}),
+        "suites": suites, "key": key_kind,
         "ssh": {"key": str(key), "known_hosts": str(known), "args": ssh_args, "user": ADMIN},
         "pki": pki, "token": tok.to_json(), "token_module": TOKEN_MODULE,
         "testpage": {k: page[k] for k in ("pid", "host", "port", "url", "log", "pidfile", "state_file")},
@@ -589,8 +653,9 @@ def create(run: Path = DEFAULT_DIR, *, hosts: int = 3, inventory: Path = DEFAULT
     write_lab_vars(run / "lab_vars.yml", manifest)
     (run / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     os.chmod(run / MANIFEST, 0o600)
-    manifest["image_seconds"] = images["seconds"]
-    manifest["images_built"] = images["built"]
+    manifest["image_seconds"] = round(sum(v["seconds"] for v in by_suite.values()), 1)
+    manifest["image_seconds_by_suite"] = {s: v["seconds"] for s, v in by_suite.items()}
+    manifest["images_built"] = [b for v in by_suite.values() for b in v["built"]]
     manifest["seconds"] = round(time.monotonic() - t0, 1)
     return manifest
 
@@ -710,6 +775,14 @@ def start_firefox(m: dict, host: str, user: str, seconds: float = 8) -> None:
             user=user)
 
 
+def _releases(m: dict) -> str:
+    """'2 Debian 12 (bookworm), 1 Debian 13 (trixie)'."""
+    counts = {}
+    for h in m["hosts"]:
+        counts[h.get("release", SUITE)] = counts.get(h.get("release", SUITE), 0) + 1
+    return ", ".join(f"{n} Debian {DEBIAN[s]} ({s})" for s, n in counts.items())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab.fleet", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -721,7 +794,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.add_argument("--inventory", default=str(DEFAULT_INVENTORY), help="inventory (default inventories/fleet)")
             p.add_argument("--cffi", choices=("even", "all", "none"), default="even",
                            help="hosts with python3-cffi already installed (default even)")
+            g = p.add_mutually_exclusive_group()
+            g.add_argument("--suites", default=SUITE,
+                           help=f"Debian releases, comma-separated, hosts alternating ({', '.join(SUITES)}; "
+                                f"default {SUITE})")
+            g.add_argument("--mixed", action="store_true", help="Debian 12 and 13 alternating (--suites "
+                                                                "bookworm,trixie)")
+            p.add_argument("--key", choices=KEYS, default="token",
+                           help="the key the lab vars name: token (SoftHSM2 + pin_guard, default) or card (the PIV "
+                                "card through pcscd, the library resolved on the host)")
             p.add_argument("--json", action="store_true", help="print the manifest")
+        if name == "image":
+            p.add_argument("--suite", choices=SUITES, default=SUITE, help=f"Debian release (default {SUITE})")
         if name == "firefox":
             p.add_argument("host")
             p.add_argument("user")
@@ -734,13 +818,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         if args.cmd == "create":
-            m = create(Path(args.dir), hosts=args.hosts, inventory=Path(args.inventory), cffi=args.cffi, log=say)
+            suites = list(SUITES) if args.mixed else [s.strip() for s in args.suites.split(",") if s.strip()]
+            m = create(Path(args.dir), hosts=args.hosts, inventory=Path(args.inventory), cffi=args.cffi,
+                       suites=suites, key_kind=args.key, log=say)
             if args.json:
                 print(json.dumps(m, indent=2))
             else:
                 print(f"fleet ready in {m['seconds']}s (image {m['image_seconds']}s"
                       f"{', built ' + ', '.join(m['images_built']) if m['images_built'] else ', reused'}): "
-                      f"{len(m['hosts'])} workstations over SSH on 127.0.0.1 ports "
+                      f"{len(m['hosts'])} workstations ({_releases(m)}) over SSH on 127.0.0.1 ports "
                       f"{', '.join(str(h['port']) for h in m['hosts'])}; inventory {m['inventory']}; "
                       f"lab vars -e @{m['lab_vars']}")
         elif args.cmd == "destroy":
@@ -750,7 +836,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             why = docker_ready()
             if why:
                 raise FleetError(why)
-            print(json.dumps(build_image(say), indent=2))
+            print(json.dumps(build_image(say, args.suite), indent=2))
         elif args.cmd == "firefox":
             m = _load(Path(args.dir).resolve())
             if not m:

@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
 """`make demo` (the fleet) and `make demo-local` (the folder lab): the main job, readable progress, one-screen summary.
 
-DEMO_MODE=fleet (make demo): N Debian 12 workstation containers (lab/fleet.py) reached over SSH with become on
-127.0.0.1 ports, system Python, real users whose profiles Firefox made, one SoftHSM2 token per workstation;
-the inventory is a copy of inventories/example (inventories/fleet/), the lab's stand-ins come with -e @lab_vars.yml.
+DEMO_MODE=fleet (make demo): N workstation containers (lab/fleet.py), Debian 12 and Debian 13 alternating, reached
+over SSH with become on 127.0.0.1 ports, system Python, real users whose profiles Firefox made; each one's key is its
+virtual PIV card (lab/piv_card.py) in a vpcd reader under the real pcscd, which site.yml installs with OpenSC from
+the distribution (role token_middleware_linux) and registers (the library resolved on each host); the inventory is a
+copy of inventories/example (inventories/fleet/), the lab's stand-ins come with -e @lab_vars.yml (--key card).
 DEMO_MODE=local (make demo-local): the folder lab (lab/build.py), homes on this machine, connection local: fast,
 no Docker.
 
 1. the lab: workstations with real Firefox ESR profiles, the CertEurope stand-in CA chain, the token(s), the local
    HTTPS test page, the inventory
 2. playbooks/site.yml against the lab (CA set proven first, then policies and every profile)
-3. playbooks/verify.yml: the test login with the key on the token, TLS client authentication to the test page
+3. playbooks/verify.yml: the test login with the key (fleet: the card through pcscd and OpenSC; local: the SoftHSM2
+   token), TLS client authentication to the test page
 4. playbooks/report.yml: reports/fleet.html and reports/fleet.json
 Writes only under lab/fleet/ or lab/run/ (the lab) and reports/. DEMO_HOSTS=N sets the number of workstations
-(default 5); DEMO_DIR=<dir> puts the lab, its inventory and the reports under <dir> instead (the tests use it).
+(default 5: 3 Debian 12 + 2 Debian 13); DEMO_SUITES=bookworm,trixie the releases (fleet, hosts alternating);
+DEMO_DIR=<dir> puts the lab, its inventory and the reports under <dir> instead (the tests use it).
 """
 import json
 import os
@@ -31,6 +35,7 @@ INVENTORY = os.path.join(DEMO_DIR, "inventory") if DEMO_DIR else os.path.join(
     ROOT, "inventories", "fleet" if FLEET else "lab")
 LAB_VARS = ["-e", "@" + os.path.join(LAB_DIR, "lab_vars.yml")] if FLEET else []
 REPORTS = os.path.join(DEMO_DIR, "reports") if DEMO_DIR else os.path.join(ROOT, "reports")
+SUITES = os.environ.get("DEMO_SUITES", "bookworm,trixie")  # the fleet's Debian releases, hosts alternating
 OUT_VARS = ["-e", "fleet_report_dest=%s" % REPORTS, "-e", "token_verify_report_dir=%s" % os.path.join(REPORTS, "token")]
 BOLD, GREEN, RED, AMBER, DIM, OFF = "\033[1m", "\033[32m", "\033[31m", "\033[33m", "\033[2m", "\033[0m"
 if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
@@ -72,20 +77,22 @@ def main():
     n = os.environ.get("DEMO_HOSTS", "5")
     t0 = time.perf_counter()
     if FLEET:
-        step(1, "Fleet: %s Debian 12 workstation containers over SSH (127.0.0.1), real users' Firefox profiles, "
-                "a token each, test page" % n)
+        step(1, "Fleet: %s workstation containers, Debian 12 and 13 alternating, over SSH (127.0.0.1), real users' "
+                "Firefox profiles, a PIV card each in a reader under pcscd, test page" % n)
         p, _ = run([sys.executable, "-m", "lab.fleet", "create", "--hosts", n, "--dir", LAB_DIR,
-                    "--inventory", INVENTORY], "lab")
+                    "--inventory", INVENTORY, "--suites", SUITES, "--key", "card"], "lab")
     else:
         step(1, "Lab: %s workstations with real Firefox ESR profiles, stand-in CA chain, token, test page" % n)
         p, _ = run([sys.executable, "-m", "lab.build", "create", "--hosts", n, "--dir", LAB_DIR,
                     "--inventory", INVENTORY], "lab")
     print("  " + (p.stdout.strip().splitlines() or [""])[-1][:150])
-    step(2, "site.yml: prove the CA set, then policies and every profile of every workstation")
+    step(2, "site.yml: prove the CA set, %sthen policies and every profile of every workstation"
+         % ("pcscd + OpenSC from the distribution (polkit rule on Debian 13), " if FLEET else ""))
     _, changed = run([os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY, "playbooks/site.yml"] + LAB_VARS, "site")
     if changed == 0:
         print("  %sno change on the hosts: they were already provisioned (idempotent)%s" % (GREEN, OFF))
-    step(3, "verify.yml: test login with the key on the token (PIN, TLS client certificate, test page)")
+    step(3, "verify.yml: test login with the key %s(PIN, TLS client certificate, test page)"
+         % ("on the card, through pcscd and OpenSC " if FLEET else "on the token "))
     playbook = [os.path.join(BIN, "ansible-playbook"), "-i", INVENTORY]
     run(playbook + ["playbooks/verify.yml"] + LAB_VARS + OUT_VARS, "verify")
     step(4, "report.yml: the fleet report")
@@ -106,6 +113,13 @@ def summary(elapsed):
               sm.get("hosts", 0), GREEN, sm.get("ok", 0), OFF, AMBER, sm.get("warning", 0), OFF, RED,
               sm.get("failed", 0), OFF, sm.get("profiles_ok", 0), sm.get("profiles", 0), sm.get("token_ok", 0),
               sm.get("token_failed", 0), sm.get("token_not_run", 0)))
+    releases = {}
+    if FLEET:
+        try:
+            with open(os.path.join(LAB_DIR, "fleet.json")) as f:
+                releases = {h["name"]: "Debian %s" % h.get("debian", "12") for h in json.load(f)["hosts"]}
+        except (OSError, ValueError, KeyError):
+            releases = {}
     for h in hosts:
         st = h.get("status", "?")
         counts = h.get("counts") or {}
@@ -118,8 +132,9 @@ def summary(elapsed):
             login += " as %s" % token["holder"]
         if token.get("http_status"):
             login += " (HTTP %s)" % token["http_status"]
-        print("  %s%-10s%s %s%-7s%s profiles %d/%d, module %s %s, test login %s%s" % (
-            BOLD, h.get("name", "?"), OFF, colour.get(st, ""), st, OFF, counts.get("profiles_ok", 0),
+        print("  %s%-10s%s %s%-7s%s %sprofiles %d/%d, module %s %s, test login %s%s" % (
+            BOLD, h.get("name", "?"), OFF, colour.get(st, ""), st, OFF,
+            (releases[h.get("name")] + ", ") if h.get("name") in releases else "", counts.get("profiles_ok", 0),
             counts.get("profiles", 0), module.get("name", "gem"), "registered" if module.get("ok") else "MISSING",
             login, (", key expires in %d days" % expiry) if expiry is not None else ""))
         for r in h.get("reasons") or []:

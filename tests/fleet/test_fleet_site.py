@@ -158,12 +158,17 @@ def remote_calls(fleet, stdout):
 
 
 def test_second_run_costs_few_remote_calls(fleet, converged):
-    """Item 7 (and issue 21): a second site.yml makes ONE remote call per host: nss_provision, whose call also finds
-    the prerequisites and applies the policies that role firefox_policies handed it (playbooks/firefox.yml); no fact
-    gathering, no package task, no separate check. The report reads a host's files in one call, not one per file."""
+    """Item 7 (and issue 21): a second site.yml makes two remote calls per host: pcsc_middleware (role
+    token_middleware_linux, on by default since issue 18: its one call reads packages, polkit rule, pcscd and library
+    and checks pcscd) and nss_provision, whose call also finds the prerequisites and applies the policies that role
+    firefox_policies handed it (playbooks/firefox.yml); with the middleware off, ONE. No fact gathering, no package
+    task, no separate check. The report reads a host's files in one call, not one per file."""
     run = fleet.playbook("site.yml", "-vvv")
     assert run.returncode == 0, run.stdout[-4000:]
-    assert remote_calls(fleet, run.stdout) == {h: 1 for h in fleet.hosts}, run.stdout[-3000:]
+    assert remote_calls(fleet, run.stdout) == {h: 2 for h in fleet.hosts}, run.stdout[-3000:]
+    off = fleet.playbook("site.yml", "-vvv", "-e", "tokentrust_token_middleware_linux=false")
+    assert off.returncode == 0, off.stdout[-4000:]
+    assert remote_calls(fleet, off.stdout) == {h: 1 for h in fleet.hosts}, off.stdout[-3000:]
     assert "Gathering Facts" not in run.stdout
     rep = fleet.playbook("report.yml", "-vvv")
     assert rep.returncode == 0, rep.stdout[-4000:]
