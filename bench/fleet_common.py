@@ -127,7 +127,10 @@ def fleet_compare(ours_playbook, label, hosts, rounds=3, peer=True):
     t = time.perf_counter()
     m = fl.create(FLEET_DIR, hosts=hosts, inventory=FLEET_INVENTORY, cffi="all")
     print("fleet ready in %.1f s (image %s)" % (time.perf_counter() - t, m["images"]["ws"]), flush=True)
-    base = ["-i", m["inventory"], "-e", "@" + m["lab_vars"], "-e", "bench_hosts=linux"]
+    # the middleware stage (on by default) is off: the naive peer installs none, and a package install would be
+    # a download, not our code
+    base = ["-i", m["inventory"], "-e", "@" + m["lab_vars"], "-e", "bench_hosts=linux",
+            "-e", "tokentrust_token_middleware_linux=false"]
     peer_extra = ["-e", "naive_nss_home=/home", "-e", "naive_nss_copy=true", "--become"]
 
     def run(pb, extra=()):
