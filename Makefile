@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 .PHONY: setup demo demo-local test lint unit integration fleet-tests bench bench-fleet bench-ssh clean lab lab-destroy \
-	fleet fleet-destroy collection ffi sanity changelog filter-docs controller
+	fleet fleet-destroy collection ffi sanity changelog filter-docs controller ee
 
 setup:
 	@bash scripts/setup.sh
@@ -49,6 +49,11 @@ changelog: setup
 controller: setup
 	$(BIN)/python -m lab.controller image
 	$(BIN)/pytest -q tests/controller
+
+# The execution environment (execution-environment.yml, lab/ee.py): ansible-builder on the Debian 13 base built here,
+# tagged by a hash of its inputs (built once). Its tests (site.yml and report.yml run inside it): tests/ee/.
+ee: setup
+	$(BIN)/python -m lab.ee image
 
 # After changing a filter (filter_plugins/tokentrust.py): regenerate its documentation (filter_plugins/<name>.yml).
 filter-docs: setup

@@ -82,21 +82,19 @@ def _pip_env() -> list:
     return args
 
 
-def build_base(tag: str, mirror: str, log: Callable[[str], None]) -> None:
-    """debootstrap minbase trixie -> `docker import` as `tag` (lab/fleet.py's build_base, for another suite)."""
-    with tempfile.TemporaryDirectory(prefix="tokentrust-controller-rootfs-", dir="/var/tmp") as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        log(f"controller: debootstrap {SUITE} (minbase)")
-        fleetlab._run(["debootstrap", "--variant=minbase", SUITE, str(rootfs), mirror], "debootstrap", timeout=1800)
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-        try:
-            p = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True,
-                               timeout=900, check=False)
-        finally:
-            tar.stdout.close()
-            tar.wait()
-        if p.returncode != 0 or tar.returncode != 0:
-            raise fleetlab.FleetError(f"docker import of the {SUITE} rootfs failed: {p.stderr.strip()[-800:]}")
+def base_tag() -> str:
+    """The Debian 13 base image's tag (a hash of its recipe: debootstrap minbase of SUITE), shared with lab/ee.py."""
+    return f"{IMAGE_REPO}/base-{SUITE}:{hashlib.sha256(SUITE.encode()).hexdigest()[:12]}"
+
+
+def ensure_base(log: Callable[[str], None] = lambda s: None) -> str:
+    """The Debian 13 base (`debootstrap --variant=minbase trixie` imported into Docker by lab/fleet.py's build_base),
+    built when missing; its tag. The controller image and the execution environment (lab/ee.py) start from it."""
+    base = base_tag()
+    if not fleetlab.image_exists(base):
+        mirror, _security = fleetlab.apt_mirrors()
+        fleetlab.build_base(base, mirror, log, suite=SUITE)
+    return base
 
 
 def build_image(log: Callable[[str], None] = lambda s: None) -> dict:
@@ -105,14 +103,14 @@ def build_image(log: Callable[[str], None] = lambda s: None) -> dict:
     if why:
         raise fleetlab.FleetError(why)
     t0 = time.monotonic()
-    base = f"{IMAGE_REPO}/base-{SUITE}:{hashlib.sha256(SUITE.encode()).hexdigest()[:12]}"
+    base = base_tag()
     image = f"{IMAGE_REPO}/{SUITE}:{recipe_hash()}"
     built = []
     if not fleetlab.image_exists(image):
         mirror, security = fleetlab.apt_mirrors()
         security = security.replace("bookworm", SUITE)
         if not fleetlab.image_exists(base):
-            build_base(base, mirror, log)
+            ensure_base(log)
             built.append(base)
         log("controller: Python 3.13 from Debian, ansible from PyPI, ansible-test's sanity environments")
         name = f"tokentrust-controller-build-{os.getpid()}"

@@ -217,14 +217,14 @@ def image_exists(tag: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False).returncode == 0
 
 
-def build_base(tag: str, mirror: str, log: Callable[[str], None]) -> None:
-    """debootstrap minbase rootfs -> `docker import` as `tag`."""
+def build_base(tag: str, mirror: str, log: Callable[[str], None], suite: str = SUITE) -> None:
+    """debootstrap minbase rootfs of Debian `suite` (default the fleet's bookworm) -> `docker import` as `tag`."""
     if not shutil.which("debootstrap"):
         raise FleetError("debootstrap is not installed: run scripts/setup.sh")
     with tempfile.TemporaryDirectory(prefix="tokentrust-rootfs-", dir="/var/tmp") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        log(f"fleet: debootstrap {SUITE} (minbase)")
-        _run(["debootstrap", "--variant=minbase", SUITE, str(rootfs), mirror], "debootstrap", timeout=1800)
+        log(f"debootstrap {suite} (minbase)")
+        _run(["debootstrap", "--variant=minbase", suite, str(rootfs), mirror], f"debootstrap {suite}", timeout=1800)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
         try:
             p = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True,
@@ -233,7 +233,7 @@ def build_base(tag: str, mirror: str, log: Callable[[str], None]) -> None:
             tar.stdout.close()
             tar.wait()
         if p.returncode != 0 or tar.returncode != 0:
-            raise FleetError(f"docker import of the rootfs failed: {p.stderr.strip()[-800:]}")
+            raise FleetError(f"docker import of the {suite} rootfs failed: {p.stderr.strip()[-800:]}")
 
 
 def build_image(log: Callable[[str], None] = lambda s: None) -> dict:
