@@ -218,12 +218,12 @@ def image_exists(tag: str) -> bool:
 
 
 def build_base(tag: str, mirror: str, log: Callable[[str], None], suite: str = SUITE) -> None:
-    """debootstrap minbase rootfs of Debian `suite` (default the fleet's bookworm) -> `docker import` as `tag`."""
+    """debootstrap minbase rootfs of `suite` -> `docker import` as `tag` (lab/controller.py uses it for trixie)."""
     if not shutil.which("debootstrap"):
         raise FleetError("debootstrap is not installed: run scripts/setup.sh")
     with tempfile.TemporaryDirectory(prefix="tokentrust-rootfs-", dir="/var/tmp") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        log(f"debootstrap {suite} (minbase)")
+        log(f"fleet: debootstrap {suite} (minbase)")
         _run(["debootstrap", "--variant=minbase", suite, str(rootfs), mirror], f"debootstrap {suite}", timeout=1800)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
         try:
