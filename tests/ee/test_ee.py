@@ -22,6 +22,37 @@ SITE, REPORT = f"{ee.FQCN}.site", f"{ee.FQCN}.report"
 EE_COLLECTION = "/usr/share/ansible/collections/ansible_collections/tokentrust/workstation"
 
 
+def test_the_definition_agrees_with_the_repository_and_says_what_differs():
+    info = ee.check_definition()
+    assert info["base"] == controller.base_tag() and info["ansible_core"] == PINS["ansible-core"]
+    d = ee.definition()
+    d["images"]["base_image"]["name"] = "docker.io/library/debian:latest"
+    d["dependencies"]["ansible_core"]["package_pip"] = "ansible-core"
+    with pytest.raises(ee.EEError) as e:
+        ee.check_definition(d)
+    assert f"the Debian 13 base is {controller.base_tag()}" in str(e.value)
+    assert f"ansible_core is unpinned, requirements-controller.txt pins {PINS['ansible-core']}" in str(e.value)
+
+
+def test_ansible_windows_from_the_pinned_ansible_release_installs_offline(tmp_path):
+    """The file the EE's galaxy stage installs: ansible-galaxy --offline takes it (with the collection, which depends
+    on it) and `collection verify --offline` finds its files and its FILES.json/MANIFEST.json consistent."""
+    path, version = ee.windows_collection(lambda s: None)
+    tarball = ee.build_collection(lambda s: None)
+    req = tmp_path / "requirements.yml"
+    req.write_text(f"collections:\n  - {{name: {path}, type: file}}\n  - {{name: {tarball}, type: file}}\n")
+    env = dict(os.environ, ANSIBLE_GALAXY_DISABLE_GPG_VERIFY="1", ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "c"))
+    bindir = str(ee.BIN)
+    p = subprocess.run([os.path.join(bindir, "ansible-galaxy"), "collection", "install", "--offline", "-r", str(req),
+                        "-p", str(tmp_path / "c")], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert p.returncode == 0 and f"ansible.windows:{version} was installed successfully" in p.stdout, p.stderr
+    p = subprocess.run([os.path.join(bindir, "ansible-galaxy"), "collection", "verify", "--offline", "ansible.windows",
+                        "-p", str(tmp_path / "c")], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert p.returncode == 0 and "internally consistent" in p.stdout, p.stdout + p.stderr
+    assert (tmp_path / "c" / "ansible_collections" / "ansible" / "windows" / "plugins" / "modules"
+            / "win_certificate_store.ps1").is_file()
+
+
 @pytest.fixture(scope="module")
 def image():
     why = fleetlab.docker_ready()
