@@ -317,8 +317,7 @@ def run_job(image: str, playbook: str, inventory: Path, *, extra_vars: Sequence 
     """One job with the EE, as AWX runs it: a private data directory (project/ansible.cfg, inventory/ = a copy of
     `inventory`, env/extravars = the merged `extra_vars` ("@file.yml", "k=v ...", or dicts)), then ansible-runner
     with process isolation in Docker (host networking; `mounts`: host paths mounted at their own paths, or
-    SRC:DEST[:ro]). Returns {rc, status, stdout,
-    pdd, command}; the CompletedProcess is not checked."""
+    SRC:DEST[:ro]). Returns {rc, status, stdout, runner_stderr, pdd, artifacts, command}; not checked."""
     inventory = Path(inventory).resolve()
     pdd = Path(pdd or tempfile.mkdtemp(prefix="tokentrust-ee-job-")).resolve()
     (pdd / "project").mkdir(parents=True, exist_ok=True)
@@ -337,7 +336,8 @@ def run_job(image: str, playbook: str, inventory: Path, *, extra_vars: Sequence 
     (pdd / "env" / "extravars").write_text(yaml.safe_dump(merged))
     os.chmod(pdd / "env" / "extravars", 0o600)
     (pdd / "env" / "envvars").write_text(yaml.safe_dump({"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}))
-    ident = f"{Path(playbook).stem.replace('.', '-')}-{uuid.uuid4().hex[:8]}"
+    name = playbook.rsplit("/", 1)[-1].removesuffix(".yml").removesuffix(".yaml")
+    ident = f"{re.sub(r'[^A-Za-z0-9_-]+', '-', name)}-{uuid.uuid4().hex[:8]}"
     cmd = [runner_bin(), "run", str(pdd), "-p", playbook, "--ident", ident,
            "--process-isolation", "--process-isolation-executable", "docker", "--container-image", image,
            "--container-option=--network=host"]
