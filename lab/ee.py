@@ -271,7 +271,8 @@ def build_image(log: Callable[[str], None] = lambda s: None, no_cache: bool = Fa
         if not builder.exists():
             raise EEError(f"{builder} is missing: run scripts/setup.sh (requirements.txt pins ansible-builder)")
         INPUTS.mkdir(parents=True, exist_ok=True)
-        context = INPUTS / "context"
+        # ansible-builder's context outside the repository (its generated YAML is not ours to lint)
+        context = Path(tempfile.mkdtemp(prefix="tokentrust-ee-context-"))
         logfile = INPUTS / "build.log"
         extra = ["--network", "host"]
         for k, v in info["labels"].items():
@@ -282,9 +283,12 @@ def build_image(log: Callable[[str], None] = lambda s: None, no_cache: bool = Fa
             cmd.append("--no-cache")
         log(f"ee: ansible-builder build -t {image} (log: {logfile})")
         env = dict(os.environ, DOCKER_BUILDKIT="0")  # the classic builder: no buildx here
-        with open(logfile, "w", encoding="utf-8") as out:
-            p = subprocess.run(cmd, cwd=str(ROOT), env=env, stdout=out, stderr=subprocess.STDOUT, timeout=3600,
-                               check=False)
+        try:
+            with open(logfile, "w", encoding="utf-8") as out:
+                p = subprocess.run(cmd, cwd=str(ROOT), env=env, stdout=out, stderr=subprocess.STDOUT, timeout=3600,
+                                   check=False)
+        finally:
+            shutil.rmtree(context, ignore_errors=True)
         if p.returncode != 0 or not fleetlab.image_exists(image):
             tail = logfile.read_text(errors="replace")[-4000:]
             raise EEError(f"ansible-builder build exited {p.returncode} (full log {logfile}):\n{tail}")
