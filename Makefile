@@ -20,7 +20,7 @@ demo-local: setup
 	@DEMO_MODE=local $(BIN)/python scripts/demo.py
 
 # Every test, the Debian 13 controller's (tests/controller) and the execution environment's (tests/ee) included: their
-# images are built once per recipe, from the one Debian 13 base (measured cold here: about 10 min for both together).
+# images are built once per recipe, from the one Debian 13 base (both cold here: 7 min, 27 min under a 50-host bench).
 test: setup lint
 	$(BIN)/pytest -q tests
 
