@@ -93,14 +93,14 @@ def build_image(log: Callable[[str], None] = lambda s: None) -> dict:
     if why:
         raise fleetlab.FleetError(why)
     t0 = time.monotonic()
-    base = f"{IMAGE_REPO}/base-{SUITE}:{hashlib.sha256(SUITE.encode()).hexdigest()[:12]}"
+    base = base_tag()
     image = f"{IMAGE_REPO}/{SUITE}:{recipe_hash()}"
     built = []
     if not fleetlab.image_exists(image):
         mirror, security = fleetlab.apt_mirrors()
         security = security.replace("bookworm", SUITE)
         if not fleetlab.image_exists(base):
-            build_base(base, mirror, log)
+            ensure_base(log)
             built.append(base)
         log("controller: Python 3.13 from Debian, ansible from PyPI, ansible-test's sanity environments")
         name = f"tokentrust-controller-build-{os.getpid()}"
@@ -119,6 +119,21 @@ def build_image(log: Callable[[str], None] = lambda s: None) -> dict:
                 subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
         built.append(image)
     return {"image": image, "base": base, "built": built, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def base_tag() -> str:
+    """The Debian 13 base image's tag (a hash of its recipe: debootstrap minbase of SUITE), shared with lab/ee.py."""
+    return f"{IMAGE_REPO}/base-{SUITE}:{hashlib.sha256(SUITE.encode()).hexdigest()[:12]}"
+
+
+def ensure_base(log: Callable[[str], None] = lambda s: None) -> str:
+    """The Debian 13 base (`debootstrap --variant=minbase trixie` imported into Docker by lab/fleet.py's build_base),
+    built when missing; its tag. The controller image and the execution environment (lab/ee.py) start from it."""
+    base = base_tag()
+    if not fleetlab.image_exists(base):
+        mirror, _security = fleetlab.apt_mirrors()
+        build_base(base, mirror, log)
+    return base
 
 
 def run(cmd: Sequence[str], *, image: Optional[str] = None, mounts: Sequence = (), env: Optional[dict] = None,

@@ -26,7 +26,7 @@ def windows_collection():
     if not hits:
         import ansible_collections.ansible.windows as w  # noqa: PLC0415
 
-        hits = [os.path.dirname(w.__file__)]
+        hits = list(w.__path__)[:1]  # a namespace package (no __init__.py): its __file__ is None
     return hits[0]
 
 
