@@ -1357,8 +1357,9 @@ def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None
                     raise TokenError("pin_rules", "action=unblock needs the PUK (puk)")
                 known = _puk_locked(rep["token_before"] or {}, record)
                 if known and record.get("puk_locked_at"):  # the card's flags may say otherwise: they win below
-                    raise TokenError("puk_locked", "the PUK of token %r is blocked (%s): not presented again (if "
-                                     "the key has been reset since, remove %s)" % (tok.label, known, lock.path))
+                    raise TokenError("puk_locked", "the PUK of token %r is blocked (%s): not presented again. A "
+                                     "locked PUK cannot be unblocked: the key must be replaced (contact the CA); if "
+                                     "the key has been reset since, remove %s" % (tok.label, known, lock.path))
                 if check_mode:
                     rep["warnings"] += tok.guard("so", allow_final_try)
                 else:
