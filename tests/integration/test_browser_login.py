@@ -15,6 +15,7 @@ import subprocess
 
 import pytest
 
+from tests.support.firefox import TYPE_PIN_INTO_PROMPT
 from tests.support.token_lab import BIN, PYTHON, ROOT, ansible_env
 
 pytestmark = [
@@ -22,23 +23,6 @@ pytestmark = [
     pytest.mark.skipif(not shutil.which("firefox-esr"), reason="needs firefox-esr"),
     pytest.mark.skipif(not shutil.which("softhsm2-util"), reason="needs softhsm2"),
 ]
-
-TYPE_PIN_INTO_PROMPT = """
-const pin = arguments[0];
-const obs = { observe(win, topic) {
-  const doc = win.document;
-  const box = doc.getElementById("password1Textbox");
-  if (!box) return;
-  Services.prefs.setStringPref("tokentrust.test.prompt", (doc.getElementById("infoBody") || {}).textContent || "");
-  Services.prefs.setIntPref("tokentrust.test.prompts", Services.prefs.getIntPref("tokentrust.test.prompts", 0) + 1);
-  box.value = pin;
-  Services.obs.removeObserver(obs, "common-dialog-loaded");  // once: a second prompt would be a wrong PIN
-  (doc.getElementById("commonDialog") || doc.querySelector("dialog")).acceptDialog();
-}};
-Services.obs.addObserver(obs, "common-dialog-loaded");
-return true;
-"""
-
 
 @pytest.fixture()
 def lab(tmp_path):
@@ -77,7 +61,8 @@ def test_firefox_logs_in_to_the_test_page_with_the_token(lab, tmp_path):
             modules = c.execute_script("""
               const mdb = Cc["@mozilla.org/security/pkcs11moduledb;1"].getService(Ci.nsIPKCS11ModuleDB);
               return mdb.listModules().then(ms => ms.map(m => [m.name, m.libName, m.slots.map(s => s.tokenName)]));""")
-            c.execute_script(TYPE_PIN_INTO_PROMPT, script_args=[tok.pin])
+            # one prompt at most: a second would be a wrong PIN
+            c.execute_script(TYPE_PIN_INTO_PROMPT, script_args=[tok.pin, 1])
         # the module our firefox_nss role registered, with the token in it
         assert ["gem", str(tok.module), ["CERTEUROPE LAB"]] in modules
         c.timeout.page_load = 30
