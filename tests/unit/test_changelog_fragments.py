@@ -93,7 +93,7 @@ def changes_content(rows):
 
 def judge_base(root, baseline=BASELINE, head="HEAD"):
     """The commit after which units are judged (see the module's docstring)."""
-    base = os.environ.get("TOKENTRUST_CHANGELOG_BASE") or baseline
+    base = baseline
     if subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{base}^{{commit}}"],
                       capture_output=True).returncode != 0:
         shallow = git(root, "rev-parse", "--is-shallow-repository").strip() == "true"
@@ -140,7 +140,7 @@ def test_fragments_are_valid():
 
 @pytest.mark.skipif(not _in_git(), reason="not a git checkout: no history to judge")
 def test_every_change_has_a_fragment():
-    base = judge_base(ROOT)
+    base = judge_base(ROOT, os.environ.get("TOKENTRUST_CHANGELOG_BASE") or BASELINE)
     bad = uncovered(ROOT, base)
     assert not bad, (
         f"changes to {', '.join(WATCHED)} with no changelog fragment added or edited at or after them (judged from "
