@@ -230,7 +230,8 @@ _PLANTED = {
                "def f():\n    from ansible.module_utils.tokentrust_provision import provision\n    return provision\n"),
     "controller_only": ("module_utils/tokentrust_planted.py", "X = 1\n"),
     "path_patch": ("library/planted.py", "import ansible.module_utils\nansible.module_utils.__path__.append('x')\n"),
-    "long_function": ("module_utils/tokentrust_files.py", "\n\ndef planted():\n" + "    x = 1\n" * 80 + "    return x\n"),
+    "long_function": ("module_utils/tokentrust_files.py",
+                      "\n\ndef planted():\n" + "    x = 1\n" * 80 + "    return x\n"),
 }
 
 
