@@ -41,6 +41,12 @@ def debian_versions_tested():
     return found
 
 
+# Where Debian 13 runs the roles: trixie workstations of the fleet (tests/fleet/test_fleet_trixie.py), make demo's
+# mixed fleet (scripts/demo.py through tests/integration/test_demo.py) and the Debian 13 controller, on which the
+# controller-side roles run (tests/controller/). The suite is read from lab/fleet.py's SUITES.
+TRIXIE_RUNS = ("tests/fleet/test_fleet_trixie.py", "scripts/demo.py", "tests/controller/test_controller_trixie.py")
+
+
 def _skipped(task, windows):
     """A task (or block) that only runs on the other kind of host (`when: ...os_family... == 'Windows'`)."""
     when = str(task.get("when", ""))
@@ -117,8 +123,19 @@ def playbook_roles(name, windows):
 def playbooks_run_by(paths):
     found = set()
     for p in paths:
-        found |= set(re.findall(r"playbooks/(\w+\.yml)", p.read_text()))
+        found |= set(re.findall(r"(?:playbooks/|\.playbook\(\s*\")(\w+\.yml)", p.read_text()))
     return found
+
+
+@functools.cache
+def roles_tested_on_trixie():
+    assert "trixie" in fleet.SUITES
+    runs = [ROOT / p for p in TRIXIE_RUNS]
+    assert all("trixie" in p.read_text() or "Debian 13" in p.read_text() for p in runs), runs
+    out = set()
+    for pb in playbooks_run_by(runs):
+        out |= playbook_roles(pb, windows=False)
+    return out
 
 
 @functools.cache
@@ -161,7 +178,7 @@ def test_meta_claims_only_what_the_tests_run(role):
         f"{ANSIBLE_CORE} (requirements.txt)")
     tested = {}
     if role in roles_tested_on_debian():
-        tested["Debian"] = debian_versions_tested()
+        tested["Debian"] = debian_versions_tested() | ({"trixie"} if role in roles_tested_on_trixie() else set())
     if role in roles_tested_on_the_windows_mock():
         tested["Windows"] = set()  # a MOCKED host: no Windows version runs
     claimed = {p["name"]: set(p.get("versions") or []) for p in info["platforms"]}
