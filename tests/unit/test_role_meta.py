@@ -127,35 +127,31 @@ def playbooks_run_by(paths):
     return found
 
 
+def roles_of_runs(paths, windows=False):
+    """The roles of the playbooks that the files at `paths` run."""
+    return set().union(*(playbook_roles(pb, windows=windows) for pb in playbooks_run_by(paths)))
+
+
 @functools.cache
 def roles_tested_on_trixie():
     assert "trixie" in fleet.SUITES
     runs = [ROOT / p for p in TRIXIE_RUNS]
     assert all("trixie" in p.read_text() or "Debian 13" in p.read_text() for p in runs), runs
-    out = set()
-    for pb in playbooks_run_by(runs):
-        out |= playbook_roles(pb, windows=False)
-    return out
+    return roles_of_runs(runs)
 
 
 @functools.cache
 def roles_tested_on_debian():
     tests = [*(ROOT / "tests" / "fleet").glob("test_*.py"), *(ROOT / "tests" / "integration").glob("test_*.py")]
-    tests = [t for t in tests if "winsim" not in t.read_text()]
-    out = set()
-    for pb in playbooks_run_by(tests):
-        out |= playbook_roles(pb, windows=False)
-    return out
+    return roles_of_runs([t for t in tests if "winsim" not in t.read_text()])
 
 
 @functools.cache
 def roles_tested_on_the_windows_mock():
     sim = ROOT / "tests" / "integration" / "test_windows_roles_sim.py"
     text = sim.read_text()
-    out = set()
-    for pb in playbooks_run_by([sim]):
-        out |= playbook_roles(pb, windows=True)
-    return out | role_closure([(r, "main") for r in set(re.findall(r'"(\w+)"', text)) & set(ROLES)], True)
+    named = set(re.findall(r'"(\w+)"', text)) & set(ROLES)
+    return roles_of_runs([sim], windows=True) | role_closure([(r, "main") for r in named], True)
 
 
 def meta(role):
