@@ -85,7 +85,9 @@ def imports_of(path: Path, known: set, base: Path):
     out = set()
 
     def add(name):
-        # the longest known module that the dotted name names or lies in
+        # the longest known module that the dotted name names or lies in (`module_utils.x` from a relative import
+        # of a controller file, e.g. plugin_utils' `from ..module_utils.x import y`, is x too)
+        name = name[len("module_utils."):] if name.startswith("module_utils.") else name
         parts = name.split(".")
         for n in range(len(parts), 0, -1):
             if ".".join(parts[:n]) in known:
