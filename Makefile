@@ -34,6 +34,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint -q
+	cd collection && $(CURDIR)/$(BIN)/antsibull-changelog lint   # the fragments (their history: tests/unit)
 
 collection: setup
 	$(BIN)/python scripts/build_collection.py

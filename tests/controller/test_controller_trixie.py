@@ -8,12 +8,12 @@ import os
 import re
 
 import pytest
-from ansible.module_utils.tokentrust_trust import encoded_trust
 
 from lab import controller
 from lab import fleet as fleetlab
-from tests.fleet.conftest import FIREFOX_NSS, Fleet, recap
+from tests.fleet.conftest import FIREFOX_NSS, recap
 from tests.support.ansible_run import ROOT
+from tests.support.fleet_checks import assert_provisioned, small_fleet
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -72,12 +72,8 @@ def test_collection_sanity_in_full_on_the_debian13_controller(image, base_tmp):
 
 @pytest.fixture(scope="module")
 def fleet(base_tmp):
-    run = base_tmp / "fleet"
-    m = fleetlab.create(run, hosts=2, inventory=base_tmp / "inventory")
-    try:
-        yield Fleet(m)
-    finally:
-        fleetlab.destroy(run)
+    with small_fleet(base_tmp) as f:
+        yield f
 
 
 def playbook(image, base_tmp, fleet, name, *args):
@@ -96,14 +92,7 @@ def test_site_verify_report_from_the_debian13_controller(image, base_tmp, fleet)
         assert first[h]["changed"] > 0 and first[h]["failed"] == 0, first
         assert second[h]["changed"] == 0, second
     # the workstations' state, read inside them with Firefox's own NSS
-    want = {ca["name"]: encoded_trust("C,," if ca["subject"] == ca["issuer"] else ",,") for ca in fleet.m["pki"]["cas"]}
-    for h in fleet.hosts:
-        profiles = fleet.profiles(h)
-        assert sorted(profiles) == ["alice", "bob"] and sum(map(len, profiles.values())) >= 3, profiles
-        for prof in sum(profiles.values(), []):
-            listed = fleet.certutil(h, prof)
-            assert {n: listed.get(n) for n in want} == want, (h, prof, listed)
-            assert fleet.modutil(h, prof).get("gem") == fleet.m["token_module"], (h, prof)
+    assert_provisioned(fleet)
     reports = base_tmp / "token"
     playbook(image, base_tmp, fleet, "verify.yml", "-e", "token_verify_report_dir=%s" % reports)
     for h in fleet.hosts:

@@ -9,11 +9,11 @@ import shutil
 import subprocess
 
 import pytest
-from ansible.module_utils.tokentrust_trust import encoded_trust
 
 from lab import controller, ee
 from lab import fleet as fleetlab
-from tests.fleet.conftest import Fleet, recap
+from tests.fleet.conftest import recap
+from tests.support.fleet_checks import assert_provisioned, small_fleet
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -109,12 +109,8 @@ def base_tmp(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fleet(base_tmp):
-    run = base_tmp / "fleet"
-    m = fleetlab.create(run, hosts=2, inventory=base_tmp / "inventory")
-    try:
-        yield Fleet(m)
-    finally:
-        fleetlab.destroy(run)
+    with small_fleet(base_tmp) as f:
+        yield f
 
 
 def job(image, fleet, base_tmp, playbook, *extra, mounts=()):
@@ -147,14 +143,7 @@ def test_site_from_inside_the_ee_converges_the_fleet(image, fleet, converged):
     assert command[command.index(image["image"]) + 1:][:2] == ["ansible-playbook", "-i"], command
     assert "--network=host" in command and SITE in command
     # the workstations' state, read inside them with Firefox's own NSS
-    want = {ca["name"]: encoded_trust("C,," if ca["subject"] == ca["issuer"] else ",,") for ca in fleet.m["pki"]["cas"]}
-    for h in fleet.hosts:
-        profiles = fleet.profiles(h)
-        assert sorted(profiles) == ["alice", "bob"] and sum(map(len, profiles.values())) >= 3, profiles
-        for prof in sum(profiles.values(), []):
-            listed = fleet.certutil(h, prof)
-            assert {n: listed.get(n) for n in want} == want, (h, prof, listed)
-            assert fleet.modutil(h, prof).get("gem") == fleet.m["token_module"], (h, prof)
+    assert_provisioned(fleet)
 
 
 def test_report_from_inside_the_ee_finds_every_host_green(image, fleet, base_tmp, converged):

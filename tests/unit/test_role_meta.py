@@ -41,6 +41,12 @@ def debian_versions_tested():
     return found
 
 
+# Where Debian 13 runs the roles: trixie workstations of the fleet (tests/fleet/test_fleet_trixie.py), make demo's
+# mixed fleet (scripts/demo.py through tests/integration/test_demo.py) and the Debian 13 controller, on which the
+# controller-side roles run (tests/controller/). The suite is read from lab/fleet.py's SUITES.
+TRIXIE_RUNS = ("tests/fleet/test_fleet_trixie.py", "scripts/demo.py", "tests/controller/test_controller_trixie.py")
+
+
 def _skipped(task, windows):
     """A task (or block) that only runs on the other kind of host (`when: ...os_family... == 'Windows'`)."""
     when = str(task.get("when", ""))
@@ -117,28 +123,35 @@ def playbook_roles(name, windows):
 def playbooks_run_by(paths):
     found = set()
     for p in paths:
-        found |= set(re.findall(r"playbooks/(\w+\.yml)", p.read_text()))
+        found |= set(re.findall(r"(?:playbooks/|\.playbook\(\s*\")(\w+\.yml)", p.read_text()))
     return found
+
+
+def roles_of_runs(paths, windows=False):
+    """The roles of the playbooks that the files at `paths` run."""
+    return set().union(*(playbook_roles(pb, windows=windows) for pb in playbooks_run_by(paths)))
+
+
+@functools.cache
+def roles_tested_on_trixie():
+    assert "trixie" in fleet.SUITES
+    runs = [ROOT / p for p in TRIXIE_RUNS]
+    assert all("trixie" in p.read_text() or "Debian 13" in p.read_text() for p in runs), runs
+    return roles_of_runs(runs)
 
 
 @functools.cache
 def roles_tested_on_debian():
     tests = [*(ROOT / "tests" / "fleet").glob("test_*.py"), *(ROOT / "tests" / "integration").glob("test_*.py")]
-    tests = [t for t in tests if "winsim" not in t.read_text()]
-    out = set()
-    for pb in playbooks_run_by(tests):
-        out |= playbook_roles(pb, windows=False)
-    return out
+    return roles_of_runs([t for t in tests if "winsim" not in t.read_text()])
 
 
 @functools.cache
 def roles_tested_on_the_windows_mock():
     sim = ROOT / "tests" / "integration" / "test_windows_roles_sim.py"
     text = sim.read_text()
-    out = set()
-    for pb in playbooks_run_by([sim]):
-        out |= playbook_roles(pb, windows=True)
-    return out | role_closure([(r, "main") for r in set(re.findall(r'"(\w+)"', text)) & set(ROLES)], True)
+    named = set(re.findall(r'"(\w+)"', text)) & set(ROLES)
+    return roles_of_runs([sim], windows=True) | role_closure([(r, "main") for r in named], True)
 
 
 def meta(role):
@@ -161,7 +174,7 @@ def test_meta_claims_only_what_the_tests_run(role):
         f"{ANSIBLE_CORE} (requirements.txt)")
     tested = {}
     if role in roles_tested_on_debian():
-        tested["Debian"] = debian_versions_tested()
+        tested["Debian"] = debian_versions_tested() | ({"trixie"} if role in roles_tested_on_trixie() else set())
     if role in roles_tested_on_the_windows_mock():
         tested["Windows"] = set()  # a MOCKED host: no Windows version runs
     claimed = {p["name"]: set(p.get("versions") or []) for p in info["platforms"]}
