@@ -108,10 +108,10 @@ def test_firefox_still_starts_on_the_profile_the_run_touched(tmp_path, libdir):
     home.mkdir()
     prof = create_profile(str(home), "tt")
     r = run_module("nss_provision", {"databases": [prof], "module_name": "gem", "module_library": lib})
-    assert "crashed" in (r["databases"][0]["module"] or {}).get("error", ""), r
     shot = tmp_path / "shot.png"
     env = dict(os.environ, MOZ_HEADLESS="1", HOME=str(home))
     p = subprocess.run([FIREFOX, "--headless", "--no-remote", "-profile", prof, "--screenshot", str(shot),
                         "about:blank"], env=env, capture_output=True, timeout=180)
     assert p.returncode == 0 and shot.exists(), (p.returncode, p.stderr[-2000:])
+    assert "crashed" in (r["databases"][0]["module"] or {}).get("error", ""), r
     shutil.rmtree(str(home), ignore_errors=True)
