@@ -545,11 +545,13 @@ def provision(databases, certificates, module_spec=None, state="present", check_
     module that cannot be registered fails the database, not only with missing_library=fail), option (the option
     name used in messages, default module_name)} or None.
     Certificates are applied with the module database closed (NSS_INIT_NOMODDB); the module is registered or
-    removed by editing pkcs11.txt as text under the same lock: no PKCS#11 library is ever loaded, neither one a
-    profile lists nor ours (a library that is not a shared object for this host is refused without loading it,
-    and costs the module only, never the CA set). A database that does not exist is created only when something
-    is to be written in it. Returns (results, changed, failed, warnings).
+    removed by editing pkcs11.txt as text under the same lock: no PKCS#11 library a profile lists is ever loaded;
+    ours is proved first, only in a disposable child as nobody (library_problem, prove_library: one that crashes,
+    hangs or is not PKCS#11 is not registered, and costs the module only, never the CA set). A database that does
+    not exist is created only when something is to be written in it. Returns (results, changed, failed, warnings).
     """
+    if lock_timeout is None or lock_timeout < 0:
+        raise InputError("lock_timeout must be 0 or more seconds, not %r; nothing was done" % (lock_timeout,))
     for w in certificates:
         w["trust_encoded"] = encoded_trust(w["trust"])
     warnings = []
