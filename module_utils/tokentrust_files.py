@@ -253,7 +253,8 @@ class lock_file:
 def write_nofollow(path, data, mode=0o600, uid=None, gid=None, tmp_name=None):
     """Atomically replace `path` with `data` (bytes or text): a temporary file in the same directory created
     O_CREAT | O_EXCL | O_NOFOLLOW with `mode` (a link planted at its name is never followed: a fixed `tmp_name`'s
-    leftover is unlinked first, unlink acting on a link itself), written, fchmod/fchown'ed, fsync'ed, renamed over
+    leftover is unlinked first, unlink acting on a link itself), written, given `uid`/`gid` (when root) and `mode`,
+    fsync'ed, renamed over
     `path`, the directory synced. On any failure the temporary file is removed and `path` is as it was."""
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -271,8 +272,10 @@ def write_nofollow(path, data, mode=0o600, uid=None, gid=None, tmp_name=None):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            if uid is not None or gid is not None:
-                os.fchown(f.fileno(), -1 if uid is None else uid, -1 if gid is None else gid)
+            st = os.fstat(f.fileno())
+            want = (st.st_uid if uid is None else uid, st.st_gid if gid is None else gid)
+            if (st.st_uid, st.st_gid) != want and os.geteuid() == 0:  # only root gives a file away
+                os.fchown(f.fileno(), *want)
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
