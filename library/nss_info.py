@@ -30,9 +30,9 @@ options:
     type: dict
   home_budget:
     description:
-      - Seconds the databases of one owner may take together (as M(nss_provision)): a user who stops or slows their
-        own workers costs the run at most this much; a database reached after its owner's budget is used up is
-        reported with an error (C(TT_TIME_BUDGET)), not read. More than 0.
+      - Seconds the databases of one owner may take together, as in M(nss_provision). A user who stops or slows
+        their own workers costs the run at most this much; a database reached after its owner's budget is used up
+        is reported with an error (C(TT_TIME_BUDGET)), not read. More than 0.
     type: int
     default: 180
   run_budget:
