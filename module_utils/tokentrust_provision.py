@@ -136,6 +136,12 @@ def _pkcs11_proof(library):
     os.environ.clear()  # nothing of root's environment (a PKCS11SPY or LD_PRELOAD of the caller) steers the library
     os.environ["PATH"] = "/usr/bin:/bin"
     try:
+        os.close(os.open(library, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))
+    except PermissionError as exc:
+        return {"stage": "unreadable", "error": str(exc)}
+    except OSError:
+        pass  # dlopen says why below
+    try:
         lib = ctypes.CDLL(library, mode=getattr(os, "RTLD_NOW", 2) | getattr(os, "RTLD_LOCAL", 0))
     except OSError as exc:
         return {"stage": "load", "error": str(exc)}
@@ -196,6 +202,13 @@ def prove_library(library, deadline=PROVE_DEADLINE, warnings=None):
         return "%s could not be proved as a PKCS#11 module (%s): not registered" % (library, exc)
     stage = (res or {}).get("stage")
     if stage == "ok":
+        return None
+    if stage == "unreadable":
+        # never loaded as root: a library only root can read is registered unproved (Firefox run by a user could
+        # not load it either: that user must be able to read it)
+        if warnings is not None:
+            warnings.append("%s could not be proved as a PKCS#11 module: nobody may read it (%s); registered "
+                            "unproved, and only users who can read it can load it" % (library, res.get("error")))
         return None
     if stage == "load":
         err = res.get("error") or ""
