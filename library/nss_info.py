@@ -28,6 +28,17 @@ options:
   expected_module:
     description: Module expected in each database, as C(name) and C(library).
     type: dict
+  home_budget:
+    description:
+      - Seconds the databases of one owner may take together, as in M(nss_provision). A user who stops or slows
+        their own workers costs the run at most this much; a database reached after its owner's budget is used up
+        is reported with an error (C(TT_TIME_BUDGET)), not read. More than 0.
+    type: int
+    default: 180
+  run_budget:
+    description: Seconds the whole call may take; databases reached after it are reported, not read. More than 0.
+    type: int
+    default: 3600
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - tokentrust_nss.databases
@@ -62,6 +73,8 @@ databases:
     module_ok: {description: The expected module is registered with the expected library., type: bool}
     compliant: {description: "Nothing missing, no wrong trust, module registered (when expected).", type: bool}
     error: {description: Why the database could not be read., type: str}
+    error_name: {description: "C(TT_DEADLINE) (its read was killed at its budget), C(TT_TIME_BUDGET) (not read: the
+                  owner's or the run's budget was used up), C(TT_REFUSED)...", type: str}
 """
 
 import traceback
@@ -72,7 +85,13 @@ from ansible.module_utils.tokentrust_errors import fail, require
 try:
     from ansible.module_utils.tokentrust_nss import CFFI_IMPORT_ERROR, NSSDatabase, NSSError, read_pkcs11_txt
     from ansible.module_utils.tokentrust_privsep import ChildError, PrivilegeError, acting_owner, run_as
-    from ansible.module_utils.tokentrust_provision import WORK_BUDGET, normalise_databases, quiet_stdout
+    from ansible.module_utils.tokentrust_provision import (
+        HOME_BUDGET,
+        RUN_BUDGET,
+        WORK_BUDGET,
+        normalise_databases,
+        quiet_stdout,
+    )
     from ansible.module_utils.tokentrust_trust import encoded_trust
 
     IMPORT_ERROR = CFFI_IMPORT_ERROR  # None when cffi imports (the guard of tokentrust_nss)
@@ -116,27 +135,58 @@ def main():
             databases=dict(type="list", elements="raw", required=True),
             expected_certificates=dict(type="list", elements="dict", default=[]),
             expected_module=dict(type="dict"),
+            home_budget=dict(type="int", default=180),
+            run_budget=dict(type="int", default=3600),
         ),
         supports_check_mode=True,
     )
     require(module, IMPORT_ERROR, "cffi (python3-cffi)")
+    for k in ("home_budget", "run_budget"):
+        if module.params[k] <= 0:
+            module.fail_json(msg="nss_info: %s must be more than 0 seconds, not %d; nothing was read"
+                             % (k, module.params[k]))
     try:
         dbs = normalise_databases(module.params["databases"])
     except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
         fail(module, exc)
-    results = []
+    results = read_all(dbs, module.params)
+    module.exit_json(changed=False, databases=results,
+                     compliant=all(r["compliant"] for r in results) if results else False)
+
+
+def read_all(dbs, p):
+    """Each database read as its owner in a child; one owner's databases together get at most home_budget seconds,
+    the whole call run_budget (a database reached after its budget is reported, not read), one read WORK_BUDGET."""
+    import time
+
+    home_budget = float(p.get("home_budget") or HOME_BUDGET)
+    run_end = time.monotonic() + float(p.get("run_budget") or RUN_BUDGET)
+    spent, results = {}, []
     with quiet_stdout():
         for d in dbs:
+            started, key = time.monotonic(), None
             try:
                 # read as the database's owner, in a child (tokentrust_privsep): root never opens a user's files
                 owner = acting_owner(d["path"], d.get("owner_uid"))
-                results.append(run_as(owner, read_one, d["path"], module.params["expected_certificates"],
-                                      module.params["expected_module"], deadline=WORK_BUDGET))
+                key = owner["uid"]
+                left_home, left_run = home_budget - spent.get(key, 0.0), run_end - started
+                if min(left_home, left_run) <= 0:
+                    raise ChildError("not read: %s (%.0f s) was used up before this database was reached; the other "
+                                     "databases were read" % (
+                                         "the time budget of %s's profiles" % owner["name"] if left_home <= 0
+                                         else "this run's time budget",
+                                         home_budget if left_home <= 0 else p.get("run_budget") or RUN_BUDGET),
+                                     name="TT_TIME_BUDGET", kind="deadline")
+                results.append(run_as(owner, read_one, d["path"], p["expected_certificates"], p["expected_module"],
+                                      deadline=min(WORK_BUDGET, left_home, left_run)))
             except (PrivilegeError, ChildError) as exc:
                 results.append({"path": d["path"], "certificates": [], "modules": [], "missing": [],
-                                "wrong_trust": [], "module_ok": None, "compliant": False, "error": str(exc)})
-    module.exit_json(changed=False, databases=results,
-                     compliant=all(r["compliant"] for r in results) if results else False)
+                                "wrong_trust": [], "module_ok": None, "compliant": False, "error": str(exc),
+                                "error_name": getattr(exc, "name", None)})
+            if key is not None:
+                spent[key] = spent.get(key, 0.0) + time.monotonic() - started
+    return results
+
 
 
 if __name__ == "__main__":

@@ -10,13 +10,18 @@ short_description: Register or remove a PKCS#11 module (security device) in many
 description:
   - "Registers the token's PKCS#11 library (Gemalto/Thales Classic Client C(gclib) by default, module name C(gem))
     in the C(pkcs11.txt) of every given NSS database, with the entry C(modutil -add) writes, by editing the file as
-    text under the profile lock. No library is loaded, neither this one nor one the file already lists."
+    text under the profile lock. No library the file already lists is loaded; this one is loaded only to prove it,
+    in a disposable child as nobody (see below), never by the module itself."
   - Idempotent, a module with the same name and library is left alone. A module already registered under
     another name with the same library is reported (RV(databases[].other_names)), not duplicated.
   - Only entries named exactly O(name) are replaced or removed (C(gemalto) and C(gem2) stay when C(gem) is
     registered); the diff's after-state is C(pkcs11.txt) as written.
   - A library missing on the host, or not a shared object for this host (checked without loading it), cannot be
     registered; the module warns and skips (O(missing_library=warn)) or fails (O(missing_library=fail)).
+  - Before it is registered the library is proved, in check mode too, in a disposable child (every inherited
+    descriptor closed, dropped to C(nobody), environment cleared, 20 s deadline) that calls C(C_GetFunctionList),
+    C(C_Initialize) and C(C_Finalize). One that crashes, hangs, cannot be loaded or is not PKCS#11 is not
+    registered, with a message naming the file and what it did (Firefox would crash or fail at every start).
 version_added: "1.0.0"
 author:
   - tokentrust contributors (!UNKNOWN)

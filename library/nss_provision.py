@@ -13,9 +13,11 @@ description:
     through tokentrust's cffi bindings to libnss3, applies the certificates (as M(nss_certificate)) and registers
     the PKCS#11 module (as M(nss_pkcs11_module)).
   - The module database (C(pkcs11.txt)) is read and edited as text under the profile lock; no PKCS#11 library is
-    ever loaded, neither one a profile lists (a user's own library never runs in a root-started run) nor the token
-    library (it is checked to be a shared object for this host without loading it). Only modules named exactly
-    O(module_name) are touched.
+    loaded by the module, neither one a profile lists (a user's own library never runs in a root-started run) nor
+    the token library; the token library is checked to be a shared object for this host, then proved in a
+    disposable child as C(nobody) (C_GetFunctionList, C_Initialize, C_Finalize, 20 s deadline) and not registered
+    when it crashes, hangs or is not PKCS#11 (as M(nss_pkcs11_module)). Only modules named exactly O(module_name)
+    are touched.
   - Profiles still in the legacy dbm format are skipped and reported. A failing profile is left untouched and
     reported with its path; the others complete unless O(fail_fast=true); the module then fails at the end.
 version_added: "1.0.0"

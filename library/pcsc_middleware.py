@@ -55,7 +55,10 @@ options:
         library of this host's architecture (C(/usr/lib/<multiarch>/opensc-pkcs11.so)).
     type: path
   polkit_users:
-    description: The key holders allowed to use pcscd under polkit (their own sessions, no active local one).
+    description:
+      - The key holders allowed to use pcscd under polkit (their own sessions, no active local one).
+      - A name with a control character (a newline...) or outside letters, digits, C(_ . @ -) is refused with a
+        message before anything is written (it would make the rule invalid JavaScript).
     type: list
     elements: str
     default: []
@@ -80,7 +83,10 @@ options:
     type: bool
     default: true
   lock_timeout:
-    description: Seconds to wait for our own lock and for dpkg's lock.
+    description:
+      - Seconds to wait for our own lock and for dpkg's lock; 0 or more (a negative value is refused).
+      - Our lock is C(/run/tokentrust/pcsc-middleware.lock), in a directory only root can enter (0700); when another
+        run holds it past this bound the error names the process that holds it.
     type: int
     default: 300
 extends_documentation_fragment:
@@ -156,6 +162,7 @@ from ansible.module_utils.tokentrust_middleware import (
     MiddlewareError,
     access_problem,
     check_access,
+    check_names,
     default_library,
     install,
     is_debian_family,
@@ -185,6 +192,11 @@ def _summary(state, rule_path):
 
 def run(module):
     p = module.params
+    if p["lock_timeout"] < 0:
+        raise MiddlewareError("bad_option", "lock_timeout must be 0 or more seconds, not %d; nothing was done"
+                              % p["lock_timeout"])
+    check_names(p["polkit_users"], "user")
+    check_names(p["polkit_groups"], "group")
     release = os_release()
     rel = {"id": release.get("ID"), "codename": release.get("VERSION_CODENAME")}
     if not is_debian_family(release):

@@ -21,8 +21,6 @@ second finds everything in place and reports no change).
 from __future__ import annotations
 
 import ctypes
-import errno
-import fcntl
 import os
 import platform
 import pwd
@@ -30,11 +28,15 @@ import re
 import time
 
 from ansible.module_utils.tokentrust_errors import TokentrustError
+from ansible.module_utils.tokentrust_files import LockError, lock_file
 
 PACKAGES = ("pcscd", "libccid", "opensc", "opensc-pkcs11")
 LEGACY = ("openct", "coolkey", "libgclib")
 POLKIT_RULE = "/etc/polkit-1/rules.d/60-tokentrust-pcscd.rules"
-LOCK = "/run/lock/tokentrust-pcsc-middleware.lock"
+# Our lock lives in a directory only root can enter (never /run/lock, mode 1777: any user could hold a lock or
+# plant a link there and stall or break the role).
+LOCK_DIR = "/run/tokentrust"
+LOCK = LOCK_DIR + "/pcsc-middleware.lock"
 PCSC_SOCKET = "/run/pcscd/pcscd.comm"
 SYSTEM_BUS = "/run/dbus/system_bus_socket"
 MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "armv7l": "arm-linux-gnueabihf",
@@ -215,10 +217,20 @@ def rule_text(users, groups, root):
     ])
 
 
-def _js_list(items):
+def check_names(items, what="user or group"):
+    """Refuse a name that cannot be a user or group name (before anything is written): control characters (a
+    newline would break the polkit rule's JavaScript), quotes, spaces."""
     for i in items:
-        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$", i):
-            raise MiddlewareError("bad_name", "%r is not a user or group name (letters, digits, _ . @ -)" % i)
+        if not isinstance(i, str) or re.search(r"[\x00-\x1f\x7f]", i):
+            raise MiddlewareError("bad_name", "%r is not a %s name: it holds a control character (a newline, a tab...);"
+                                  " nothing was written" % (i, what))
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*", i):
+            raise MiddlewareError("bad_name", "%r is not a %s name (letters, digits, _ . @ -); nothing was written"
+                                  % (i, what))
+
+
+def _js_list(items):
+    check_names(items)
     return "[" + ", ".join('"%s"' % i for i in items) + "]"
 
 
@@ -264,28 +276,27 @@ def nothing_to_do(p):
 
 
 class Lock:
-    """Our own lock (flock) around read-decide-act: a second run at once waits, then re-reads what the first did."""
+    """Our own lock (flock) around read-decide-act: a second run at once waits, then re-reads what the first did.
+
+    In LOCK_DIR (made 0700, refused unless root's and writable by nobody else), the file made O_NOFOLLOW 0600; the
+    wait bounded by `timeout` (0 or more), the error naming who holds it."""
 
     def __init__(self, path=LOCK, timeout=300):
-        self.path, self.timeout, self.fd = path, timeout, None
+        if timeout is None or timeout < 0:
+            raise MiddlewareError("bad_option", "lock_timeout must be 0 or more seconds, not %r" % (timeout,))
+        self.path, self.timeout = path, timeout
+        self._lock = lock_file(os.path.dirname(path), os.path.basename(path), timeout, what="middleware lock")
 
     def __enter__(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        end = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > end:
-                    os.close(self.fd)
-                    raise MiddlewareError("lock_timeout", "another tokentrust run held %s for %ds" % (
-                        self.path, self.timeout), hint="Run again when it has ended") from e
-                time.sleep(0.2)
+        try:
+            self._lock.__enter__()
+        except LockError as e:
+            raise MiddlewareError("lock_timeout" if "was held" in e.message else "lock", e.message,
+                                  hint=e.hint) from e
+        return self
 
     def __exit__(self, *exc):
-        os.close(self.fd)
+        return self._lock.__exit__(*exc)
 
 
 def apt_candidates(run, names):

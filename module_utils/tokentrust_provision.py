@@ -12,6 +12,7 @@ import ctypes
 import datetime
 import hashlib
 import os
+import re
 
 from ansible.module_utils.tokentrust_errors import TokentrustError, module_name
 from ansible.module_utils.tokentrust_nss import (
@@ -27,6 +28,7 @@ from ansible.module_utils.tokentrust_privsep import (
     PrivilegeError,
     acting_owner,
     clean_leftovers,
+    owner_of_uid,
     profile_lock,
     read_bounded,
     run_as,
@@ -82,11 +84,13 @@ _ELF_MACHINES = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183, "i386"
                  "ppc64le": 21, "s390x": 22, "riscv64": 243}
 
 
-def library_problem(library):
-    """Why `library` cannot be a PKCS#11 module for this host, or None. Checked without loading it (no library is
-    ever loaded to register it): a regular file, an ELF shared object of this machine's class and architecture
-    (a 32-bit library cannot be loaded by a 64-bit Firefox). Not ELF platforms (macOS) are only checked to be a
-    regular file."""
+def library_problem(library, prove=True, warnings=None):
+    """Why `library` cannot be a PKCS#11 module for this host, or None.
+
+    First without loading it: a regular file, an ELF shared object of this machine's class and architecture (a
+    32-bit library cannot be loaded by a 64-bit Firefox). Then, when `prove`, the library is proved the way NSS
+    will use it (prove_library): loaded in a disposable child as nobody, C_GetFunctionList, C_Initialize,
+    C_Finalize. Never loaded in this process. Not ELF platforms (macOS) are only checked to be a regular file."""
     import platform
     import struct
     import sys
@@ -119,7 +123,108 @@ def library_problem(library):
     if want is not None and e_machine != want:
         return "%s is built for another architecture (ELF machine %d, this host is %s)" % (
             library, e_machine, platform.machine())
-    return None
+    return prove_library(library, warnings=warnings) if prove else None
+
+
+PROVE_DEADLINE = 20.0  # seconds: a real token library initializes in well under a second without a token
+CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
+CKF_OS_LOCKING_OK = 0x2
+
+
+def _pkcs11_proof(library):
+    """In the disposable child (as nobody, descriptors closed): what loading `library` as NSS does gives."""
+    os.environ.clear()  # nothing of root's environment (a PKCS11SPY or LD_PRELOAD of the caller) steers the library
+    os.environ["PATH"] = "/usr/bin:/bin"
+    try:
+        os.close(os.open(library, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))
+    except PermissionError as exc:
+        return {"stage": "unreadable", "error": str(exc)}
+    except OSError:
+        pass  # dlopen says why below
+    try:
+        lib = ctypes.CDLL(library, mode=getattr(os, "RTLD_NOW", 2) | getattr(os, "RTLD_LOCAL", 0))
+    except OSError as exc:
+        return {"stage": "load", "error": str(exc)}
+    try:
+        get_list = lib.C_GetFunctionList
+    except AttributeError:
+        return {"stage": "symbol"}
+
+    class FunctionList(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte), ("C_Initialize", ctypes.c_void_p),
+                    ("C_Finalize", ctypes.c_void_p)]
+
+    class InitArgs(ctypes.Structure):
+        _fields_ = [("create", ctypes.c_void_p), ("destroy", ctypes.c_void_p), ("lock", ctypes.c_void_p),
+                    ("unlock", ctypes.c_void_p), ("flags", ctypes.c_ulong), ("reserved", ctypes.c_void_p)]
+
+    get_list.restype = ctypes.c_ulong
+    get_list.argtypes = [ctypes.POINTER(ctypes.POINTER(FunctionList))]
+    flist = ctypes.POINTER(FunctionList)()
+    rv = get_list(ctypes.byref(flist))
+    if rv != 0 or not flist or not flist.contents.C_Initialize or not flist.contents.C_Finalize:
+        return {"stage": "list", "rv": rv}
+    proto = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_void_p)
+    args = InitArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
+    rv = proto(flist.contents.C_Initialize)(ctypes.cast(ctypes.byref(args), ctypes.c_void_p))
+    if rv not in (0, CKR_CRYPTOKI_ALREADY_INITIALIZED):
+        return {"stage": "initialize", "rv": rv}
+    rv = proto(flist.contents.C_Finalize)(None)
+    return {"stage": "ok", "version": "%d.%d" % (flist.contents.major, flist.contents.minor), "finalize": rv}
+
+
+def prove_library(library, deadline=PROVE_DEADLINE, warnings=None):
+    """None when `library` loads as a PKCS#11 module, else why not (naming the file and what it did): it crashed,
+    hung, cannot be loaded (wrong architecture, missing dependency), has no C_GetFunctionList (not PKCS#11). The
+    library runs only in a forked child (tokentrust_privsep.run_as) that closed every descriptor, dropped to nobody,
+    cleared its environment and is killed at `deadline`: a library that crashes, hangs or misbehaves cannot touch
+    this run, root's files or any profile, and is then not registered.
+
+    A library that loads and answers but returns an error from C_GetFunctionList or C_Initialize as nobody with an
+    empty environment (SoftHSM without its token directory, pkcs11-spy without PKCS11SPY: libraries configured per
+    user) did not crash: it is registered, with a warning appended to `warnings`."""
+    try:
+        import pwd
+        nobody = owner_of_uid(pwd.getpwnam("nobody").pw_uid)
+    except KeyError:
+        nobody = owner_of_uid(65534, 65534)
+    try:
+        res = run_as(nobody, _pkcs11_proof, library, deadline=deadline)
+    except ChildError as exc:
+        if exc.name == "TT_CRASHED":
+            sig = re.search(r"signal (\w+)", str(exc))
+            return ("%s crashed when loaded and initialized as a PKCS#11 module (%s, in a disposable child as nobody): "
+                    "Firefox would crash at every start with it; not registered"
+                    % (library, sig.group(1) if sig else "killed by a signal"))
+        if exc.name == "TT_DEADLINE":
+            return ("%s did not finish loading and initializing as a PKCS#11 module within %.0f s (a hanging "
+                    "library): not registered" % (library, deadline))
+        return "%s could not be proved as a PKCS#11 module (%s): not registered" % (library, exc)
+    stage = (res or {}).get("stage")
+    if stage == "ok":
+        return None
+    if stage == "unreadable":
+        # never loaded as root: a library only root can read is registered unproved (Firefox run by a user could
+        # not load it either: that user must be able to read it)
+        if warnings is not None:
+            warnings.append("%s could not be proved as a PKCS#11 module: nobody may read it (%s); registered "
+                            "unproved, and only users who can read it can load it" % (library, res.get("error")))
+        return None
+    if stage == "load":
+        err = res.get("error") or ""
+        if "wrong ELF class" in err or "ELFCLASS" in err:
+            return "%s is the wrong architecture for this host (%s): not registered" % (library, err)
+        return "%s cannot be loaded (%s): not registered" % (library, err)
+    if stage == "symbol":
+        return ("%s is not a PKCS#11 library (it has no C_GetFunctionList): not registered" % library)
+    if stage in ("list", "initialize"):
+        if warnings is not None:
+            warnings.append("%s loaded without crashing, but %s returned 0x%x as nobody with an empty environment (a "
+                            "library that needs its user's configuration does that): registered; check that Firefox "
+                            "lists its token" % (library, "C_GetFunctionList" if stage == "list" else "C_Initialize",
+                                                 res.get("rv") or 0))
+        return None
+    return "%s could not be proved as a PKCS#11 module (%r): not registered" % (library, res)
 
 
 class InputError(TokentrustError, ValueError):
@@ -453,11 +558,13 @@ def provision(databases, certificates, module_spec=None, state="present", check_
     module that cannot be registered fails the database, not only with missing_library=fail), option (the option
     name used in messages, default module_name)} or None.
     Certificates are applied with the module database closed (NSS_INIT_NOMODDB); the module is registered or
-    removed by editing pkcs11.txt as text under the same lock: no PKCS#11 library is ever loaded, neither one a
-    profile lists nor ours (a library that is not a shared object for this host is refused without loading it,
-    and costs the module only, never the CA set). A database that does not exist is created only when something
-    is to be written in it. Returns (results, changed, failed, warnings).
+    removed by editing pkcs11.txt as text under the same lock: no PKCS#11 library a profile lists is ever loaded;
+    ours is proved first, only in a disposable child as nobody (library_problem, prove_library: one that crashes,
+    hangs or is not PKCS#11 is not registered, and costs the module only, never the CA set). A database that does
+    not exist is created only when something is to be written in it. Returns (results, changed, failed, warnings).
     """
+    if lock_timeout is None or lock_timeout < 0:
+        raise InputError("lock_timeout must be 0 or more seconds, not %r; nothing was done" % (lock_timeout,))
     for w in certificates:
         w["trust_encoded"] = encoded_trust(w["trust"])
     warnings = []
@@ -474,7 +581,7 @@ def provision(databases, certificates, module_spec=None, state="present", check_
                 raise InputError(msg)
             warnings.append(msg)
         else:
-            lib_problem = library_problem(module_spec["library"])
+            lib_problem = library_problem(module_spec["library"], warnings=warnings)
 
     def fresh(entry):
         res = {"path": entry["path"], "name": entry.get("name"), "kind": entry.get("kind"), "changed": False,

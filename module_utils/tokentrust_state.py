@@ -10,10 +10,15 @@ Files in the state directory (default reports/state):
     state.json      {"format": FORMAT, "hosts": {name: {field: value}}}
     not_converged   the hosts whose last converge attempt (site.yml, firefox.yml, windows.yml) did not converge
                     them, one per line: `ansible-playbook ... playbooks/site.yml --limit @reports/state/not_converged`
-    .lock           flock(2) taken around every read-modify-write (two runs at once both land)
+    .lock           flock(2) taken around every read-modify-write (two runs at once both land), created 0600 with
+                    O_NOFOLLOW (nobody else can open it, so nobody else can hold it), the wait bounded by
+                    LOCK_TIMEOUT seconds, the error naming the holder
 
-Every write is a temp file in the same directory, fsync'ed, then os.replace()d over the old one: a run killed at
-any point leaves the previous or the new file, never a partial one.
+The directory must be ours (or root's) and writable by nobody else (tokentrust_files.private_dir): in a group- or
+world-writable one another user could plant a link or a lock, so it is refused with a message, nothing written.
+Every write is tokentrust_files.write_nofollow (a temp file created O_EXCL | O_NOFOLLOW in the same directory,
+fsync'ed, then os.replace()d over the old one): a run killed at any point leaves the previous or the new file,
+never a partial one, and no planted link is followed.
 
 Fields per host (times are UTC, ISO 8601 with Z): last_attempt (a converge playbook started on it), last_seen (a
 task reached it), last_unreachable and unreachable_msg, last_converged (a converge playbook ended with no failure
@@ -23,17 +28,17 @@ last_playbook, pull_converged (the last pull-mode run that converged it, as repo
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
 import os
-import tempfile
 
 from ansible.module_utils.tokentrust_errors import TokentrustError
+from ansible.module_utils.tokentrust_files import LockError, lock_file, write_nofollow
 
 FORMAT = "tokentrust-fleet-state/1"
 STATE_FILE = "state.json"
 RETRY_FILE = "not_converged"
 LOCK_FILE = ".lock"
+LOCK_TIMEOUT = 60  # seconds: other runs hold the lock for milliseconds (one read-modify-write)
 FIELDS = ("last_attempt", "last_seen", "last_unreachable", "unreachable_msg", "last_converged", "last_result",
           "last_playbook", "pull_converged")
 
@@ -51,21 +56,7 @@ def now_stamp(now=None):
 
 
 def _atomic_write(path, text, mode=0o644):
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_nofollow(path, text, mode=mode)
 
 
 def _parse(text, path):
@@ -106,19 +97,18 @@ def not_converged(hosts):
     return sorted(h for h, e in hosts.items() if e.get("last_attempt") and not is_converged(e))
 
 
-def update(state_dir, changes):
+def update(state_dir, changes, lock_timeout=None):
     """Merge {host: {field: value}} into the state (under the lock) and rewrite not_converged; returns the hosts.
 
     A field whose value is None is left as it was; "pull_converged" only ever moves forward in time.
     """
     try:
-        os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        lock = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StateError("cannot use the state directory %s: %s (set fleet_state_dir to a writable directory)"
-                         % (state_dir, exc.strerror or exc)) from exc
+        lock = lock_file(state_dir, LOCK_FILE, LOCK_TIMEOUT if lock_timeout is None else lock_timeout,
+                         what="fleet state lock", create_mode=0o755)
+        lock.__enter__()
+    except LockError as exc:
+        raise StateError("%s (fleet_state_dir)" % exc.message) from exc
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
         hosts = load(state_dir)
         for name, fields in changes.items():
             unknown = [k for k in fields if k not in FIELDS]
@@ -140,4 +130,4 @@ def update(state_dir, changes):
             raise StateError("cannot write the state into %s: %s" % (state_dir, exc.strerror or exc)) from exc
         return hosts
     finally:
-        os.close(lock)  # releases the flock
+        lock.__exit__(None, None, None)  # releases the flock

@@ -27,6 +27,7 @@ import sqlite3
 import stat
 
 from ansible.module_utils.tokentrust_facts import NSS_TRUST_HELP, is_nss_trust
+from ansible.module_utils.tokentrust_files import write_nofollow
 from ansible.module_utils.tokentrust_nss._ffi import ffi, lib
 from ansible.module_utils.tokentrust_nss.errors import DatabaseLockedError, LegacyDatabaseError, NSSError, check
 
@@ -440,16 +441,9 @@ class NSSDatabase:
             except (OSError, NSSError):  # gone, or a link planted in its place: replaced below, never followed
                 pass
             st = self._before[name]
-            tmp = p + ".tokentrust-restore"
-            try:
-                os.unlink(tmp)  # a leftover of an interrupted run (never followed: unlink acts on the link itself)
-            except FileNotFoundError:
-                pass
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, stat.S_IMODE(st.st_mode))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                _fix_fd(f.fileno(), st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
-            os.replace(tmp, p)
+            # a fixed temporary name: a leftover of an interrupted run is unlinked first (never followed)
+            write_nofollow(p, data, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                           tmp_name=name + ".tokentrust-restore")
 
     def _fix_ownership(self):
         """Every database file keeps its owner and mode; a new one gets the directory's owner and mode 0600.
@@ -814,26 +808,8 @@ def edit_pkcs11_txt(directory, name, library=None, remove=True, add=False):
     if add:
         kept.append("library=%s\nname=%s\n" % (library, name))
     new = "\n".join(kept) + "\n"
-    tmp = os.path.join(directory, PKCS11_TXT_NEW)
-    try:
-        os.unlink(tmp)  # a leftover of a killed run (unlink acts on a planted link itself, never follows it)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600 if old_mode is None else old_mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(new)
-            f.flush()
-            os.fsync(f.fileno())
-            if old_mode is not None:
-                os.fchmod(f.fileno(), old_mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # a fixed temporary name: a leftover of a killed run is unlinked first (unlink acts on a planted link itself)
+    write_nofollow(path, new, mode=0o600 if old_mode is None else old_mode, tmp_name=PKCS11_TXT_NEW)
     return read_pkcs11_txt(directory)
 
 

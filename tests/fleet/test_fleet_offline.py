@@ -92,7 +92,8 @@ def test_hosts_off_before_and_during_the_runs(fleet3):
     # site.yml: ws-01 off from the start, ws-02 switched off while one of its remote calls is running. To be sure the
     # call is still running when the workstation goes off (a race otherwise: a converged call takes under a second),
     # the middleware's own lock is held on ws-02, so that its pcsc_middleware call waits there (up to 300 s).
-    f.sh(WS2, "setsid -f flock /run/lock/tokentrust-pcsc-middleware.lock sleep 900 >/dev/null 2>&1 </dev/null")
+    f.sh(WS2, "mkdir -p -m 0700 /run/tokentrust && setsid -f flock /run/tokentrust/pcsc-middleware.lock sleep 900"
+              " >/dev/null 2>&1 </dev/null")
     rc, out, fired = playbook_stopping(f, "site.yml", "TASK [token_middleware_linux : The smart-card stack",
                                        lambda p: (time.sleep(2), fleetlab.stop_host(f.m, WS2)))
     assert fired, outline(out)
