@@ -100,9 +100,16 @@ options:
         the most days left. A chosen certificate that is not usable is tried anyway, with a warning.
     type: str
   timeout:
-    description: Seconds for the TCP connection, the TLS handshake and each read.
+    description: Seconds for the TCP connection, the TLS handshake and each read (each bounded by O(deadline) too).
     type: int
     default: 20
+  deadline:
+    description:
+      - Seconds for the whole TLS step (the pre-flight, the negative controls and the login's connection, each
+        connect, handshake, request and answer together; waiting for the key's lock not counted). A server that
+        trickles its answer is stopped there, with the error C(timeout), and the key's lock is released. 1 to 600.
+    type: int
+    default: 60
   body_bytes:
     description: How many characters of the page to return in C(tls.body_start).
     type: int
@@ -297,8 +304,9 @@ from ansible.module_utils.tokentrust_options import TOKEN_OPTIONS
 from ansible.module_utils.tokentrust_privsep import read_bounded
 
 try:
+    from ansible.module_utils.tokentrust_login import verify_token
     from ansible.module_utils.tokentrust_nss import CFFI_IMPORT_ERROR
-    from ansible.module_utils.tokentrust_nss.token import default_module, verify_token
+    from ansible.module_utils.tokentrust_nss.token import default_module
 
     IMPORT_ERROR = CFFI_IMPORT_ERROR  # None when cffi imports (the guard of tokentrust_nss)
 except ImportError:
@@ -331,6 +339,7 @@ def main():
             builtin_roots=dict(type="bool", default=True),
             certificate=dict(type="str"),
             timeout=dict(type="int", default=20),
+            deadline=dict(type="int", default=60),
             body_bytes=dict(type="int", default=1024),
             min_days_left=dict(type="int", default=30),
             tls_max_version=dict(type="str", choices=["1.2", "1.3"]),
@@ -350,7 +359,7 @@ def main():
             path, p["pin"], label=p["token_label"], ca_set=p["ca_set"], url=p["url"],
             server_ca_pems=_server_cas(module, p["server_ca"]), builtin_roots=p["builtin_roots"],
             allow_final_try=p["allow_final_try"], certificate=p["certificate"], tls=bool(p["url"]),
-            timeout=p["timeout"], body_bytes=p["body_bytes"], min_days_left=p["min_days_left"],
+            timeout=p["timeout"], deadline=p["deadline"], body_bytes=p["body_bytes"], min_days_left=p["min_days_left"],
             check_mode=module.check_mode, tls_max=p["tls_max_version"], run_id=p["run_id"],
         )
     except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug

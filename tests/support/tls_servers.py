@@ -30,15 +30,20 @@ def free_port() -> int:
 
 def call(func: str, kwargs: dict, env: dict | None = None) -> dict:
     """A test-login or PIN workflow function in a child Python process (NSS and the PKCS#11 module are per process):
-    from module_utils/tokentrust_login.py, or from tokentrust_nss/token.py where it lived before issue 26."""
+    from module_utils/tokentrust_login.py or tokentrust_pin_action.py, or from tokentrust_nss/token.py where both
+    lived before issue 26 (so that the same test runs on the code before and after)."""
     code = textwrap.dedent(f"""\
         import json, sys
         sys.path.insert(0, {str(ROOT / 'tests')!r})
         import conftest  # noqa: F401 - makes ansible.module_utils.tokentrust_* importable
-        try:
-            from ansible.module_utils import tokentrust_login as where
-        except ImportError:
-            from ansible.module_utils.tokentrust_nss import token as where
+        import importlib
+        for name in ("tokentrust_login", "tokentrust_pin_action", "tokentrust_nss.token"):
+            try:
+                where = importlib.import_module("ansible.module_utils." + name)
+            except ImportError:
+                continue
+            if hasattr(where, {func!r}):
+                break
         kwargs = json.load(sys.stdin)
         print(json.dumps(getattr(where, {func!r})(**kwargs), default=str))
         """)
