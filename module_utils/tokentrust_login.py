@@ -494,6 +494,7 @@ class _TestLogin:
                              "certificate, so a login there proves nothing about the key; %s"
                              % (o["url"], control["status"], NOTHING))
         chosen, handle = pairs[idx]
+        _login_fields(rep, chosen)
         self.guarded(lambda: self.connect(chosen, handle))
         self.report_certificates(chosen["sha256"])
 
@@ -596,9 +597,13 @@ class _TestLogin:
         if o["min_days_left"] and 0 <= chosen["days_left"] < o["min_days_left"]:
             rep["warnings"].append("certificate %s (issuer %s) expires in %d days (%s): renew it"
                                    % (chosen["holder"], chosen["issuer"], chosen["days_left"], chosen["not_after"]))
-        keys = ("holder", "subject", "issuer", "serial", "not_after", "days_left", "sha256", "nickname")
-        rep["login_certificate"] = {k: chosen[k] for k in keys}
-        rep["holder"], rep["not_after"], rep["days_left"] = chosen["holder"], chosen["not_after"], chosen["days_left"]
+        _login_fields(rep, chosen)
+
+
+def _login_fields(rep, chosen):
+    keys = ("holder", "subject", "issuer", "serial", "not_after", "days_left", "sha256", "nickname")
+    rep["login_certificate"] = {k: chosen[k] for k in keys}
+    rep["holder"], rep["not_after"], rep["days_left"] = chosen["holder"], chosen["not_after"], chosen["days_left"]
 
 
 def _card_gone(tok):

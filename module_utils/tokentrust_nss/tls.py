@@ -596,6 +596,8 @@ def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls
         raise
     finally:
         lib.nspr4.PR_Close(fd)
+    if hooks.callback_error is not None:  # the server answered without the certificate: what stopped it comes first
+        raise hooks.callback_error
     text = _decode_text(body, headers)
     facts = _facts(hooks)
     return {

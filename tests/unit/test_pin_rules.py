@@ -5,14 +5,16 @@ import datetime as dt
 
 import pytest
 from ansible.module_utils.tokentrust_nss.tls import TLSError, analyse_page, parse_url
-from ansible.module_utils.tokentrust_nss.token import (
-    TokenError,
+from ansible.module_utils.tokentrust_login import (
     check_chain,
-    check_guard,
     choose_certificate,
     describe_certificate,
-    pin_state,
     usable_for_login,
+)
+from ansible.module_utils.tokentrust_nss.token import (
+    TokenError,
+    check_guard,
+    pin_state,
 )
 from ansible.module_utils.tokentrust_pin import bounds, check_new_pin, is_weak, scrub, scrub_all
 
