@@ -4,13 +4,13 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from ansible.module_utils.tokentrust_nss.tls import TLSError, analyse_page, parse_url
 from ansible.module_utils.tokentrust_login import (
     check_chain,
     choose_certificate,
     describe_certificate,
     usable_for_login,
 )
+from ansible.module_utils.tokentrust_nss.tls import TLSError, analyse_page, parse_url
 from ansible.module_utils.tokentrust_nss.token import (
     TokenError,
     check_guard,
