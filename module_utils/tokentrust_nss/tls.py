@@ -356,7 +356,7 @@ class _Hooks:
         self.client_cert = client_cert
         self.on_request = on_request
         self.requested = False
-        self.after_handshake = False  # the request came after the handshake (TLS 1.3 post-handshake auth)
+        self.in_handshake = False  # a request came during the handshake (not only after it: TLS 1.3 post-handshake)
         self.handshake_done = False
         self.offered_der = None
         self.sent_der = None  # what libssl3 really sent (SSL_LocalCertificate), read by confirm_sent()
@@ -370,7 +370,7 @@ class _Hooks:
 
     def _client_auth(self, arg, fd, ca_names, p_cert, p_key):
         self.requested = True
-        self.after_handshake = self.handshake_done
+        self.in_handshake = self.in_handshake or not self.handshake_done
         if ca_names != ffi.NULL:
             self.ca_names = [bytes(ffi.buffer(ca_names.names[i].data, ca_names.names[i].len))
                              for i in range(max(int(ca_names.nnames), 0))]
@@ -658,7 +658,7 @@ def preflight(url, timeout=20, tls_max=None, deadline=None):
         "tls_version": TLS_VERSIONS.get(info.protocolVersion, hex(info.protocolVersion)) if info is not None else None,
         "server_certificate": _cert_summary(hooks.server_der) if hooks.server_der else None,
         "client_cert_requested": hooks.requested,
-        "post_handshake_only": hooks.requested and hooks.after_handshake,
+        "post_handshake_only": hooks.requested and not hooks.in_handshake,
         "acceptable_cas": [dn_text(n) for n in names],
         "acceptable_cas_der": [n.hex() for n in names],
         "without_client_cert": control,

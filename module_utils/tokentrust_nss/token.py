@@ -7,7 +7,12 @@ change the PIN, unblock it with the PUK, list the certificates that have a priva
         tok = ts.token                       # the token (by label, or the only one present)
         tok.info()                           # label, serial, flags, PIN state, PIN lengths
         tok.login(pin)                       # guarded: refuses at final try / locked; one attempt at most
-        tok.certificates()                   # certificates with their private key on the token
+        tok.certificates()                   # raw facts of the token's certificates (der, label, has_key, handle)
+
+Bindings only (issue 30): the test login and the PIN workflows, the certificate choice and the texts of what to do
+live above, in module_utils/tokentrust_login.py, tokentrust_pin_action.py and tokentrust_advice.py; this file imports
+nothing but the floor (tokentrust_errors, tokentrust_facts) and the other bindings. An uninitialised slot without a
+label (SoftHSM2's free slot) is not a token (is_empty_slot).
 
 Guarantees:
 - a PIN (or PUK) is presented to the token at most once per call, and never when the token says the
