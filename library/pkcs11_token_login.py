@@ -26,9 +26,8 @@ description:
   - B(The login passes only when) the PIN was accepted, the chosen certificate is valid and chains to the CA set,
     the server B(asked for a client certificate), the token's certificate B(was sent and accepted) (the
     handshake completed with it) and the page answered HTTP 200. A server that never asks for a client
-    certificate is the failure C(no_client_auth), since such a login proves nothing about the key. Only the certificate used
-    decides. A page that says the
-    certificate is not valid ("n'est pas valide") is a problem.
+    certificate is the failure C(no_client_auth), since such a login proves nothing about the key. Only the
+    certificate used decides. A page that says the certificate is not valid ("n'est pas valide") is a problem.
   - Every input (URL scheme, host and port 1-65535, certificate selector, timeouts) is checked B(before the key is
     touched), so a bad input presents no PIN.
   - B(A pre-flight handshake without the key) comes before the PIN is presented (not in check mode). The server
