@@ -137,7 +137,8 @@ from ansible.module_utils.tokentrust_options import TOKEN_OPTIONS
 
 try:
     from ansible.module_utils.tokentrust_nss import CFFI_IMPORT_ERROR
-    from ansible.module_utils.tokentrust_nss.token import default_module, pin_action
+    from ansible.module_utils.tokentrust_nss.token import default_module
+    from ansible.module_utils.tokentrust_pin_action import pin_action
 
     IMPORT_ERROR = CFFI_IMPORT_ERROR  # None when cffi imports (the guard of tokentrust_nss)
 except ImportError:

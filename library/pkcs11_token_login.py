@@ -26,8 +26,8 @@ description:
   - B(The login passes only when) the PIN was accepted, the chosen certificate is valid and chains to the CA set,
     the server B(asked for a client certificate), the token's certificate B(was sent and accepted) (the
     handshake completed with it) and the page answered HTTP 200. A server that never asks for a client
-    certificate is the failure C(no_client_auth), since such a login proves nothing about the key. A page that says the
-    certificate is not valid ("n'est pas valide") is a problem.
+    certificate is the failure C(no_client_auth), since such a login proves nothing about the key. Only the
+    certificate used decides. A page that says the certificate is not valid ("n'est pas valide") is a problem.
   - Every input (URL scheme, host and port 1-65535, certificate selector, timeouts) is checked B(before the key is
     touched), so a bad input presents no PIN.
   - B(A pre-flight handshake without the key) comes before the PIN is presented (not in check mode). The server
@@ -35,8 +35,18 @@ description:
     CertificateRequest names acceptable CAs, one of them must be a CA above the certificate to log in with (else the
     failure C(client_ca_not_accepted), since such a server cannot really accept the key whatever it answers). The same
     request is then sent B(with no client certificate) (the negative control); a server that answers it with HTTP
-    2xx does not need the key, the failure C(client_cert_optional). Each of these failures spends no PIN try. What
-    the pre-flight saw is returned in C(preflight).
+    2xx does not need the key, the failure C(client_cert_optional). A server that asks only after a TLS 1.3 handshake
+    (post-handshake authentication, which Firefox does not offer) is C(post_handshake_auth_only). Then the same
+    request B(with a throwaway self-signed client certificate) made on the spot (second negative control, no PIN);
+    a server that answers it with a success accepts any certificate, the failure C(server_accepts_any_certificate).
+    Each of these failures spends no PIN try. What the pre-flight saw is returned in C(preflight).
+  - B(No PIN try on a login that cannot pass.) The key holding no certificate (C(no_certificate)), none valid now,
+    for client authentication and in the CA set (C(no_usable_certificate)), a selected certificate that is not
+    usable (C(certificate_not_usable)) or none under a CA the server names (C(client_ca_not_accepted)) stop the
+    login before the PIN. The certificate is chosen among those the server's acceptable-CA list names, then by days
+    left (C(certificate_choice) says which and why); another expired certificate on the key is a warning.
+  - The PIN is presented from inside the login's own handshake, when the server asks for the certificate there; a
+    server that stops asking after the pre-flight never gets it (C(no_client_auth), no try spent).
   - The PIN guard holds an exclusive lock per token (keyed by the token's serial; C(fcntl.flock) on a file in
     C(/run/tokentrust) for root, else a private temporary directory) from reading the PIN counter to the end of
     the login, so parallel runs (several hosts sharing one key, two playbooks at once) never present a PIN that
@@ -96,13 +106,21 @@ options:
       - Which certificate of the token to log in with, by SHA-256 fingerprint (64 hex digits, colons allowed),
         label or holder name, matched B(exactly) (no substring). Several matching certificates are the error
         C(certificate_ambiguous) (choose by SHA-256), none is C(certificate_not_found); both are found before
-        the PIN is presented. Default, the usable certificate (valid, client authentication, in the CA set) with
-        the most days left. A chosen certificate that is not usable is tried anyway, with a warning.
+        the PIN is presented. Default, the usable certificate (valid, client authentication, in the CA set, under a
+        CA the server names) with the most days left. A chosen certificate that is not usable is the error
+        C(certificate_not_usable), before the PIN (with no URL it is tried anyway, with a warning).
     type: str
   timeout:
-    description: Seconds for the TCP connection, the TLS handshake and each read.
+    description: Seconds for the TCP connection, the TLS handshake and each read (each bounded by O(deadline) too).
     type: int
     default: 20
+  deadline:
+    description:
+      - Seconds for the whole TLS step (the pre-flight, the negative controls and the login's connection, each
+        connect, handshake, request and answer together; waiting for the key's lock not counted). A server that
+        trickles its answer is stopped there, with the error C(timeout), and the key's lock is released. 1 to 600.
+    type: int
+    default: 60
   body_bytes:
     description: How many characters of the page to return in C(tls.body_start).
     type: int
@@ -184,7 +202,9 @@ error:
     CA names exclude the key's chain), client_cert_optional (the server answered 2xx with no client certificate),
     server_name_mismatch (the server certificate is not for the URL's host), client_cert_not_sent, page_status (not
     HTTP 200; a redirection gives its Location), certificate_ambiguous, certificate_not_found, input, lock,
-    wrong_pin_this_run. The kinds found by the pre-flight (resolve, connect, timeout, server_untrusted,
+    wrong_pin_this_run, server_accepts_any_certificate (a throwaway self-signed certificate got a success),
+    post_handshake_auth_only, no_certificate, no_usable_certificate, certificate_not_usable. The kinds found by the
+    pre-flight (resolve, connect, timeout, server_untrusted,
     server_name_mismatch, no_client_auth, client_ca_not_accepted, client_cert_optional) come before the PIN. Also
     card_pulled and puk_locked.
   returned: always
@@ -278,7 +298,13 @@ preflight:
     failure before it). url, tls_version, server_certificate, client_cert_requested, acceptable_cas (the CA names
     of the CertificateRequest, as text; empty when the server names none), acceptable_cas_der (hex),
     without_client_cert (accepted, status, location, refused - the TLS error by which the server refused a
-    request with no certificate).
+    request with no certificate), post_handshake_only, with_throwaway_certificate (the same fields for the
+    throwaway self-signed certificate).
+  returned: always
+  type: dict
+certificate_choice:
+  description: Which certificate the TLS login used and why (sha256, holder, issuer, why, set_aside - the others,
+    each with why not); null when no TLS login was chosen.
   returned: always
   type: dict
 tls:
@@ -297,8 +323,9 @@ from ansible.module_utils.tokentrust_options import TOKEN_OPTIONS
 from ansible.module_utils.tokentrust_privsep import read_bounded
 
 try:
+    from ansible.module_utils.tokentrust_login import verify_token
     from ansible.module_utils.tokentrust_nss import CFFI_IMPORT_ERROR
-    from ansible.module_utils.tokentrust_nss.token import default_module, verify_token
+    from ansible.module_utils.tokentrust_nss.token import default_module
 
     IMPORT_ERROR = CFFI_IMPORT_ERROR  # None when cffi imports (the guard of tokentrust_nss)
 except ImportError:
@@ -331,6 +358,7 @@ def main():
             builtin_roots=dict(type="bool", default=True),
             certificate=dict(type="str"),
             timeout=dict(type="int", default=20),
+            deadline=dict(type="int", default=60),
             body_bytes=dict(type="int", default=1024),
             min_days_left=dict(type="int", default=30),
             tls_max_version=dict(type="str", choices=["1.2", "1.3"]),
@@ -350,7 +378,7 @@ def main():
             path, p["pin"], label=p["token_label"], ca_set=p["ca_set"], url=p["url"],
             server_ca_pems=_server_cas(module, p["server_ca"]), builtin_roots=p["builtin_roots"],
             allow_final_try=p["allow_final_try"], certificate=p["certificate"], tls=bool(p["url"]),
-            timeout=p["timeout"], body_bytes=p["body_bytes"], min_days_left=p["min_days_left"],
+            timeout=p["timeout"], deadline=p["deadline"], body_bytes=p["body_bytes"], min_days_left=p["min_days_left"],
             check_mode=module.check_mode, tls_max=p["tls_max_version"], run_id=p["run_id"],
         )
     except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug

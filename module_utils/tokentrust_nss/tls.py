@@ -14,9 +14,16 @@ client_cert_rejected, client_cert_required, handshake, http.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import html
+import os
 import re
+import shutil
+import socket
+import ssl
+import tempfile
+import time
 from urllib.parse import urlsplit
 
 from ansible.module_utils.tokentrust_errors import TokentrustError
@@ -28,6 +35,7 @@ SSL_SECURITY = 1
 SSL_HANDSHAKE_AS_CLIENT = 5
 SSL_NO_CACHE = 9
 SSL_ENABLE_SESSION_TICKETS = 18
+SSL_ENABLE_POST_HANDSHAKE_AUTH = 39
 # prnetdb.h
 PR_AF_UNSPEC = 0
 PR_AI_ADDRCONFIG = 0x20
@@ -58,18 +66,52 @@ class TLSError(TokentrustError):
     __init__ = kind_error_init
 
 
+class Deadline:
+    """One deadline for a whole TLS step (every connection, handshake, request and answer of it): each NSPR call waits
+    at most `timeout` seconds and never past the deadline. `extend()` gives back time spent outside TLS (waiting for
+    the key's lock)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def left(self):
+        return self.at - time.monotonic()
+
+    def extend(self, seconds):
+        self.at += max(0.0, seconds)
+
+    def error(self, where):
+        return TLSError("timeout", "%s: the TLS step did not end within its deadline of %d s (connections, handshakes, "
+                        "requests and answers together; option deadline): stopped there" % (where, self.seconds),
+                        deadline=self.seconds)
+
+    def interval(self, timeout, where):
+        """The NSPR interval of the next call; TLSError('timeout') when the deadline has passed."""
+        left = self.left()
+        if left <= 0:
+            raise self.error(where)
+        return lib.nspr4.PR_MillisecondsToInterval(max(1, int(min(timeout, left) * 1000)))
+
+    def seconds_for(self, timeout, where):
+        left = self.left()
+        if left <= 0:
+            raise self.error(where)
+        return min(timeout, left)
+
+
 def _der_of(cert):
     return bytes(ffi.buffer(cert.derCert.data, cert.derCert.len))
 
 
 def _cert_summary(der):
     try:
-        from ansible.module_utils.tokentrust_ca import cert_dates
         from cryptography import x509
 
         c = x509.load_der_x509_certificate(der)
+        after = getattr(c, "not_valid_after_utc", None) or c.not_valid_after.replace(tzinfo=datetime.timezone.utc)
         return {"subject": c.subject.rfc4514_string(), "issuer": c.issuer.rfc4514_string(),
-                "not_after": cert_dates(c)[1].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "not_after": after.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "sha256": hashlib.sha256(der).hexdigest().upper()}
     except Exception:  # noqa: BLE001 - a summary is best effort
         return {"sha256": hashlib.sha256(der).hexdigest().upper()}
@@ -304,13 +346,22 @@ def parse_http(raw, limit=MAX_PAGE):
 
 
 class _Hooks:
-    """The two libssl3 callbacks of one connection, and what they saw."""
+    """The two libssl3 callbacks of one connection, and what they saw.
 
-    def __init__(self, client_cert):
+    `on_request` (optional) is called when the server asks for a client certificate, before the certificate is
+    offered: the test login presents the PIN there, so that a server that does not ask on this connection never gets
+    it. An exception it raises ends the handshake (no certificate offered) and is raised again by the caller."""
+
+    def __init__(self, client_cert, on_request=None):
         self.client_cert = client_cert
+        self.on_request = on_request
         self.requested = False
-        self.sent_der = None
+        self.in_handshake = False  # a request came during the handshake (not only after it: TLS 1.3 post-handshake)
+        self.handshake_done = False
+        self.offered_der = None
+        self.sent_der = None  # what libssl3 really sent (SSL_LocalCertificate), read by confirm_sent()
         self.key_missing = False
+        self.callback_error = None
         self.server_error = None
         self.server_der = None
         self.ca_names = None  # DER names of the CertificateRequest's acceptable CAs (None: no request seen)
@@ -319,6 +370,7 @@ class _Hooks:
 
     def _client_auth(self, arg, fd, ca_names, p_cert, p_key):
         self.requested = True
+        self.in_handshake = self.in_handshake or not self.handshake_done
         if ca_names != ffi.NULL:
             self.ca_names = [bytes(ffi.buffer(ca_names.names[i].data, ca_names.names[i].len))
                              for i in range(max(int(ca_names.nnames), 0))]
@@ -326,14 +378,34 @@ class _Hooks:
             self.ca_names = []
         if self.client_cert is None:
             return -1  # no certificate to offer
+        if self.on_request is not None:
+            try:
+                self.on_request()
+            except Exception as exc:  # noqa: BLE001 - raised again by the caller, after the handshake
+                self.callback_error = exc
+                return -1
         key = lib.nss3.PK11_FindKeyByAnyCert(self.client_cert, ffi.NULL)
         if key == ffi.NULL:
             self.key_missing = True
             return -1
         p_cert[0] = lib.nss3.CERT_DupCertificate(self.client_cert)
         p_key[0] = key
-        self.sent_der = _der_of(self.client_cert)
+        self.offered_der = _der_of(self.client_cert)
         return 0
+
+    def confirm_sent(self, fd):
+        """What was really sent: a certificate offered may still not go out (no signature scheme the server accepts
+        for this key, a key that cannot sign)."""
+        if self.offered_der is None:
+            return
+        local = lib.ssl3.SSL_LocalCertificate(fd)
+        if local == ffi.NULL:
+            self.sent_der = None
+            return
+        try:
+            self.sent_der = _der_of(local)
+        finally:
+            lib.nss3.CERT_DestroyCertificate(local)
 
     def _auth_cert(self, arg, fd, check_sig, is_server):
         peer = lib.ssl3.SSL_PeerCertificate(fd)
@@ -395,11 +467,13 @@ def dn_text(der):
         lib.nss3.PORT_Free(p)
 
 
-def _open(url, hooks, timeout, tls_max):
+def _open(url, hooks, timeout, tls_max, deadline=None, pha=False):
     """A TCP connection to `url` with the TLS handshake done, through `hooks`. Returns (fd, info, where, request);
-    the caller closes fd. Raises TLSError (with the socket closed)."""
+    the caller closes fd. Raises TLSError (with the socket closed). `deadline` (Deadline) bounds the whole step;
+    `pha` offers TLS 1.3 post-handshake authentication (the pre-flight only, to tell such a server apart)."""
     host, port, path = parse_url(url)
-    interval = lib.nspr4.PR_SecondsToInterval(int(timeout))
+    deadline = deadline or Deadline(timeout)
+    where = "%s:%d" % (host, port)
     addr = _resolve(host, port)
     family = ffi.cast("PRUint16 *", addr)[0]  # PRNetAddr starts with its family (PR_NetAddrFamily is a macro)
     tcp = lib.nspr4.PR_OpenTCPSocket(family)
@@ -411,26 +485,23 @@ def _open(url, hooks, timeout, tls_max):
         err = last_error("SSL_ImportFD")
         lib.nspr4.PR_Close(tcp)
         raise TLSError("handshake", "cannot set up TLS on the socket: %s" % err.name, err.name)
-    where = "%s:%d" % (host, port)
     try:
-        for opt, val in ((SSL_SECURITY, 1), (SSL_HANDSHAKE_AS_CLIENT, 1), (SSL_NO_CACHE, 1),
-                         (SSL_ENABLE_SESSION_TICKETS, 0)):
-            _ok(lib.ssl3.SSL_OptionSet(fd, opt, val), "SSL_OptionSet(%d)" % opt, where)
-        if tls_max:
-            vr = ffi.new("SSLVersionRange *", {"min": 0x0303, "max": VERSION_NUMBERS[tls_max]})
-            _ok(lib.ssl3.SSL_VersionRangeSet(fd, vr), "SSL_VersionRangeSet", where)
-        # the host name the server certificate must carry: without it NSS would not check the name at all
-        _ok(lib.ssl3.SSL_SetURL(fd, host.encode("idna")), "SSL_SetURL (server host name check)", where)
-        _ok(lib.ssl3.SSL_GetClientAuthDataHook(fd, hooks.client_cb, ffi.NULL), "SSL_GetClientAuthDataHook", where)
-        _ok(lib.ssl3.SSL_AuthCertificateHook(fd, hooks.auth_cb, ffi.NULL), "SSL_AuthCertificateHook", where)
-
-        if lib.nspr4.PR_Connect(fd, addr, interval) != 0:
+        _setup(fd, hooks, host, where, tls_max, pha)
+        if lib.nspr4.PR_Connect(fd, addr, deadline.interval(timeout, where)) != 0:
             err = last_error("connect")
+            if err.name in TIMEOUTS and deadline.left() <= 0:
+                raise deadline.error(where)
             kind = "timeout" if err.name in TIMEOUTS else "connect"
             text = CONNECT_TEXTS.get(err.name, err.text)
             raise TLSError(kind, "cannot connect to %s: %s (%s)" % (where, text, err.name), err.name)
-        if lib.ssl3.SSL_ForceHandshakeWithTimeout(fd, interval) != 0:
-            raise _handshake_error(last_error("TLS handshake"), hooks, where)
+        if lib.ssl3.SSL_ForceHandshakeWithTimeout(fd, deadline.interval(timeout, where)) != 0:
+            err = last_error("TLS handshake")
+            hooks.confirm_sent(fd)
+            if err.name in TIMEOUTS and deadline.left() <= 0:
+                raise deadline.error(where)
+            raise _handshake_error(err, hooks, where)
+        hooks.handshake_done = True
+        hooks.confirm_sent(fd)
         info = ffi.new("SSLChannelInfo *")
         _ok(lib.ssl3.SSL_GetChannelInfo(fd, info, ffi.sizeof("SSLChannelInfo")), "SSL_GetChannelInfo", where)
     except BaseException:
@@ -442,17 +513,31 @@ def _open(url, hooks, timeout, tls_max):
     return fd, info, where, request
 
 
-def _get(fd, hooks, where, request, timeout, limit):
+def _setup(fd, hooks, host, where, tls_max, pha):
+    """Every option of the connection, each checked."""
+    for opt, val in ((SSL_SECURITY, 1), (SSL_HANDSHAKE_AS_CLIENT, 1), (SSL_NO_CACHE, 1),
+                     (SSL_ENABLE_SESSION_TICKETS, 0)) + (((SSL_ENABLE_POST_HANDSHAKE_AUTH, 1),) if pha else ()):
+        _ok(lib.ssl3.SSL_OptionSet(fd, opt, val), "SSL_OptionSet(%d)" % opt, where)
+    if tls_max:
+        vr = ffi.new("SSLVersionRange *", {"min": 0x0303, "max": VERSION_NUMBERS[tls_max]})
+        _ok(lib.ssl3.SSL_VersionRangeSet(fd, vr), "SSL_VersionRangeSet", where)
+    # the host name the server certificate must carry: without it NSS would not check the name at all
+    _ok(lib.ssl3.SSL_SetURL(fd, host.encode("idna")), "SSL_SetURL (server host name check)", where)
+    _ok(lib.ssl3.SSL_GetClientAuthDataHook(fd, hooks.client_cb, ffi.NULL), "SSL_GetClientAuthDataHook", where)
+    _ok(lib.ssl3.SSL_AuthCertificateHook(fd, hooks.auth_cb, ffi.NULL), "SSL_AuthCertificateHook", where)
+
+
+def _get(fd, hooks, where, request, timeout, limit, deadline=None):
     """Send `request` on the open connection and read the answer: (reader, status, reason, headers, body)."""
-    interval = lib.nspr4.PR_SecondsToInterval(int(timeout))
-    sent = lib.nspr4.PR_Send(fd, request, len(request), 0, interval)
+    deadline = deadline or Deadline(timeout)
+    sent = lib.nspr4.PR_Send(fd, request, len(request), 0, deadline.interval(timeout, where))
     if sent != len(request):
-        raise _handshake_error(last_error("send"), hooks, where)
+        raise _io_error(last_error("send"), fd, hooks, where, deadline)
     buf = ffi.new("char[]", 16384)
     got_any = [False]
 
     def recv():
-        n = lib.nspr4.PR_Recv(fd, buf, 16384, 0, interval)
+        n = lib.nspr4.PR_Recv(fd, buf, 16384, 0, deadline.interval(timeout, where))
         if n == 0:
             return b""
         if n < 0:
@@ -460,7 +545,7 @@ def _get(fd, hooks, where, request, timeout, limit):
             if got_any[0] and err.name in ("PR_CONNECT_RESET_ERROR", "SSL_ERROR_CLOSE_NOTIFY_ALERT",
                                            "PR_END_OF_FILE_ERROR"):
                 return b""  # the server closed after its answer
-            raise _handshake_error(err, hooks, where)
+            raise _io_error(err, fd, hooks, where, deadline)
         got_any[0] = True
         return ffi.buffer(buf, n)[:]
 
@@ -469,33 +554,53 @@ def _get(fd, hooks, where, request, timeout, limit):
     return reader, status, reason, headers, body
 
 
+def _io_error(err, fd, hooks, where, deadline):
+    hooks.confirm_sent(fd)
+    if err.name in TIMEOUTS and deadline.left() <= 0:
+        return deadline.error(where)
+    return _handshake_error(err, hooks, where)
+
+
 def _facts(hooks):
     return {"client_cert_requested": hooks.requested,
             "client_cert_sent": hashlib.sha256(hooks.sent_der).hexdigest().upper() if hooks.sent_der else None}
 
 
-def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls_max=None):
+def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls_max=None, deadline=None,
+              on_request=None):
     """GET `url` over TLS with client authentication by `client_cert` (CERTCertificate* or None).
 
     Returns url, status, reason, location, content_type, body_start (at most `max_body` characters), http_framing,
-    tls_version, cipher_suite, client_cert_requested, client_cert_sent (SHA-256 or None), client_cert_accepted
-    (sent, and the server answered over the authenticated connection), server_certificate, page (analyse_page).
-    Raises TLSError; one raised after the handshake (a malformed answer) keeps what the handshake showed
-    (client_cert_requested, client_cert_sent).
+    tls_version, cipher_suite, client_cert_requested, client_cert_sent (SHA-256 of what libssl3 really sent, or
+    None), client_cert_accepted (sent, and the server answered over the authenticated connection),
+    server_certificate, page (analyse_page). `deadline` (Deadline) bounds connect, handshake, request and answer
+    together; `on_request` is called when the server asks for the certificate (see _Hooks).
+    Raises TLSError, or what `on_request` raised; one raised after the handshake (a malformed answer) keeps what the
+    handshake showed (client_cert_requested, client_cert_sent).
     """
-    hooks = _Hooks(client_cert)
-    fd, info, where, request = _open(url, hooks, timeout, tls_max)
+    hooks = _Hooks(client_cert, on_request)
     try:
-        reader, status, reason, headers, body = _get(fd, hooks, where, request, timeout, max(MAX_PAGE, max_body * 4))
+        fd, info, where, request = _open(url, hooks, timeout, tls_max, deadline)
+    except TLSError:
+        if hooks.callback_error is not None:
+            raise hooks.callback_error from None
+        raise
+    try:
+        reader, status, reason, headers, body = _get(fd, hooks, where, request, timeout, max(MAX_PAGE, max_body * 4),
+                                                     deadline)
     except TLSError as exc:
+        if hooks.callback_error is not None:
+            raise hooks.callback_error from None
         for k, v in _facts(hooks).items():
             exc.details.setdefault(k, v)
         raise
     finally:
         lib.nspr4.PR_Close(fd)
+    if hooks.callback_error is not None:  # the server answered without the certificate: what stopped it comes first
+        raise hooks.callback_error
     text = _decode_text(body, headers)
     facts = _facts(hooks)
-    out = {
+    return {
         "url": url,
         "status": status,
         "reason": reason,
@@ -511,23 +616,24 @@ def https_get(url, client_cert=None, timeout=20, max_body=4096, holder=None, tls
         "server_certificate": _cert_summary(hooks.server_der) if hooks.server_der else None,
         "page": analyse_page(text, holder),
     }
-    return out
 
 
-def preflight(url, timeout=20, tls_max=None):
+def preflight(url, timeout=20, tls_max=None, deadline=None):
     """The test login's pre-flight, without the key: connect, verify the server (trust and host name), see whether it
-    asks for a client certificate and which CAs it names, then send the same request with NO client certificate
-    (the negative control). Raises TLSError for what stops any login (url, resolve, connect, timeout,
+    asks for a client certificate (in the handshake, or only after it: TLS 1.3 post-handshake authentication is
+    offered here to tell such a server apart) and which CAs it names, then send the same request with NO client
+    certificate (the negative control). Raises TLSError for what stops any login (url, resolve, connect, timeout,
     server_untrusted, server_name_mismatch, handshake). Returns a dict:
 
-    url, tls_version, server_certificate, client_cert_requested, acceptable_cas (texts), acceptable_cas_der (DER
-    names, hex), without_client_cert: {accepted (the server answered 2xx with no certificate), status, location,
-    refused (the TLS error by which it refused, or None)}."""
+    url, tls_version, server_certificate, client_cert_requested, post_handshake_only (asked only after the
+    handshake), acceptable_cas (texts), acceptable_cas_der (DER names, hex), without_client_cert: {accepted (the
+    server answered 2xx with no certificate), status, location, refused (the TLS error by which it refused, or
+    None)}."""
     hooks = _Hooks(None)
     control = {"accepted": False, "status": None, "location": None, "refused": None}
     fd = None
     try:
-        fd, info, where, request = _open(url, hooks, timeout, tls_max)
+        fd, info, where, request = _open(url, hooks, timeout, tls_max, deadline, pha=True)
     except TLSError as exc:
         if not (hooks.requested and exc.kind in ("client_cert_required", "handshake", "client_cert_rejected")):
             raise
@@ -535,7 +641,7 @@ def preflight(url, timeout=20, tls_max=None):
         info = None
     if fd is not None:
         try:
-            _reader, status, _reason, headers, _body = _get(fd, hooks, where, request, timeout, 64 * 1024)
+            _reader, status, _reason, headers, _body = _get(fd, hooks, where, request, timeout, 64 * 1024, deadline)
             control.update(status=status, location=headers.get("location"), accepted=200 <= status < 300)
         except TLSError as exc:
             if exc.kind in ("client_cert_required", "client_cert_rejected", "handshake") and hooks.requested:
@@ -552,10 +658,62 @@ def preflight(url, timeout=20, tls_max=None):
         "tls_version": TLS_VERSIONS.get(info.protocolVersion, hex(info.protocolVersion)) if info is not None else None,
         "server_certificate": _cert_summary(hooks.server_der) if hooks.server_der else None,
         "client_cert_requested": hooks.requested,
+        "post_handshake_only": hooks.requested and not hooks.in_handshake,
         "acceptable_cas": [dn_text(n) for n in names],
         "acceptable_cas_der": [n.hex() for n in names],
         "without_client_cert": control,
     }
+
+
+def throwaway_get(url, cert_pem, key_pem, timeout=20, tls_max=None, deadline=None):
+    """The second negative control: the same request with a throwaway client certificate (self-signed, made on the
+    spot by the caller; no PIN, no token). Python's ssl module is enough here: the server was verified by the
+    pre-flight, and nothing of value is sent. Returns {accepted (2xx), status, location, refused}."""
+    host, port, path = parse_url(url)
+    where = "%s:%d" % (host, port)
+    deadline = deadline or Deadline(timeout)
+    out = {"accepted": False, "status": None, "location": None, "refused": None}
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the server's identity was checked by the pre-flight (NSS, the set's trust)
+    if tls_max:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_3 if tls_max == "1.3" else ssl.TLSVersion.TLSv1_2
+    tmp = tempfile.mkdtemp(prefix="tokentrust-control-")
+    try:
+        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        for path_, data in ((cert_path, cert_pem), (key_path, key_pem)):
+            fd = os.open(path_, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        ctx.load_cert_chain(cert_path, key_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    request = ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tokentrust-token-login/1\r\nAccept: text/html,*/*\r\n"
+               "Accept-Encoding: identity\r\nConnection: close\r\n\r\n"
+               % (path, host if port == 443 else where)).encode()
+    try:
+        raw = socket.create_connection((host, port), timeout=deadline.seconds_for(timeout, where))
+    except OSError as exc:
+        out["refused"] = "connect: %s" % exc
+        return out
+    try:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            tls.settimeout(deadline.seconds_for(timeout, where))
+            tls.sendall(request)
+
+            def recv():
+                tls.settimeout(deadline.seconds_for(timeout, where))
+                return tls.recv(16384)
+
+            status, _reason, headers, _body = HTTPReader(recv, 64 * 1024).read()
+            out.update(status=status, location=headers.get("location"), accepted=200 <= status < 300)
+    except (OSError, ssl.SSLError, TLSError) as exc:
+        if isinstance(exc, TLSError) and exc.details.get("deadline"):
+            raise
+        out["refused"] = "%s: %s" % (type(exc).__name__, exc)
+    finally:
+        raw.close()
+    return out
 
 
 def _handshake_error(err, hooks, where):
@@ -578,6 +736,11 @@ def _handshake_error(err, hooks, where):
     if name in CLIENT_CERT_REJECTED and hooks.sent_der is not None:
         return TLSError("client_cert_rejected", "%s refused the client certificate: %s (%s)"
                         % (where, CLIENT_CERT_REJECTED[name], name), name, server_certificate=server, **facts)
+    if hooks.offered_der is not None and hooks.sent_der is None and (
+            name in CLIENT_CERT_REQUIRED or name in CLIENT_CERT_REJECTED):
+        return TLSError("client_cert_not_sent", "%s asked for a client certificate; the key's certificate was offered "
+                        "but none was sent (%s): the server accepts no signature algorithm that this key can make"
+                        % (where, name), name, server_certificate=server, **facts)
     if name in CLIENT_CERT_REQUIRED or (name in CLIENT_CERT_REJECTED and hooks.requested):
         return TLSError("client_cert_required", "%s requires a client certificate and none was sent (%s)"
                         % (where, name), name, server_certificate=server, **facts)

@@ -7,7 +7,12 @@ change the PIN, unblock it with the PUK, list the certificates that have a priva
         tok = ts.token                       # the token (by label, or the only one present)
         tok.info()                           # label, serial, flags, PIN state, PIN lengths
         tok.login(pin)                       # guarded: refuses at final try / locked; one attempt at most
-        tok.certificates()                   # certificates with their private key on the token
+        tok.certificates()                   # raw facts of the token's certificates (der, label, has_key, handle)
+
+Bindings only (issue 30): the test login and the PIN workflows, the certificate choice and the texts of what to do
+live above, in module_utils/tokentrust_login.py, tokentrust_pin_action.py and tokentrust_advice.py; this file imports
+nothing but the floor (tokentrust_errors, tokentrust_facts) and the other bindings. An uninitialised slot without a
+label (SoftHSM2's free slot) is not a token (is_empty_slot).
 
 Guarantees:
 - a PIN (or PUK) is presented to the token at most once per call, and never when the token says the
@@ -23,11 +28,9 @@ one TokenSession per process at a time (Ansible runs each module in its own proc
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import platform
-import re
 import shutil
 import tempfile
 
@@ -65,6 +68,13 @@ CKF_SO_PIN_COUNT_LOW = 0x100000
 CKF_SO_PIN_FINAL_TRY = 0x200000
 CKF_SO_PIN_LOCKED = 0x400000
 CKF_PROTECTED_AUTHENTICATION_PATH = 0x100
+CKF_TOKEN_INITIALIZED = 0x400
+
+
+def is_empty_slot(flags, label):
+    """A slot whose token was never initialised and has no label (SoftHSM2 always shows one such free slot): not a
+    key. A card's token is initialised (OpenSC sets CKF_TOKEN_INITIALIZED) or at least labelled."""
+    return not (flags & CKF_TOKEN_INITIALIZED) and not (label or "").strip()
 
 
 def default_module(system=None):
@@ -129,144 +139,6 @@ class _PinSource:
 _PINS = _PinSource()  # module-level: the cffi callback must outlive every NSS call
 
 
-# ---------------------------------------------------------------------------------------------- certificates
-def _cn(name):
-    from cryptography.x509.oid import NameOID
-
-    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return attrs[0].value if attrs else name.rfc4514_string()
-
-
-def _key_usage(cert):
-    from cryptography import x509
-
-    out = []
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        for attr in ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-                     "key_agreement", "key_cert_sign", "crl_sign"):
-            if getattr(ku, attr):
-                out.append(attr)
-    except x509.ExtensionNotFound:
-        pass
-    eku = []
-    try:
-        for oid in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value:
-            eku.append(getattr(oid, "_name", None) or oid.dotted_string)
-    except x509.ExtensionNotFound:
-        eku = None
-    return out, eku
-
-
-def _load_ca_set(ca_set):
-    """[(name, cryptography cert)] from the tokentrust_ca_set fact (dicts with name and pem) or bare PEMs."""
-    from cryptography import x509
-
-    out = []
-    for i, ca in enumerate(ca_set or []):
-        if isinstance(ca, dict):
-            name, pem = ca.get("name") or ca.get("nickname") or "CA #%d" % (i + 1), ca.get("pem")
-        else:
-            name, pem = "CA #%d" % (i + 1), ca
-        if not pem:
-            raise TokenError("ca_set", "CA set entry %r has no 'pem': pass the tokentrust_ca_set fact of the "
-                             "ca_certificates role (entries with name, pem, sha256, role)" % name)
-        if not isinstance(pem, (str, bytes)):
-            raise TokenError("ca_set", "ca_set[%d] (%s): expected a dict with name and pem (PEM text) or a PEM text, "
-                             "got %s: pass the tokentrust_ca_set fact of the ca_certificates role"
-                             % (i, name, type(pem).__name__))
-        try:
-            der = der_from_bytes(pem, "CA set entry %r" % name)
-            out.append((name, x509.load_der_x509_certificate(der)))
-        except ValueError as exc:
-            raise TokenError("ca_set", str(exc)) from None
-    return out
-
-
-def check_chain(cert, cas, now=None):
-    """Does `cert` chain to a root of the CA set `cas` ([(name, cert)])? Returns a dict:
-    in_ca_set (bool), chain ([names], issuer first), problem (str or None)."""
-    from ansible.module_utils.tokentrust_ca import cert_dates, verify_signature
-
-    now = now or datetime.datetime.now(UTC)
-    chain = []
-    cur = cert
-    for _depth in range(8):
-        candidates = [(n, c) for n, c in cas if c.subject == cur.issuer]
-        if not candidates:
-            where = "its issuer" if cur is cert else "the issuer of %r" % chain[-1]
-            return {"in_ca_set": False, "chain": chain,
-                    "problem": "%s '%s' is not in the CA set" % (where, cur.issuer.rfc4514_string())}
-        found = None
-        for n, c in candidates:
-            try:
-                verify_signature(cur, c.public_key())
-            except Exception:  # noqa: BLE001 - InvalidSignature, unsupported key: try the next candidate
-                continue
-            found = (n, c)
-            break
-        if found is None:
-            return {"in_ca_set": False, "chain": chain,
-                    "problem": "a CA of the set has the issuer's name (%s) but did not sign it: forged or "
-                    "re-keyed CA" % ", ".join(c[0] for c in candidates)}
-        name, ca = found
-        ca_after = cert_dates(ca)[1]
-        if ca_after < now:
-            return {"in_ca_set": False, "chain": chain + [name],
-                    "problem": "CA %r of the chain expired on %s" % (name, ca_after.isoformat())}
-        chain.append(name)
-        if ca.subject == ca.issuer:
-            return {"in_ca_set": True, "chain": chain, "problem": None}
-        cur = ca
-    return {"in_ca_set": False, "chain": chain, "problem": "chain longer than 8 certificates"}
-
-
-def describe_certificate(der, cas=None, now=None):
-    """What the report says about one certificate of the token (pure: cryptography only)."""
-    from ansible.module_utils.tokentrust_ca import cert_dates
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-
-    now = now or datetime.datetime.now(UTC)
-    cert = x509.load_der_x509_certificate(der)
-    nb, na = cert_dates(cert)
-    ku, eku = _key_usage(cert)
-    serial = "%X" % cert.serial_number
-    if len(serial) % 2:
-        serial = "0" + serial
-    out = {
-        "holder": _cn(cert.subject),
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "serial": serial,
-        "not_before": nb.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "not_after": na.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "days_left": (na - now).days,
-        "expired": na < now,
-        "not_yet_valid": nb > now,
-        "key_usage": ku,
-        "extended_key_usage": eku,
-        "client_auth": eku is None or "clientAuth" in eku,
-        "sha256": cert.fingerprint(hashes.SHA256()).hex().upper(),
-    }
-    if cas is not None:
-        out.update(check_chain(cert, cas, now))
-    return out
-
-
-def usable_for_login(desc):
-    """None when a certificate can be used for the test login, else why not."""
-    if desc["expired"]:
-        return "expired on %s" % desc["not_after"]
-    if desc["not_yet_valid"]:
-        return "not valid before %s" % desc["not_before"]
-    if not desc["client_auth"]:
-        return "not for client authentication (extended key usage %s)" % ", ".join(desc["extended_key_usage"])
-    if desc.get("in_ca_set") is False:
-        return "does not chain to the CA set: %s" % desc["problem"]
-    return None
-
-
 def check_guard(info, who="user", allow_final_try=False, label=None):
     """Refuse (TokenError) when presenting a PIN (who='user') or PUK (who='so') could lock the token, or when it is
     locked, from the token's info(). Returns warnings (count low; final try allowed)."""
@@ -323,72 +195,6 @@ def uses_pcsc(maps="/proc/self/maps"):
     except OSError:
         return None
 
-
-# The key's states as users meet them: state -> what to do (plain words). Every failure of the test login or of a PIN
-# action that comes from the card's state carries `card_state` and `todo` (the report shows both); see
-# card_state_of().
-CARD_STATES = {
-    "pcscd_missing": "install pcscd: run site.yml with the middleware (tokentrust_token_middleware_linux: true, role "
-                     "token_middleware_linux) or `apt-get install pcscd`, then run verify.yml again",
-    "pcscd_not_running": "start it (`systemctl start pcscd.socket`, or `service pcscd start`), then run verify.yml "
-                         "again",
-    "no_reader": "plug in the card reader (or the USB key), check it with `opensc-tool --list-readers`, then run "
-                 "verify.yml again",
-    "no_card": "insert the key into the reader, then run verify.yml again (nothing needs to be provisioned again)",
-    "card_pulled": "put the key back, leave it in until the test login says OK, then run verify.yml again (pulling "
-                   "it out changed nothing on the key)",
-    "several_cards": "remove every key but the holder's, or set token_verify_token_label to the label of the "
-                     "holder's key; no PIN was presented to either",
-    "other_card": "plug in the holder's key (the label set in token_verify_token_label), or correct that label; no "
-                  "PIN was presented",
-    "pin_final_try": "check the PIN with the key's holder, then run again with token_verify_allow_final_try=true "
-                     "(one attempt)",
-    "pin_locked": "unblock the PIN with the PUK: playbooks/token_pin.yml (-e token_pin_action=unblock, or the PUK "
-                  "and a new PIN from a vault file), then run verify.yml again; the PIN was not presented",
-    "puk_locked": "the PIN and the PUK are both blocked: this key cannot be unblocked any more. Ask the CA for a new "
-                  "key (and have this one revoked); nothing was presented",
-}
-# error kinds that are card states of their own (the others get a state only when the card explains them)
-_KIND_STATES = {"several_tokens": "several_cards", "token_not_found": "other_card", "pin_final_try": "pin_final_try",
-                "pin_locked": "pin_locked", "puk_locked": "puk_locked", "card_pulled": "card_pulled"}
-
-
-def card_state_of(error):
-    """`error` (a TokenError's dict) with `card_state` and `todo` when the card's state explains it; unchanged
-    otherwise."""
-    if not isinstance(error, dict):
-        return error
-    state = error.get("card_state") or _KIND_STATES.get(error.get("kind"))
-    if state:
-        error["card_state"] = state
-        error.setdefault("todo", CARD_STATES.get(state))
-    return error
-
-
-def card_state(slot_count, socket_path=PCSCD_SOCKET, pcscd_paths=PCSCD_PATHS, pcsc=True):
-    """Why no token is there, as a user meets it: (state, what to do). A smart-card middleware (OpenSC, vendor
-    libraries) shows one slot per reader that pcscd reports, so no slot at all means no pcscd or no reader.
-    `pcsc` False (a library that does not use PC/SC, e.g. SoftHSM2): no reader diagnosis."""
-    import socket as _socket
-
-    if pcsc is False:
-        return ("no_token", "plug in the key (and check the reader), then run again")
-    if slot_count:
-        return ("no_card", "the reader is there but holds no card: " + CARD_STATES["no_card"])
-    if not any(os.path.exists(p) for p in pcscd_paths):
-        return ("pcscd_missing", "pcscd (the PC/SC daemon) is not installed: " + CARD_STATES["pcscd_missing"])
-    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        s.settimeout(2)
-        s.connect(socket_path)
-    except OSError:
-        return ("pcscd_not_running", "pcscd is installed but not running (no %s): %s"
-                % (socket_path, CARD_STATES["pcscd_not_running"]))
-    finally:
-        s.close()
-    return ("no_reader", "pcscd runs but sees no card reader: " + CARD_STATES["no_reader"])
-
-
 def _select(found, label, module_path, slot_count):
     """The one entry of `found` ([(label, obj)] or [(label, obj, reader)]) to use; TokenError no_token /
     token_not_found / several_tokens (card states other_card / several_cards). Never a guess: several keys without a
@@ -396,10 +202,8 @@ def _select(found, label, module_path, slot_count):
     labels = [f[0] for f in found]
     where = ["%r%s" % (f[0], " in %s" % f[2] if len(f) > 2 and f[2] else "") for f in found]
     if not found:
-        state, todo = card_state(slot_count, pcsc=uses_pcsc())
-        raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty): %s"
-                         % (module_path, slot_count, todo), module=module_path, card_state=state,
-                         todo=CARD_STATES.get(state, todo))
+        raise TokenError("no_token", "no token present on PKCS#11 module %s (%d slot(s), all empty)"
+                         % (module_path, slot_count), module=module_path, slot_count=slot_count, pcsc=uses_pcsc())
     if label:
         match = [f[1] for f in found if f[0] == label]
         if not match:
@@ -533,7 +337,7 @@ class RawToken:
             found = []
             for i in range(count[0]):
                 ti = ffi.new("CK_TOKEN_INFO *")
-                if self.fl.C_GetTokenInfo(slots[i], ti) == 0:
+                if self.fl.C_GetTokenInfo(slots[i], ti) == 0 and not is_empty_slot(int(ti.flags), _padded(ti.label)):
                     found.append((_padded(ti.label), int(slots[i])))
             self.slot = _select(found, self.want_label, self.module_path, count[0])
             self.label = dict((s, lb) for lb, s in found)[self.slot]
@@ -680,6 +484,10 @@ class Token:
             raise TokenError("nss", "cannot read the token's information (C_GetTokenInfo): %s" % err, err.name)
         return _info_dict(ti, self.slot_name)
 
+    def present(self):
+        """Is the key still in its reader? (NSS caches a slot's presence for about one second.)"""
+        return bool(lib.nss3.PK11_IsPresent(self.slot))
+
     def guard(self, who="user", allow_final_try=False):
         """See check_guard(): raises TokenError, returns warnings."""
         return check_guard(self.info(), who, allow_final_try, self.label)
@@ -739,10 +547,10 @@ class Token:
                           % (op, self.label, err or "unknown error"), name, token=info)
 
     # -------------------------------------------------------------- certificates
-    def certificates(self, cas=None, now=None):
-        """Certificates on the token; `has_key` says whether the private key is there too (needs login:
-        private keys are private objects). Returns [(description dict, CERTCertificate* dup)]; the handles
-        are owned by the session and destroyed when it closes."""
+    def certificates(self):
+        """Certificates on the token, as raw facts: [(dict der, nickname, issuer_der, has_key, CERTCertificate* dup)].
+        `has_key` says whether the private key is there too (needs login: private keys are private objects). The
+        handles are owned by the session and destroyed when it closes."""
         certs = lib.nss3.PK11_ListCertsInSlot(self.slot)
         if certs == ffi.NULL:
             err = last_error("list certificates", self.session.module_path)
@@ -755,16 +563,15 @@ class Token:
             node = ffi.cast("CERTCertListNode *", certs.list.next)
             while ffi.cast("PRCList *", node) != head:
                 cert = node.cert
-                der = bytes(ffi.buffer(cert.derCert.data, cert.derCert.len))
-                desc = describe_certificate(der, cas, now)
-                desc["nickname"] = _str(ffi.cast("char *", node.appData)) if node.appData != ffi.NULL else None
                 key = lib.nss3.PK11_FindPrivateKeyFromCert(self.slot, cert, ffi.NULL)
-                desc["has_key"] = key != ffi.NULL
                 if key != ffi.NULL:
                     lib.nss3.SECKEY_DestroyPrivateKey(key)
                 dup = lib.nss3.CERT_DupCertificate(cert)
                 self.session._certs.append(dup)
-                out.append((desc, dup))
+                out.append({"der": bytes(ffi.buffer(cert.derCert.data, cert.derCert.len)),
+                            "issuer_der": bytes(ffi.buffer(cert.derIssuer.data, cert.derIssuer.len)),
+                            "nickname": _str(ffi.cast("char *", node.appData)) if node.appData != ffi.NULL else None,
+                            "has_key": key != ffi.NULL, "handle": dup})
                 node = ffi.cast("CERTCertListNode *", node.links.next)
         finally:
             lib.nss3.CERT_DestroyCertList(certs)
@@ -901,7 +708,12 @@ class TokenSession:
         for i in range(mod.slotCount):
             slot = mod.slots[i]
             if lib.nss3.PK11_IsPresent(slot):
-                present.append(Token(self, slot))
+                tok = Token(self, slot)
+                info = tok.info()
+                if is_empty_slot(info["flags_value"], info["label"]):
+                    tok.close()  # SoftHSM2's free slot: a token that was never initialised is not a key
+                    continue
+                present.append(tok)
         self.tokens = present
         self.token = _select([(t.label, t, t.slot_name) for t in present], self.label, self.module_path,
                              mod.slotCount)
@@ -910,473 +722,3 @@ class TokenSession:
     @property
     def pin_requests(self):
         return _PINS.requests
-
-
-# ---------------------------------------------------------------------------------------------- the two jobs
-def _public_token(info):
-    keep = ("label", "manufacturer", "model", "serial", "flags", "flags_value", "user_pin", "so_pin", "min_pin_len",
-            "max_pin_len")
-    return {k: info[k] for k in keep if k in info} if info else None
-
-
-_HEX64 = re.compile(r"^[0-9A-Fa-f]{64}$")
-
-
-def _selector_kind(selector):
-    """('sha256', HEX) for a SHA-256 fingerprint (64 hex digits, colons allowed), else ('name', text)."""
-    s = selector.strip()
-    hexsel = s.replace(":", "").replace(" ", "")
-    if _HEX64.match(hexsel):
-        return "sha256", hexsel.upper()
-    return "name", s
-
-
-def check_selector(selector):
-    """Raise TokenError('input') for a certificate selector that can match nothing; return it stripped."""
-    if selector is None:
-        return None
-    if not isinstance(selector, str) or not selector.strip():
-        raise TokenError("input", "certificate: an empty selector; give the SHA-256 fingerprint, the label on the key "
-                         "or the holder's name, or leave it unset to use the best usable certificate")
-    s = selector.strip()
-    hexsel = s.replace(":", "")
-    if ":" in s and re.match(r"^[0-9A-Fa-f:]+$", s) and len(hexsel) != 64:
-        raise TokenError("input", "certificate: %r looks like a fingerprint but has %d hex digits; a SHA-256 "
-                         "fingerprint has 64" % (s, len(hexsel)))
-    return s
-
-
-def _matches(desc, selector):
-    """Exact match only: the whole SHA-256, the whole label (with or without the token name), the whole holder."""
-    kind, s = _selector_kind(selector)
-    if kind == "sha256":
-        return s == desc["sha256"]
-    nick = desc.get("nickname") or ""
-    return s == nick or nick.endswith(":" + s) or s.casefold() == (desc.get("holder") or "").casefold()
-
-
-def select_certificate(descs, selector):
-    """Index of the one certificate `selector` names; TokenError certificate_not_found / certificate_ambiguous."""
-    found = [i for i, d in enumerate(descs) if _matches(d, selector)]
-    distinct = {descs[i]["sha256"]: i for i in found}
-    if not distinct:
-        raise TokenError("certificate_not_found", "no certificate on the key matches %r exactly (SHA-256, label or "
-                         "holder); on the key: %s" % (selector, "; ".join(
-                             "%s, label %r, SHA-256 %s" % (d["holder"], d.get("nickname"), d["sha256"])
-                             for d in descs) or "none"))
-    if len(distinct) > 1:
-        raise TokenError("certificate_ambiguous", "%d certificates on the key match %r: %s. Choose one by its "
-                         "SHA-256 fingerprint" % (len(distinct), selector, "; ".join(
-                             "%s (issuer %s, expires %s), SHA-256 %s"
-                             % (descs[i]["holder"], descs[i]["issuer"], descs[i]["not_after"], descs[i]["sha256"])
-                             for i in distinct.values())), candidates=sorted(distinct))
-    return next(iter(distinct.values()))
-
-
-def choose_certificate(descs, selector=None):
-    """(index, warning) of the certificate to log in with: `selector` (exact SHA-256, label or holder; several
-    matches raise certificate_ambiguous) or the usable one with the most days left (ties: the highest SHA-256, so
-    every run picks the same). (None, reason) when none."""
-    if selector:
-        i = select_certificate(descs, selector)
-        why = usable_for_login(descs[i])
-        return i, ("the chosen certificate %s is not usable (%s): trying it anyway" % (descs[i]["holder"], why)
-                   if why else None)
-    usable = [i for i, d in enumerate(descs) if usable_for_login(d) is None]
-    if not usable:
-        if not descs:
-            return None, "the token holds no certificate with its private key"
-        return None, "no certificate on the token is usable: " + "; ".join(
-            "%s (%s): %s" % (d["holder"], d["issuer"], usable_for_login(d)) for d in descs)
-    # the most days left; ties (a key often holds a signing and an authentication certificate of the same dates)
-    # broken by the certificate itself, never by the token's object order, which can change between runs
-    return max(usable, key=lambda i: (descs[i]["days_left"], descs[i].get("not_after") or "",
-                                      descs[i].get("sha256") or "")), None
-
-
-def _locked(info, timeout=120):
-    """An entered-on-demand TokenLock whose failure to lock is TokenError('lock') (nothing presented)."""
-    from ansible.module_utils.tokentrust_pin import TokenLock
-
-    class _L(TokenLock):
-        def __enter__(self):
-            try:
-                return super().__enter__()
-            except (OSError, TimeoutError) as exc:
-                raise TokenError("lock", "cannot take the lock of %s, nothing was presented: %s"
-                                 % (info.get("label") or info.get("serial"), exc)) from None
-    return _L(info, timeout=timeout)
-
-
-def validate_inputs(url=None, tls=True, certificate=None, timeout=20, body_bytes=1024, min_days_left=30,
-                    tls_max=None):
-    """Every input of the test login checked before the key is touched (no PIN is presented on a bad input).
-    Raises TLSError('url') or TokenError('input')."""
-    from ansible.module_utils.tokentrust_nss.tls import VERSION_NUMBERS, parse_url
-
-    if tls and url:
-        parse_url(url)
-    check_selector(certificate)
-    for name, value, low in (("timeout", timeout, 1), ("body_bytes", body_bytes, 0),
-                             ("min_days_left", min_days_left, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise TokenError("input", "%s must be a whole number >= %d, got %r" % (name, low, value))
-    if timeout > 600:
-        raise TokenError("input", "timeout must be at most 600 seconds, got %d" % timeout)
-    if tls_max is not None and tls_max not in VERSION_NUMBERS:
-        raise TokenError("input", "tls_max_version must be one of %s, got %r" % (", ".join(sorted(VERSION_NUMBERS)),
-                                                                                 tls_max))
-
-
-def _now_iso():
-    return datetime.datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _tls_verdict(tls, chosen, url):
-    """The TLS step passes only when the server asked for a client certificate, ours was sent and accepted, and the
-    page answered 200. Returns None or a TokenError-like (kind, message)."""
-    if not tls["client_cert_requested"]:
-        return ("no_client_auth", "the server %s did not ask for a client certificate: the key was not used, so the "
-                "login proves nothing (wrong URL, a proxy that ends TLS, or not the CA's test page); HTTP %d"
-                % (url, tls["status"]))
-    if tls["client_cert_sent"] != chosen["sha256"]:
-        return ("client_cert_not_sent", "the server %s asked for a client certificate but %s was not sent (sent: %s)"
-                % (url, chosen["sha256"], tls["client_cert_sent"] or "none"))
-    if tls["status"] != 200:
-        where = (" to %s" % tls["location"]) if tls.get("location") else " with no Location"
-        moved = (" (a redirection%s: give the page it leads to as the URL if that is the test page)" % where
-                 if 300 <= tls["status"] < 400 else "")
-        return ("page_status", "the test page %s answered HTTP %d %s after the client certificate was sent: the "
-                "server did not accept it%s" % (url, tls["status"], tls["reason"], moved))
-    return None
-
-
-def _chain_names(handle, desc, cas):
-    """The DER names of the CAs above a token certificate: its issuer, and every CA of the set in its chain."""
-    out = {bytes(ffi.buffer(handle.derIssuer.data, handle.derIssuer.len))}
-    for name in desc.get("chain") or []:
-        out.update(c.subject.public_bytes() for n, c in cas or [] if n == name)
-    return out
-
-
-def _preflight_verdict(pre, ours, url):
-    """Why a login at `url` could not pass, from the pre-flight handshake without the key (before the PIN):
-    (kind, message) or None. `ours`: the DER names of the CAs above the certificate to log in with."""
-    from ansible.module_utils.tokentrust_nss.tls import dn_text
-
-    nothing = "nothing was presented to the key (no PIN try spent)"
-    if not pre["client_cert_requested"]:
-        return ("no_client_auth", "the server %s did not ask for a client certificate in a handshake made without "
-                "the key: the key would not be used, so the login would prove nothing (wrong URL, a proxy that ends "
-                "TLS, or not the CA's test page); %s" % (url, nothing))
-    theirs = [bytes.fromhex(h) for h in pre["acceptable_cas_der"]]
-    if theirs:
-        ours_text = {dn_text(d).casefold() for d in ours}
-        if not any(d in ours or dn_text(d).casefold() in ours_text for d in theirs):
-            return ("client_ca_not_accepted", "the server %s asks for a client certificate issued by %s only; the "
-                    "key's certificate is issued under %s, which it does not name: it cannot accept the key as a "
-                    "login, whatever it answers (wrong URL, or the server is not configured for this CA); %s"
-                    % (url, "; ".join(pre["acceptable_cas"]), "; ".join(sorted(dn_text(d) for d in ours)), nothing))
-    control = pre["without_client_cert"]
-    if control["accepted"]:
-        return ("client_cert_optional", "the server %s answered HTTP %d to the same request made with NO client "
-                "certificate (negative control): it does not need the key, so a login there proves nothing (a "
-                "server that only asks for a certificate, optionally); %s" % (url, control["status"], nothing))
-    return None
-
-
-def _preflight(rep, tok, cas, now, certificate, url, timeout, tls_max):
-    """The pre-flight handshake without the key, before any PIN: raises TLSError or TokenError when no login there
-    could pass; the facts go to rep['preflight']."""
-    from ansible.module_utils.tokentrust_nss.tls import preflight
-
-    pre = preflight(url, timeout=timeout, tls_max=tls_max)
-    rep["preflight"] = pre
-    rep["client_cert_requested"] = pre["client_cert_requested"]
-    public = tok.certificates(cas, now)
-    ours = set()
-    if public:
-        descs = [pair[0] for pair in public]
-        try:
-            idx, _why = choose_certificate(descs, certificate)
-        except TokenError:
-            idx = None
-        for i in ([idx] if idx is not None else range(len(public))):
-            ours |= _chain_names(public[i][1], public[i][0], cas)
-    verdict = _preflight_verdict(pre, ours, url)
-    if verdict:
-        raise TokenError(verdict[0], verdict[1], preflight=pre)
-
-
-def verify_token(module_path, pin, label=None, ca_set=None, url=None, server_ca_pems=(), builtin_roots=True,
-                 allow_final_try=False, certificate=None, tls=True, timeout=20, body_bytes=1024, min_days_left=30,
-                 check_mode=False, tls_max=None, now=None, run_id=None, lock_timeout=120):
-    """The whole test login. Returns a report dict; never raises for token/TLS problems (see report['error'])
-    and never contains the PIN. report['ok'] is True only when everything passed: the PIN accepted, the chosen
-    certificate valid and in the CA set, and (when a URL is given) a TLS handshake in which the server asked for a
-    client certificate, ours was sent and accepted, and the page answered 200.
-
-    Every input is checked before the key is touched; the PIN guard holds the token's cross-process lock
-    (tokentrust_pin.TokenLock) from reading the counter to the end of the login. With `run_id`, a run that already
-    saw this PIN refused by this token does not present it again (hosts sharing one key in one playbook run)."""
-    import time
-
-    from ansible.module_utils.tokentrust_nss.tls import TLSError, https_get
-    from ansible.module_utils.tokentrust_pin import library_lock_info
-
-    started = time.monotonic()
-    rep = {"ok": False, "checked_at": _now_iso(), "pkcs11_module": module_path, "url": url if tls else None,
-           "token": None, "pin_state_before": None, "logged_in": False, "pin_attempts": 0, "certificates": [],
-           "other_certificates": 0, "login_certificate": None, "holder": None, "not_after": None, "days_left": None,
-           "client_cert_requested": None, "client_cert_sent": None, "client_cert_accepted": None,
-           "tls": None, "preflight": None, "error": None, "problems": [], "warnings": [],
-           "check_mode": bool(check_mode),
-           "lock_waited": None}
-    try:
-        validate_inputs(url, tls, certificate, timeout, body_bytes, min_days_left, tls_max)
-        certificate = check_selector(certificate)
-        cas = _load_ca_set(ca_set) if ca_set is not None else None
-        # the set's own NSS trust (nss_trust, as the ca_certificates role gives it to Firefox: roots "C,,"), so the
-        # test page is trusted exactly as the browser would trust it; bare PEMs: no trust (chain building only)
-        pems = [(ca["pem"], ca.get("nss_trust") or ",,") if isinstance(ca, dict) else (ca, ",,")
-                for ca in (ca_set or [])]
-        liblock = _locked(library_lock_info(module_path), lock_timeout)
-        with liblock, TokenSession(module_path, label, ca_pems=pems, server_ca_pems=server_ca_pems,
-                                   builtin_roots=builtin_roots and tls and not check_mode) as ts:
-            tok = ts.token
-            info = tok.info()
-            rep["pin_state_before"] = info["user_pin"]
-            rep["token"] = _public_token(info)
-            rep["tokens_present"] = [{"label": t.label, "reader": t.slot_name} for t in ts.tokens]
-            if len(ts.tokens) > 1:  # chosen by its label (else _select refused): say which one, never silently
-                rep["warnings"].append("%d keys are plugged in (%s): the test login uses the one labelled %r in %s "
-                                       "(token label set)" % (len(ts.tokens), ", ".join(
-                                           "%r in %s" % (t.label, t.slot_name) for t in ts.tokens), tok.label,
-                                           tok.slot_name))
-            if certificate:  # the selector is resolved on the public certificates, before any PIN
-                public = [c[0] for c in tok.certificates(cas, now)]
-                if public:
-                    select_certificate(public, certificate)
-            if check_mode:
-                rep["warnings"] += [w + " (check mode: no PIN presented)" for w in tok.guard("user", allow_final_try)]
-                _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, False, url, timeout,
-                                      body_bytes, tls_max, https_get, check_mode)
-            else:
-                if tls and url:  # before the PIN: a login that cannot pass spends no try
-                    _preflight(rep, tok, cas, now, certificate, url, timeout, tls_max)
-                lock = _locked(info, lock_timeout)
-                lock.__enter__()
-                try:
-                    rep["lock_waited"] = round(liblock.waited + lock.waited, 3)
-                    record = lock.read()
-                    info = tok.info()  # the counter, read under the lock
-                    rep["pin_state_before"] = info["user_pin"]
-                    rep["token"] = _public_token(info)
-                    if run_id and record.get("wrong_pin_run") == run_id and info["user_pin"] != "ok":
-                        raise TokenError("wrong_pin_this_run", "this run (%s) already had its PIN refused by token %r "
-                                         "(%s): not presented again; check the PIN"
-                                         % (run_id, tok.label, record.get("wrong_pin_at")),
-                                         token=info)
-                    puk_locked = _puk_locked(info, record)
-                    try:
-                        rep["warnings"] += tok.login(pin, allow_final_try)
-                        rep["logged_in"] = tok.logged_in
-                    except TokenError as e:
-                        if e.kind == "pin_locked" and not tok.pin_presentations and puk_locked:
-                            raise TokenError("puk_locked", "the PIN and the PUK of token %r are both blocked (%s): "
-                                             "no attempt was made" % (tok.label, puk_locked), token=info) from None
-                        if e.kind in ("wrong_pin", "pin_locked") and tok.pin_presentations:
-                            lock.write(dict(_kept(record), wrong_pin_run=run_id, wrong_pin_at=_now_iso()))
-                        raise
-                    finally:
-                        rep["pin_attempts"] = tok.pin_presentations
-                    if record != _kept(record):
-                        lock.write(_kept(record))
-                    if puk_locked:
-                        rep["warnings"].append("the PUK of token %r is blocked (%s): a blocked PIN could not be "
-                                               "unblocked any more; ask the CA for a new key before that happens"
-                                               % (tok.label, puk_locked))
-                    _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, tls, url, timeout,
-                                          body_bytes, tls_max, https_get, check_mode)
-                except (TokenError, TLSError, NSSError) as exc:
-                    if getattr(exc, "kind", None) not in _CARD_ANSWERS and _card_gone(tok):
-                        raise TokenError("card_pulled", "the key %r was pulled out during the test login (%s): %s"
-                                         % (tok.label, getattr(exc, "message", None) or exc,
-                                            CARD_STATES["card_pulled"]), card_state="card_pulled",
-                                         cause=getattr(exc, "kind", "nss")) from None
-                    raise
-                finally:
-                    lock.__exit__(None, None, None)
-            info = tok.info()
-            rep["token"] = _public_token(info)
-    except TokenError as e:
-        rep["error"] = e.to_dict()
-        rep["error"].pop("preflight", None)  # already in rep['preflight']
-        if "token" in rep["error"]:
-            rep["token"] = _public_token(rep["error"].pop("token"))
-    except TLSError as e:
-        rep["error"] = e.to_dict()
-        for k in ("client_cert_requested", "client_cert_sent"):
-            if k in rep["error"]:
-                rep[k] = rep["error"][k]
-        if rep["client_cert_sent"]:
-            rep["client_cert_accepted"] = False
-    except NSSError as e:
-        rep["error"] = {"kind": "nss", "message": str(e), "nss_error": e.name}
-    card_state_of(rep["error"])
-    rep["ok"] = rep["error"] is None and not rep["problems"] and not check_mode
-    rep["seconds"] = round(time.monotonic() - started, 3)
-    return rep
-
-
-_CARD_ANSWERS = ("wrong_pin", "pin_locked", "pin_final_try", "wrong_pin_this_run", "puk_locked")
-
-
-def _kept(record):
-    """What of a token's lock record outlives a successful login: what the card said about its PUK."""
-    return {k: v for k, v in (record or {}).items() if k.startswith("puk_")}
-
-
-def _puk_locked(info, record):
-    """Why we know the PUK is blocked (a reason in words), or None. PIV cards cannot tell the PUK's tries without a
-    presentation (no VERIFY of the PUK) and OpenSC never sets CKF_SO_PIN_LOCKED for them: what the card answered to
-    the last unblock on this host (6983, recorded in the token's lock file by pin_action) is then all there is."""
-    if info.get("so_pin") == "locked":
-        return "the key says so (CKF_SO_PIN_LOCKED)"
-    if record.get("puk_locked_at"):
-        return "the key refused the PUK as blocked at %s" % record["puk_locked_at"]
-    return None
-
-
-def _card_gone(tok):
-    """After a failure in the middle of a login: True when the key is no longer in its reader (pulled out). NSS
-    caches a slot's presence for one second: read it after that."""
-    import time
-
-    if uses_pcsc() is False:
-        return False
-    time.sleep(1.2)
-    try:
-        return not lib.nss3.PK11_IsPresent(tok.slot)
-    except Exception:  # noqa: BLE001 - a question after a failure: never a second failure
-        return False
-
-
-def _certificates_and_tls(rep, tok, cas, now, certificate, min_days_left, tls, url, timeout, body_bytes, tls_max,
-                          https_get, check_mode):
-    pairs = tok.certificates(cas, now)
-    with_key = [(d, h) for d, h in pairs if d["has_key"] or check_mode]
-    rep["other_certificates"] = len(pairs) - len(with_key)
-    descs = [w[0] for w in with_key]
-    for d in descs:
-        d["usable"] = usable_for_login(d) is None
-        if check_mode:
-            d["has_key"] = None  # private keys are private objects: not visible without login
-        if d["expired"]:
-            rep["problems"].append("certificate %s (issuer %s) expired on %s"
-                                   % (d["holder"], d["issuer"], d["not_after"]))
-        elif d.get("in_ca_set") is False:
-            rep["problems"].append("certificate %s (issuer %s) does not chain to the CA set: %s"
-                                   % (d["holder"], d["issuer"], d["problem"]))
-        elif min_days_left and d["days_left"] < min_days_left:
-            rep["warnings"].append("certificate %s (issuer %s) expires in %d days (%s): renew it"
-                                   % (d["holder"], d["issuer"], d["days_left"], d["not_after"]))
-    rep["certificates"] = descs
-    idx, why = choose_certificate(descs, certificate)
-    if why and idx is None:
-        rep["problems"].append(why)
-    elif why:
-        rep["warnings"].append(why)
-    if idx is None:
-        return
-    chosen = descs[idx]
-    keys = ("holder", "subject", "issuer", "serial", "not_after", "days_left", "sha256", "nickname")
-    rep["login_certificate"] = {k: chosen[k] for k in keys}
-    rep["holder"], rep["not_after"], rep["days_left"] = chosen["holder"], chosen["not_after"], chosen["days_left"]
-    if not (tls and url) or check_mode:
-        return
-    rep["tls"] = res = https_get(url, with_key[idx][1], timeout=timeout, max_body=body_bytes,
-                                 holder=chosen["holder"], tls_max=tls_max)
-    rep["client_cert_requested"] = res["client_cert_requested"]
-    rep["client_cert_sent"] = res["client_cert_sent"]
-    verdict = _tls_verdict(res, chosen, url)
-    if verdict:
-        rep["client_cert_accepted"] = None if verdict[0] == "no_client_auth" else False
-        raise TokenError(verdict[0], verdict[1], http_status=res["status"])
-    rep["client_cert_accepted"] = True
-    page = res["page"]
-    if page["says_not_valid"]:
-        rep["problems"].append("the test page says the certificate is NOT valid: %r" % res["body_start"][:200])
-    elif not page["holder_found"]:
-        rep["warnings"].append("the test page answered 200 but does not show the holder's name %r" % chosen["holder"])
-
-
-def pin_action(module_path, action, label=None, pin=None, puk=None, new_pin=None, new_pin_confirm=None,
-               allow_final_try=False, charset="printable", min_len=None, max_len=None, reject_weak=False,
-               check_mode=False):
-    """action 'change' (pin -> new_pin) or 'unblock' (puk, new_pin). Returns a report dict (never with a PIN);
-    report['error'] set on failure, report['changed'] True when the token was changed."""
-    from ansible.module_utils.tokentrust_pin import bounds, check_new_pin, library_lock_info
-
-    rep = {"changed": False, "action": action, "token": None, "token_before": None, "error": None, "warnings": [],
-           "pin_attempts": 0, "puk_attempts": 0, "pin_rules": None, "check_mode": bool(check_mode)}
-    try:
-        with contextlib.ExitStack() as stack:
-            if not check_mode:
-                stack.enter_context(_locked(library_lock_info(module_path)))
-            tok = stack.enter_context(RawToken(module_path, label, action))
-            info = tok.info()
-            rep["token_before"] = _public_token(info)
-            rep["token"] = rep["token_before"]
-            lo, hi, bproblems = bounds(info["min_pin_len"], info["max_pin_len"], min_len, max_len)
-            rep["pin_rules"] = {"min_length": lo, "max_length": hi, "charset": charset}
-            if bproblems:
-                raise TokenError("pin_rules", "; ".join(bproblems))
-            problems = check_new_pin(new_pin, new_pin_confirm, pin if action == "change" else None, lo, hi,
-                                     charset, reject_weak)
-            if problems:
-                raise TokenError("pin_rules", "new PIN refused before anything was presented to the token: "
-                                 + "; ".join(problems))
-            lock, record = None, {}
-            if not check_mode:
-                lock = stack.enter_context(_locked(info))
-                record = lock.read()
-                rep["token_before"] = rep["token"] = _public_token(tok.info())  # read again, under the lock
-            if action == "change":
-                if not pin:
-                    raise TokenError("pin_rules", "action=change needs the current PIN (pin)")
-                if check_mode:
-                    rep["warnings"] += tok.guard("user", allow_final_try)
-                else:
-                    try:
-                        rep["warnings"] += tok.change_pin(pin, new_pin, allow_final_try)
-                    finally:
-                        rep["pin_attempts"] = tok.pin_presentations
-            elif action == "unblock":
-                if not puk:
-                    raise TokenError("pin_rules", "action=unblock needs the PUK (puk)")
-                known = _puk_locked(rep["token_before"] or {}, record)
-                if known and record.get("puk_locked_at"):  # the card's flags may say otherwise: they win below
-                    raise TokenError("puk_locked", "the PUK of token %r is blocked (%s): not presented again. A "
-                                     "locked PUK cannot be unblocked: the key must be replaced (contact the CA); if "
-                                     "the key has been reset since, remove %s" % (tok.label, known, lock.path))
-                if check_mode:
-                    rep["warnings"] += tok.guard("so", allow_final_try)
-                else:
-                    try:
-                        rep["warnings"] += tok.unblock(puk, new_pin, allow_final_try)
-                    except TokenError as e:
-                        if e.kind == "puk_locked" and lock is not None:  # remembered: PIV cannot tell it otherwise
-                            lock.write(dict(record, puk_locked_at=_now_iso()))
-                        raise
-                    finally:
-                        rep["puk_attempts"] = tok.puk_presentations
-            else:
-                raise TokenError("pin_rules", "unknown action %r (change or unblock)" % action)
-            rep["changed"] = True
-            rep["token"] = _public_token(tok.info())
-    except TokenError as e:
-        rep["error"] = card_state_of(e.to_dict())
-        if "token" in rep["error"]:
-            rep["token"] = _public_token(rep["error"].pop("token"))
-    return rep

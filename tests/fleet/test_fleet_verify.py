@@ -71,3 +71,45 @@ def test_unloadable_token_library_does_not_cost_the_ca_set_over_ssh(fleet, tmp_p
             assert "broken" not in fleet.modutil(host, prof)
             owners = fleet.sh(host, "stat -c %%U '%s'/cert9.db '%s'/key4.db" % (prof, prof))
             assert set(owners.stdout.split()) == {user}, owners.stdout
+
+
+def test_server_accepting_any_certificate_is_refused_before_the_pin_over_ssh(fleet, tmp_path):
+    """Issue 26: `openssl s_server -Verify 1` without -verify_return_error (it requires a client certificate and
+    accepts any) on the controller's 127.0.0.1, verify.yml over SSH with a WRONG PIN: refused by the throwaway
+    self-signed control before the PIN. The key's flags are read inside the workstation with OpenSC's pkcs11-tool,
+    and the server's own log shows the throwaway certificate, not the holder's."""
+    import socket
+    import subprocess
+    import time
+
+    host = fleet.hosts[-1]
+    server = fleet.m["pki"]["testpage_server"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "s_server.log"
+    proc = subprocess.Popen(["openssl", "s_server", "-accept", "127.0.0.1:%d" % port, "-cert", server["path"],
+                             "-key", server["key"], "-www", "-Verify", "1", "-no_ca_names"],
+                            stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        reports = str(tmp_path / "token")
+        run = fleet.playbook("verify.yml", "-l", host, "-e", "token_verify_report_dir=" + reports,
+                             "-e", "token_verify_url=https://127.0.0.1:%d/" % port, "-e", "token_verify_pin=00000000")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert run.returncode != 0, run.stdout[-3000:]
+    saved = _saved(reports, host)
+    assert saved["ok"] is False and saved["error"]["kind"] == "server_accepts_any_certificate", saved["error"]
+    assert saved["pin_attempts"] == 0 and not saved.get("logged_in")
+    assert "owner of the test page" in saved["error"]["todo"]
+    text = log.read_text(errors="replace")
+    assert "tokentrust negative control" in text and "JEAN DUPONT" not in text
+    flags = fleet.sh(host, "pkcs11-tool --module %s -T" % fleet.m["token_module"]).stdout.lower()
+    assert "token initialized" in flags and "count low" not in flags and "final try" not in flags, flags

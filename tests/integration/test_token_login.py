@@ -121,8 +121,10 @@ def test_wrong_pin_costs_exactly_one_attempt(tok, pki, ident, page, tmp_path):
     assert res["pin_attempts"] == 1 and res["logged_in"] is False and res["tls"] is None
     assert res["token"]["user_pin"] == "count_low"
     assert tok.counters() == (1, 0) and flags_of(tok) == ["user_pin_count_low"]
-    # only the pre-flight (no certificate, refused) reached the page: no TLS attempt with the key after a failed login
-    assert [(e["event"], e.get("status")) for e in new_entries(page, n0)] == [("request", "no-certificate")]
+    # the pre-flight (no certificate, refused), the throwaway certificate (refused in the handshake), then the login's
+    # own connection: the PIN is presented inside its handshake, was refused, so no certificate went out on it
+    assert [(e["event"], e.get("status")) for e in new_entries(page, n0)] == [
+        ("request", "no-certificate"), ("tls-error", None), ("request", "no-certificate")]
     # the right PIN afterwards: works, counter back to zero
     res = run_inproc("verify_token", {"module_path": str(tok.module), "pin": PIN, "tls": False})
     assert res["ok"] is True and res["pin_state_before"] == "count_low" and res["token"]["user_pin"] == "ok"
@@ -232,18 +234,19 @@ def test_expired_certificate_on_the_token(pki, ident, page, tmp_path):
     n0 = len(page.entries())
     res, _ = run_module(tmp_path, "pkcs11_token_login", login_args(tok, pki, ident, page, fail_on_error=False),
                         {"tt_pin": PIN})
-    assert res["ok"] is False and res["error"] is None and not res.get("failed")
+    # issue 26: the certificate used decides; the old expired one is a warning, not a failure
+    assert res["ok"] is True and res["error"] is None and not res.get("failed") and res["problems"] == []
     expired = [c for c in res["certificates"] if c["expired"]]
     assert len(expired) == 1 and expired[0]["days_left"] < 0 and expired[0]["usable"] is False
-    assert any("expired on" in p and "Lab Advanced CA V3" in p for p in res["problems"])
+    assert any("expired on" in w and "Lab Advanced CA V3" in w and "remove the old certificate" in w
+               for w in res["warnings"])
     assert res["login_certificate"]["sha256"] == good.sha256 and res["tls"]["status"] == 200  # the valid one
-    # the expired one, chosen explicitly: the server refuses it
+    # the expired one, chosen explicitly: no login with it can pass, so it is refused before the PIN
     res, _ = run_module(tmp_path, "pkcs11_token_login", login_args(tok, pki, ident, page, certificate=old.sha256),
                         {"tt_pin": PIN})
-    assert res["failed"] is True and res["error"]["kind"] == "client_cert_rejected"
-    assert "refused the client certificate" in res["msg"] and "EXPIRED" in res["error"]["nss_error"]
-    errors = [e for e in new_entries(page, n0) if e["event"] == "tls-error"]
-    assert errors and "expired" in errors[-1]["detail"].lower()
+    assert res["failed"] is True and res["error"]["kind"] == "certificate_not_usable"
+    assert "expired on" in res["msg"] and "no PIN try spent" in res["msg"] and res["pin_attempts"] == 0
+    assert not [e for e in new_entries(page, n0) if e.get("status") == "ok" and old.sha256 in json.dumps(e)]
     assert tok.counters() == (0, 0) and flags_of(tok) == []
 
 
@@ -258,9 +261,10 @@ def test_server_rejects_the_certificate(tok, pki, ident, tmp_path):
         assert res["error"]["nss_error"] == "SSL_ERROR_UNKNOWN_CA_ALERT"
         assert "does not know the CA of the client certificate" in res["msg"]
         assert res["logged_in"] is True and res["pin_attempts"] == 1
-        # the pre-flight without a certificate (answered 403), then the handshake with the key (refused)
+        # the pre-flight without a certificate (answered 403), the throwaway self-signed certificate (refused in
+        # the handshake), then the handshake with the key (refused)
         assert [(e["event"], e.get("status")) for e in strict.entries()] == [("request", "no-certificate"),
-                                                                           ("tls-error", None)]
+                                                                           ("tls-error", None), ("tls-error", None)]
     assert tok.counters() == (0, 0) and flags_of(tok) == []
 
 
@@ -287,10 +291,11 @@ def test_chain_not_in_the_ca_set(tok, pki, ident, page, tmp_path):
     partial = [ca for ca in ca_set_fact(pki) if ca["name"] in ("Lab Root CA 2", "Lab Advanced CA V3")]
     res, _ = run_module(tmp_path, "pkcs11_token_login", login_args(tok, pki, ident, page, ca_set=partial),
                         {"tt_pin": PIN})
-    assert res["failed"] is True and res["error"] is None
+    # issue 26: the certificate used (under Lab Advanced CA V3, in the partial set) decides; the other is a warning
+    assert not res.get("failed") and res["error"] is None and res["ok"] is True
     bad = [c for c in res["certificates"] if not c["in_ca_set"]]
     assert len(bad) == 1 and "Lab Classe 3 Plus V2" in bad[0]["issuer"]
     assert "is not in the CA set" in bad[0]["problem"]
-    assert "does not chain to the CA set" in res["msg"]
+    assert any("does not chain to the CA set" in w and "remove the old certificate" in w for w in res["warnings"])
     assert res["tls"]["status"] == 200 and "Lab Advanced CA V3" in res["login_certificate"]["issuer"]
     assert tok.counters() == (0, 0)

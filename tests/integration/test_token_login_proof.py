@@ -194,9 +194,10 @@ PARALLEL = textwrap.dedent("""\
     import json, sys
     sys.path.insert(0, %r)
     import conftest  # noqa: F401
-    from ansible.module_utils.tokentrust_nss import token
+    from ansible.module_utils import tokentrust_login, tokentrust_pin_action
     func, kwargs = json.load(sys.stdin)
-    print(json.dumps(getattr(token, func)(**kwargs), default=str))
+    where = tokentrust_login if hasattr(tokentrust_login, func) else tokentrust_pin_action
+    print(json.dumps(getattr(where, func)(**kwargs), default=str))
     """) % str(ROOT / "tests")
 
 

@@ -93,14 +93,19 @@ def run_module(tmp: Path, module: str, args: dict, secrets: dict, check: bool = 
 
 
 def run_inproc(func: str, kwargs: dict) -> dict:
-    """Call tokentrust_nss.token.<func>(**kwargs) in a child Python process and return its JSON result."""
+    """Call <func>(**kwargs) of the test-login / PIN workflows (tokentrust_login, tokentrust_pin_action) or of the
+    bindings (tokentrust_nss.token) in a child Python process and return its JSON result."""
     code = textwrap.dedent(f"""\
         import json, sys
         sys.path.insert(0, {str(ROOT / 'tests')!r})
         import conftest  # noqa: F401 - makes ansible.module_utils.tokentrust_* importable
-        from ansible.module_utils.tokentrust_nss import token
+        import importlib
+        for name in ("tokentrust_login", "tokentrust_pin_action", "tokentrust_nss.token"):
+            where = importlib.import_module("ansible.module_utils." + name)
+            if hasattr(where, {func!r}):
+                break
         kwargs = json.load(sys.stdin)
-        print(json.dumps(token.{func}(**kwargs), default=str))
+        print(json.dumps(getattr(where, {func!r})(**kwargs), default=str))
         """)
     proc = subprocess.run([PYTHON, "-c", code], input=json.dumps(kwargs), capture_output=True, text=True,
                           cwd=str(ROOT), timeout=120)

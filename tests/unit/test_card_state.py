@@ -4,7 +4,8 @@ import html
 import socket
 
 import pytest
-from ansible.module_utils.tokentrust_nss.token import CARD_STATES, TokenError, _select, card_state, card_state_of
+from ansible.module_utils.tokentrust_advice import CARD_STATES, card_state, card_state_of
+from ansible.module_utils.tokentrust_nss.token import TokenError, _select
 from ansible.module_utils.tokentrust_report import CARD_STATE_WORDS, build_report, reason_text, render_html
 
 

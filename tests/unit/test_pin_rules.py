@@ -4,15 +4,17 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from ansible.module_utils.tokentrust_login import (
+    check_chain,
+    choose_certificate,
+    describe_certificate,
+    usable_for_login,
+)
 from ansible.module_utils.tokentrust_nss.tls import TLSError, analyse_page, parse_url
 from ansible.module_utils.tokentrust_nss.token import (
     TokenError,
-    check_chain,
     check_guard,
-    choose_certificate,
-    describe_certificate,
     pin_state,
-    usable_for_login,
 )
 from ansible.module_utils.tokentrust_pin import bounds, check_new_pin, is_weak, scrub, scrub_all
 
