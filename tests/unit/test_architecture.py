@@ -34,16 +34,10 @@ _PREFIXES = ("ansible.module_utils.", "ansible_collections.tokentrust.workstatio
 
 # Known violations on 2026-12-07, to be removed as the branches that fix them merge. Keys: (rule, subject).
 ALLOWED = {
-    # issue 26 (bindings and workflows split): the bindings climb into the workflows, inside functions
-    ("climbs", "module_utils/tokentrust_nss/token.py -> tokentrust_ca"),
-    ("climbs", "module_utils/tokentrust_nss/token.py -> tokentrust_pin"),
-    ("climbs", "module_utils/tokentrust_nss/tls.py -> tokentrust_ca"),
     # issue 28 (the Windows planner to plugin_utils/): controller-only code under module_utils/, and the path patch
     ("controller_only", "module_utils/tokentrust_windows.py"),
     ("path_patch", "filter_plugins/tokentrust.py"),
     ("path_patch", "callback_plugins/tokentrust_state.py"),
-    # issue 26: the test-login workflow, rewritten out of token.py
-    ("long_function", "module_utils/tokentrust_nss/token.py:verify_token"),
     # issue 28: the Windows planner
     ("long_function", "module_utils/tokentrust_windows.py:firefox_plan"),
     # issue 29's files (provision, privsep, middleware): the privilege-separated runner and the two modules' glue
