@@ -1138,8 +1138,14 @@ def check_stores(plan, present, role="windows_trust_store"):
     return out
 
 
+# win_regedit `type` -> the type win_reg_stat reports: a DWORD 1 and a REG_SZ "1" compare equal as strings,
+# but Windows reads UAC's EnableLUA or a zone's 2500 only as a DWORD, so the type is part of the check.
+REG_TYPES = {"string": "REG_SZ", "expandstring": "REG_EXPAND_SZ", "multistring": "REG_MULTI_SZ", "dword": "REG_DWORD",
+             "qword": "REG_QWORD", "binary": "REG_BINARY", "none": "REG_NONE"}
+
+
 def check_registry(entries, observed, role=""):
-    """`observed`: one win_reg_stat result per entry, in the same order."""
+    """`observed`: one win_reg_stat result per entry, in the same order; value and type must both match."""
     if len(entries or []) != len(observed or []):
         raise WindowsPlanError(f"{len(entries or [])} planned registry entries but {len(observed or [])} observed")
     out = []
@@ -1150,8 +1156,10 @@ def check_registry(entries, observed, role=""):
         if e["state"] == "absent":
             ok, detail = not exists, f"{where} {'absent' if not exists else f'still {have!r}'}"
         else:
-            ok = exists and str(have) == str(e["data"])
-            detail = f"{where} = {have!r}" + ("" if ok else f", expected {e['data']!r}")
+            want_type = REG_TYPES.get(str(e.get("type") or "string").casefold(), str(e.get("type")).upper())
+            have_type = o.get("type")
+            ok = exists and str(have) == str(e["data"]) and have_type == want_type
+            detail = f"{where} = {have!r} ({have_type})" + ("" if ok else f", expected {e['data']!r} ({want_type})")
         out.append(check(where, ok, detail, role))
     return out
 

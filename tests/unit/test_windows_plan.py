@@ -612,10 +612,17 @@ def test_msi_source(src, kind):
 # ------------------------------------------------------------------ verification
 def test_check_registry_and_report():
     entries = tw.ie_plan("disable_protected_mode", zones=[3], sites=["services.certeurope.fr"])
-    observed = [{"exists": True, "raw_value": 1}, {"exists": True, "raw_value": "2"}, {"exists": True, "raw_value": 0}]
+    assert [e["type"] for e in entries] == ["dword", "string", "dword"]
+    observed = [{"exists": True, "raw_value": 1, "type": "REG_DWORD"}, {"exists": True, "raw_value": "2", "type": "REG_SZ"},
+                {"exists": True, "raw_value": 0, "type": "REG_DWORD"}]
     checks = tw.check_registry(entries, observed, "windows_ie_zones")
     assert [c["ok"] for c in checks] == [True, True, False]
     assert "expected 3" in checks[2]["detail"]
+    # the right value with the wrong type is a failed check (Windows reads these as DWORDs only)
+    as_sz = [dict(observed[0], raw_value="1", type="REG_SZ"), observed[1], dict(observed[2], raw_value=3)]
+    checks = tw.check_registry(entries, as_sz, "windows_ie_zones")
+    assert [c["ok"] for c in checks] == [False, True, True]
+    assert "expected 1 (REG_DWORD)" in checks[0]["detail"]
     rep = tw.report("pc1", checks)
     assert rep["ok"] is False and rep["summary"] == "2/3 checks passed" and len(rep["failed"]) == 1
     with pytest.raises(tw.WindowsPlanError, match="3 planned registry entries but 1 observed"):

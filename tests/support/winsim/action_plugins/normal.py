@@ -33,7 +33,7 @@ import sys
 from ansible.plugins.action import ActionBase
 
 sys.path.insert(0, os.environ.get("TOKENTRUST_WINSIM_ROOT", os.getcwd()))
-from tests.support.winsim import psshape  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.winsim import psshape, statements  # noqa: E402  pylint: disable=wrong-import-position
 
 SID_RE = re.compile(r"^S-1-\d+(-\d+)+$", re.IGNORECASE)
 ADMINS, SYSTEM, USERS, CREATOR_OWNER = "S-1-5-32-544", "S-1-5-18", "S-1-5-32-545", "S-1-3-0"
@@ -371,8 +371,11 @@ class ActionModule(ActionBase):
         if unknown:
             return {"failed": True, "msg": f"{name}: A parameter cannot be found that matches parameter name "
                                            f"'{unknown[0]}'."}
+        self._script = script  # the statements the MOCK's answer follows (tests/support/winsim/statements.py)
         answer = getattr(self, "_probe_" + name[:-4])(state, given, check)
         changed = bool(answer.pop("__changed__", False)) if isinstance(answer, dict) else False
+        # a value the probe emits as a constant is that constant, whatever the host holds
+        answer = statements.apply_constants(answer, statements.constant_leaves(script))
         bad = psshape.conforms(answer, shape)
         if bad:
             return {"failed": True, "msg": f"winsim MOCK: {name}: its answer does not match what the probe emits: "
@@ -389,8 +392,9 @@ class ActionModule(ActionBase):
     def _probe_uninstall_entries(self, state, params, check):
         keys = ("key", "display_name", "display_version", "publisher", "windows_installer", "uninstall_string",
                 "quiet_uninstall_string", "view")
+        views = statements.registry_views(self._script)  # only the views the probe opens
         return {"entries": [{k: e.get(k, 0 if k == "windows_installer" else None) for k in keys}
-                            for e in state.get("uninstall_entries", [])]}
+                            for e in state.get("uninstall_entries", []) if int(e.get("view", 64)) in views]}
 
     def _probe_token_probe(self, state, params, check):
         res = self._canned(state, "token_probe.ps1")
@@ -408,6 +412,10 @@ class ActionModule(ActionBase):
 
     def _probe_firefox_probe(self, state, params, check):
         res = self._canned(state, "firefox_probe.ps1")  # policies.json as the host holds it now
+        if not statements.function_recurses(self._script, "Read-Key"):  # the probe reads the top key only
+            res["gpo"] = {k: v for k, v in (res.get("gpo") or {}).items() if k == ""}
+            res["gpo_users"] = {sid: {k: v for k, v in keys.items() if k == ""}
+                                for sid, keys in (res.get("gpo_users") or {}).items()}
         res["policies_json"] = dict(res.get("policies_json") or {})
         for i in res.get("installs") or []:
             path = i["dir"] + "\\distribution\\policies.json"
@@ -451,13 +459,9 @@ class ActionModule(ActionBase):
             return {"path": params["Path"], "created": False}
         if not check and p.rsplit("\\", 1)[0] not in state["dirs"]:
             raise KeyError(f"parent of {params['Path']} missing")
-        if not check:
-            acl = [{"sid": s, "rights": "FullControl", "type": "allow", "inherit": "ContainerInherit, ObjectInherit",
-                    "propagation": "None", "inherited": False} for s in (ADMINS, SYSTEM)]
-            acl += [{"sid": s.upper(), "rights": "ReadAndExecute", "type": "allow",
-                     "inherit": "ContainerInherit, ObjectInherit", "propagation": "None", "inherited": False}
-                    for s in params.get("ReadSids") or []]
-            state["dirs"][p] = {"owner": ADMINS, "inherit": False, "acl": acl}
+        if not check:  # the ACL the script's own statements build (not a hand-written answer)
+            made = statements.created_acl(self._script, params, state["dirs"].get(p.rsplit("\\", 1)[0]))
+            state["dirs"][p] = {"owner": made["owner"] or ADMINS, "inherit": made["inherit"], "acl": made["acl"]}
         return {"path": params["Path"], "created": True, "__changed__": True}
 
     def _win_package(self, state, a, check):
