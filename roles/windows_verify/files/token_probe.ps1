@@ -17,6 +17,20 @@ $cp = Get-Service -Name CertPropSvc -ErrorAction SilentlyContinue
 $certprop = if ($cp) { @{ exists = $true; status = "$($cp.Status)"; start_type = "$($cp.StartType)" } }
             else { @{ exists = $false; status = $null; start_type = $null } }
 
+# Group Policy "Turn on certificate propagation from smart card" (SmartCard.admx): 0 = propagation off.
+$certpropPolicy = @{ enabled = $null }
+$cpPol = [Microsoft.Win32.Registry]::LocalMachine.OpenSubKey('SOFTWARE\Policies\Microsoft\Windows\CertProp')
+if ($cpPol) {
+    $v = $cpPol.GetValue('CertPropEnabled')
+    if ($null -ne $v) { $certpropPolicy.enabled = [int]$v }
+    $cpPol.Close()
+}
+
+# Smart Card Device Enumeration Service: makes the device node of an inserted card (trigger-started).
+$de = Get-Service -Name ScDeviceEnum -ErrorAction SilentlyContinue
+$scdeviceenum = if ($de) { @{ exists = $true; status = "$($de.Status)"; start_type = "$($de.StartType)" } }
+                else { @{ exists = $false; status = $null; start_type = $null } }
+
 # An RDS session host redirects the key into the user's session: a WinRM session never sees it.
 $ts = Get-CimInstance -Namespace 'root\cimv2\TerminalServices' -ClassName Win32_TerminalServiceSetting -ErrorAction SilentlyContinue
 $rdsHost = [bool]($ts -and $ts.TerminalServerMode -eq 1)
@@ -101,6 +115,7 @@ foreach ($view in 'Registry64', 'Registry32') {
     $base.Close()
 }
 
-$Ansible.Result = @{ service = $service; certprop = $certprop; rds_session_host = $rdsHost
+$Ansible.Result = @{ service = $service; certprop = $certprop; certprop_policy = $certpropPolicy
+                     scdeviceenum = $scdeviceenum; rds_session_host = $rdsHost
                      pnp_readers = $pnp; scard = $scard; registered_cards = $cards
                      session = @{ interactive = [bool][Environment]::UserInteractive; id = [int](Get-Process -Id $PID).SessionId } }

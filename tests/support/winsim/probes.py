@@ -90,6 +90,8 @@ def firefox_answer(gpo=True):
 def token_answer(present=True):
     return {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
             "certprop": {"exists": True, "status": "Running", "start_type": "Automatic"}, "rds_session_host": False,
+            "certprop_policy": {"enabled": None},
+            "scdeviceenum": {"exists": True, "status": "Stopped", "start_type": "Manual"},
             "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK", "instance_id": "USB\\VID_08E6"}],
             "scard": {"context_error": None, "list_error": None,
                       "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": present,

@@ -106,3 +106,15 @@ def created_acl(text, params, parent):
                 if "ContainerInherit" in str(e.get("inherit", "")) or "ObjectInherit" in str(e.get("inherit", ""))]
     owner = re.search(r"SetOwner\(\s*\[System\.Security\.Principal\.SecurityIdentifier\]::new\('([^']+)'\)", text)
     return {"owner": owner.group(1) if owner else None, "inherit": not protected, "acl": acl}
+
+
+def appeared_refusal(text):
+    """The message of the script's `throw` when the folder exists although the probe found it missing
+    (`if (-not $Existed) { throw "..." }`), or None when the script does not refuse."""
+    m = re.search(r"if\s*\(\s*-not\s+\$Existed\s*\)\s*\{\s*throw\s+\"([^\"]+)\"", text)
+    return m.group(1) if m else None
+
+
+def replaces_existing_acl(text):
+    """True when the script writes its DACL onto a folder that exists (Set-Acl / SetAccessControl with $sec)."""
+    return bool(re.search(r"Set-Acl\s+-LiteralPath\s+\$Path\s+-AclObject\s+\$sec|\.SetAccessControl\(\s*\$sec\s*\)", text))

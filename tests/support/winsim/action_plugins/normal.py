@@ -114,6 +114,10 @@ def shipped_probes(roles):
     return out
 
 
+class ProbeFailed(Exception):
+    """A probe's `throw`, as the MOCK models it."""
+
+
 class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -372,7 +376,14 @@ class ActionModule(ActionBase):
             return {"failed": True, "msg": f"{name}: A parameter cannot be found that matches parameter name "
                                            f"'{unknown[0]}'."}
         self._script = script  # the statements the MOCK's answer follows (tests/support/winsim/statements.py)
-        answer = getattr(self, "_probe_" + name[:-4])(state, given, check)
+        if state.get("language_mode", "FullLanguage") == "ConstrainedLanguage" and name != "language_mode.ps1":
+            # what win_powershell gives a script body under App Control: CLM, where Add-Type and most .NET types fail
+            return {"failed": True, "msg": f"winsim MOCK: {name} in ConstrainedLanguage: Cannot invoke method. Method "
+                                           "invocation is supported only on core types in this language mode."}
+        try:
+            answer = getattr(self, "_probe_" + name[:-4])(state, given, check)
+        except ProbeFailed as e:  # a terminating error of the script (throw): win_powershell fails with it
+            return {"failed": True, "msg": str(e), "result": {}, "output": [], "error": [str(e)]}
         changed = bool(answer.pop("__changed__", False)) if isinstance(answer, dict) else False
         # a value the probe emits as a constant is that constant, whatever the host holds
         answer = statements.apply_constants(answer, statements.constant_leaves(script))
@@ -440,9 +451,10 @@ class ActionModule(ActionBase):
 
     def _probe_private_dir_probe(self, state, params, check):
         out = []
+        hidden = {_k(h) for h in state.get("appear_after_probe") or []}  # made by someone right after the probe
         for p in params.get("Paths") or []:
-            d = state["dirs"].get(_k(p))
-            f = state["files"].get(_k(p))
+            d = state["dirs"].get(_k(p)) if _k(p) not in hidden else None
+            f = state["files"].get(_k(p)) if _k(p) not in hidden else None
             if d is None and f is None:
                 out.append({"path": p, "exists": False, "isdir": False, "reparse": False, "owner_sid": None,
                             "owner_name": None})
@@ -454,15 +466,46 @@ class ActionModule(ActionBase):
         return {"folders": out}
 
     def _probe_private_dir_create(self, state, params, check):
+        """The folder made, or an existing one's ACL replaced, as the script's own statements say
+        (statements.created_acl); a folder that exists although the probe found it missing stops, when the
+        script says so (statements.appeared_refusal)."""
         p = _k(params["Path"])
+        parent = state["dirs"].get(p.rsplit("\\", 1)[0])
+        made = statements.created_acl(self._script, params, parent)
+        owner = made["owner"] or ADMINS
         if p in state["dirs"] or p in state["files"]:
-            return {"path": params["Path"], "created": False}
-        if not check and p.rsplit("\\", 1)[0] not in state["dirs"]:
+            refusal = statements.appeared_refusal(self._script)
+            if refusal and not params.get("Existed"):
+                raise ProbeFailed(refusal.replace("$Path", params["Path"]))
+            d = state["dirs"].get(p)
+            if d is None:
+                raise ProbeFailed(f"{params['Path']} is no longer a plain folder")
+            if not statements.replaces_existing_acl(self._script):
+                return {"path": params["Path"], "created": False, "fixed": False}
+
+            def norm(acl):
+                return sorted((e["sid"].upper(), e["rights"], e["type"], str(e.get("inherit")), bool(e.get("inherited")))
+                              for e in acl)
+            fixed = (d.get("owner") != owner or bool(d.get("inherit", True)) != made["inherit"]
+                     or norm(d.get("acl", [])) != norm(made["acl"]))
+            if fixed and not check:
+                d.update(owner=owner, inherit=made["inherit"], acl=made["acl"])
+                for f, meta in list(state["files"].items()) + list(state["dirs"].items()):
+                    if f.startswith(p + "\\"):  # children re-inherit from the new DACL
+                        meta["acl"] = [e for e in meta.get("acl", []) if not e.get("inherited")] + \
+                            [dict(e, inherited=True) for e in made["acl"]]
+            return {"path": params["Path"], "created": False, "fixed": fixed, "__changed__": fixed}
+        if not check and parent is None:
             raise KeyError(f"parent of {params['Path']} missing")
         if not check:  # the ACL the script's own statements build (not a hand-written answer)
-            made = statements.created_acl(self._script, params, state["dirs"].get(p.rsplit("\\", 1)[0]))
-            state["dirs"][p] = {"owner": made["owner"] or ADMINS, "inherit": made["inherit"], "acl": made["acl"]}
-        return {"path": params["Path"], "created": True, "__changed__": True}
+            state["dirs"][p] = {"owner": owner, "inherit": made["inherit"], "acl": made["acl"]}
+        return {"path": params["Path"], "created": True, "fixed": False, "__changed__": True}
+
+    def _probe_logged_on_users(self, state, params, check):
+        return {"users": [dict(u) for u in state.get("logged_on") or []]}
+
+    def _probe_language_mode(self, state, params, check):
+        return {"language_mode": state.get("language_mode", "FullLanguage")}
 
     def _win_package(self, state, a, check):
         pid = a.get("product_id") or a.get("path")
