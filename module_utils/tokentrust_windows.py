@@ -1079,10 +1079,11 @@ def other_versions(entries, product_id="", names=DEFAULT_PRODUCT_NAMES, legacy=D
     if state != "present" or not pid or pid.casefold() in have:
         return []
     legacy_keys = {x["product_id"].casefold() for x in legacy_match(entries, legacy, exclude_ids=[pid])}
-    found = [x for x in legacy_match(entries, names, exclude_ids=[pid]) if x["product_id"].casefold() not in legacy_keys]
+    found = [x for x in legacy_match(entries, names, exclude_ids=[pid])
+             if x["product_id"].casefold() not in legacy_keys]
     if found and mode == "fail":
-        what = ", ".join(f"{x['display_name']} {x.get('display_version') or ''} {x['product_id']} ({x['view']}-bit view)"
-                         .replace("  ", " ") for x in found)
+        what = ", ".join(f"{x['display_name']} {x.get('display_version') or ''} {x['product_id']} "
+                         f"({x['view']}-bit view)".replace("  ", " ") for x in found)
         raise WindowsPlanError(
             f"another version of the middleware is installed: {what}, not token_middleware_product_id {pid}: msiexec "
             "would refuse the install (1638, another version of this product is already installed) after the UAC "

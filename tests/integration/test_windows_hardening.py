@@ -151,11 +151,12 @@ def test_per_user_ie_mode_does_not_fail_its_own_zone_check(tmp_path):
     state = new_state()
     state["powershell"]["user_profiles.ps1"] = {
         "profiles": [{"sid": entra, "profile_path": "C:\\Users\\anna", "loaded": True, "ntuser_exists": True}],
-        "connection_sid": "S-1-5-21-9-9-9-500", "default_profile": {"path": "C:\\Users\\Default", "ntuser_exists": True}}
+        "connection_sid": "S-1-5-21-9-9-9-500",
+        "default_profile": {"path": "C:\\Users\\Default", "ntuser_exists": True}}
     host = Host(tmp_path, state)
-    p, facts = host.run(["windows_ie_zones"], {"windows_ie_zones_machine_policy": False,
-                                               "windows_ie_zones_per_user": True, "windows_ie_zones_default_user": False},
-                        facts=["windows_ie_zones_checks"])
+    ev = {"windows_ie_zones_machine_policy": False, "windows_ie_zones_per_user": True,
+          "windows_ie_zones_default_user": False}
+    p, facts = host.run(["windows_ie_zones"], ev, facts=["windows_ie_zones_checks"])
     assert p.returncode == 0, p.stdout[-3000:]
     checks = facts["windows_ie_zones_checks"]
     assert checks and all(c["ok"] for c in checks), checks

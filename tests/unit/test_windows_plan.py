@@ -613,7 +613,8 @@ def test_msi_source(src, kind):
 def test_check_registry_and_report():
     entries = tw.ie_plan("disable_protected_mode", zones=[3], sites=["services.certeurope.fr"])
     assert [e["type"] for e in entries] == ["dword", "string", "dword"]
-    observed = [{"exists": True, "raw_value": 1, "type": "REG_DWORD"}, {"exists": True, "raw_value": "2", "type": "REG_SZ"},
+    observed = [{"exists": True, "raw_value": 1, "type": "REG_DWORD"},
+                {"exists": True, "raw_value": "2", "type": "REG_SZ"},
                 {"exists": True, "raw_value": 0, "type": "REG_DWORD"}]
     checks = tw.check_registry(entries, observed, "windows_ie_zones")
     assert [c["ok"] for c in checks] == [True, True, False]
@@ -884,14 +885,16 @@ _PID = "{6B0B7AC4-1B7E-4E3A-9C5D-2F1B3C4D5E6F}"
 
 
 def test_another_version_under_another_product_code_stops_before_the_uac_window():
-    with pytest.raises(tw.WindowsPlanError, match=r"another version of the middleware is installed: Classic Client "
-                                                  r"7\.2\.0 \{AAAAAAAA-1111-2222-3333-444444444444\} \(64-bit view\).*1638"):
+    with pytest.raises(tw.WindowsPlanError,
+                       match=r"another version of the middleware is installed: Classic Client "
+                             r"7\.2\.0 \{AAAAAAAA-1111-2222-3333-444444444444\} \(64-bit view\).*1638"):
         tw.middleware_pending(_CC, "C:\\cc.msi", _PID)
     # removal asked: pending, and it is removed first like a legacy product (the legacy 5.1.5 is not counted twice)
     got = tw.other_versions(_CC, _PID, mode="remove")
     assert [x["product_id"] for x in got] == ["{AAAAAAAA-1111-2222-3333-444444444444}"]
     pend = tw.middleware_pending(_CC, "C:\\cc.msi", _PID, other_version="remove")
-    assert pend["pending"] and "another version to remove first: {AAAAAAAA-1111-2222-3333-444444444444}" in pend["reasons"]
+    assert pend["pending"]
+    assert "another version to remove first: {AAAAAAAA-1111-2222-3333-444444444444}" in pend["reasons"]
     # the product itself installed, or no ProductCode given: nothing to say
     assert tw.other_versions(_CC + [{"key": _PID, "display_name": "Classic Client", "view": 64}], _PID) == []
     assert tw.other_versions(_CC, "") == []

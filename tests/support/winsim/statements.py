@@ -117,4 +117,5 @@ def appeared_refusal(text):
 
 def replaces_existing_acl(text):
     """True when the script writes its DACL onto a folder that exists (Set-Acl / SetAccessControl with $sec)."""
-    return bool(re.search(r"Set-Acl\s+-LiteralPath\s+\$Path\s+-AclObject\s+\$sec|\.SetAccessControl\(\s*\$sec\s*\)", text))
+    return bool(re.search(r"Set-Acl\s+-LiteralPath\s+\$Path\s+-AclObject\s+\$sec"
+                          r"|\.SetAccessControl\(\s*\$sec\s*\)", text))

@@ -484,8 +484,8 @@ class ActionModule(ActionBase):
                 return {"path": params["Path"], "created": False, "fixed": False}
 
             def norm(acl):
-                return sorted((e["sid"].upper(), e["rights"], e["type"], str(e.get("inherit")), bool(e.get("inherited")))
-                              for e in acl)
+                return sorted((e["sid"].upper(), e["rights"], e["type"], str(e.get("inherit")),
+                               bool(e.get("inherited"))) for e in acl)
             fixed = (d.get("owner") != owner or bool(d.get("inherit", True)) != made["inherit"]
                      or norm(d.get("acl", [])) != norm(made["acl"]))
             if fixed and not check:
