@@ -96,14 +96,14 @@ BASELINE_INTEGRATION = ["tests/integration/test_windows_roles_sim.py", "tests/in
 BASELINE_K = {
     "certprop_raw_enums": "token or report or french_windows_runs",
     "uac_values_as_reg_sz": "uac or french_windows_runs",
-    "private_dir_keeps_inherited_acl": "folder or admin or staging or french_windows_runs",
-    "private_dir_users_full_control": "folder or admin or staging or french_windows_runs",
-    "owner_probe_always_admins": "folder or admin or staging or french_windows_runs",
-    "card_present_bit_changed": "token or report or french_windows_runs",
-    "uninstall_64_bit_view_only": "legacy or uac or msi or 3010 or french_windows_runs",
+    "private_dir_keeps_inherited_acl": "admin_folder or staging_folders",
+    "private_dir_users_full_control": "admin_folder or staging_folders",
+    "owner_probe_always_admins": "planted or staging_folders",
+    "card_present_bit_changed": "report_has_the_token",
+    "uninstall_64_bit_view_only": "uac_window or legacy",
     "esc_guids_swapped": "ie_zone",
-    "firefox_gpo_subkeys_not_read": "firefox",
-    "uac_restore_writes_zero": "uac or french_windows_runs",
+    "firefox_gpo_subkeys_not_read": "firefox_with_group",
+    "uac_restore_writes_zero": "uac_window",
 }
 
 
