@@ -112,6 +112,7 @@ class FilterModule:
             "tokentrust_win_msi_second_hop": tw.msi_second_hop,
             "tokentrust_win_middleware_checks": tw.middleware_checks,
             "tokentrust_win_middleware_pending": tw.middleware_pending,
+            "tokentrust_win_middleware_other_versions": tw.other_versions,
             "tokentrust_win_check_stores": tw.check_stores,
             "tokentrust_win_check_registry": tw.check_registry,
             "tokentrust_win_check": tw.check,

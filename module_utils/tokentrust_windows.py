@@ -55,6 +55,9 @@ ARCH_BITS = {"x86": 32, "arm": 32, "x64": 64, "arm64": 64}
 # gclib.dll candidates and Firefox install dirs: facts of module_utils/tokentrust_facts.py (GEMALTO_CLASSIC_CLIENT,
 # WINDOWS_FIREFOX_DIRS), which the roles' defaults take through the tokentrust_* filters.
 DEFAULT_LEGACY_PRODUCTS = ("GemSafe Standard Edition", "GemSafe Libraries", "Classic Client 5.1.5")
+# DisplayNames of the product itself, under any ProductCode (another version, another build of the same MSI)
+DEFAULT_PRODUCT_NAMES = ("Classic Client*", "Thales Classic Client*")
+OTHER_VERSION_MODES = ("fail", "remove")
 DEFAULT_TRUSTED_SITES = ("services.certeurope.fr", "services2.certeurope.fr")
 
 _HEX40 = re.compile(r"^[0-9A-F]{40}$")
@@ -568,7 +571,10 @@ def ie_checks(urls, probe, per_user=False, machine_policy=True, role="windows_ie
     probe = probe or {}
     zones = probe.get("zones") or {}
     out = []
-    for u in urls or []:
+    # Per-user only: the sites are in each user's own list, and MapUrlToZone over WinRM answers for the WinRM
+    # account, which that mode skips on purpose: its answer says nothing about the users (their values are
+    # checked in their hives instead).
+    for u in (urls or []) if machine_policy or not per_user else []:
         z = zones.get(u)
         name = IE_ZONE_NAMES.get(z, "unknown") if isinstance(z, int) else "not read"
         detail = f"Windows maps {u} to zone {z} ({name})"
@@ -1056,8 +1062,38 @@ def middleware_checks(entries, product_id=None, patterns=DEFAULT_LEGACY_PRODUCTS
     return out
 
 
+def other_versions(entries, product_id="", names=DEFAULT_PRODUCT_NAMES, legacy=DEFAULT_LEGACY_PRODUCTS,
+                   mode="fail", state="present"):
+    """Classic Client installed under ANOTHER ProductCode than `product_id` (another version, or another build:
+    no shared UpgradeCode handling in msiexec for it), found by DisplayName (`names`), legacy products excluded.
+
+    msiexec refuses such an install ("Another version of this product is already installed", 1638) or, for an
+    MSI without a major upgrade, installs a second copy. With mode `fail` the run stops here, before the UAC
+    window and any reboot, naming the ProductCode found; `remove` returns them as removal items (removed first,
+    like legacy products). Nothing is found when `product_id` is unset or already installed."""
+    if mode not in OTHER_VERSION_MODES:
+        raise WindowsPlanError(f"token_middleware_other_version must be one of {', '.join(OTHER_VERSION_MODES)}, "
+                               f"got {mode!r}")
+    pid = str(product_id or "")
+    have = {str(e.get("key", "")).casefold() for e in entries or []}
+    if state != "present" or not pid or pid.casefold() in have:
+        return []
+    legacy_keys = {x["product_id"].casefold() for x in legacy_match(entries, legacy, exclude_ids=[pid])}
+    found = [x for x in legacy_match(entries, names, exclude_ids=[pid])
+             if x["product_id"].casefold() not in legacy_keys]
+    if found and mode == "fail":
+        what = ", ".join(f"{x['display_name']} {x.get('display_version') or ''} {x['product_id']} "
+                         f"({x['view']}-bit view)".replace("  ", " ") for x in found)
+        raise WindowsPlanError(
+            f"another version of the middleware is installed: {what}, not token_middleware_product_id {pid}: msiexec "
+            "would refuse the install (1638, another version of this product is already installed) after the UAC "
+            "window and its reboots. Set token_middleware_product_id to the installed ProductCode to keep it, or "
+            "token_middleware_other_version: remove to uninstall it first")
+    return found
+
+
 def middleware_pending(entries, msi_src="", product_id="", patterns=DEFAULT_LEGACY_PRODUCTS, state="present",
-                       remove_legacy=True):
+                       remove_legacy=True, names=DEFAULT_PRODUCT_NAMES, other_version="fail"):
     """Whether role token_middleware will install or remove anything: {pending, reasons}.
 
     Read before the UAC window opens, so that `disable_for_install` only disables UAC (and reboots
@@ -1075,6 +1111,9 @@ def middleware_pending(entries, msi_src="", product_id="", patterns=DEFAULT_LEGA
             reasons.append("no token_middleware_product_id: the install cannot be known to be done")
         elif pid.casefold() not in have:
             reasons.append(f"{pid} is not installed")
+            others = other_versions(entries, pid, names, patterns, other_version, state)
+            if others:
+                reasons.append("another version to remove first: " + ", ".join(x["product_id"] for x in others))
     if remove_legacy and (msi_src or state == "absent"):
         left = legacy_match(entries, patterns, exclude_ids=[pid] if pid else ())
         if left:
@@ -1138,8 +1177,14 @@ def check_stores(plan, present, role="windows_trust_store"):
     return out
 
 
+# win_regedit `type` -> the type win_reg_stat reports: a DWORD 1 and a REG_SZ "1" compare equal as strings,
+# but Windows reads UAC's EnableLUA or a zone's 2500 only as a DWORD, so the type is part of the check.
+REG_TYPES = {"string": "REG_SZ", "expandstring": "REG_EXPAND_SZ", "multistring": "REG_MULTI_SZ", "dword": "REG_DWORD",
+             "qword": "REG_QWORD", "binary": "REG_BINARY", "none": "REG_NONE"}
+
+
 def check_registry(entries, observed, role=""):
-    """`observed`: one win_reg_stat result per entry, in the same order."""
+    """`observed`: one win_reg_stat result per entry, in the same order; value and type must both match."""
     if len(entries or []) != len(observed or []):
         raise WindowsPlanError(f"{len(entries or [])} planned registry entries but {len(observed or [])} observed")
     out = []
@@ -1150,8 +1195,10 @@ def check_registry(entries, observed, role=""):
         if e["state"] == "absent":
             ok, detail = not exists, f"{where} {'absent' if not exists else f'still {have!r}'}"
         else:
-            ok = exists and str(have) == str(e["data"])
-            detail = f"{where} = {have!r}" + ("" if ok else f", expected {e['data']!r}")
+            want_type = REG_TYPES.get(str(e.get("type") or "string").casefold(), str(e.get("type")).upper())
+            have_type = o.get("type")
+            ok = exists and str(have) == str(e["data"]) and have_type == want_type
+            detail = f"{where} = {have!r} ({have_type})" + ("" if ok else f", expected {e['data']!r} ({want_type})")
         out.append(check(where, ok, detail, role))
     return out
 
@@ -1195,10 +1242,20 @@ def atr_matches(atr, registered_atr, mask=None):
     return all((x & k) == (y & k) for x, y, k in zip(a, r, m))
 
 
-def token_checks(probe, role="windows_verify"):
-    """Checks of the smart card side from the read-only token probe: service, reader, token inserted,
-    minidriver registered for the token's ATR. Nothing here needs the PIN."""
+def token_checks(probe, role="windows_verify", token=True):
+    """Checks of the smart card side from the read-only token probe: services (always), then with `token`
+    (the key is plugged in during the run) reader, token inserted, minidriver registered for the token's ATR.
+    Nothing here needs the PIN."""
     probe = probe or {}
+    out = service_checks(probe, role)
+    if not token:
+        return out
+    return out + _token_present_checks(probe, role)
+
+
+def service_checks(probe, role="windows_verify"):
+    """The services and the policy the key needs, whether it is plugged in or not: Smart Card (SCardSvr),
+    Certificate Propagation (CertPropSvc) and its Group Policy switch, Smart Card Device Enumeration."""
     out = []
     svc = probe.get("service") or {}
     svc_ok = bool(svc.get("exists")) and svc.get("start_type") != "Disabled"
@@ -1213,6 +1270,30 @@ def token_checks(probe, role="windows_verify"):
                         "key is inserted (what 'Tout enregistrer' of Classic Client Toolbox does by hand); set it to "
                         "Automatic and start it (role token_middleware, token_middleware_certprop)")
                      if cp.get("exists") else "CertPropSvc (Certificate Propagation) does not exist", role))
+    # Group Policy "Turn on certificate propagation from smart card" (SmartCard.admx: HKLM\SOFTWARE\Policies\
+    # Microsoft\Windows\CertProp, CertPropEnabled; 0 = disabled): with it off, CertPropSvc runs and copies nothing.
+    pol = (probe.get("certprop_policy") or {}).get("enabled")
+    out.append(check("certificate propagation policy", pol != 0,
+                     "not set by Group Policy (propagation on)" if pol is None else
+                     f"CertPropEnabled = {pol}" + ("" if pol != 0 else
+                                                   ": Group Policy 'Turn on certificate propagation from smart card' "
+                                                   "is disabled, so the key's certificates never reach the user's "
+                                                   "store; ask the GPO owner to enable it"), role))
+    # Smart Card Device Enumeration Service (ScDeviceEnum): creates the device nodes of inserted cards; disabled,
+    # Windows does not see the card as a device (minidriver, certificate propagation).
+    de = probe.get("scdeviceenum") or {}
+    de_ok = bool(de.get("exists")) and de.get("start_type") != "Disabled"
+    out.append(check("smart card device enumeration service", de_ok,
+                     f"ScDeviceEnum {de.get('status')}, start {de.get('start_type')}"
+                     + ("" if de_ok else ": disabled, Windows does not enumerate inserted cards; set it back to "
+                                         "Manual (trigger start)")
+                     if de.get("exists") else "ScDeviceEnum (Smart Card Device Enumeration Service) does not exist",
+                     role))
+    return out
+
+
+def _token_present_checks(probe, role):
+    out = []
     if probe.get("rds_session_host"):
         out.append(check("smart card reader", True, "not visible over WinRM on an RDS host: the key is redirected "
                          "into the user's remote session, which a WinRM session cannot see; check it from that "

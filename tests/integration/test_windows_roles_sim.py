@@ -129,6 +129,8 @@ def token_probe(present=True):
     """MOCK of roles/windows_verify/files/token_probe.ps1 output (made-up IDPrime-like ATR)."""
     return {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
             "certprop": {"exists": True, "status": "Running", "start_type": "Automatic"}, "rds_session_host": False,
+            "certprop_policy": {"enabled": None},
+            "scdeviceenum": {"exists": True, "status": "Stopped", "start_type": "Manual"},
             "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK", "instance_id": "USB\\VID_08E6"}],
             "scard": {"context_error": None, "list_error": None,
                       "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": present,
@@ -330,6 +332,7 @@ def test_windows_playbook_report_has_the_token_checks_and_says_what_was_not_veri
     rep = facts["tokentrust_windows_report"]
     token = [c for c in rep["checks"] if c["role"] == "windows_verify"]
     assert [c["name"] for c in token] == ["smart card service", "certificate propagation service",
+                                          "certificate propagation policy", "smart card device enumeration service",
                                           "smart card reader", "token inserted",
                                           "minidriver for the token in Gemalto USB Smart Card Reader 0"]
     assert rep["ok"] and any("PIN entry" in x for x in rep["not_verified"])

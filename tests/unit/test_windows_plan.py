@@ -612,10 +612,18 @@ def test_msi_source(src, kind):
 # ------------------------------------------------------------------ verification
 def test_check_registry_and_report():
     entries = tw.ie_plan("disable_protected_mode", zones=[3], sites=["services.certeurope.fr"])
-    observed = [{"exists": True, "raw_value": 1}, {"exists": True, "raw_value": "2"}, {"exists": True, "raw_value": 0}]
+    assert [e["type"] for e in entries] == ["dword", "string", "dword"]
+    observed = [{"exists": True, "raw_value": 1, "type": "REG_DWORD"},
+                {"exists": True, "raw_value": "2", "type": "REG_SZ"},
+                {"exists": True, "raw_value": 0, "type": "REG_DWORD"}]
     checks = tw.check_registry(entries, observed, "windows_ie_zones")
     assert [c["ok"] for c in checks] == [True, True, False]
     assert "expected 3" in checks[2]["detail"]
+    # the right value with the wrong type is a failed check (Windows reads these as DWORDs only)
+    as_sz = [dict(observed[0], raw_value="1", type="REG_SZ"), observed[1], dict(observed[2], raw_value=3)]
+    checks = tw.check_registry(entries, as_sz, "windows_ie_zones")
+    assert [c["ok"] for c in checks] == [False, True, True]
+    assert "expected 1 (REG_DWORD)" in checks[0]["detail"]
     rep = tw.report("pc1", checks)
     assert rep["ok"] is False and rep["summary"] == "2/3 checks passed" and len(rep["failed"]) == 1
     with pytest.raises(tw.WindowsPlanError, match="3 planned registry entries but 1 observed"):
@@ -738,6 +746,8 @@ IDPRIME_ATR = "3BFF9600008131FE4380318065B0846566FB120177829000F7"   # an IDPrim
 def _token_probe(**kw):
     p = {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
          "certprop": {"exists": True, "status": "Running", "start_type": "Automatic"}, "rds_session_host": False,
+         "certprop_policy": {"enabled": None},
+         "scdeviceenum": {"exists": True, "status": "Stopped", "start_type": "Manual"},
          "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK"}],
          "scard": {"context_error": None, "list_error": None,
                    "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": True, "atr": IDPRIME_ATR}]},
@@ -759,6 +769,7 @@ def test_atr_matches_with_mask_like_windows():
 def test_token_checks_all_good():
     checks = tw.token_checks(_token_probe())
     assert [c["name"] for c in checks] == ["smart card service", "certificate propagation service",
+                                           "certificate propagation policy", "smart card device enumeration service",
                                            "smart card reader", "token inserted",
                                            "minidriver for the token in Gemalto USB Smart Card Reader 0"]
     assert all(c["ok"] for c in checks) and "axaltocm.dll" in checks[-1]["detail"]
@@ -782,8 +793,8 @@ def test_token_checks_unknown_card_has_no_minidriver():
 def test_token_checks_disabled_service_and_no_reader():
     checks = tw.token_checks(_token_probe(service={"exists": True, "status": "Stopped", "start_type": "Disabled"},
                                           pnp_readers=[], scard={"readers": []}))
-    assert [c["ok"] for c in checks] == [False, True, False, False]
-    assert "is the token plugged in?" in checks[2]["detail"]
+    assert [c["ok"] for c in checks] == [False, True, True, True, False, False]
+    assert "is the token plugged in?" in checks[4]["detail"]
 
 
 def test_token_checks_certificate_propagation_stopped():
@@ -793,10 +804,28 @@ def test_token_checks_certificate_propagation_stopped():
     assert "Tout enregistrer" in bad[0]["detail"] and "set it to Automatic and start it" in bad[0]["detail"]
 
 
+def test_the_services_are_checked_without_the_token_too():
+    """windows_verify_token: false (key not plugged in): no reader/token checks, but CertPropSvc, its Group Policy
+    switch and ScDeviceEnum are still checked (issue 28: CertPropSvc went unchecked)."""
+    probe = _token_probe(certprop={"exists": True, "status": "Stopped", "start_type": "Manual"},
+                         certprop_policy={"enabled": 0},
+                         scdeviceenum={"exists": True, "status": "Stopped", "start_type": "Disabled"},
+                         scard={"readers": []}, pnp_readers=[])
+    checks = tw.token_checks(probe, "windows_verify", False)
+    assert [(c["name"], c["ok"]) for c in checks] == [
+        ("smart card service", True), ("certificate propagation service", False),
+        ("certificate propagation policy", False), ("smart card device enumeration service", False)]
+    assert "Turn on certificate propagation from smart card' is disabled" in checks[2]["detail"]
+    assert "set it back to Manual" in checks[3]["detail"]
+    assert tw.token_checks(_token_probe(certprop_policy={"enabled": 1}))[2]["ok"]
+
+
 def test_token_checks_on_an_rds_session_host_say_not_visible_instead_of_failing():
     checks = tw.token_checks(_token_probe(rds_session_host=True, scard={"readers": []}, pnp_readers=[]))
     assert all(c["ok"] for c in checks)
-    assert [c["name"] for c in checks] == ["smart card service", "certificate propagation service", "smart card reader"]
+    assert [c["name"] for c in checks] == ["smart card service", "certificate propagation service",
+                                           "certificate propagation policy", "smart card device enumeration service",
+                                           "smart card reader"]
     assert checks[-1]["detail"].startswith("not visible over WinRM on an RDS host")
 
 
@@ -823,12 +852,15 @@ def test_ie_checks_read_the_zone_windows_applies_and_esc():
     urls = tw.ie_urls(["services.certeurope.fr", "*.example.fr"], "*")
     assert urls == ["https://services.certeurope.fr", "https://example.fr"]
     probe = {"zones": {urls[0]: 2, urls[1]: 3}, "gpo_sources": ["X.pol"], "esc": {"admins": True, "users": False}}
-    checks = tw.ie_checks(urls, probe, per_user=True, machine_policy=False)
+    checks = tw.ie_checks(urls, probe, per_user=True, machine_policy=True)
     assert [(c["name"], c["ok"]) for c in checks] == [
-        ("IE zone of https://services.certeurope.fr", True), ("IE zone of https://example.fr", False),
-        ("IE Enhanced Security Configuration off", False)]
+        ("IE zone of https://services.certeurope.fr", True), ("IE zone of https://example.fr", False)]
     assert "zone 3 (Internet), not 2 (Trusted sites); a Group Policy owns" in checks[1]["detail"]
-    assert "on for admins: it ignores per-user zone assignments" in checks[2]["detail"]
+    # per-user only: MapUrlToZone over WinRM answers for the WinRM account, which that mode skips on purpose:
+    # no zone check from it (it always failed), ESC still checked
+    checks = tw.ie_checks(urls, probe, per_user=True, machine_policy=False)
+    assert [(c["name"], c["ok"]) for c in checks] == [("IE Enhanced Security Configuration off", False)]
+    assert "on for admins: it ignores per-user zone assignments" in checks[0]["detail"]
 
 
 @pytest.mark.parametrize("kind", ["store", "user"])
@@ -842,3 +874,29 @@ def test_a_store_or_per_user_firefox_gets_the_gpo_registry(kind):
     assert plan["target"] == "registry" and plan["json"] == [] and plan["registry"]
     assert any(f"({kind}): a Microsoft Store or per-user install" in w for w in plan["warnings"])
     assert tw.firefox_plan(probe, ["C:\\x\\a.pem"], prefer="json")["target"] == "json"
+
+
+# ------------------------------------------------------------------ another version of the middleware
+_CC = [{"key": "{AAAAAAAA-1111-2222-3333-444444444444}", "display_name": "Classic Client", "display_version": "7.2.0",
+        "windows_installer": 1, "view": 64},
+       {"key": "{11111111-2222-3333-4444-555555555555}", "display_name": "Classic Client 5.1.5",
+        "windows_installer": 1, "view": 32}]
+_PID = "{6B0B7AC4-1B7E-4E3A-9C5D-2F1B3C4D5E6F}"
+
+
+def test_another_version_under_another_product_code_stops_before_the_uac_window():
+    with pytest.raises(tw.WindowsPlanError,
+                       match=r"another version of the middleware is installed: Classic Client "
+                             r"7\.2\.0 \{AAAAAAAA-1111-2222-3333-444444444444\} \(64-bit view\).*1638"):
+        tw.middleware_pending(_CC, "C:\\cc.msi", _PID)
+    # removal asked: pending, and it is removed first like a legacy product (the legacy 5.1.5 is not counted twice)
+    got = tw.other_versions(_CC, _PID, mode="remove")
+    assert [x["product_id"] for x in got] == ["{AAAAAAAA-1111-2222-3333-444444444444}"]
+    pend = tw.middleware_pending(_CC, "C:\\cc.msi", _PID, other_version="remove")
+    assert pend["pending"]
+    assert "another version to remove first: {AAAAAAAA-1111-2222-3333-444444444444}" in pend["reasons"]
+    # the product itself installed, or no ProductCode given: nothing to say
+    assert tw.other_versions(_CC + [{"key": _PID, "display_name": "Classic Client", "view": 64}], _PID) == []
+    assert tw.other_versions(_CC, "") == []
+    with pytest.raises(tw.WindowsPlanError, match="token_middleware_other_version must be one of fail, remove"):
+        tw.other_versions(_CC, _PID, mode="keep")

@@ -64,7 +64,7 @@ def test_the_default_depth_breaks_the_token_checks_when_a_reader_is_present():
         tw.token_checks(flat)
     task = next(t for t in probes.tasks() if t["script"] == "token_probe.ps1")
     checks = tw.token_checks(psshape.convert_output(answer, task["depth"]))
-    assert [c["ok"] for c in checks] == [True, True, True, True, True]
+    assert [c["ok"] for c in checks] == [True] * 7
     # and the checker says so when the task's depth is the default one
     assert any("depth 2 (win_powershell's default) but token_probe.ps1 emits containers 3 levels" in p
                for p in _problems_with(lambda roles: _set_depth(roles, "token_probe.ps1", None)))
@@ -184,7 +184,7 @@ def test_acl_and_owner_users_are_sids():
             for value, _loop in _values(tasks, module, "user"):
                 seen += 1
                 assert sid.match(value) or value == "{{ item.sid }}", (path, value)
-    assert seen == 2
+    assert seen == 1  # win_owner of windows_private_dir; the ACL itself is set by private_dir_create.ps1, by SID
     for path in glob.glob(os.path.join(ROOT, "roles", "*", "defaults", "main.yml")):
         with open(path, encoding="utf-8") as f:
             d = yaml.safe_load(f) or {}
@@ -217,3 +217,66 @@ def test_the_mock_resolves_names_as_ansible_core_does():
         msg = f"account_name {english} is not a valid account, cannot get SID"
         with pytest.raises(LookupError, match=re.escape(msg)):
             convert_to_sid(state, english)
+
+
+def test_every_emitted_leaf_is_a_string_number_or_bool():
+    """A .NET value emitted as is does not reach Ansible as the string the Python compares: a service's
+    Status is a ServiceControllerStatus enum (ConvertTo-Json gives 4, Ansible's serializer an object), so
+    `status == 'Running'` would never hold. Every leaf is cast explicitly (issue 28: the CertPropSvc
+    mutation)."""
+    loose = {name: psshape.loose_leaves(psshape.result_shape(probes.read(path)))
+             for name, path in probes.shipped().items()}
+    assert {n: v for n, v in loose.items() if v} == {}
+    # the rule itself: an enum member emitted raw is caught, its string form is not
+    raw = psshape.result_shape('$cp = Get-Service -Name CertPropSvc\n$Ansible.Result = @{ status = $cp.Status }')
+    cast = psshape.result_shape('$cp = Get-Service -Name CertPropSvc\n$Ansible.Result = @{ status = "$($cp.Status)" }')
+    assert psshape.loose_leaves(raw) == [("status",)] and psshape.loose_leaves(cast) == []
+
+
+def _hash_entries(text, key):
+    """Every literal value given to `key` in the probe's hashtables (tree-sitter, not a regex on the text)."""
+    out = []
+    for n in psshape._descendants(psshape.parse(text).root_node):  # noqa: SLF001
+        if n.type == "hash_entry":
+            kids = psshape._named(n)  # noqa: SLF001
+            if psshape._unwrap(kids[0]).text.decode().strip("'\"") == key:  # noqa: SLF001
+                out.append((n, psshape._unwrap(kids[-1]).text.decode()))  # noqa: SLF001
+    return out
+
+
+# Microsoft's documented values:
+# - winscard.h, SCARD_READERSTATE dwEventState (learn.microsoft.com/windows/win32/api/winscard/
+#   ns-winscard-scard_readerstatea; [MS-RDPESC] 2.2.7 "Reader State" gives the numbers):
+#   SCARD_STATE_EMPTY 0x0010, SCARD_STATE_PRESENT 0x0020, SCARD_STATE_MUTE 0x0200.
+# - SCardEstablishContext dwScope: SCARD_SCOPE_USER 0, SCARD_SCOPE_SYSTEM 2 (winscard.h).
+# - IE Enhanced Security Configuration: Active Setup components under
+#   HKLM\SOFTWARE\Microsoft\Active Setup\Installed Components, {A509B1A7-37EF-4b3f-8CFC-4F3A74704073} for
+#   Administrators and {A509B1A8-37EF-4b3f-8CFC-4F3A74704073} for Users, value IsInstalled (1 = on); the
+#   Server Manager "IE ESC" switch writes these (technet.microsoft.com/library/dd883248 describes the feature;
+#   the GUIDs as Carbon's Disable-IEEnhancedSecurityConfiguration and Microsoft's own deployment scripts use them).
+SCARD_STATE_PRESENT = 0x0020
+SCARD_SCOPE_SYSTEM = 2
+ESC_ADMINS = "{A509B1A7-37EF-4b3f-8CFC-4F3A74704073}"
+ESC_USERS = "{A509B1A8-37EF-4b3f-8CFC-4F3A74704073}"
+
+
+def test_probe_constants_are_microsofts_documented_values():
+    token = probes.read(probes.shipped()["token_probe.ps1"])
+    present = [v for _, v in _hash_entries(token, "present")]
+    assert present, "token_probe.ps1 emits no `present`"
+    for v in present:
+        bits = [int(x, 16) for x in re.findall(r"-band\s+(0x[0-9A-Fa-f]+)", v)]
+        assert bits == [SCARD_STATE_PRESENT], f"present = {v}: SCARD_STATE_PRESENT is 0x20 (winscard.h)"
+    scope = re.search(r"SCardEstablishContext\((\d+),", token)
+    assert scope and int(scope.group(1)) == SCARD_SCOPE_SYSTEM
+    ie = probes.read(probes.shipped()["ie_zones_probe.ps1"])
+    pairs = {}
+    for n, _ in _hash_entries(ie, "who"):
+        h = psshape._enclosing_hash(n)  # noqa: SLF001
+        entries = {}
+        for e in psshape._descendants(h):  # noqa: SLF001
+            if e.type == "hash_entry" and psshape._enclosing_hash(e) == h:  # noqa: SLF001
+                kids = psshape._named(e)  # noqa: SLF001
+                entries[psshape._unwrap(kids[0]).text.decode()] = psshape._unwrap(kids[-1]).text.decode().strip("'\"")  # noqa: SLF001
+        pairs[entries["who"]] = entries["key"]
+    assert {k: v.upper() for k, v in pairs.items()} == {"admins": ESC_ADMINS.upper(), "users": ESC_USERS.upper()}

@@ -14,7 +14,7 @@ foreach ($view in @(@{ name = 'Registry64'; bits = 64 }, @{ name = 'Registry32';
             $name = $key.GetValue('DisplayName')
             if ($name) {
                 $entries.Add(@{
-                    key = $k
+                    key = [string]$k
                     display_name = $name
                     display_version = $key.GetValue('DisplayVersion')
                     publisher = $key.GetValue('Publisher')

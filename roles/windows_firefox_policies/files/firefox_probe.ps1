@@ -26,7 +26,8 @@ function Get-PEMachine([string]$Path) {
 function Get-FileInfo([string]$Path) {
     if (Test-Path -LiteralPath $Path -PathType Leaf) {
         $version = (Get-Item -LiteralPath $Path).VersionInfo.ProductVersion
-        return @{ path = $Path; exists = $true; machine = (Get-PEMachine $Path); version = $version }
+        return @{ path = $Path; exists = $true; machine = (Get-PEMachine $Path)
+                 version = $(if ($version) { [string]$version } else { $null }) }
     }
     return @{ path = $Path; exists = $false; machine = $null; version = $null }
 }
@@ -77,7 +78,7 @@ $list.Close()
 foreach ($pkg in @(Get-AppxPackage -AllUsers -Name 'Mozilla.Firefox*' -ErrorAction SilentlyContinue)) {
     Add-Dir "$($pkg.InstallLocation)\VFS\ProgramFiles\Firefox Package Root" 'store'
 }
-$installs = @(foreach ($d in $dirs) { $i = Get-FileInfo "$d\firefox.exe"; $i.dir = $d; $i.kind = "$($kinds[$d])"; $i })
+$installs = @(foreach ($d in $dirs) { $i = Get-FileInfo "$d\firefox.exe"; $i.dir = [string]$d; $i.kind = "$($kinds[$d])"; $i })
 $gclib = @(foreach ($p in $GclibPaths) { Get-FileInfo $p })
 
 # GPO registry: {relative key: {value name: data}}, machine (HKLM) and per loaded user hive (HKU\<SID>:
@@ -114,7 +115,7 @@ $policies = @{}
 foreach ($i in $installs) {
     $p = "$($i.dir)\distribution\policies.json"
     $policies[$p] = if (Test-Path -LiteralPath $p -PathType Leaf) {
-        [System.IO.File]::ReadAllText($p, [System.Text.UTF8Encoding]::new($false))
+        [string][System.IO.File]::ReadAllText($p, [System.Text.UTF8Encoding]::new($false))
     } else { $null }
 }
 

@@ -6,18 +6,18 @@ param ()
 $Ansible.Changed = $false
 $list = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList'
 $loaded = @(Get-ChildItem -LiteralPath 'Registry::HKEY_USERS' | ForEach-Object { $_.PSChildName })
-$me = [System.Security.Principal.WindowsIdentity]::GetCurrent().User.Value
+$me = [string][System.Security.Principal.WindowsIdentity]::GetCurrent().User.Value
 $profiles = @(Get-ChildItem -LiteralPath $list | ForEach-Object {
     $image = $_.GetValue('ProfileImagePath')
-    $path = if ($image) { [Environment]::ExpandEnvironmentVariables($image) } else { $null }
+    $path = if ($image) { [string][Environment]::ExpandEnvironmentVariables($image) } else { $null }
     [PSCustomObject]@{
-        sid = $_.PSChildName
+        sid = [string]$_.PSChildName
         profile_path = $path
         loaded = $loaded -contains $_.PSChildName
         ntuser_exists = [bool]($path -and (Test-Path -LiteralPath "$path\NTUSER.DAT" -PathType Leaf))
     }
 })
-$defaultPath = [Environment]::ExpandEnvironmentVariables((Get-Item -LiteralPath $list).GetValue('Default'))
+$defaultPath = [string][Environment]::ExpandEnvironmentVariables((Get-Item -LiteralPath $list).GetValue('Default'))
 $default = @{ path = $defaultPath
               ntuser_exists = [bool]($defaultPath -and (Test-Path -LiteralPath "$defaultPath\NTUSER.DAT" -PathType Leaf)) }
 $Ansible.Result = @{ profiles = $profiles; connection_sid = $me; default_profile = $default }

@@ -14,7 +14,7 @@ $folders = @(foreach ($p in $Paths) {
     }
     else {
         $sid = (Get-Acl -LiteralPath $p).GetOwner([System.Security.Principal.SecurityIdentifier])
-        $name = try { $sid.Translate([System.Security.Principal.NTAccount]).Value } catch { $null }
+        $name = try { [string]$sid.Translate([System.Security.Principal.NTAccount]).Value } catch { $null }
         @{ path = $p; exists = $true; isdir = [bool]$item.PSIsContainer
            reparse = [bool]($item.Attributes -band [System.IO.FileAttributes]::ReparsePoint)
            owner_sid = "$($sid.Value)"; owner_name = $name }

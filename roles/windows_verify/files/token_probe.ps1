@@ -17,12 +17,26 @@ $cp = Get-Service -Name CertPropSvc -ErrorAction SilentlyContinue
 $certprop = if ($cp) { @{ exists = $true; status = "$($cp.Status)"; start_type = "$($cp.StartType)" } }
             else { @{ exists = $false; status = $null; start_type = $null } }
 
+# Group Policy "Turn on certificate propagation from smart card" (SmartCard.admx): 0 = propagation off.
+$certpropPolicy = @{ enabled = $null }
+$cpPol = [Microsoft.Win32.Registry]::LocalMachine.OpenSubKey('SOFTWARE\Policies\Microsoft\Windows\CertProp')
+if ($cpPol) {
+    $v = $cpPol.GetValue('CertPropEnabled')
+    if ($null -ne $v) { $certpropPolicy.enabled = [int]$v }
+    $cpPol.Close()
+}
+
+# Smart Card Device Enumeration Service: makes the device node of an inserted card (trigger-started).
+$de = Get-Service -Name ScDeviceEnum -ErrorAction SilentlyContinue
+$scdeviceenum = if ($de) { @{ exists = $true; status = "$($de.Status)"; start_type = "$($de.StartType)" } }
+                else { @{ exists = $false; status = $null; start_type = $null } }
+
 # An RDS session host redirects the key into the user's session: a WinRM session never sees it.
 $ts = Get-CimInstance -Namespace 'root\cimv2\TerminalServices' -ClassName Win32_TerminalServiceSetting -ErrorAction SilentlyContinue
 $rdsHost = [bool]($ts -and $ts.TerminalServerMode -eq 1)
 
 $pnp = @(Get-PnpDevice -Class SmartCardReader -PresentOnly -ErrorAction SilentlyContinue |
-    ForEach-Object { @{ name = $_.FriendlyName; status = "$($_.Status)"; instance_id = $_.InstanceId } })
+    ForEach-Object { @{ name = [string]$_.FriendlyName; status = "$($_.Status)"; instance_id = [string]$_.InstanceId } })
 
 Add-Type -TypeDefinition @'
 using System;
@@ -69,7 +83,7 @@ else {
                 $rc = [TokentrustSCard]::SCardGetStatusChange($ctx, 0, $states, [uint32]$states.Length)
                 if ($rc -ne 0 -and $rc -ne 0x8010000A) { $scard.list_error = ('0x{0:X8}' -f $rc) }   # not SCARD_E_TIMEOUT
                 $scard.readers = @(foreach ($s in $states) {
-                    @{ name = $s.Reader; event_state = [int64]$s.EventState
+                    @{ name = [string]$s.Reader; event_state = [int64]$s.EventState
                        present = [bool]($s.EventState -band 0x20)                                       # SCARD_STATE_PRESENT
                        atr = (($s.Atr[0..([Math]::Max(0, [int]$s.AtrLength - 1))] | ForEach-Object { '{0:X2}' -f $_ }) -join '')
                        atr_length = [int]$s.AtrLength }
@@ -89,7 +103,7 @@ foreach ($view in 'Registry64', 'Registry32') {
         foreach ($name in $sc.GetSubKeyNames()) {
             $k = $sc.OpenSubKey($name)
             $atr = $k.GetValue('ATR'); $mask = $k.GetValue('ATRMask')
-            $cards.Add(@{ name = $name; view = $(if ($view -eq 'Registry64') { 64 } else { 32 })
+            $cards.Add(@{ name = [string]$name; view = $(if ($view -eq 'Registry64') { 64 } else { 32 })
                 atr = $(if ($atr) { ($atr | ForEach-Object { '{0:X2}' -f $_ }) -join '' } else { $null })
                 atr_mask = $(if ($mask) { ($mask | ForEach-Object { '{0:X2}' -f $_ }) -join '' } else { $null })
                 minidriver = $k.GetValue('80000001'); csp = $k.GetValue('Crypto Provider')
@@ -101,6 +115,7 @@ foreach ($view in 'Registry64', 'Registry32') {
     $base.Close()
 }
 
-$Ansible.Result = @{ service = $service; certprop = $certprop; rds_session_host = $rdsHost
+$Ansible.Result = @{ service = $service; certprop = $certprop; certprop_policy = $certpropPolicy
+                     scdeviceenum = $scdeviceenum; rds_session_host = $rdsHost
                      pnp_readers = $pnp; scard = $scard; registered_cards = $cards
-                     session = @{ interactive = [Environment]::UserInteractive; id = (Get-Process -Id $PID).SessionId } }
+                     session = @{ interactive = [bool][Environment]::UserInteractive; id = [int](Get-Process -Id $PID).SessionId } }

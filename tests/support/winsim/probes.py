@@ -90,6 +90,8 @@ def firefox_answer(gpo=True):
 def token_answer(present=True):
     return {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
             "certprop": {"exists": True, "status": "Running", "start_type": "Automatic"}, "rds_session_host": False,
+            "certprop_policy": {"enabled": None},
+            "scdeviceenum": {"exists": True, "status": "Stopped", "start_type": "Manual"},
             "pnp_readers": [{"name": "Gemalto USB Smart Card Reader", "status": "OK", "instance_id": "USB\\VID_08E6"}],
             "scard": {"context_error": None, "list_error": None,
                       "readers": [{"name": "Gemalto USB Smart Card Reader 0", "present": present,
@@ -129,6 +131,7 @@ def mock_answer(script, state=None):
     from tests.support.winsim.action_plugins.normal import ActionModule  # noqa: PLC0415
 
     mock = object.__new__(ActionModule)
+    mock._script = read(shipped()[script])  # noqa: SLF001
     state = copy.deepcopy(state or sample_state())
     answer = getattr(mock, "_probe_" + script[:-4])(state, SAMPLE_PARAMS.get(script, {}), False)
     if isinstance(answer, dict):
@@ -229,6 +232,10 @@ def problems(roles=ROLES, state=None):
         except psshape.ProbeError as e:
             out.append(f"{name}: {e}")
             continue
+        for leaf in psshape.loose_leaves(shape):
+            out.append(f"{name}: result.{'.'.join(leaf) or '(top)'} is a .NET object, not a string, number or bool: "
+                       "cast it ([string], \"$(...)\", [int], [bool]); an enum or SID would reach Ansible as an "
+                       "object or a number")
         need = psshape.depth_needed(shape)
         mine = [t for t in runs if t["script"] == name]
         if not mine:

@@ -16,6 +16,12 @@ From the tree, a small abstract interpreter follows the variables, hashtable lit
     {"t": "regvalue"}                      RegistryKey.GetValue(): a string or number, or an array of them
     {"t": "any"}                           a .NET value we do not follow (a method's return value)
 
+A typed parameter (`[string]$Path`, `[string[]]$Paths` of the script or of one of its functions) is a scalar
+(a list of scalars). `loose_leaves(shape)` lists the result's leaves that are "any": a .NET object (a
+ServiceControllerStatus enum, a SecurityIdentifier...) that ConvertTo-Json / Ansible would serialize as an
+object ({Value, ...}) or a number, not the string the Python expects: every emitted leaf must be a string,
+number or bool, or explicitly cast to one (`[string]`, `"$(...)"`, `[int]`).
+
 Its container depth gives the `depth` win_powershell needs: ansible.windows' Convert-OutputObject
 (plugins/modules/win_powershell.ps1) turns every dictionary, list or object nested deeper than `depth`
 into a string ("System.Collections.Hashtable").  `convert_output` applies that rule to a Python value.
@@ -212,6 +218,42 @@ def _named(n):
                                                                    "empty_statement")]
 
 
+def typed_params(node):
+    """{name (casefolded): shape} of the typed parameters declared directly by `node` (a param_block or a
+    function_statement)."""
+    out = {}
+    for n in _descendants(node):
+        if n.type == "script_block" and node.type == "function_statement":
+            break
+        if n.type != "script_parameter":
+            continue
+        var = next((c for c in n.children if c.type == "variable"), None)
+        lits = [d for d in _descendants(n) if d.type == "type_literal"]
+        if var is None or not lits:
+            continue
+        ct = re.sub(r"^\[|\]$", "", lits[-1].text.decode()).strip().casefold()
+        name = var.text.decode()[1:].casefold()
+        if ct.endswith("[]") and ct[:-2] in _SCALAR_CASTS:
+            out[name] = {"t": "list", "of": SCALAR}
+        elif ct in _SCALAR_CASTS or ct == "switch":
+            out[name] = SCALAR
+    return out
+
+
+def loose_leaves(shape, prefix=()):
+    """Key paths of the leaves of `shape` that are not a string, number, bool or null ("any")."""
+    t = shape["t"]
+    if t == "any":
+        return [prefix]
+    if t == "dict":
+        return [p for k, v in shape["keys"].items() for p in loose_leaves(v, (*prefix, k))]
+    if t == "map":
+        return loose_leaves(shape["of"], (*prefix, "*"))
+    if t == "list":
+        return loose_leaves(shape["of"], (*prefix, "[]"))
+    return []
+
+
 class _Interp:
     def __init__(self, root):
         self.functions = {}
@@ -320,7 +362,7 @@ class _Interp:
         try:
             fn = self.functions[name]
             body = next(c for c in fn.children if c.type == "script_block")
-            return self.block(_script_body(body), {})
+            return self.block(_script_body(body), typed_params(fn))
         finally:
             self.stack.pop()
 
@@ -499,6 +541,9 @@ def result_shape(text):
     root = parse(text).root_node
     it = _Interp(root)
     env = {}
+    for blk in root.children:
+        if blk.type == "param_block":
+            env.update(typed_params(blk))
     it.block(root, env)
     if it.result is None:
         raise ProbeError("the probe never sets $Ansible.Result")

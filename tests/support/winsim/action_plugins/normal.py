@@ -33,7 +33,7 @@ import sys
 from ansible.plugins.action import ActionBase
 
 sys.path.insert(0, os.environ.get("TOKENTRUST_WINSIM_ROOT", os.getcwd()))
-from tests.support.winsim import psshape  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.winsim import psshape, statements  # noqa: E402  pylint: disable=wrong-import-position
 
 SID_RE = re.compile(r"^S-1-\d+(-\d+)+$", re.IGNORECASE)
 ADMINS, SYSTEM, USERS, CREATOR_OWNER = "S-1-5-32-544", "S-1-5-18", "S-1-5-32-545", "S-1-3-0"
@@ -112,6 +112,10 @@ def shipped_probes(roles):
         with open(path, encoding="utf-8") as f:
             out[f.read().rstrip("\n")] = os.path.basename(path)
     return out
+
+
+class ProbeFailed(Exception):
+    """A probe's `throw`, as the MOCK models it."""
 
 
 class ActionModule(ActionBase):
@@ -371,8 +375,18 @@ class ActionModule(ActionBase):
         if unknown:
             return {"failed": True, "msg": f"{name}: A parameter cannot be found that matches parameter name "
                                            f"'{unknown[0]}'."}
-        answer = getattr(self, "_probe_" + name[:-4])(state, given, check)
+        self._script = script  # the statements the MOCK's answer follows (tests/support/winsim/statements.py)
+        if state.get("language_mode", "FullLanguage") == "ConstrainedLanguage" and name != "language_mode.ps1":
+            # what win_powershell gives a script body under App Control: CLM, where Add-Type and most .NET types fail
+            return {"failed": True, "msg": f"winsim MOCK: {name} in ConstrainedLanguage: Cannot invoke method. Method "
+                                           "invocation is supported only on core types in this language mode."}
+        try:
+            answer = getattr(self, "_probe_" + name[:-4])(state, given, check)
+        except ProbeFailed as e:  # a terminating error of the script (throw): win_powershell fails with it
+            return {"failed": True, "msg": str(e), "result": {}, "output": [], "error": [str(e)]}
         changed = bool(answer.pop("__changed__", False)) if isinstance(answer, dict) else False
+        # a value the probe emits as a constant is that constant, whatever the host holds
+        answer = statements.apply_constants(answer, statements.constant_leaves(script))
         bad = psshape.conforms(answer, shape)
         if bad:
             return {"failed": True, "msg": f"winsim MOCK: {name}: its answer does not match what the probe emits: "
@@ -389,8 +403,9 @@ class ActionModule(ActionBase):
     def _probe_uninstall_entries(self, state, params, check):
         keys = ("key", "display_name", "display_version", "publisher", "windows_installer", "uninstall_string",
                 "quiet_uninstall_string", "view")
+        views = statements.registry_views(self._script)  # only the views the probe opens
         return {"entries": [{k: e.get(k, 0 if k == "windows_installer" else None) for k in keys}
-                            for e in state.get("uninstall_entries", [])]}
+                            for e in state.get("uninstall_entries", []) if int(e.get("view", 64)) in views]}
 
     def _probe_token_probe(self, state, params, check):
         res = self._canned(state, "token_probe.ps1")
@@ -408,6 +423,10 @@ class ActionModule(ActionBase):
 
     def _probe_firefox_probe(self, state, params, check):
         res = self._canned(state, "firefox_probe.ps1")  # policies.json as the host holds it now
+        if not statements.function_recurses(self._script, "Read-Key"):  # the probe reads the top key only
+            res["gpo"] = {k: v for k, v in (res.get("gpo") or {}).items() if k == ""}
+            res["gpo_users"] = {sid: {k: v for k, v in keys.items() if k == ""}
+                                for sid, keys in (res.get("gpo_users") or {}).items()}
         res["policies_json"] = dict(res.get("policies_json") or {})
         for i in res.get("installs") or []:
             path = i["dir"] + "\\distribution\\policies.json"
@@ -432,9 +451,10 @@ class ActionModule(ActionBase):
 
     def _probe_private_dir_probe(self, state, params, check):
         out = []
+        hidden = {_k(h) for h in state.get("appear_after_probe") or []}  # made by someone right after the probe
         for p in params.get("Paths") or []:
-            d = state["dirs"].get(_k(p))
-            f = state["files"].get(_k(p))
+            d = state["dirs"].get(_k(p)) if _k(p) not in hidden else None
+            f = state["files"].get(_k(p)) if _k(p) not in hidden else None
             if d is None and f is None:
                 out.append({"path": p, "exists": False, "isdir": False, "reparse": False, "owner_sid": None,
                             "owner_name": None})
@@ -446,19 +466,46 @@ class ActionModule(ActionBase):
         return {"folders": out}
 
     def _probe_private_dir_create(self, state, params, check):
+        """The folder made, or an existing one's ACL replaced, as the script's own statements say
+        (statements.created_acl); a folder that exists although the probe found it missing stops, when the
+        script says so (statements.appeared_refusal)."""
         p = _k(params["Path"])
+        parent = state["dirs"].get(p.rsplit("\\", 1)[0])
+        made = statements.created_acl(self._script, params, parent)
+        owner = made["owner"] or ADMINS
         if p in state["dirs"] or p in state["files"]:
-            return {"path": params["Path"], "created": False}
-        if not check and p.rsplit("\\", 1)[0] not in state["dirs"]:
+            refusal = statements.appeared_refusal(self._script)
+            if refusal and not params.get("Existed"):
+                raise ProbeFailed(refusal.replace("$Path", params["Path"]))
+            d = state["dirs"].get(p)
+            if d is None:
+                raise ProbeFailed(f"{params['Path']} is no longer a plain folder")
+            if not statements.replaces_existing_acl(self._script):
+                return {"path": params["Path"], "created": False, "fixed": False}
+
+            def norm(acl):
+                return sorted((e["sid"].upper(), e["rights"], e["type"], str(e.get("inherit")),
+                               bool(e.get("inherited"))) for e in acl)
+            fixed = (d.get("owner") != owner or bool(d.get("inherit", True)) != made["inherit"]
+                     or norm(d.get("acl", [])) != norm(made["acl"]))
+            if fixed and not check:
+                d.update(owner=owner, inherit=made["inherit"], acl=made["acl"])
+                for f, meta in list(state["files"].items()) + list(state["dirs"].items()):
+                    if f.startswith(p + "\\"):  # children re-inherit from the new DACL
+                        meta["acl"] = [e for e in meta.get("acl", []) if not e.get("inherited")] + \
+                            [dict(e, inherited=True) for e in made["acl"]]
+            return {"path": params["Path"], "created": False, "fixed": fixed, "__changed__": fixed}
+        if not check and parent is None:
             raise KeyError(f"parent of {params['Path']} missing")
-        if not check:
-            acl = [{"sid": s, "rights": "FullControl", "type": "allow", "inherit": "ContainerInherit, ObjectInherit",
-                    "propagation": "None", "inherited": False} for s in (ADMINS, SYSTEM)]
-            acl += [{"sid": s.upper(), "rights": "ReadAndExecute", "type": "allow",
-                     "inherit": "ContainerInherit, ObjectInherit", "propagation": "None", "inherited": False}
-                    for s in params.get("ReadSids") or []]
-            state["dirs"][p] = {"owner": ADMINS, "inherit": False, "acl": acl}
-        return {"path": params["Path"], "created": True, "__changed__": True}
+        if not check:  # the ACL the script's own statements build (not a hand-written answer)
+            state["dirs"][p] = {"owner": owner, "inherit": made["inherit"], "acl": made["acl"]}
+        return {"path": params["Path"], "created": True, "fixed": False, "__changed__": True}
+
+    def _probe_logged_on_users(self, state, params, check):
+        return {"users": [dict(u) for u in state.get("logged_on") or []]}
+
+    def _probe_language_mode(self, state, params, check):
+        return {"language_mode": state.get("language_mode", "FullLanguage")}
 
     def _win_package(self, state, a, check):
         pid = a.get("product_id") or a.get("path")
