@@ -45,7 +45,6 @@ ALLOWED = {
     ("long_function", "library/nss_provision.py:main"),
     ("long_function", "library/pcsc_middleware.py:run"),
     # no branch of this round: for the lead to assign (the CA proof and the report model)
-    ("long_function", "module_utils/tokentrust_report.py:build_host"),
 }
 
 
