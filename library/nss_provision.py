@@ -258,6 +258,19 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    _check_prerequisites(module, p)
+    pol, planned = _check_policies(module, p)
+    found, dbs, results, changed, failed, warnings = _provision(module, p)
+    _warn(module, found, warnings, results)
+    extra, extra_diff = {}, []
+    if pol is not None and not failed:  # as when the policies were a task of their own after this one
+        changed, extra_diff = _apply_policies(module, pol, planned, results, changed, found, extra)
+    exit_databases(module, results, changed, failed, len(dbs), profiles=found["profiles"],
+                   refused=found.get("refused", []), extra_diff=extra_diff, **extra)
+
+
+def _check_prerequisites(module, p):
+    """cffi and NSS: an import error of our own fails as it is; a missing prerequisite is reported or fails."""
     missing = _missing_prerequisites()
     if IMPORT_ERROR and not missing:  # cffi and NSS are there: an import error of our own, shown as it is
         module.fail_json(msg="nss_provision: cannot import tokentrust's module_utils", exception=IMPORT_ERROR)
@@ -269,7 +282,10 @@ def main():
         fail(module, TokentrustError("prerequisites", "%s. Nothing was changed" % prerequisites_message(missing),
                                      hint="install them (role firefox_nss does when firefox_nss_install_packages "
                                           "is true), then run again"), **empty)
-    found = {"profiles": [], "warnings": []}
+
+
+def _check_policies(module, p):
+    """The policies option, checked in full before any profile is touched -> (options, planned) or (None, None)."""
     pol = planned = None
     if p["policies"] is not None:  # checked in full before any profile is touched
         try:
@@ -278,6 +294,14 @@ def main():
             policies_path(pol)
         except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
             fail(module, exc, changed=False, databases=[], profiles=[], refused=[])
+    return pol, planned
+
+
+def _provision(module, p):
+    """Find the databases (given, or the profiles found) and provision them.
+
+    -> (found, dbs, results, changed, failed, warnings)."""
+    found = {"profiles": [], "warnings": []}
     try:
         if p["databases"] is not None:
             dbs = normalise_databases(p["databases"])
@@ -298,6 +322,11 @@ def main():
             )
     except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
         fail(module, exc, changed=False, databases=[], profiles=found["profiles"], refused=found.get("refused", []))
+    return found, dbs, results, changed, failed, warnings
+
+
+def _warn(module, found, warnings, results):
+    """The finder's and the provisioning's warnings, and Firefox to restart where it runs."""
     for w in list(found.get("warnings", [])) + warnings:
         module.warn(w)
     in_use = [r["path"] for r in results if r["restart_needed"]]
@@ -305,27 +334,27 @@ def main():
         module.warn("Firefox is running on %s: it loads security devices at start-up, so ask the user to restart "
                     "Firefox (nothing is lost: the change is on disk, and certificates are already seen)"
                     % ", ".join(in_use))
-    extra, extra_diff = {}, []
-    if pol is not None and not failed:  # as when the policies were a task of their own after this one
-        try:
-            pr = apply_policies(module, pol, planned, file_attributes={})
-        except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
-            if isinstance(exc, OSError):
-                exc = WriteError(exc.filename or "policies.json", exc)
-            done = [{k: v for k, v in r.items() if k not in ("before", "after", "module_before", "module_after")}
-                    for r in results]  # the profiles were done: say so with the policies' failure
-            fail(module, exc, changed=changed, databases=done, failed_databases=[], profiles=found["profiles"],
-                 refused=found.get("refused", []))
-        if pr["restart_required"] and not module.check_mode:
-            module.warn("Firefox policies changed in %s: running Firefox instances apply them when restarted (new "
-                        "profiles get them at first start)" % pr["path"])
-        d = pr.pop("diff", None)
-        extra_diff = d if isinstance(d, list) else [d] if d else []
-        extra["policies_result"] = pr
-        changed = changed or pr["changed"]
-    exit_databases(module, results, changed, failed, len(dbs), profiles=found["profiles"],
-                   refused=found.get("refused", []), extra_diff=extra_diff, **extra)
 
+
+def _apply_policies(module, pol, planned, results, changed, found, extra):
+    """policies.json after the profiles; sets extra["policies_result"] -> (changed, extra_diff)."""
+    try:
+        pr = apply_policies(module, pol, planned, file_attributes={})
+    except Exception as exc:  # noqa: BLE001 - fail() tells ours from a bug
+        if isinstance(exc, OSError):
+            exc = WriteError(exc.filename or "policies.json", exc)
+        done = [{k: v for k, v in r.items() if k not in ("before", "after", "module_before", "module_after")}
+                for r in results]  # the profiles were done: say so with the policies' failure
+        fail(module, exc, changed=changed, databases=done, failed_databases=[], profiles=found["profiles"],
+             refused=found.get("refused", []))
+    if pr["restart_required"] and not module.check_mode:
+        module.warn("Firefox policies changed in %s: running Firefox instances apply them when restarted (new "
+                    "profiles get them at first start)" % pr["path"])
+    d = pr.pop("diff", None)
+    extra_diff = d if isinstance(d, list) else [d] if d else []
+    extra["policies_result"] = pr
+    changed = changed or pr["changed"]
+    return changed, extra_diff
 
 if __name__ == "__main__":
     main()

@@ -219,59 +219,84 @@ def run(module):
         before = read_state(runner, packages, want["legacy"], p["polkit_rule"], library)
         todo = plan(before, want)
         changed = not nothing_to_do(todo)
-        rule_after = before["rule"]
-        if todo["remove"]:
-            actions.append("apt-get remove %s" % " ".join(todo["remove"]))
-            if not module.check_mode:
-                remove(runner, todo["remove"], p["lock_timeout"], [])
-        if todo["install"]:
-            actions.append("apt-get install --no-install-recommends %s" % " ".join(todo["install"]))
-            if not module.check_mode:
-                install(runner, todo["install"], p["lock_timeout"], actions)
+        _packages(module, p, runner, todo, actions)
         polkit = before["pcscd_polkit"]
         if todo["install"] and not module.check_mode:
             polkit = pcscd_features(runner)[1]
-        rule = todo["rule"] or (todo["rule_pending"] if polkit or module.check_mode else None)
-        if rule and p["state"] == "present":
-            actions.append("write %s%s" % (p["polkit_rule"], "" if todo["rule"] or not module.check_mode
-                                           else " (if the pcscd to install is built with polkit)"))
-            w = write_file(module, p["polkit_rule"], rule, attributes={"owner": "root", "group": "root",
-                                                                       "mode": "0644"}, default_mode=0o644)
-            changed = changed or w["changed"]
-            rule_after = rule
-        if todo["remove_rule"]:
-            actions.append("remove %s" % p["polkit_rule"])
-            rule_after = None
-            if not module.check_mode:
-                os.unlink(p["polkit_rule"])
+        changed, rule_after = _rule(module, p, before, todo, polkit, changed, actions)
         if p["state"] == "present":
-            svc = before["service"]
-            if todo["install"] and not module.check_mode:
-                svc = service_state(runner)
-            need_bus = polkit and svc is not None and svc["manager"] == "sysv" and not svc["system_bus"]
-            restart = False
-            if need_bus or (todo["start_bus"] and module.check_mode):
-                if not module.check_mode:
-                    start_bus(runner, actions)
-                else:
-                    actions.append("service dbus start (pcscd asks polkit over the system bus)")
-                changed = True
-                restart = bool(svc and svc["running"])
-            pcscd_down = svc is None or not svc["running"] or (svc["manager"] == "systemd" and todo["enable_socket"])
-            if restart and not module.check_mode:
-                start_pcscd(runner, actions, enable_socket=False, restart=True)
-            elif restart:
-                actions.append("service pcscd restart (it ran without the system bus)")
-            elif pcscd_down:
-                what = ("systemctl enable --now pcscd.socket" if svc and svc["manager"] == "systemd"
-                        else "start pcscd")
-                if not module.check_mode:
-                    start_pcscd(runner, actions, enable_socket=bool(svc and todo["enable_socket"]))
-                else:
-                    actions.append(what)
-                changed = True
+            changed = _services(module, runner, before, todo, polkit, actions) or changed
         after = before if module.check_mode else read_state(runner, packages, want["legacy"], p["polkit_rule"],
                                                             library)
+    result = _result(module, p, before, after, todo, rule_after, changed, actions, rel, library)
+    _verify(module, p, before, after, todo, library, result)
+    module.exit_json(**result)
+
+
+def _packages(module, p, runner, todo, actions):
+    """apt-get remove, then apt-get install (only said in check mode)."""
+    if todo["remove"]:
+        actions.append("apt-get remove %s" % " ".join(todo["remove"]))
+        if not module.check_mode:
+            remove(runner, todo["remove"], p["lock_timeout"], [])
+    if todo["install"]:
+        actions.append("apt-get install --no-install-recommends %s" % " ".join(todo["install"]))
+        if not module.check_mode:
+            install(runner, todo["install"], p["lock_timeout"], actions)
+
+
+def _rule(module, p, before, todo, polkit, changed, actions):
+    """The polkit rule: written (when pcscd asks polkit) or removed -> (changed, the rule after)."""
+    rule_after = before["rule"]
+    rule = todo["rule"] or (todo["rule_pending"] if polkit or module.check_mode else None)
+    if rule and p["state"] == "present":
+        actions.append("write %s%s" % (p["polkit_rule"], "" if todo["rule"] or not module.check_mode
+                                       else " (if the pcscd to install is built with polkit)"))
+        w = write_file(module, p["polkit_rule"], rule, attributes={"owner": "root", "group": "root",
+                                                                   "mode": "0644"}, default_mode=0o644)
+        changed = changed or w["changed"]
+        rule_after = rule
+    if todo["remove_rule"]:
+        actions.append("remove %s" % p["polkit_rule"])
+        rule_after = None
+        if not module.check_mode:
+            os.unlink(p["polkit_rule"])
+    return changed, rule_after
+
+
+def _services(module, runner, before, todo, polkit, actions):
+    """The system bus (for polkit) and pcscd started or restarted -> True when something was (to be) changed."""
+    changed = False
+    svc = before["service"]
+    if todo["install"] and not module.check_mode:
+        svc = service_state(runner)
+    need_bus = polkit and svc is not None and svc["manager"] == "sysv" and not svc["system_bus"]
+    restart = False
+    if need_bus or (todo["start_bus"] and module.check_mode):
+        if not module.check_mode:
+            start_bus(runner, actions)
+        else:
+            actions.append("service dbus start (pcscd asks polkit over the system bus)")
+        changed = True
+        restart = bool(svc and svc["running"])
+    pcscd_down = svc is None or not svc["running"] or (svc["manager"] == "systemd" and todo["enable_socket"])
+    if restart and not module.check_mode:
+        start_pcscd(runner, actions, enable_socket=False, restart=True)
+    elif restart:
+        actions.append("service pcscd restart (it ran without the system bus)")
+    elif pcscd_down:
+        what = ("systemctl enable --now pcscd.socket" if svc and svc["manager"] == "systemd"
+                else "start pcscd")
+        if not module.check_mode:
+            start_pcscd(runner, actions, enable_socket=bool(svc and todo["enable_socket"]))
+        else:
+            actions.append(what)
+        changed = True
+    return changed
+
+
+def _result(module, p, before, after, todo, rule_after, changed, actions, rel, library):
+    """The module's result, with the diff when asked for."""
     result = {"changed": changed, "supported": True, "actions": actions, "release": rel, "library": library,
               "installed": after["installed"],
               "pcscd": {"version": after["pcscd_version"], "polkit": after["pcscd_polkit"],
@@ -286,6 +311,11 @@ def run(module):
                            "before": _summary(before, p["polkit_rule"]), "after": _summary(planned, p["polkit_rule"])},
                           {"before_header": p["polkit_rule"], "after_header": p["polkit_rule"],
                            "before": before["rule"] or "", "after": rule_after or ""}]
+    return result
+
+
+def _verify(module, p, before, after, todo, library, result):
+    """The library is there after the install, and the users can reach the key (result["access"])."""
     if p["state"] == "present" and not module.check_mode:
         if not after["library_exists"]:
             raise MiddlewareError("no_library", "the PKCS#11 library %s is not there after the install" % library,
@@ -299,8 +329,6 @@ def run(module):
     elif p["state"] == "present" and p["verify"] and not todo["install"] and before["library_exists"]:
         users = [u for u in p["polkit_users"] if u != "root"]
         result["access"] = check_access(users, run_as, owner_of_uid)  # read-only: also in check mode
-    module.exit_json(**result)
-
 
 def main():
     module = AnsibleModule(

@@ -375,6 +375,14 @@ def fetch_url(
     """GET `url` -> (body, content_type, final_url). Raises FetchError (message without the CA prefix)."""
     ctx = _ssl_context(validate_certs, ca_path)
     opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), _NoRedirect())
+    resp, current = _open_following_redirects(opener, url, timeout, max_redirects)
+    body, ctype, announced = _read_body(resp, url, timeout, max_size)
+    _check_body(body, ctype, announced, max_size)
+    return body, ctype, current
+
+
+def _open_following_redirects(opener, url, timeout, max_redirects):
+    """Open `url`, following redirects by hand (bounded, no loop) -> (response, final_url)."""
     chain = [url]
     current = url
     while True:
@@ -409,7 +417,11 @@ def fetch_url(
             raise _transport_error(exc, timeout, url) from None
         except (OSError, http.client.HTTPException) as exc:
             raise _transport_error(exc, timeout, url) from None
-        break
+        return resp, current
+
+
+def _read_body(resp, url, timeout, max_size):
+    """Read at most max_size + 1 bytes of `resp` (closed after) -> (body, content_type, announced length or None)."""
     with resp:
         ctype = resp.headers.get("Content-Type", "") or ""
         clen = resp.headers.get("Content-Length")
@@ -433,6 +445,11 @@ def fetch_url(
             raise _transport_error(exc, timeout, url) from None
         except (OSError, http.client.HTTPException) as exc:
             raise _transport_error(exc, timeout, url) from None
+    return body, ctype, announced
+
+
+def _check_body(body, ctype, announced, max_size):
+    """Refuse a body over the cap, shorter than announced, or an HTML page."""
     if len(body) > max_size:
         raise FetchError("too_large", f"body larger than the {max_size}-byte cap")
     if announced is not None and len(body) != announced:
@@ -445,7 +462,6 @@ def fetch_url(
             "the server returned an HTML page (Content-Type: %s), not a certificate: the URL has probably moved; "
             "find the current one on the CA's website" % (ctype or "none"),
         )
-    return body, ctype, current
 
 
 def _transport_error(reason, timeout, url) -> FetchError:
@@ -604,97 +620,119 @@ def build_ca_set(
                 validate_certs=opts.validate_certs, ca_path=opts.ca_path,
             )[0]
     res = Result()
-
-    def fail(name, exc_or_kind, message=None):
-        kind, msg = (exc_or_kind.kind, str(exc_or_kind)) if message is None else (exc_or_kind, message)
-        res.errors.append(msg)
-        res.error_kinds.setdefault(name, kind)
-
     if not cas:
-        fail("", "empty", "the CA set is empty: give at least one CA (name, sha256, url or path)")
+        _fail(res, "", "empty", "the CA set is empty: give at least one CA (name, sha256, url or path)")
         return res
+    _check_options(res, opts)
+    seen = {}
+    resolved: List[Tuple[str, object]] = []
+    per_ca = {}
+    for index, ca in enumerate(cas):
+        got = _resolve_ca(res, index, ca, seen, dest, opts, fetch, now)
+        if got is None:
+            continue
+        name, cert, warns = got
+        resolved.append((name, cert))
+        per_ca[name] = (ca, cert, warns)
+    chain = classify_and_chain(resolved)
+    for name, cert in resolved:
+        ca, _cert, warns = per_ca[name]
+        _plan_ca(res, name, cert, chain[name], ca, warns, dest, opts, now)
+    return res
+
+
+def _fail(res, name, exc_or_kind, message=None):
+    """Record one CA's refusal in `res`: a CAError, or a kind and a message."""
+    kind, msg = (exc_or_kind.kind, str(exc_or_kind)) if message is None else (exc_or_kind, message)
+    res.errors.append(msg)
+    res.error_kinds.setdefault(name, kind)
+
+
+def _check_options(res, opts):
+    """The set-wide options: the two default NSS trust strings, and a warning when HTTPS is not verified."""
     for bad, label in (
         (opts.root_nss_trust, "root_nss_trust"),
         (opts.intermediate_nss_trust, "intermediate_nss_trust"),
     ):
         if not validate_nss_trust(bad):
-            fail("", "bad_option", f"{label} '{bad}' is not an NSS trust string like 'C,,' or 'CT,C,C'")
+            _fail(res, "", "bad_option", f"{label} '{bad}' is not an NSS trust string like 'C,,' or 'CT,C,C'")
     if not opts.validate_certs:
         res.warnings.append("HTTPS certificate verification is disabled (validate_certs: false); only the pins protect "
                             "the downloads")
-    seen = {}
-    resolved: List[Tuple[str, object]] = []
-    per_ca = {}
-    for index, ca in enumerate(cas):
-        if not isinstance(ca, dict):
-            fail(f"#{index + 1}", "bad_entry", f"CA entry #{index + 1} is not a dict: {ca!r}")
-            continue
-        name = str(ca.get("name") or "").strip()
-        if not name:
-            fail(f"#{index + 1}", "bad_entry", f"CA entry #{index + 1} has no name")
-            continue
-        slug = ca_file_stem(name)
-        if slug in seen:
-            fail(name, "duplicate",
-                 f"CA '{name}': duplicate of CA '{seen[slug]}' (same name or same cache file {slug}.pem)")
-            continue
-        seen[slug] = name
-        raw_pin = ca.get("sha256")
-        if raw_pin in (None, ""):
-            fail(name, "pin_missing", f"CA '{name}' has no sha256 pin: an unpinned certificate is never trusted. "
-                 + PIN_HELP.replace("NAME", name) + ".")
-            continue
+
+
+def _resolve_ca(res, index, ca, seen, dest, opts, fetch, now):
+    """Check one entry, acquire its certificate against its pin and check it is a valid CA.
+
+    Returns (name, cert, warnings), or None when it was refused (recorded in `res`)."""
+    if not isinstance(ca, dict):
+        _fail(res, f"#{index + 1}", "bad_entry", f"CA entry #{index + 1} is not a dict: {ca!r}")
+        return None
+    name = str(ca.get("name") or "").strip()
+    if not name:
+        _fail(res, f"#{index + 1}", "bad_entry", f"CA entry #{index + 1} has no name")
+        return None
+    slug = ca_file_stem(name)
+    if slug in seen:
+        _fail(res, name, "duplicate",
+              f"CA '{name}': duplicate of CA '{seen[slug]}' (same name or same cache file {slug}.pem)")
+        return None
+    seen[slug] = name
+    raw_pin = ca.get("sha256")
+    if raw_pin in (None, ""):
+        _fail(res, name, "pin_missing", f"CA '{name}' has no sha256 pin: an unpinned certificate is never trusted. "
+              + PIN_HELP.replace("NAME", name) + ".")
+        return None
+    try:
+        pin = normalize_pin(raw_pin)
+    except ValueError as exc:
+        _fail(res, name, "pin_invalid", f"CA '{name}': invalid sha256 pin: {exc}")
+        return None
+    trust = ca.get("nss_trust")
+    if trust not in (None, "") and not validate_nss_trust(str(trust)):
+        _fail(res, name, "bad_entry", f"CA '{name}': nss_trust '{trust}' is not an NSS trust string like 'C,,'")
+        return None
+    try:
+        cert, source, warns = _acquire(ca, name, pin, dest, opts, fetch)
+    except CAError as exc:
+        _fail(res, name, exc)
+        return None
+    problems, ca_warns = check_is_ca(cert)
+    v_problems, v_warns = check_validity(cert, now, bool(ca.get("allow_expired")), name)
+    if problems or v_problems:
+        kind = "not_ca" if problems else ("expired" if v_problems[0].startswith("expired") else "not_yet_valid")
+        _fail(res, name, kind, f"CA '{name}' ({cert.subject.rfc4514_string()}, from {source}) refused: "
+              + "; ".join(problems + v_problems))
+        return None
+    warns = warns + [f"CA '{name}': {w}" for w in ca_warns] + v_warns
+    if ca.get("note") and (v_warns or ca_warns):
+        warns.append("CA '{}': note: {}".format(name, ca["note"]))
+    res.sources[name] = source
+    return name, cert, warns
+
+
+def _plan_ca(res, name, cert, info, ca, warns, dest, opts, now):
+    """One chained CA: refuse a chain problem, else plan its .pem/.der writes and describe it in `res`."""
+    if info["problem"]:
+        _fail(res, name, "chain",
+              "CA '{}' ({}) refused: {}".format(name, cert.subject.rfc4514_string(), info["problem"]))
+        return
+    role = info["role"]
+    if role == "intermediate" and _hash_name(cert) in ("sha1", "md5"):
+        warns = warns + [f"CA '{name}' is signed with {_hash_name(cert).upper()}, a broken hash: current browsers "
+                         "may refuse chains through it"]
+    trust = ca.get("nss_trust") or (opts.root_nss_trust if role == "root" else opts.intermediate_nss_trust)
+    slug = ca_file_stem(name)
+    pem_path = os.path.join(dest, slug + ".pem")
+    der_path = os.path.join(dest, slug + ".der")
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    for path, data in ((pem_path, pem), (der_path, der)):
         try:
-            pin = normalize_pin(raw_pin)
-        except ValueError as exc:
-            fail(name, "pin_invalid", f"CA '{name}': invalid sha256 pin: {exc}")
-            continue
-        trust = ca.get("nss_trust")
-        if trust not in (None, "") and not validate_nss_trust(str(trust)):
-            fail(name, "bad_entry", f"CA '{name}': nss_trust '{trust}' is not an NSS trust string like 'C,,'")
-            continue
-        try:
-            cert, source, warns = _acquire(ca, name, pin, dest, opts, fetch)
-        except CAError as exc:
-            fail(name, exc)
-            continue
-        problems, ca_warns = check_is_ca(cert)
-        v_problems, v_warns = check_validity(cert, now, bool(ca.get("allow_expired")), name)
-        if problems or v_problems:
-            kind = "not_ca" if problems else ("expired" if v_problems[0].startswith("expired") else "not_yet_valid")
-            fail(name, kind, f"CA '{name}' ({cert.subject.rfc4514_string()}, from {source}) refused: "
-                 + "; ".join(problems + v_problems))
-            continue
-        warns = warns + [f"CA '{name}': {w}" for w in ca_warns] + v_warns
-        if ca.get("note") and (v_warns or ca_warns):
-            warns.append("CA '{}': note: {}".format(name, ca["note"]))
-        res.sources[name] = source
-        resolved.append((name, cert))
-        per_ca[name] = (ca, cert, warns)
-    chain = classify_and_chain(resolved)
-    for name, cert in resolved:
-        info = chain[name]
-        ca, _cert, warns = per_ca[name]
-        if info["problem"]:
-            fail(name, "chain", "CA '{}' ({}) refused: {}".format(name, cert.subject.rfc4514_string(), info["problem"]))
-            continue
-        role = info["role"]
-        if role == "intermediate" and _hash_name(cert) in ("sha1", "md5"):
-            warns = warns + [f"CA '{name}' is signed with {_hash_name(cert).upper()}, a broken hash: current browsers "
-                             "may refuse chains through it"]
-        trust = ca.get("nss_trust") or (opts.root_nss_trust if role == "root" else opts.intermediate_nss_trust)
-        slug = ca_file_stem(name)
-        pem_path = os.path.join(dest, slug + ".pem")
-        der_path = os.path.join(dest, slug + ".der")
-        pem = cert.public_bytes(serialization.Encoding.PEM)
-        der = cert.public_bytes(serialization.Encoding.DER)
-        for path, data in ((pem_path, pem), (der_path, der)):
-            try:
-                current = _read_file(path)
-            except OSError:
-                current = None
-            if current != data:
-                res.writes[path] = data
-        res.warnings.extend(warns)
-        res.cas.append(describe(cert, name, role, trust, pem_path, der_path, now, warns))
-    return res
+            current = _read_file(path)
+        except OSError:
+            current = None
+        if current != data:
+            res.writes[path] = data
+    res.warnings.extend(warns)
+    res.cas.append(describe(cert, name, role, trust, pem_path, der_path, now, warns))

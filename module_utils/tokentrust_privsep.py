@@ -274,28 +274,46 @@ def run_as(owner, fn, *args, deadline=None, result_limit=MAX_RESULT_BYTES, **kwa
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
-        code = 0
-        try:
-            os.close(rfd)
-            _clean_child(wfd)
-            os.chdir("/")
-            _drop_to(owner)
-            payload = {"ok": fn(*args, **kwargs)}
-        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
-            payload = _error_fields(exc)
-        try:
-            data = json.dumps(payload).encode()
-        except (TypeError, ValueError) as exc:
-            data = json.dumps({"error": "result not serialisable: %s" % exc, "name": "TT_INTERNAL"}).encode()
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(RESULT_FD, view)
-                view = view[n:]
-        except OSError:
-            code = 3
-        os._exit(code)
+        _child_main(rfd, wfd, owner, fn, args, kwargs)  # never returns
     os.close(wfd)
+    chunks, why = _read_result(rfd, pid, limit_s, result_limit)
+    if why:
+        _kill_group(pid)
+    _exited(pid, block=True)
+    _kill_group(pid)  # whatever the worker started and left behind (its pid is not reaped yet: still ours)
+    status = _reap(pid)
+    return _outcome(owner, status, why, chunks, limit_s, result_limit)
+
+
+def _child_main(rfd, wfd, owner, fn, args, kwargs):
+    """In the forked child: start clean, drop to `owner`, call fn, write its result on RESULT_FD; never returns."""
+    code = 0
+    try:
+        os.close(rfd)
+        _clean_child(wfd)
+        os.chdir("/")
+        _drop_to(owner)
+        payload = {"ok": fn(*args, **kwargs)}
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        payload = _error_fields(exc)
+    try:
+        data = json.dumps(payload).encode()
+    except (TypeError, ValueError) as exc:
+        data = json.dumps({"error": "result not serialisable: %s" % exc, "name": "TT_INTERNAL"}).encode()
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(RESULT_FD, view)
+            view = view[n:]
+    except OSError:
+        code = 3
+    os._exit(code)
+
+
+def _read_result(rfd, pid, limit_s, result_limit):
+    """In the parent: read the child's result pipe (closed after) with a size and a time bound.
+
+    Returns (chunks, why): why is None (the pipe ended or the child exited), "deadline" or "size"."""
     chunks, size = [], 0
     end = time.monotonic() + limit_s
     why = None
@@ -327,11 +345,11 @@ def run_as(owner, fn, *args, deadline=None, result_limit=MAX_RESULT_BYTES, **kwa
                 break
     finally:
         os.close(rfd)
-    if why:
-        _kill_group(pid)
-    _exited(pid, block=True)
-    _kill_group(pid)  # whatever the worker started and left behind (its pid is not reaped yet: still ours)
-    status = _reap(pid)
+    return chunks, why
+
+
+def _outcome(owner, status, why, chunks, limit_s, result_limit):
+    """The reaped child's result: fn's value, or a ChildError (deadline, size, signal, no valid result, fn raised)."""
     if why == "deadline":
         raise ChildError("the worker acting as %s did not finish within %.0f s (a file that never ends, a FIFO, a "
                          "lock held by its owner, a hanging library?): it was killed; nothing more was done there"

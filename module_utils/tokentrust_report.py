@@ -434,6 +434,30 @@ def build_host(name, raw, cas, token, settings, now, state=None):
             "expiry": [], "counts": {}, "reached": bool(raw), "state": seen}
     if raw:  # seen by this very report (its time is the report's): no time stamp that changes the file every run
         seen["last_seen"] = None
+    _host_reasons(raw, seen, reasons)
+    if raw:
+        host["platform"] = raw.get("platform") or str(raw.get("system") or "unknown").lower()
+    if raw and not raw.get("error"):
+        _host_parts(host, raw, cas, settings, reasons)
+    # test login
+    tok = host["token"]
+    _token_reasons(tok, settings, reasons)
+    # expiry: the CA set (trust breaks on every host) and the certificates on this host's token
+    _expiry(host, cas, tok, reasons)
+    known = [e["days_left"] for e in host["expiry"] if e["days_left"] is not None]
+    host["next_expiry_days"] = min(known) if known else None
+    host["status"] = worst(r["level"] for r in reasons) if raw else UNREACHABLE  # never an old run's colour
+    reasons.sort(key=lambda r: (bool(raw) or r["level"] != UNREACHABLE, RANK[r["level"]]))  # unreachable first
+    host["counts"] = {
+        "profiles": sum(1 for p in host["profiles"] if p["status"] != INFO),
+        "profiles_ok": sum(1 for p in host["profiles"] if p["status"] == OK),
+        "certificates_missing": sum(len(p["missing"]) + len(p["wrong_trust"]) for p in host["profiles"]),
+    }
+    return host
+
+
+def _host_reasons(raw, seen, reasons):
+    """The host as a whole: unreachable, its last converge run incomplete, or its gathering failed."""
     if not raw:
         why = (": " + seen["unreachable_msg"]) if seen["unreachable_msg"] and seen["last_unreachable"] and \
             seen["last_unreachable"] >= (seen["last_seen"] or "") else ""
@@ -448,30 +472,33 @@ def build_host(name, raw, cas, token, settings, now, state=None):
         err = raw["error"] if isinstance(raw["error"], dict) else {"message": str(raw["error"])}
         reasons.append(_reason(FAILED, "gathering failed%s: %s" % (
             " at '%s'" % err["task"] if err.get("task") else "", err.get("message") or "unknown error"), "host"))
-    if raw:
-        host["platform"] = raw.get("platform") or str(raw.get("system") or "unknown").lower()
-    if raw and not raw.get("error"):
-        if host["platform"] == "windows":
-            host["windows"] = _windows(raw.get("windows") or {}, reasons)
-        else:
-            for w in raw.get("profiles_warnings") or []:
-                reasons.append(_reason(WARNING, "profile finder: %s" % w, "profiles"))
-            host["profiles"] = _nss_profiles(raw, cas, reasons)
-            if not host["profiles"]:
-                reasons.append(_reason(WARNING, "no Firefox profile found (profiles created later are covered by "
-                                       "policies.json)", "profiles"))
-            module = raw.get("module") or {}
-            if module.get("name"):
-                nss = [p for p in host["profiles"] if p["module_ok"] is not None]
-                host["module"] = {"name": module["name"], "library": module.get("library"),
-                                  "ok": all(p["module_ok"] for p in nss) if nss else None,
-                                  "registered": sum(1 for p in nss if p["module_ok"]), "profiles": len(nss)}
-            pol = raw.get("policies") or {}
-            if settings["check_policies"] and pol.get("checked", True) and pol:
-                host["policies"], more = check_policies(pol)
-                reasons.extend(more)
-    # test login
-    tok = host["token"]
+
+
+def _host_parts(host, raw, cas, settings, reasons):
+    """What was gathered: the Windows part, or the NSS profiles, the security module and the policies."""
+    if host["platform"] == "windows":
+        host["windows"] = _windows(raw.get("windows") or {}, reasons)
+        return
+    for w in raw.get("profiles_warnings") or []:
+        reasons.append(_reason(WARNING, "profile finder: %s" % w, "profiles"))
+    host["profiles"] = _nss_profiles(raw, cas, reasons)
+    if not host["profiles"]:
+        reasons.append(_reason(WARNING, "no Firefox profile found (profiles created later are covered by "
+                               "policies.json)", "profiles"))
+    module = raw.get("module") or {}
+    if module.get("name"):
+        nss = [p for p in host["profiles"] if p["module_ok"] is not None]
+        host["module"] = {"name": module["name"], "library": module.get("library"),
+                          "ok": all(p["module_ok"] for p in nss) if nss else None,
+                          "registered": sum(1 for p in nss if p["module_ok"]), "profiles": len(nss)}
+    pol = raw.get("policies") or {}
+    if settings["check_policies"] and pol.get("checked", True) and pol:
+        host["policies"], more = check_policies(pol)
+        reasons.extend(more)
+
+
+def _token_reasons(tok, settings, reasons):
+    """The test login's outcome in words."""
     if tok["status"] == FAILED:
         why = tok["error"] or "; ".join(tok["problems"]) or "no reason given"
         if tok["card_state"]:
@@ -486,7 +513,10 @@ def build_host(name, raw, cas, token, settings, now, state=None):
                                "again" % tok["stale"], "token"))
     elif tok["http_status"] not in (None, 200):
         reasons.append(_reason(WARNING, "test login: the test page answered HTTP %s" % tok["http_status"], "token"))
-    # expiry: the CA set (trust breaks on every host) and the certificates on this host's token
+
+
+def _expiry(host, cas, tok, reasons):
+    """host["expiry"]: the CA set's certificates, then those on the token, with a reason for each one not OK."""
     for ca in cas:
         host["expiry"].append({"name": ca["name"], "kind": "CA", "not_after": ca["not_after"],
                                "days_left": ca["days_left"], "level": ca["level"]})
@@ -498,16 +528,6 @@ def build_host(name, raw, cas, token, settings, now, state=None):
         if c["level"] != OK and c["days_left"] is not None:
             reasons.append(_reason(c["level"], expiry_words("token certificate %s" % c["holder"], c["days_left"]),
                                    "expiry"))
-    known = [e["days_left"] for e in host["expiry"] if e["days_left"] is not None]
-    host["next_expiry_days"] = min(known) if known else None
-    host["status"] = worst(r["level"] for r in reasons) if raw else UNREACHABLE  # never an old run's colour
-    reasons.sort(key=lambda r: (bool(raw) or r["level"] != UNREACHABLE, RANK[r["level"]]))  # unreachable first
-    host["counts"] = {
-        "profiles": sum(1 for p in host["profiles"] if p["status"] != INFO),
-        "profiles_ok": sum(1 for p in host["profiles"] if p["status"] == OK),
-        "certificates_missing": sum(len(p["missing"]) + len(p["wrong_trust"]) for p in host["profiles"]),
-    }
-    return host
 
 
 # ---------------------------------------------------------------------------------------------

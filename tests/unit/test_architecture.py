@@ -40,14 +40,6 @@ ALLOWED = {
     ("path_patch", "callback_plugins/tokentrust_state.py"),
     # issue 28: the Windows planner
     ("long_function", "module_utils/tokentrust_windows.py:firefox_plan"),
-    # issue 29's files (provision, privsep, middleware): the privilege-separated runner and the two modules' glue
-    ("long_function", "module_utils/tokentrust_privsep.py:run_as"),
-    ("long_function", "library/nss_provision.py:main"),
-    ("long_function", "library/pcsc_middleware.py:run"),
-    # no branch of this round: for the lead to assign (the CA proof and the report model)
-    ("long_function", "module_utils/tokentrust_ca.py:build_ca_set"),
-    ("long_function", "module_utils/tokentrust_ca.py:fetch_url"),
-    ("long_function", "module_utils/tokentrust_report.py:build_host"),
 }
 
 
