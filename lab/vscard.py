@@ -91,6 +91,7 @@ class Bridge:
         self.stop = threading.Event()
         self.apdus = 0
         self.acks = []
+        self.generation = 0  # +1 at every insert/remove: an answer computed across one is never sent
 
     # -- QEMU side
     def send(self, data: bytes) -> None:
@@ -134,12 +135,14 @@ class Bridge:
             self.send(pack(VSC_ATR, self.reader_id, self.piv.ATR))
 
     def insert(self) -> None:
+        self.generation += 1
         self.inserted = True
         self.card.power_on()
         self.send(pack(VSC_ATR, self.reader_id, self.piv.ATR))
         self.log("vscard: card inserted (VSC_ATR)")
 
     def remove(self) -> None:
+        self.generation += 1
         self.inserted = False
         self.send(pack(VSC_CardRemove, self.reader_id))
         self.log("vscard: card removed (VSC_CardRemove)")
@@ -171,8 +174,12 @@ class Bridge:
             if mtype == VSC_APDU:
                 if not self.inserted:
                     continue
-                rapdu = self.card.process(data)
+                gen = self.generation
+                rapdu = self.card.process(data)  # may wait (lab/piv_card.py's test-only delay): the card pulled then
                 self.apdus += 1
+                if gen != self.generation or not self.inserted:
+                    self.log("vscard: the card was pulled while it answered: answer dropped")
+                    continue
                 try:
                     self.send(pack(VSC_APDU, reader_id, rapdu))
                 except (OSError, BridgeError):
