@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 .PHONY: setup demo demo-local test lint unit integration fleet-tests bench bench-fleet bench-ssh clean lab lab-destroy \
-	fleet fleet-destroy collection ffi sanity changelog filter-docs controller ee
+	fleet fleet-destroy collection ffi sanity changelog filter-docs controller ee vm vm-destroy vm-test
 
 setup:
 	@bash scripts/setup.sh
@@ -90,6 +90,19 @@ fleet: setup
 
 fleet-destroy: setup
 	$(BIN)/python -m lab.fleet destroy
+
+# The VM lab (lab/vm.py, docs/lab.md): a Debian 12 QEMU workstation (systemd, logind seat, USB CCID reader); the image
+# is built once per recipe into .cache/vm/. vm-test: molecule's vm scenario (create, converge, idempotence, verify,
+# destroy), then the VM tests (tests/vm: the card and reader states made in the VM).
+vm: setup
+	$(BIN)/python -m lab.vm create
+
+vm-destroy: setup
+	$(BIN)/python -m lab.vm destroy
+
+vm-test: setup
+	$(BIN)/molecule test -s vm
+	$(BIN)/pytest -q -m vm tests/vm
 
 clean:
 	rm -rf .stamps .pytest_cache reports .demo
