@@ -139,6 +139,19 @@ for spec in $USERS; do
     xdg) ls /home/$u/.config/mozilla/firefox/*/cert9.db >/dev/null ;;
   esac
 done
+# QEMU's usb-ccid announces a PIN pad (bPINSupport) but leaves PC_to_RDR_Secure unanswered: OpenSC would then flag
+# the token CKF_PROTECTED_AUTHENTICATION_PATH, NSS would log in with no PIN (the pad) and get CKR_GENERAL_ERROR. A
+# lab quirk of the emulated reader (a real pad reader would take the PIN on its keys): OpenSC told not to use pads.
+cat > /etc/opensc/opensc.conf <<'EOF'
+app default {
+	framework pkcs15 {
+	}
+	# tokentrust VM lab (lab/vm.py): QEMU's usb-ccid claims a PIN pad it cannot serve
+	reader_driver pcsc {
+		enable_pinpad = false;
+	}
+}
+EOF
 # the seat: alice logged in on tty1 by getty (logind: her session is the active one on seat0)
 mkdir -p /etc/systemd/system/getty@tty1.service.d
 cat > /etc/systemd/system/getty@tty1.service.d/autologin.conf <<EOF
@@ -651,7 +664,8 @@ def write_inventory(inv: Path, m: dict) -> None:
             f"          ansible_user: {ADMIN}\n"
             f"          ansible_ssh_private_key_file: {_yaml(m['ssh']['key'])}\n"
             f"          ansible_ssh_common_args: {_yaml(args)}\n"
-            "          ansible_python_interpreter: /usr/bin/python3\n")
+            "          ansible_python_interpreter: /usr/bin/python3\n"
+            "          ansible_timeout: 60  # TCG: sudo's prompt can take more than the default 10 s under load\n")
     (inv / "hosts.yml").write_text(text)
 
 

@@ -117,10 +117,11 @@ class Bridge:
         if msg is None or msg[0] != VSC_Init:
             s.close()
             raise BridgeError(f"QEMU did not answer VSC_Init (got {NAMES.get(msg[0], msg[0]) if msg else 'EOF'})")
-        magic, _version = struct.unpack(">II", msg[2][:8])
-        if magic != VSCARD_MAGIC:
+        # QEMU checks ntohl(magic) of ours but sends its own magic unconverted: "VSCD" as bytes on a little-endian
+        # host (ccid-card-passthru.c); either byte order is the magic
+        if msg[2][:4] not in (b"VSCD", struct.pack(">I", VSCARD_MAGIC)):
             s.close()
-            raise BridgeError(f"QEMU's VSC_Init has magic {magic:#x}, not {VSCARD_MAGIC:#x}")
+            raise BridgeError(f"QEMU's VSC_Init has magic {msg[2][:4]!r}, not VSCD")
         with self.lock:
             self.sock = s
         self.log("vscard: connected, VSC_Init exchanged")
