@@ -387,6 +387,24 @@ def kvm_works(kernel: Path, timeout: float = 20.0) -> tuple:
     return False, f"KVM probe: the kernel did not get past its early start in {timeout:.0f}s ({tail[0][:120]})"
 
 
+def accel_choice(kernel: Path) -> tuple:
+    """kvm_works, its answer kept for a day in the cache (the probe costs up to 20 s when KVM stalls)."""
+    if os.environ.get("TOKENTRUST_VM_ACCEL", "") in ("tcg", "kvm"):
+        return kvm_works(kernel)
+    key = f"{kernel}:{os.uname().release}"
+    path = CACHE / "kvm-probe.json"
+    try:
+        seen = json.loads(path.read_text())
+        if seen.get("key") == key and time.time() - seen.get("at", 0) < 86400:
+            return seen["kvm"], seen["why"] + " (probed earlier)"
+    except (OSError, ValueError, KeyError):
+        pass
+    ok, why = kvm_works(kernel)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "at": time.time(), "kvm": ok, "why": why}))
+    return ok, why
+
+
 class QMP:
     """A minimal QMP client on a unix socket (one command at a time; events are skipped)."""
 
@@ -734,7 +752,7 @@ def create(run: Path = DEFAULT_DIR, *, suite: str = SUITE, inventory: Path = DEF
     os.chmod(ssh_dir / "id_ed25519", 0o600)
     ssh_port = port or free_port()
     (ssh_dir / "known_hosts").write_text(f"[127.0.0.1]:{ssh_port} {image['host_key']}\n")
-    use_kvm, why = kvm_works(Path(image["kernel"]))
+    use_kvm, why = accel_choice(Path(image["kernel"]))
     log(f"vm: {'KVM' if use_kvm else 'TCG'} ({why})")
     name = HOSTNAME
     m = {"dir": str(run), "manifest": str(run / MANIFEST), "name": name, "suite": suite, "debian": DEBIAN[suite],
