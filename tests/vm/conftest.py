@@ -18,6 +18,9 @@ from lab import vm as vmlab
 from tests.support.ansible_run import BIN, ROOT, ansible_env
 
 VM_DIR = Path(ROOT) / "lab" / "build" / "pytest-vm"
+# TOKENTRUST_VM_TEST_RUN: the folder of a VM already made by `python -m lab.vm create` to run the tests on (it is
+# powered off and removed at the end, as the tests' own)
+RUN_DIR = Path(os.environ.get("TOKENTRUST_VM_TEST_RUN") or VM_DIR / "run")
 OPENSC = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
 # As the fleet's card tests (tests/support/card.py FLEET_CARD_VARS): the middleware on, the card's library the token
 # library of every role, the card's label and PIN for the test login.
@@ -78,7 +81,7 @@ def vm():
     if why:
         pytest.fail(why)
     try:
-        m = vmlab.create(VM_DIR / "run", inventory=VM_DIR / "inventory", log=print)
+        m = vmlab.create(RUN_DIR, inventory=VM_DIR / "inventory", log=print)
     except vmlab.VMError as e:
         pytest.fail("the VM could not be made: %s" % e)
     v = VM(m)
@@ -88,7 +91,7 @@ def vm():
     try:
         yield v
     finally:
-        vmlab.destroy(VM_DIR / "run")
+        vmlab.destroy(RUN_DIR)
 
 
 @pytest.fixture(scope="session")
