@@ -96,16 +96,21 @@ def test_verify_logs_in_with_the_card_through_usb_ccid(provisioned, tmp_path):
 
 
 def test_alice_logs_in_with_the_card_in_her_seat_session(provisioned):
+    """From inside her logind session (seat0, active): log in with the PIN and sign with the card's PIV AUTH key;
+    the card's own counter says the signature was made (its state file is written at each signature)."""
     vm = provisioned
     vm.wait_reader(want_card=True)
-    verify0 = piv_card.counters(vm.card_dir).get("verify", 0)
-    out = vm.seat("cat /proc/self/sessionid; echo; pkcs11-tool --module %s --login --pin %s -O 2>&1"
+    sign0 = piv_card.counters(vm.card_dir)["sign"]
+    out = vm.seat("cat /proc/self/sessionid; echo; echo seat-login > /tmp/tokentrust-seat-data; "
+                  "pkcs11-tool --module %s --login --pin %s --sign --id 01 -m SHA256-RSA-PKCS "
+                  "-i /tmp/tokentrust-seat-data -o /tmp/tokentrust-seat-sig 2>&1 "
+                  "&& stat -c %%s /tmp/tokentrust-seat-sig"
                   % (OPENSC, piv_card.DEFAULT_PIN))
     assert out.returncode == 0, out.stdout
     sid = vm.sh("cat /home/alice/.tokentrust-seat/session").stdout.strip()
     assert out.stdout.split()[0] == sid  # the login ran inside her seat session
-    assert "Private Key Object" in out.stdout, out.stdout
-    assert piv_card.counters(vm.card_dir)["verify"] > verify0  # the card itself counted the PIN it accepted
+    assert out.stdout.split()[-1] == "256", out.stdout  # an RSA 2048 signature
+    assert piv_card.counters(vm.card_dir)["sign"] == sign0 + 1
 
 
 def test_bob_over_ssh_reaches_the_card_per_the_polkit_rule(provisioned):
