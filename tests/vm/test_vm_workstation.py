@@ -122,6 +122,7 @@ def test_bob_over_ssh_reaches_the_card_per_the_polkit_rule(provisioned):
     assert vm.sh("loginctl list-sessions --no-legend | grep -c ' bob ' || true").stdout.strip() == "0"
 
 
+@pytest.mark.vm_states
 def test_card_pulled_during_the_login(provisioned, tmp_path):
     vm = provisioned
     vm.wait_reader(want_card=True)
@@ -150,6 +151,7 @@ def test_card_pulled_during_the_login(provisioned, tmp_path):
     vm.wait_reader(want_card=True)
 
 
+@pytest.mark.vm_states
 def test_reader_unplugged_then_plugged_back(provisioned, tmp_path):
     vm = provisioned
     vmlab.reader_unplug(vm.m)
@@ -173,6 +175,7 @@ def test_reader_unplugged_then_plugged_back(provisioned, tmp_path):
     assert run.returncode == 0 and saved["ok"] is True, run.stdout[-4000:]
 
 
+@pytest.mark.vm_states
 def test_card_inserted_after_provisioning(provisioned, tmp_path):
     """site.yml with the card out of the reader, then verify says "reader without a key"; the card inserted, verify
     passes with no site.yml in between."""
