@@ -192,3 +192,23 @@ def test_card_inserted_after_provisioning(provisioned, tmp_path):
     vm.wait_reader(want_card=True)
     run, saved = vm.verify(tmp_path / "in")
     assert run.returncode == 0 and saved["ok"] is True and saved["holder"] == piv_card.HOLDER, run.stdout[-4000:]
+
+
+def test_apdu_round_trips_over_usb_ccid(vm):
+    """The time of one APDU round trip, guest to card and back (pcscd -> libccid -> USB -> QEMU's usb-ccid -> chardev
+    -> lab/vscard.py -> the card): one opensc-tool process sending 1 and then 41 SELECTs; the difference over 40."""
+    vm.wait_reader(want_card=True)
+    select = "00:A4:04:00:09:A0:00:00:03:08:00:00:10:00:00"
+
+    def timed(n):
+        p = vm.sh("s=$(date +%%s.%%N); opensc-tool %s >/dev/null 2>&1; e=$(date +%%s.%%N); echo \"$s $e\""
+                  % " ".join(["-s " + select] * n))
+        start, end = map(float, p.stdout.split())
+        return end - start
+
+    n0 = piv_card.apdu_count(vm.card_dir)
+    one, many = timed(1), timed(41)
+    assert piv_card.apdu_count(vm.card_dir) - n0 >= 42  # every SELECT reached the card
+    per_apdu = (many - one) / 40
+    assert 0 < per_apdu < 5, per_apdu
+    _times(apdu_round_trip_ms=round(per_apdu * 1000, 1))
