@@ -734,7 +734,9 @@ def create(run: Path = DEFAULT_DIR, *, suite: str = SUITE, inventory: Path = DEF
     if run.exists() and any(run.iterdir()) and not old:
         raise VMError(f"{run} exists, is not empty and holds no {MANIFEST}: not a VM folder, refusing to use it")
     if old and qemu_pid(old):
-        return old
+        if old.get("seconds") is not None:  # a VM that came up completely: kept
+            return old
+        stop(old)  # one whose create did not finish: started again from its overlay
     if port is not None and port_in_use(port):
         raise VMError(f"127.0.0.1:{port} is already in use: choose another --port (or none: a free one is picked)")
     image = build_image(suite, log)

@@ -83,6 +83,7 @@ def vm():
     try:
         m = vmlab.create(RUN_DIR, inventory=VM_DIR / "inventory", log=print)
     except vmlab.VMError as e:
+        vmlab.destroy(RUN_DIR)  # nothing left running
         pytest.fail("the VM could not be made: %s" % e)
     v = VM(m)
     print("vm: image %s (%ss), boot to sshd %ss, systemd %s after %ss, %s" % (
