@@ -8,7 +8,8 @@ APT_PACKAGES=(libnss3 libnss3-tools firefox-esr softhsm2 opensc openssl gcc libc
               publicsuffix libkrb5-dev    # IE zones planner (registrable domains); pywinrm[kerberos] builds on krb5
               python3-cffi python3-cryptography   # the target side on the system Python (token test login)
               docker.io debootstrap               # the fleet lab (lab/fleet.py)
-              pcscd vsmartcard-vpcd)              # the lab card's reader (lab/reader.py, lab/piv_card.py)
+              pcscd vsmartcard-vpcd               # the lab card's reader (lab/reader.py, lab/piv_card.py)
+              qemu-system-x86 qemu-utils e2fsprogs libcacard-dev)  # the VM lab (lab/vm.py, lab/vscard.py: VSCard)
 STAMP_DIR=.stamps
 VENV=.venv
 
