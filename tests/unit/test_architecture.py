@@ -34,12 +34,6 @@ _PREFIXES = ("ansible.module_utils.", "ansible_collections.tokentrust.workstatio
 
 # Known violations on 2026-12-07, to be removed as the branches that fix them merge. Keys: (rule, subject).
 ALLOWED = {
-    # issue 28 (the Windows planner to plugin_utils/): controller-only code under module_utils/, and the path patch
-    ("controller_only", "module_utils/tokentrust_windows.py"),
-    ("path_patch", "filter_plugins/tokentrust.py"),
-    ("path_patch", "callback_plugins/tokentrust_state.py"),
-    # issue 28: the Windows planner
-    ("long_function", "module_utils/tokentrust_windows.py:firefox_plan"),
     # issue 29's files (provision, privsep, middleware): the privilege-separated runner and the two modules' glue
     ("long_function", "module_utils/tokentrust_privsep.py:run_as"),
     ("long_function", "library/nss_provision.py:main"),
