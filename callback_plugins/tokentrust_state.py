@@ -34,11 +34,15 @@ from ansible.plugins.callback import CallbackBase
 
 # --- repository layout: begin (the build replaces this block with the collection's imports)
 # isort: split
-import ansible.module_utils
+# tokentrust_state stays in module_utils: module fleet_report uses it on the host too. Loaded by file through
+# plugin_utils/_layout.py, without patching a search path: see filter_plugins/tokentrust.py.
+import importlib.util
 
-_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
-if _MODULE_UTILS not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(_MODULE_UTILS)
+_spec = importlib.util.spec_from_file_location("tokentrust_layout", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugin_utils", "_layout.py"))
+_layout = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_layout)
+_layout.load("tokentrust_errors", "tokentrust_files", "tokentrust_facts", "tokentrust_state")
 from ansible.module_utils import tokentrust_facts as facts
 from ansible.module_utils import tokentrust_state as state
 

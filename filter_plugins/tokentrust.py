@@ -1,17 +1,21 @@
 # Copyright: tokentrust contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters exposing our module_utils to the roles: the facts (module_utils/tokentrust_facts.py: CA file names,
-policies.json locations, per-OS PKCS#11 libraries) and the Windows planning logic (module_utils/tokentrust_windows.py).
+"""Filters exposing to the roles the facts (module_utils/tokentrust_facts.py: CA file names, policies.json
+locations, per-OS PKCS#11 libraries) and the Windows planner (plugin_utils/tokentrust_windows/, controller only).
 
-Where module_utils come from. A filter runs in the controller's Python, where Ansible assembles the
-`ansible.module_utils` package only from its own files: the `module_utils=` directory of ansible.cfg is used when a
-MODULE is packed for a target, never for controller plugins (ansible/ansible#27748, #28770). In a collection the
-collection loader imports `ansible_collections.<ns>.<name>.plugins.module_utils.*` anywhere, and the build
-(scripts/build_collection.py) replaces the block between the two `repository layout` markers below with that
-import. In the repository layout, this one block adds the repository's module_utils/ to the search path of the
-`ansible.module_utils` package (what Ansible's module packer and tests/conftest.py do), so every module_utils file
-imports the others in the one form modules use (`from ansible.module_utils import tokentrust_x`). sys.path is
-not touched.
+Only what roles, playbooks and templates use is a filter; the planner's other functions are plain Python, imported
+by whoever needs them from plugin_utils (the tests do).
+
+How the imports are found. In a collection, the collection loader imports
+`ansible_collections.<ns>.<name>.plugins.module_utils.*` and `...plugins.plugin_utils.*` anywhere, and the build
+(scripts/build_collection.py) replaces the block between the two `repository layout` markers below with those
+imports. In the repository layout, Ansible puts neither our module_utils/ (ansible.cfg's `module_utils=` is used
+only when a MODULE is packed for a target: ansible/ansible#27748, #28770) nor plugin_utils/ on the controller's
+import path. Rather than patching a search path (`ansible.module_utils.__path__` or `sys.path`, for the whole
+process), the block loads by file, relative to this plugin, exactly the files it needs (plugin_utils/_layout.py,
+one definition for both plugins): each module_utils file under the name modules use
+(`ansible.module_utils.tokentrust_x`, so their own imports of each other resolve), and plugin_utils/ as the package
+`plugin_utils`. A file already imported under that name (tests/conftest.py) is reused, never loaded twice.
 
 Every filter turns a WindowsPlanError into an AnsibleFilterError with the same message.
 """
@@ -24,13 +28,16 @@ from ansible.errors import AnsibleFilterError
 
 # --- repository layout: begin (the build replaces this block with the collection's imports)
 # isort: split
-import ansible.module_utils
+import importlib.util
 
-_MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
-if _MODULE_UTILS not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(_MODULE_UTILS)
+_spec = importlib.util.spec_from_file_location("tokentrust_layout", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugin_utils", "_layout.py"))
+_layout = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_layout)
+_layout.load("tokentrust_errors", "tokentrust_facts", "tokentrust_policies", plugin_utils=True)
 from ansible.module_utils import tokentrust_facts as facts
-from ansible.module_utils import tokentrust_windows as tw
+
+from plugin_utils import tokentrust_windows as tw
 
 # --- repository layout: end
 
@@ -48,10 +55,6 @@ def _wrap(fn):
 
 def _uac_plan(current_properties, mode, phase, record_text=None, disable_lua=True, install_pending=True):
     return tw.uac_plan(mode, phase, tw.uac_current(current_properties), record_text, disable_lua, install_pending)
-
-
-def _policies_json(existing_text, desired, state="present", path="policies.json"):
-    return tw.policies_json(existing_text, desired, state, path)
 
 
 def _reg_values(reg_stat_result):
@@ -91,22 +94,13 @@ class FilterModule:
             "tokentrust_win_store_plan": tw.store_plan,
             "tokentrust_win_store_thumbprints": tw.store_thumbprints,
             "tokentrust_win_uac_plan": _uac_plan,
-            "tokentrust_win_uac_current": tw.uac_current,
             "tokentrust_win_ie_plan": tw.ie_plan,
             "tokentrust_win_ie_users": tw.ie_users,
             "tokentrust_win_ie_urls": tw.ie_urls,
             "tokentrust_win_ie_gpo_advice": tw.ie_gpo_advice,
             "tokentrust_win_ie_checks": tw.ie_checks,
-            "tokentrust_win_pe_arch": tw.pe_arch,
-            "tokentrust_win_firefox_installs": tw.firefox_installs,
             "tokentrust_win_firefox_plan": tw.firefox_plan,
             "tokentrust_win_firefox_checks": tw.firefox_checks,
-            "tokentrust_win_firefox_target": tw.firefox_target,
-            "tokentrust_win_gpo_present": tw.gpo_present,
-            "tokentrust_win_gpo_conflicts": tw.gpo_conflicts,
-            "tokentrust_win_gpo_plan": tw.gpo_plan,
-            "tokentrust_win_desired_fragment": tw.desired_fragment,
-            "tokentrust_win_policies_json": _policies_json,
             "tokentrust_win_legacy_match": tw.legacy_match,
             "tokentrust_win_msi_source": tw.msi_source,
             "tokentrust_win_msi_second_hop": tw.msi_second_hop,

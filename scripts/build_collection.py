@@ -8,6 +8,8 @@ filter_plugins/ at the top) and stays the one source; the collection tree is gen
   module_utils/**       -> plugins/module_utils/   `ansible.module_utils.tokentrust_*` imports rewritten
   filter_plugins/*.py   -> plugins/filter/         the repository-layout import block replaced by collection imports
   callback_plugins/*.py -> plugins/callback/       the same
+  plugin_utils/**       -> plugins/plugin_utils/   controller-only code (the Windows planner), imports rewritten;
+                                                   _layout.py (the repository layout's loader) left out
   doc_fragments/*.py    -> plugins/doc_fragments/  named by FQCN in extends_documentation_fragment
   roles/*               -> roles/                  modules, roles and filters called by FQCN
   playbooks/*.yml       -> playbooks/              same (lab.yml stays: it drives this repository's lab)
@@ -71,6 +73,7 @@ class Rewriter:
     def __init__(self, namespace, name):
         self.fq = f"{namespace}.{name}"
         self.mu_prefix = f"ansible_collections.{namespace}.{name}.plugins.module_utils"
+        self.pu_prefix = f"ansible_collections.{namespace}.{name}.plugins.plugin_utils"
         self.modules = _names("library", ".py")
         self.roles = _names("roles")
         mods = "|".join(map(re.escape, self.modules))
@@ -107,10 +110,11 @@ class Rewriter:
         if not m:
             raise BuildError(f"{path}: no '# --- repository layout: begin/end' block; the filter plugin must import "
                              "our module_utils there (see filter_plugins/tokentrust.py)")
-        imports = re.findall(r"^from [\w.]+ import (tokentrust_\w+) as (\w+)$", m.group(1), re.M)
+        imports = re.findall(r"^from ([\w.]+) import (tokentrust_\w+) as (\w+)$", m.group(1), re.M)
         if not imports:
             raise BuildError(f"{path}: the repository layout block imports no module_utils")
-        new = "".join(f"from {self.mu_prefix} import {mod} as {alias}\n" for mod, alias in imports)
+        new = "".join(f"from {self.pu_prefix if pkg == 'plugin_utils' else self.mu_prefix} import {mod} as {alias}\n"
+                      for pkg, mod, alias in imports)
         return text[: m.start()] + new + text[m.end():]
 
     # YAML -----------------------------------------------------------------------------------------------
@@ -237,6 +241,8 @@ def assemble(out):
         shutil.copy2(os.path.join(ROOT, "library", m + ".py"), os.path.join(plugins, "modules", m + ".py"))
     _copytree(os.path.join(ROOT, "module_utils"), os.path.join(plugins, "module_utils"))
     _copytree(os.path.join(ROOT, "filter_plugins"), os.path.join(plugins, "filter"))
+    shutil.copytree(os.path.join(ROOT, "plugin_utils"), os.path.join(plugins, "plugin_utils"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "_layout.py"))
     if os.path.isdir(os.path.join(ROOT, "doc_fragments")):
         _copytree(os.path.join(ROOT, "doc_fragments"), os.path.join(plugins, "doc_fragments"))
     _rewrite_files(plugins, (".py",), rw.python)
@@ -287,6 +293,8 @@ def check(tree, rw):
                     problems.append(f"{rel}: extends ansible.module_utils' search path")
                 if re.search(r"^\s*- tokentrust_\w+(\.\w+)?\s*$", text, re.M):
                     problems.append(f"{rel}: names a doc fragment by its short name")
+                if re.search(r"^from plugin_utils[. ]\S+ import|_layout\.load\(", text, re.M):
+                    problems.append(f"{rel}: imports plugin_utils in the repository layout's form")
                 if "sys.path.insert" in text:
                     problems.append(f"{rel}: patches sys.path")
             elif n.endswith(".yml") and ("/tasks/" in p or "/handlers/" in p or rel.startswith("playbooks")):

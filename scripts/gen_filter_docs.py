@@ -35,8 +35,6 @@ NOTES = {
     "tokentrust_win_uac_plan": "What role windows_uac changes in the UAC registry values for `mode` and `phase`.\n\n"
                                "From the current win_reg_stat properties of the UAC key and the recorded values of an "
                                "earlier run, for an exact restore.",
-    "tokentrust_win_policies_json": "The text of a Windows policies.json with the `desired` Firefox policy fragment "
-                                    "merged into `existing_text` (or taken out with state=absent).",
     "tokentrust_win_check_stores": "The checks of role windows_trust_store after the run: every planned certificate in "
                                    "its store (or gone).",
     "tokentrust_win_check": "One check entry ({name, ok, detail, role}) for the per-host Windows report.",

@@ -6,9 +6,11 @@ The unit tests import our code as Ansible modules do (`ansible.module_utils.toke
 imported, every module of the collection's plugins/module_utils is imported under its collection name (the
 collection's own imports between them are `ansible_collections.tokentrust.workstation.plugins.module_utils.*`, as the
 build rewrote them) and the same module object is registered under its `ansible.module_utils.*` name: one object per
-module, so exception classes and constants the tests compare are the collection's. The filter plugin the tests load is
-the one next to that module_utils (tests/unit/test_windows_filters.py). At the end of collection, every
-`ansible.module_utils.tokentrust_*` module in use must come from the collection: none from the repository.
+module, so exception classes and constants the tests compare are the collection's. The same for the controller-only
+plugins/plugin_utils (registered as `plugin_utils.*`: the tests import the Windows planner as
+`plugin_utils.tokentrust_windows`). The filter plugin the tests load is the one next to that module_utils
+(tests/unit/test_windows_filters.py). At the end of collection, every `ansible.module_utils.tokentrust_*` module
+in use must come from the collection: none from the repository.
 """
 import importlib
 import os
@@ -17,6 +19,7 @@ import sys
 import ansible.module_utils
 
 PREFIX = "ansible_collections.tokentrust.workstation.plugins.module_utils"
+PU_PREFIX = "ansible_collections.tokentrust.workstation.plugins.plugin_utils"
 ROOT = os.environ["TOKENTRUST_COLLECTIONS"]
 TREE = os.path.join(ROOT, "ansible_collections", "tokentrust", "workstation", "plugins", "module_utils")
 
@@ -39,6 +42,13 @@ def _alias():
         sys.modules[f"ansible.module_utils.{name}"] = mod
         parent, _, leaf = f"ansible.module_utils.{name}".rpartition(".")
         setattr(sys.modules[parent], leaf, mod)
+    pu = os.path.join(os.path.dirname(TREE), "plugin_utils")
+    for dirpath, _dirs, files in sorted(os.walk(pu)):
+        rel = os.path.relpath(dirpath, pu)
+        pkg = "plugin_utils" + ("" if rel == "." else "." + rel.replace(os.sep, "."))
+        for n in ["__init__.py"] + sorted(f for f in files if f.endswith(".py") and f != "__init__.py"):
+            name = pkg if n == "__init__.py" else f"{pkg}.{n[:-3]}"
+            sys.modules[name] = importlib.import_module(PU_PREFIX + name[len("plugin_utils"):])
     return names
 
 

@@ -59,7 +59,7 @@ def _inventory():
 
 
 def test_example_inventory_transports_are_installed_and_the_msi_source_reachable():
-    from ansible.module_utils import tokentrust_windows as tw  # noqa: PLC0415
+    from plugin_utils import tokentrust_windows as tw  # noqa: PLC0415
 
     inv = _inventory()
     hostvars = inv["_meta"]["hostvars"]

@@ -32,15 +32,9 @@ BINDINGS = "tokentrust_nss"
 MAX_FUNCTION_LINES = 80
 _PREFIXES = ("ansible.module_utils.", "ansible_collections.tokentrust.workstation.plugins.module_utils.")
 
-# Known violations on 2026-12-07, to be removed as the branches that fix them merge. Keys: (rule, subject).
-ALLOWED = {
-    # issue 28 (the Windows planner to plugin_utils/): controller-only code under module_utils/, and the path patch
-    ("controller_only", "module_utils/tokentrust_windows.py"),
-    ("path_patch", "filter_plugins/tokentrust.py"),
-    ("path_patch", "callback_plugins/tokentrust_state.py"),
-    # issue 28: the Windows planner
-    ("long_function", "module_utils/tokentrust_windows.py:firefox_plan"),
-}
+# Known violations, each with the issue that removes it (none left since issues 26, 28 and 30 merged on 2026-12-07).
+# Keys: (rule, subject). A new entry needs a reason and an owner; the test fails on a stale one.
+ALLOWED: set = set()
 
 
 def _module_of(path: Path):

@@ -1,7 +1,7 @@
 """The fleet report model (module_utils/tokentrust_report.py): green / amber / red rules, JSON shape, HTML page.
 
 Windows hosts cannot run here: their part is tested with SAMPLE tokentrust_windows_report data (named as such),
-in the shape module_utils/tokentrust_windows.py `report()` builds."""
+in the shape plugin_utils/tokentrust_windows/ `report()` builds."""
 import copy
 import datetime as dt
 import json
@@ -9,8 +9,9 @@ import re
 
 import pytest
 from ansible.module_utils import tokentrust_report as tr
-from ansible.module_utils.tokentrust_windows import check as win_check
-from ansible.module_utils.tokentrust_windows import report as win_report
+
+from plugin_utils.tokentrust_windows import check as win_check
+from plugin_utils.tokentrust_windows import report as win_report
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
 SETTINGS = tr.settings_with_defaults({})

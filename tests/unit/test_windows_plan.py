@@ -1,11 +1,11 @@
-"""Unit tests of the Windows planning logic (module_utils/tokentrust_windows.py): no Windows needed."""
+"""Unit tests of the Windows planning logic (plugin_utils/tokentrust_windows/): no Windows needed."""
 import json
 
 import pytest
-from ansible.module_utils import tokentrust_windows as tw
 from ansible.module_utils.tokentrust_facts import library_candidates
 
 from lab.pki import certeurope_standin
+from plugin_utils import tokentrust_windows as tw
 
 UAC = tw.UAC_KEY
 DEFAULT_UAC = {"EnableLUA": 1, "ConsentPromptBehaviorAdmin": 5, "PromptOnSecureDesktop": 1}

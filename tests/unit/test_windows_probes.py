@@ -13,8 +13,8 @@ import shutil
 
 import pytest
 import yaml
-from ansible.module_utils import tokentrust_windows as tw
 
+from plugin_utils import tokentrust_windows as tw
 from tests.support.winsim import ROOT, module_source, probes, psshape
 
 SHIPPED = sorted(probes.shipped())

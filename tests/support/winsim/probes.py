@@ -15,8 +15,8 @@ import os
 import re
 
 import yaml
-from ansible.module_utils import tokentrust_windows as tw
 
+from plugin_utils import tokentrust_windows as tw
 from tests.support.winsim import new_state, psshape
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
