@@ -188,6 +188,5 @@ def read_all(dbs, p):
     return results
 
 
-
 if __name__ == "__main__":
     main()

@@ -356,5 +356,6 @@ def _apply_policies(module, pol, planned, results, changed, found, extra):
     changed = changed or pr["changed"]
     return changed, extra_diff
 
+
 if __name__ == "__main__":
     main()

@@ -330,6 +330,7 @@ def _verify(module, p, before, after, todo, library, result):
         users = [u for u in p["polkit_users"] if u != "root"]
         result["access"] = check_access(users, run_as, owner_of_uid)  # read-only: also in check mode
 
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(

@@ -489,7 +489,7 @@ class _TestLogin:
         control = pre["with_throwaway_certificate"] = throwaway_get(
             o["url"], cert_pem, key_pem, timeout=o["timeout"], tls_max=o["tls_max"], deadline=self.deadline)
         if control["accepted"]:
-            raise TokenError("server_accepts_any_certificate", "the server %s answered HTTP %d to the same request "
+            raise TokenError("server_accepts_any_certificate", "the server %s answered HTTP %s to the same request "
                              "made with a throwaway self-signed client certificate (negative control): it accepts any "
                              "certificate, so a login there proves nothing about the key; %s"
                              % (o["url"], control["status"], NOTHING))
@@ -533,8 +533,8 @@ class _TestLogin:
             rep["pin_state_before"], rep["token"] = info["user_pin"], public_token(info)
             if o["run_id"] and self.record.get("wrong_pin_run") == o["run_id"] and info["user_pin"] != "ok":
                 raise TokenError("wrong_pin_this_run", "this run (%s) already had its PIN refused by token %r (%s): "
-                                 "not presented again; check the PIN" % (o["run_id"], tok.label,
-                                                                          self.record.get("wrong_pin_at")), token=info)
+                                 "not presented again; check the PIN"
+                                 % (o["run_id"], tok.label, self.record.get("wrong_pin_at")), token=info)
             self.puk_locked = puk_locked_reason(info, self.record)
             body()
             if self.record != kept_record(self.record):
@@ -589,8 +589,8 @@ class _TestLogin:
         for i, d in enumerate(descs):
             if i != idx and (d["expired"] or d.get("in_ca_set") is False):
                 rep["warnings"].append("certificate %s (issuer %s, SHA-256 %s) %s; it is not the one used: remove the "
-                                       "old certificate from the key" % (d["holder"], d["issuer"], d["sha256"],
-                                                                          usable_for_login(d)))
+                                       "old certificate from the key"
+                                       % (d["holder"], d["issuer"], d["sha256"], usable_for_login(d)))
         if idx is None:
             return
         chosen = descs[idx]

@@ -195,6 +195,7 @@ def uses_pcsc(maps="/proc/self/maps"):
     except OSError:
         return None
 
+
 def _select(found, label, module_path, slot_count):
     """The one entry of `found` ([(label, obj)] or [(label, obj, reader)]) to use; TokenError no_token /
     token_not_found / several_tokens (card states other_card / several_cards). Never a guess: several keys without a

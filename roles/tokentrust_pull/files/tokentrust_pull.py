@@ -182,8 +182,8 @@ def verify_manifest(cfg, data):
     else:
         raise Refused("bad signature: the manifest (key id %s) is not signed by a pinned key (%s); forged or signed "
                       "with a key that was rotated out; nothing was unpacked or run"
-                      % (str(env.get("key_id"))[:32], ", ".join(hashlib.sha256(k).hexdigest()[:16]
-                                                               for k in load_keys(cfg))))
+                      % (str(env.get("key_id"))[:32],
+                         ", ".join(hashlib.sha256(k).hexdigest()[:16] for k in load_keys(cfg))))
     try:
         payload = json.loads(body)
         if payload.get("format") != PAYLOAD_FORMAT:
