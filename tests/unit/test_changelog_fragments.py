@@ -33,13 +33,15 @@ Two checks, both in `make test` (this file runs with the unit tests, in a second
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+BIN = Path(sys.executable).parent  # the venv that runs the tests (requirements.txt has antsibull-changelog)
 COLLECTION = ROOT / "collection"
 FRAGMENTS = "collection/changelogs/fragments/"
 RELEASE_FILE = "collection/changelogs/changelog.yaml"
@@ -123,10 +125,17 @@ def uncovered(root, base, head="HEAD"):
     return out
 
 
+HAVE_GIT = shutil.which("git") is not None  # the Debian 13 controller container runs tests/unit with no git
+
+
 def _in_git():
+    if not HAVE_GIT:
+        return False
     return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--git-dir"], capture_output=True).returncode == 0
 
 
+@pytest.mark.skipif(not (BIN / "antsibull-changelog").exists(),
+                    reason="no antsibull-changelog here (requirements-controller.txt has no release tools)")
 def test_fragments_are_valid():
     """antsibull-changelog lint on the fragments (and changelog.yaml's own lint)."""
     tool = BIN / "antsibull-changelog"
@@ -170,6 +179,7 @@ def _commit(r, files, msg, delete=()):
     return git(r, "rev-parse", "HEAD").strip()
 
 
+@pytest.mark.skipif(not HAVE_GIT, reason="no git on this machine: the judge's own tests need it to make histories")
 def test_judge_on_a_synthetic_history(tmp_path):
     r = _repo(tmp_path)
     base = _commit(r, {"README.md": "x"}, "baseline")
