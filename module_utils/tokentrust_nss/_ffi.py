@@ -191,6 +191,12 @@ _cdef(
     PRBool PK11_IsHW(PK11SlotInfo *slot);
     PRBool PK11_IsReadOnly(PK11SlotInfo *slot);
     PRBool PK11_IsFriendly(PK11SlotInfo *slot);
+    typedef struct PK11DefaultArrayEntryStr {
+        const char *name;
+        unsigned long flag;
+        unsigned long mechanism;
+    } PK11DefaultArrayEntry;
+    SECStatus PK11_UpdateSlotAttribute(PK11SlotInfo *slot, const PK11DefaultArrayEntry *entry, PRBool add);
     char *PK11_GetTokenName(PK11SlotInfo *slot);
     char *PK11_GetSlotName(PK11SlotInfo *slot);
     SECStatus PK11_GetTokenInfo(PK11SlotInfo *slot, CK_TOKEN_INFO *info);

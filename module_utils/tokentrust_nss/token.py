@@ -196,6 +196,22 @@ def uses_pcsc(maps="/proc/self/maps"):
         return None
 
 
+# secmodt.h: SECMOD_FRIENDLY_FLAG, the slot flag "PublicCerts" of a module spec's slotParams; CKM_INVALID_MECHANISM.
+_FRIENDLY_FLAG = 0x10000000
+_CKM_INVALID_MECHANISM = 0xFFFFFFFF
+_FRIENDLY = ffi.new("PK11DefaultArrayEntry *", {"flag": _FRIENDLY_FLAG, "mechanism": _CKM_INVALID_MECHANISM})
+
+
+def _public_certs(slot):
+    """Tell NSS that the certificates of `slot` are public objects, as PKCS#11 makes them (CKA_PRIVATE false), so
+    that they are listed before the PIN. NSS hides every object of a token that needs a login and is not marked
+    "friendly" (what `slotFlags=[PublicCerts]` does in a module spec): smart cards through OpenSC, Classic Client
+    tokens. Without it the certificates are seen only after a PIN try, and the test login could not refuse a key
+    that holds no usable certificate before the PIN."""
+    if not lib.nss3.PK11_IsFriendly(slot):
+        lib.nss3.PK11_UpdateSlotAttribute(slot, _FRIENDLY, 1)
+
+
 def _select(found, label, module_path, slot_count):
     """The one entry of `found` ([(label, obj)] or [(label, obj, reader)]) to use; TokenError no_token /
     token_not_found / several_tokens (card states other_card / several_cards). Never a guess: several keys without a
@@ -709,6 +725,7 @@ class TokenSession:
         for i in range(mod.slotCount):
             slot = mod.slots[i]
             if lib.nss3.PK11_IsPresent(slot):
+                _public_certs(slot)
                 tok = Token(self, slot)
                 info = tok.info()
                 if is_empty_slot(info["flags_value"], info["label"]):
