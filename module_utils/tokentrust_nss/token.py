@@ -199,7 +199,7 @@ def uses_pcsc(maps="/proc/self/maps"):
 # secmodt.h: SECMOD_FRIENDLY_FLAG, the slot flag "PublicCerts" of a module spec's slotParams; CKM_INVALID_MECHANISM.
 _FRIENDLY_FLAG = 0x10000000
 _CKM_INVALID_MECHANISM = 0xFFFFFFFF
-_FRIENDLY = ffi.new("PK11DefaultArrayEntry *", {"flag": _FRIENDLY_FLAG, "mechanism": _CKM_INVALID_MECHANISM})
+_FRIENDLY = []  # the PK11DefaultArrayEntry, made at the first use: importing this module needs no cffi
 
 
 def _public_certs(slot):
@@ -209,7 +209,10 @@ def _public_certs(slot):
     tokens. Without it the certificates are seen only after a PIN try, and the test login could not refuse a key
     that holds no usable certificate before the PIN."""
     if not lib.nss3.PK11_IsFriendly(slot):
-        lib.nss3.PK11_UpdateSlotAttribute(slot, _FRIENDLY, 1)
+        if not _FRIENDLY:
+            _FRIENDLY.append(ffi.new("PK11DefaultArrayEntry *",
+                                     {"flag": _FRIENDLY_FLAG, "mechanism": _CKM_INVALID_MECHANISM}))
+        lib.nss3.PK11_UpdateSlotAttribute(slot, _FRIENDLY[0], 1)
 
 
 def _select(found, label, module_path, slot_count):
