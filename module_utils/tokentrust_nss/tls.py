@@ -74,6 +74,12 @@ class Deadline:
     def __init__(self, seconds):
         self.seconds = seconds
         self.at = time.monotonic() + seconds
+        self.clamped = False  # the last wait given out was cut to what was left of the deadline
+
+    def hit(self):
+        """A timeout that just came back is the deadline's: the wait was cut to the deadline (NSPR may wake a
+        millisecond early, so the clock alone cannot tell), or the deadline has passed."""
+        return self.clamped or self.left() <= 0
 
     def left(self):
         return self.at - time.monotonic()
@@ -91,12 +97,14 @@ class Deadline:
         left = self.left()
         if left <= 0:
             raise self.error(where)
+        self.clamped = left <= timeout
         return lib.nspr4.PR_MillisecondsToInterval(max(1, int(min(timeout, left) * 1000)))
 
     def seconds_for(self, timeout, where):
         left = self.left()
         if left <= 0:
             raise self.error(where)
+        self.clamped = left <= timeout
         return min(timeout, left)
 
 
@@ -489,7 +497,7 @@ def _open(url, hooks, timeout, tls_max, deadline=None, pha=False):
         _setup(fd, hooks, host, where, tls_max, pha)
         if lib.nspr4.PR_Connect(fd, addr, deadline.interval(timeout, where)) != 0:
             err = last_error("connect")
-            if err.name in TIMEOUTS and deadline.left() <= 0:
+            if err.name in TIMEOUTS and deadline.hit():
                 raise deadline.error(where)
             kind = "timeout" if err.name in TIMEOUTS else "connect"
             text = CONNECT_TEXTS.get(err.name, err.text)
@@ -497,7 +505,7 @@ def _open(url, hooks, timeout, tls_max, deadline=None, pha=False):
         if lib.ssl3.SSL_ForceHandshakeWithTimeout(fd, deadline.interval(timeout, where)) != 0:
             err = last_error("TLS handshake")
             hooks.confirm_sent(fd)
-            if err.name in TIMEOUTS and deadline.left() <= 0:
+            if err.name in TIMEOUTS and deadline.hit():
                 raise deadline.error(where)
             raise _handshake_error(err, hooks, where)
         hooks.handshake_done = True
@@ -556,7 +564,7 @@ def _get(fd, hooks, where, request, timeout, limit, deadline=None):
 
 def _io_error(err, fd, hooks, where, deadline):
     hooks.confirm_sent(fd)
-    if err.name in TIMEOUTS and deadline.left() <= 0:
+    if err.name in TIMEOUTS and deadline.hit():
         return deadline.error(where)
     return _handshake_error(err, hooks, where)
 
