@@ -367,7 +367,9 @@ def kvm_works(kernel: Path, timeout: float = 20.0) -> tuple:
     cmd = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none",
            "-no-reboot", "-serial", "stdio", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1"]
     try:
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # stdin never QEMU's: with -serial stdio it makes the descriptor non-blocking, for every process sharing it
+        # (ansible-playbook then refuses to start: "Ansible requires blocking IO on stdin").
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except FileNotFoundError as e:
         raise VMError("qemu-system-x86_64 is not installed: run scripts/setup.sh (qemu-system-x86)") from e
     seen = b""
@@ -776,7 +778,8 @@ def create(run: Path = DEFAULT_DIR, *, suite: str = SUITE, inventory: Path = DEF
     log(f"vm: booting {name} (Debian {DEBIAN[suite]}, {m['accel'].upper()}, -smp 2), ssh on 127.0.0.1:{ssh_port}")
     t_boot = time.monotonic()
     with open(run / "qemu.log", "w") as qlog:
-        p = subprocess.run(qemu_command(m, image), stdout=qlog, stderr=subprocess.STDOUT, check=False, timeout=120)
+        p = subprocess.run(qemu_command(m, image), stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
+                           check=False, timeout=120)
     if p.returncode != 0:
         _kill(run / "vscard.pid", b"lab.vscard")
         err = (run / "qemu.log").read_text().strip()[-800:]

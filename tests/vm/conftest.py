@@ -44,7 +44,8 @@ class VM:
         cmd = [os.path.join(BIN, "ansible-playbook"), "-i", self.m["inventory"], os.path.join("playbooks", name),
                "-e", "@" + self.m["lab_vars"], *CARD_VARS, *args]
         t0 = time.monotonic()
-        p = subprocess.run(cmd, cwd=ROOT, env=ansible_env(), capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, cwd=ROOT, env=ansible_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=timeout)
         p.seconds = round(time.monotonic() - t0, 1)
         return p
 
