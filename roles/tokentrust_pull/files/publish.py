@@ -5,7 +5,7 @@
     publish.py --project DIR --dest DIR --key SIGNING_KEY --vars JSON [--wheels "ansible-core==X cryptography==Y"]
 
 Writes into DEST, each file atomically and only when its content changed:
-  tokentrust-content.tar.gz   the project's playbooks, roles, modules, module_utils, plugins, ansible.cfg,
+  tokentrust-content.tar.gz   the project's playbooks, roles, modules, module_utils, plugin_utils, plugins, ansible.cfg,
                               pull_vars.yml (the variables given) and the local CA files they name (pull/ca/)
   tokentrust-content.tar.gz.manifest
                               the signed manifest (pull_key.sign: Ed25519 with SIGNING_KEY, made by pull_key.py):
@@ -34,8 +34,9 @@ from cryptography.exceptions import InvalidSignature
 
 PAYLOAD_FORMAT = "tokentrust-pull-content/1"
 NAME = "tokentrust-content.tar.gz"
-PARTS = ("ansible.cfg", "playbooks", "roles", "library", "module_utils", "filter_plugins", "callback_plugins",
-         "doc_fragments")
+# everything ansible.cfg and the playbooks reach: plugin_utils/ is what the filter and callback plugins import
+PARTS = ("ansible.cfg", "playbooks", "roles", "library", "module_utils", "plugin_utils", "filter_plugins",
+         "callback_plugins", "doc_fragments")
 
 
 def add_bytes(tar, name, data, mode=0o644):
