@@ -94,9 +94,10 @@ fleet: setup
 fleet-destroy: setup
 	$(BIN)/python -m lab.fleet destroy
 
-# The VM lab (lab/vm.py, docs/lab.md): a Debian 12 QEMU workstation (systemd, logind seat, USB CCID reader); the image
-# is built once per recipe into .cache/vm/. vm-test: molecule's vm scenario (create, converge, idempotence, verify,
-# destroy), then the VM tests (tests/vm: the card and reader states made in the VM).
+# The VM lab (lab/vm.py, docs/lab.md): a Debian 12 QEMU workstation (systemd, logind seat, USB CCID reader), Debian 13
+# with TOKENTRUST_VM_SUITE=trixie; each image is built once per recipe into .cache/vm/. vm-test: molecule's vm
+# scenario (create, converge, idempotence, verify, destroy), then the VM tests (tests/vm: the card and reader states
+# made in the VM), on Debian 12 then on Debian 13.
 vm: setup
 	$(BIN)/python -m lab.vm create
 
@@ -104,8 +105,10 @@ vm-destroy: setup
 	$(BIN)/python -m lab.vm destroy
 
 vm-test: setup
-	$(BIN)/molecule test -s vm
-	$(BIN)/pytest -q -m vm tests/vm
+	set -e; for suite in bookworm trixie; do \
+	  TOKENTRUST_VM_SUITE=$$suite $(BIN)/molecule test -s vm; \
+	  TOKENTRUST_VM_SUITE=$$suite $(BIN)/pytest -q -m vm tests/vm; \
+	done
 
 clean:
 	rm -rf .stamps .pytest_cache reports .demo

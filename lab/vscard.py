@@ -37,6 +37,11 @@ VSCARD_VERSION = 2  # MAKE_VERSION(0, 0, 2)
 UNDEFINED_READER_ID = 0xFFFFFFFF
 HEADER = struct.Struct(">III")
 READER_NAME = b"tokentrust PIV (lab/piv_card.py)"
+# The ATR the card shows in the USB reader: T=0 only (TS 3B, T0 80, TD1 00), because QEMU's usb-ccid announces T=0 only
+# (dwProtocols). piv_card.ATR (3B 80 80 01 01) also offers T=1: Debian 13's OpenSC 0.26 then reconnects asking for T=1,
+# pcscd tries the PTS, libccid answers "Protocol T=1 not supported by reader" and every connect fails (Generic reader
+# error); Debian 12's OpenSC 0.23 kept T=0. A real card in a T=0-only reader would be used in T=0 as well.
+USB_ATR = bytes.fromhex("3B8000")
 
 
 class BridgeError(RuntimeError):
@@ -133,13 +138,13 @@ class Bridge:
         self.send(pack(VSC_ReaderAdd, UNDEFINED_READER_ID, READER_NAME))
         if self.inserted:
             self.card.power_on()
-            self.send(pack(VSC_ATR, self.reader_id, self.piv.ATR))
+            self.send(pack(VSC_ATR, self.reader_id, USB_ATR))
 
     def insert(self) -> None:
         self.generation += 1
         self.inserted = True
         self.card.power_on()
-        self.send(pack(VSC_ATR, self.reader_id, self.piv.ATR))
+        self.send(pack(VSC_ATR, self.reader_id, USB_ATR))
         self.log("vscard: card inserted (VSC_ATR)")
 
     def remove(self) -> None:

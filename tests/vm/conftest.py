@@ -1,4 +1,5 @@
-"""The VM lab (lab/vm.py): one Debian 12 QEMU workstation booted for the VM tests and powered off at the end.
+"""The VM lab (lab/vm.py): one QEMU workstation booted for the VM tests and powered off at the end: Debian 12, or the
+release TOKENTRUST_VM_SUITE names (bookworm, trixie: `make vm-test` runs both).
 
 No skip on a machine that can run it: CI runs these (scripts/setup.sh installs QEMU and debootstrap; the image is
 built once per recipe into .cache/vm/). A machine without root or QEMU fails them with the reason.
@@ -17,7 +18,8 @@ from lab import piv_card
 from lab import vm as vmlab
 from tests.support.ansible_run import BIN, ROOT, ansible_env
 
-VM_DIR = Path(ROOT) / "lab" / "build" / "pytest-vm"
+SUITE = os.environ.get("TOKENTRUST_VM_SUITE") or vmlab.SUITE
+VM_DIR = Path(ROOT) / "lab" / "build" / ("pytest-vm" if SUITE == vmlab.SUITE else "pytest-vm-" + SUITE)
 # TOKENTRUST_VM_TEST_RUN: the folder of a VM already made by `python -m lab.vm create` to run the tests on (it is
 # powered off and removed at the end, as the tests' own)
 RUN_DIR = Path(os.environ.get("TOKENTRUST_VM_TEST_RUN") or VM_DIR / "run")
@@ -82,7 +84,7 @@ def vm():
     if why:
         pytest.fail(why)
     try:
-        m = vmlab.create(RUN_DIR, inventory=VM_DIR / "inventory", log=print)
+        m = vmlab.create(RUN_DIR, suite=SUITE, inventory=VM_DIR / "inventory", log=print)
     except vmlab.VMError as e:
         vmlab.destroy(RUN_DIR)  # nothing left running
         pytest.fail("the VM could not be made: %s" % e)

@@ -44,7 +44,7 @@ def test_bridge_speaks_vscard_as_qemu_expects(tmp_path, card_dir):
         assert mtype == vscard.VSC_ReaderAdd and reader_id == 0xFFFFFFFF and data == vscard.READER_NAME
         conn.sendall(struct.pack(">IIII", vscard.VSC_Error, 0, 4, 0))  # success, reader 0
         mtype, reader_id, data = _read(conn)
-        assert (mtype, reader_id, data) == (vscard.VSC_ATR, 0, piv_card.ATR)
+        assert (mtype, reader_id, data) == (vscard.VSC_ATR, 0, vscard.USB_ATR)
         # the guest's APDU: the card answers it (the PIV application selected: 9000)
         conn.sendall(struct.pack(">III", vscard.VSC_APDU, 0, len(PIV_SELECT)) + PIV_SELECT)
         mtype, reader_id, data = _read(conn)
