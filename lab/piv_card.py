@@ -23,13 +23,14 @@ What the card implements (SP 800-73-4 part 2, the subset OpenSC uses):
 
 DIR/card.json holds everything the card keeps (keys, certificates, PIN, PUK, counters), rewritten atomically
 before the answer that depends on it leaves the card: pulling the card changes nothing. Tests read the
-counters from this file, never from tokentrust's own report. DIR/apdu.log gets one line per APDU (its count is
-the "APDU round trips" figure). Lab only: card.json holds the PIN and PUK in clear, like token.json.
+counters from this file, never from tokentrust's own report. DIR/apdu.log gets one line per APDU, "CLA INS P1 P2"
+(its count is the "APDU round trips" figure). Lab only: card.json holds the PIN and PUK in clear, like token.json.
 
-Test-only knob (a card pulled in the middle of a login): DIR/delay.json = {"ins": "87", "seconds": 30} makes the
-card, at the next APDU with that instruction byte, rename the file to DIR/delaying.json (one shot: the knob is
-spent) and wait that long before answering. A test waits for delaying.json, then pulls the card: the login is then
-certainly in progress, with no timing guess. `set_delay(DIR, ins, seconds)` / `clear_delay(DIR)`.
+Test-only knob (a card pulled in the middle of a login): DIR/delay.json = {"ins": "87", "seconds": 30} (optionally
+"p2": ["9A", "9C"]) makes the card, at the next APDU with that instruction byte (and P2), rename the file to
+DIR/delaying.json (one shot: the knob is spent) and wait that long before answering. A test waits for
+delaying.json, then pulls the card: the login is then certainly in progress, with no timing guess.
+`set_delay(DIR, ins, seconds, p2)` / `clear_delay(DIR)`.
 """
 from __future__ import annotations
 
@@ -184,12 +185,18 @@ INS = {"select": 0xA4, "get_data": 0xCB, "verify": 0x20, "change_reference": 0x2
        "general_authenticate": 0x87}
 
 
-def set_delay(root: Path, ins: int = INS["general_authenticate"], seconds: float = 30.0) -> None:
-    """Test only: the next APDU with instruction `ins` waits `seconds` before its answer (see the module's text)."""
+def set_delay(root: Path, ins: int = INS["general_authenticate"], seconds: float = 30.0,
+              p2: Optional[tuple] = None) -> None:
+    """Test only: the next APDU with instruction `ins` (and a P2 among `p2` when given: for GENERAL AUTHENTICATE, the
+    key reference, e.g. the signing keys 9A/9C, not the 9B admin key OpenSC 0.26 probes before any PIN) waits
+    `seconds` before its answer (see the module's text)."""
     root = Path(root)
     for f in (DELAY_FILE, DELAYING_FILE):
         (root / f).unlink(missing_ok=True)
-    _atomic_json(root / DELAY_FILE, {"ins": "%02X" % ins, "seconds": float(seconds)})
+    spec = {"ins": "%02X" % ins, "seconds": float(seconds)}
+    if p2 is not None:
+        spec["p2"] = ["%02X" % k for k in p2]
+    _atomic_json(root / DELAY_FILE, spec)
 
 
 def clear_delay(root: Path) -> None:
@@ -241,14 +248,14 @@ class PivCard:
         self.state["counters"][what] = self.state["counters"].get(what, 0) + 1
 
     # -- APDU
-    def _delay(self, ins: int) -> None:
-        """The test-only knob: DIR/delay.json names an instruction; its next APDU waits (one shot)."""
+    def _delay(self, ins: int, p2: Optional[int]) -> None:
+        """The test-only knob: DIR/delay.json names an instruction (and a P2); its next APDU waits (one shot)."""
         knob = self.root / DELAY_FILE
         if not knob.exists():
             return
         try:
             spec = json.loads(knob.read_text())
-            if int(spec["ins"], 16) != ins:
+            if int(spec["ins"], 16) != ins or ("p2" in spec and p2 not in [int(k, 16) for k in spec["p2"]]):
                 return
             seconds = float(spec["seconds"])
             os.replace(knob, self.root / DELAYING_FILE)
@@ -257,9 +264,10 @@ class PivCard:
         time.sleep(seconds)
 
     def process(self, apdu: bytes) -> bytes:
-        self.log.write(b"%02X%02X\n" % (apdu[0], apdu[1]) if len(apdu) >= 2 else b"??\n")
+        self.log.write(b"%02X%02X %s\n" % (apdu[0], apdu[1], apdu[2:4].hex().upper().encode()) if len(apdu) >= 2
+                       else b"??\n")  # CLA INS, then P1 P2
         if len(apdu) >= 2:
-            self._delay(apdu[1])
+            self._delay(apdu[1], apdu[3] if len(apdu) >= 4 else None)
         if len(apdu) < 4:
             return _sw(0x6700)
         cla, ins, p1, p2 = apdu[:4]

@@ -222,3 +222,81 @@ def start_once(profile, user=None, home=None):
     subprocess.run(cmd, env=env, capture_output=True, timeout=120)
     if os.path.exists(shot):
         os.unlink(shot)
+
+
+class SeatFirefox(Firefox):
+    """Real Firefox ESR in a VM of lab/vm.py, started by the seat agent inside the seat user's logind session (seat0,
+    active) on her X display (Xvfb :0, not headless), and driven from here over Marionette through an SSH local
+    forward (host 127.0.0.1:port -> guest 127.0.0.1:port; the guest has no other way in). `profile` is the path in the
+    guest; the forward's and Firefox's logs stay here and in the guest's /tmp."""
+
+    socket_timeout = 240  # TCG: a page load with a token login takes tens of seconds
+
+    def __init__(self, m, profile, user, log, extra_prefs=None):
+        self.m = m
+        self.pidfile = None
+        super().__init__(profile, user=user, extra_prefs=extra_prefs, binary="firefox-esr", log=log)
+
+    def _ssh(self, script, user=None, input_text=None, check=True):
+        from lab import vm as vmlab
+
+        return vmlab.ssh(self.m, script, user=user or self.user, input_text=input_text, check=check, timeout=120)
+
+    def _append_prefs(self, text):
+        self._ssh('cat >> "%s/user.js"' % self.profile, input_text=text)
+        # a Firefox that did not end cleanly leaves its lock behind: the profile would be "already in use"
+        self._ssh('rm -f "%s/lock" "%s/.parentlock"' % (self.profile, self.profile))
+
+    def __enter__(self):
+        from lab import vm as vmlab
+
+        self.pidfile = "/tmp/tokentrust-firefox-%d.pid" % self.port
+        started = vmlab.seat_run(self.m, (
+            'setsid sh -c \'echo $$ > "$1"; exec firefox-esr --no-remote --marionette -remote-allow-system-access '
+            '-profile "$2" about:blank\' sh %s "%s" </dev/null >/tmp/tokentrust-firefox-%d.log 2>&1 &\n'
+            'echo "$DISPLAY"' % (self.pidfile, self.profile, self.port)), timeout=120)
+        assert started.returncode == 0 and started.stdout.strip() == ":0", started.stdout
+        from lab.vm import ADMIN, ssh_args
+
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([*ssh_args(self.m), "-N", "-o", "ExitOnForwardFailure=yes",
+                                      "-L", "127.0.0.1:%d:127.0.0.1:%d" % (self.port, self.port),
+                                      "%s@127.0.0.1" % ADMIN], stdin=subprocess.DEVNULL, stdout=self._logf,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 300  # Firefox's first start under TCG
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("the SSH forward to the guest's Marionette port exited: see %s" % self.log)
+            up = self._ssh("timeout 2 bash -c '</dev/tcp/127.0.0.1/%d' && echo up || true" % self.port).stdout
+            if "up" in up:
+                break
+            if time.time() > deadline:
+                out = self._ssh("tail -c 2000 /tmp/tokentrust-firefox-%d.log" % self.port, check=False).stdout
+                raise RuntimeError("Firefox in the seat session opened no Marionette port in 300 s: %s" % out)
+            time.sleep(2)
+        self.client = Marionette(host="127.0.0.1", port=self.port, socket_timeout=self.socket_timeout)
+        self.client.start_session({"acceptInsecureCerts": False})
+        return self
+
+    def session_of_firefox(self):
+        """The audit session id of the Firefox we started (its /proc/<pid>/sessionid in the guest)."""
+        return self._ssh('cat /proc/"$(cat %s)"/sessionid' % self.pidfile).stdout.strip()
+
+    def _signal(self, sig):
+        self._ssh('kill -%d "$(cat "%s")"' % (int(sig), self.pidfile), check=False)
+
+    def quit(self):
+        if self.client is not None:
+            try:
+                self.client.quit(in_app=True)
+            except Exception:  # noqa: BLE001 - fall back to a signal below
+                self._signal(signal.SIGTERM)
+            self.client = None
+        gone = self._ssh('for i in $(seq 30); do kill -0 "$(cat "%s")" 2>/dev/null || { echo gone; exit 0; }; '
+                         'sleep 1; done; kill -9 "$(cat "%s")"' % (self.pidfile, self.pidfile), check=False).stdout
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+            self.proc = None
+        self._logf.close()
+        return "gone" in gone

@@ -119,13 +119,78 @@ def test_alice_logs_in_with_the_card_in_her_seat_session(provisioned):
     assert piv_card.counters(vm.card_dir)["sign"] == sign0 + 1
 
 
-def test_bob_over_ssh_reaches_the_card_per_the_polkit_rule(provisioned):
-    """bob is not at the seat; Debian 12's pcscd (1.9.9) is built without polkit: any local user reaches it (on
-    Debian 13, pcsc-lite 2.x asks polkit and our rule names alice only)."""
+@pytest.mark.vm_states
+def test_firefox_logs_in_with_the_card_in_alices_seat_session(provisioned, tmp_path):
+    """Firefox ESR itself, started inside alice's seat session (seat0, active) on her X display, on her profile as
+    site.yml provisioned it: the test page asks for a client certificate, Firefox picks the card's by itself, asks for
+    the PIN with its own prompt (typed from chrome context), and the page shows the holder. The server's record and
+    the card's own counters say the certificate and the signature came from the card in the USB reader."""
+    from lab.testpage import read_log
+    from tests.support.firefox import LIST_MODULES, TYPE_PIN_INTO_PROMPT, SeatFirefox
+
     vm = provisioned
-    out = vm.sh("pkcs11-tool --module %s -L 2>&1" % OPENSC, user="bob", check=False)
-    assert out.returncode == 0 and piv_card.HOLDER in out.stdout, out.stdout
+    vm.wait_reader(want_card=True)
+    profile = vm.sh("sed -n 's|^Path=||p' /home/alice/.mozilla/firefox/profiles.ini | head -1", user="alice")
+    profile = "/home/alice/.mozilla/firefox/" + profile.stdout.strip()
+    before = piv_card.counters(vm.card_dir)
+    url = vm.m["testpage"]["url"]
+    t0 = time.monotonic()
+    with SeatFirefox(vm.m, profile, "alice", log=str(tmp_path / "firefox.log"),
+                     extra_prefs={"security.default_personal_cert": "Select Automatically"}) as ff:
+        sid = vm.sh("cat /home/alice/.tokentrust-seat/session").stdout.strip()
+        assert ff.session_of_firefox() == sid  # Firefox is a process of her seat session
+        c = ff.client
+        c.delete_session()
+        c.start_session({"unhandledPromptBehavior": "ignore"})  # the token prompt is ours to answer
+        with c.using_context("chrome"):
+            modules = c.execute_script(LIST_MODULES)
+            c.execute_script(TYPE_PIN_INTO_PROMPT, script_args=[piv_card.DEFAULT_PIN, 1])  # a second would be wrong
+        assert [m for m in modules if m[1] == OPENSC and piv_card.HOLDER in m[2]], modules  # our role registered it
+        c.timeout.page_load = 180
+        c.navigate(url)
+        holder = c.execute_script("const e = document.getElementById('holder'); return e ? e.textContent : null")
+        status = c.execute_script("const e = document.getElementById('status'); "
+                                  "return e ? e.getAttribute('data-status') : null")
+        with c.using_context("chrome"):
+            prompt = c.execute_script("return Services.prefs.getStringPref('tokentrust.test.prompt', '')")
+            prompts = c.execute_script("return Services.prefs.getIntPref('tokentrust.test.prompts', 0)")
+    seconds = round(time.monotonic() - t0, 1)
+    assert (holder, status) == (piv_card.HOLDER, "valid"), (holder, status, c.get_url() if c else None)
+    assert prompts == 1 and piv_card.HOLDER in prompt, prompt
+    valid = [e for e in read_log(vm.m["testpage"]["log"]) if e.get("status") == "valid"]
+    assert valid and valid[-1]["holder"] == piv_card.HOLDER, valid[-1:]
+    after = piv_card.counters(vm.card_dir)
+    assert after["sign"] > before["sign"] and after["pin_tries_left"] == after["pin_tries_max"], (before, after)
+    _times(firefox_seat_login_seconds=seconds)
+
+
+def test_bob_over_ssh_reaches_the_card_per_the_polkit_rule(provisioned):
+    """bob is not at the seat (no logind session of his). Debian 12's pcscd (1.9.9) is built without polkit: any local
+    user reaches it. Debian 13's pcsc-lite 2.x asks polkit: Debian's own policy lets the active seat session in
+    (alice) and refuses bob (the inventory names no one: the negative control), until our rule names him
+    (token_middleware_linux_polkit_users, the role's polkit task only); the role's own check then says so too."""
+    vm = provisioned
     assert vm.sh("loginctl list-sessions --no-legend | grep -c ' bob ' || true").stdout.strip() == "0"
+
+    def bob():
+        return vm.sh("pkcs11-tool --module %s -L 2>&1" % OPENSC, user="bob", check=False)
+
+    if vm.m["suite"] == "bookworm":
+        out = bob()
+        assert out.returncode == 0 and piv_card.HOLDER in out.stdout, out.stdout
+        return
+    vm.wait_reader(want_card=True)
+    refused = bob()
+    assert piv_card.HOLDER not in refused.stdout, refused.stdout
+    seat = vm.seat("pkcs11-tool --module %s -L 2>&1" % OPENSC)
+    assert seat.returncode == 0 and piv_card.HOLDER in seat.stdout, seat.stdout  # the active seat session: allowed
+    run = vm.playbook("site.yml", "--tags", "token_middleware_linux:polkit",
+                      "-e", json.dumps({"token_middleware_linux_polkit_users": ["bob"]}))
+    assert run.returncode == 0 and recap(run.stdout)[vm.name]["changed"] >= 1, run.stdout[-4000:]
+    rule = vm.sh("cat /etc/polkit-1/rules.d/*tokentrust*").stdout
+    assert '"bob"' in rule and '"alice"' not in rule, rule
+    allowed = bob()
+    assert allowed.returncode == 0 and piv_card.HOLDER in allowed.stdout, allowed.stdout
 
 
 @pytest.mark.vm_states
@@ -133,7 +198,8 @@ def test_card_pulled_during_the_login(provisioned, tmp_path):
     vm = provisioned
     vm.wait_reader(want_card=True)
     before = piv_card.counters(vm.card_dir)
-    piv_card.set_delay(vm.card_dir, piv_card.INS["general_authenticate"], seconds=60)
+    # the login's signature (keys 9A/9C): Debian 13's OpenSC probes the 9B admin key with GENERAL AUTHENTICATE first
+    piv_card.set_delay(vm.card_dir, piv_card.INS["general_authenticate"], seconds=60, p2=(0x9A, 0x9C))
     out = {}
     try:
         t = threading.Thread(target=lambda: out.update(zip(("run", "saved"), vm.verify(tmp_path / "out"))))
