@@ -309,3 +309,39 @@ def test_probe_constants_are_microsofts_documented_values():
                 entries[psshape._unwrap(kids[0]).text.decode()] = psshape._unwrap(kids[-1]).text.decode().strip("'\"")  # noqa: SLF001
         pairs[entries["who"]] = entries["key"]
     assert {k: v.upper() for k, v in pairs.items()} == {"admins": ESC_ADMINS.upper(), "users": ESC_USERS.upper()}
+
+
+def _documentation(path):
+    import ast  # noqa: PLC0415
+
+    for node in ast.parse(open(path, encoding="utf-8").read()).body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "DOCUMENTATION":
+            return yaml.safe_load(node.value.value)
+    raise AssertionError(f"{path}: no DOCUMENTATION")
+
+
+_PS_DEFAULTS = {"@()": [], "$true": True, "$false": False, None: None}
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n != "language_mode.ps1"])
+def test_each_module_documents_its_argument_spec_and_supports_check_mode(name):
+    """The documentation sidecar (library/win_tokentrust_<probe>.py, what ansible-doc renders) says what the
+    module's `$spec` declares: same options, types, elements, required and defaults."""
+    path = probes.shipped()[name]
+    text = probes.read(path)
+    assert "#AnsibleRequires -CSharpUtil Ansible.Basic" in text
+    assert "[Ansible.Basic.AnsibleModule]::Create($args, $spec)" in text and "$module.ExitJson()" in text
+    assert re.search(r"(?m)^\s+supports_check_mode = \$true$", text)
+    doc = _documentation(path[:-4] + ".py")
+    assert doc["module"] == os.path.basename(path)[:-4]
+    spec = psshape.module_options(text)
+    documented = doc.get("options") or {}
+    assert sorted(documented) == sorted(spec)
+    for opt, s in spec.items():
+        d = documented[opt]
+        assert d.get("type", "str") == s["type"], opt
+        assert d.get("elements", "") == s["elements"], opt
+        assert bool(d.get("required")) == s["required"], opt
+        assert d.get("default") == _PS_DEFAULTS[s["default"]], opt
+    # every option reaches the probe's statements through a `$Var = $module.Params.option` binding
+    assert sorted(psshape.module_bindings(text)) == sorted(spec)
