@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: tokentrust contributors. GNU General Public License v3.0+
-# Documentation only: the module is win_tokentrust_firefox_probe.ps1 next to this file (a PowerShell module, Ansible.Basic).
+# Documentation only: the module is win_tokentrust_firefox_probe.ps1 next to this file
+# (a PowerShell module, Ansible.Basic).
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -9,10 +10,10 @@ DOCUMENTATION = r"""
 module: win_tokentrust_firefox_probe
 short_description: Find Firefox installs, gclib.dll candidates, Firefox Group Policy and policies.json files (read-only)
 description:
-  - Finds the Firefox installs (given folders, Mozilla's registry keys of both views and of each loaded user hive,
-    per-profile installs, the Microsoft Store build) with their architecture from the PE header, the given gclib.dll
-    candidates, the Firefox Group Policy registry of the machine and of each loaded user hive (every subkey), and
-    each install's distribution\\policies.json.
+  - Finds the Firefox installs (given folders, Mozilla's registry keys of both views and of each loaded
+    user hive, per-profile installs, the Microsoft Store build) with their architecture from the PE header,
+    the given gclib.dll candidates, the Firefox Group Policy registry of the machine and of each loaded
+    user hive (every subkey), and each install's distribution\\policies.json.
 version_added: "1.1.0"
 author:
   - tokentrust contributors (!UNKNOWN)
@@ -47,7 +48,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 installs:
-  description: C(path), C(dir), C(exists), C(machine) (PE machine type), C(version), C(kind) (machine, user, store).
+  description: C(path), C(dir), C(exists), C(machine) (PE machine type), C(version), C(kind) (machine,
+    user, store).
   returned: success
   type: list
   elements: dict

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: tokentrust contributors. GNU General Public License v3.0+
-# Documentation only: the module is win_tokentrust_ie_zones_probe.ps1 next to this file (a PowerShell module, Ansible.Basic).
+# Documentation only: the module is win_tokentrust_ie_zones_probe.ps1 next to this file
+# (a PowerShell module, Ansible.Basic).
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -9,9 +10,9 @@ DOCUMENTATION = r"""
 module: win_tokentrust_ie_zones_probe
 short_description: Read what decides the Internet Explorer zone of sites (read-only)
 description:
-  - Finds the Group Policy files (local and cached domain GPOs) that own the Site to Zone Assignment List, whether
-    IE Enhanced Security Configuration is on for administrators and users, and the zone Windows maps each URL to (MapUrlToZone)
-    for the connecting account.
+  - Finds the Group Policy files (local and cached domain GPOs) that own the Site to Zone Assignment List,
+    whether IE Enhanced Security Configuration is on for administrators and users, and the zone Windows
+    maps each URL to (MapUrlToZone) for the connecting account.
 version_added: "1.1.0"
 author:
   - tokentrust contributors (!UNKNOWN)

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: tokentrust contributors. GNU General Public License v3.0+
-# Documentation only: the module is win_tokentrust_private_dir_create.ps1 next to this file (a PowerShell module, Ansible.Basic).
+# Documentation only: the module is win_tokentrust_private_dir_create.ps1 next to this file
+# (a PowerShell module, Ansible.Basic).
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -9,11 +10,11 @@ DOCUMENTATION = r"""
 module: win_tokentrust_private_dir_create
 short_description: Create an admin-only folder with its final ACL, or bring an existing one to it
 description:
-  - 'Creates the folder WITH its final ACL in the same call (it never exists with the ACL it would inherit), or replaces
-    an existing folder''s ACL: protected DACL, full control for Administrators (S-1-5-32-544) and SYSTEM (S-1-5-18),
-    read for O(read_sids), owner Administrators.'
-  - 'A folder that exists although the caller''s probe found it missing (O(existed) false) was made by someone else
-    in between: the module fails and changes nothing.'
+  - 'Creates the folder WITH its final ACL in the same call (it never exists with the ACL it would inherit),
+    or replaces an existing folder''s ACL: protected DACL, full control for Administrators (S-1-5-32-544)
+    and SYSTEM (S-1-5-18), read for O(read_sids), owner Administrators.'
+  - 'A folder that exists although the caller''s probe found it missing (O(existed) false) was made by someone
+    else in between: the module fails and changes nothing.'
 version_added: "1.1.0"
 author:
   - tokentrust contributors (!UNKNOWN)

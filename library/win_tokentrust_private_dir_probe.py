@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: tokentrust contributors. GNU General Public License v3.0+
-# Documentation only: the module is win_tokentrust_private_dir_probe.ps1 next to this file (a PowerShell module, Ansible.Basic).
+# Documentation only: the module is win_tokentrust_private_dir_probe.ps1 next to this file
+# (a PowerShell module, Ansible.Basic).
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -9,8 +10,8 @@ DOCUMENTATION = r"""
 module: win_tokentrust_private_dir_probe
 short_description: Read kind and owner SID of folders (read-only)
 description:
-  - 'For each path: whether it exists, is a folder, is a reparse point, and its owner as a SID (account names are
-    localized) with the translated name.'
+  - 'For each path: whether it exists, is a folder, is a reparse point, and its owner as a SID (account
+    names are localized) with the translated name.'
 version_added: "1.1.0"
 author:
   - tokentrust contributors (!UNKNOWN)

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: tokentrust contributors. GNU General Public License v3.0+
-# Documentation only: the module is win_tokentrust_token_probe.ps1 next to this file (a PowerShell module, Ansible.Basic).
+# Documentation only: the module is win_tokentrust_token_probe.ps1 next to this file
+# (a PowerShell module, Ansible.Basic).
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -10,8 +11,9 @@ module: win_tokentrust_token_probe
 short_description: Read the smart card side of a Windows host, without PIN (read-only)
 description:
   - Reads the Smart Card service, Certificate Propagation and its Group Policy, the Smart Card Device Enumeration
-    service, whether the host is an RDS session host, the readers Windows enumerated (PnP), the cards in them with
-    their ATR (WinSCard, system scope) and the minidrivers registered for card ATRs (Calais, both registry views).
+    service, whether the host is an RDS session host, the readers Windows enumerated (PnP), the cards in
+    them with their ATR (WinSCard, system scope) and the minidrivers registered for card ATRs (Calais, both
+    registry views).
   - 'Never opens the card with a PIN: over WinRM there is no desktop for the PIN dialog.'
 version_added: "1.1.0"
 author:

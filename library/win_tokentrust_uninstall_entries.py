@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: tokentrust contributors. GNU General Public License v3.0+
-# Documentation only: the module is win_tokentrust_uninstall_entries.ps1 next to this file (a PowerShell module, Ansible.Basic).
+# Documentation only: the module is win_tokentrust_uninstall_entries.ps1 next to this file
+# (a PowerShell module, Ansible.Basic).
 from __future__ import annotations
 
 DOCUMENTATION = r"""

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: tokentrust contributors. GNU General Public License v3.0+
-# Documentation only: the module is win_tokentrust_user_profiles.ps1 next to this file (a PowerShell module, Ansible.Basic).
+# Documentation only: the module is win_tokentrust_user_profiles.ps1 next to this file
+# (a PowerShell module, Ansible.Basic).
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -9,8 +10,8 @@ DOCUMENTATION = r"""
 module: win_tokentrust_user_profiles
 short_description: List the user profiles of a Windows host (read-only)
 description:
-  - Lists ProfileList with each profile's path, whether its hive is loaded and whether its NTUSER.DAT exists, the
-    connecting account's SID and the Default profile.
+  - Lists ProfileList with each profile's path, whether its hive is loaded and whether its NTUSER.DAT exists,
+    the connecting account's SID and the Default profile.
 version_added: "1.1.0"
 author:
   - tokentrust contributors (!UNKNOWN)

@@ -178,8 +178,8 @@ _NAMES = re.compile(r"(?i)\b(BUILTIN|NT AUTHORITY|AUTORITE NT)\\|\bCREATOR OWNER
 
 
 def _our_files():
-    pats = ["roles/**/*.yml", "roles/**/*.ps1", "library/*.ps1", "module_utils/*.py", "filter_plugins/*.py", "playbooks/*.yml",
-            "inventories/example/**/*.yml"]
+    pats = ["roles/**/*.yml", "roles/**/*.ps1", "library/*.ps1", "module_utils/*.py", "filter_plugins/*.py",
+            "playbooks/*.yml", "inventories/example/**/*.yml"]
     for pat in pats:
         yield from sorted(glob.glob(os.path.join(ROOT, pat), recursive=True))
 
@@ -213,7 +213,8 @@ def test_acl_and_owner_users_are_sids():
             for value, _loop in _values(tasks, module, "user"):
                 seen += 1
                 assert sid.match(value) or value == "{{ item.sid }}", (path, value)
-    assert seen == 1  # win_owner of windows_private_dir; the ACL itself is set by win_tokentrust_private_dir_create, by SID
+    # win_owner of windows_private_dir; the ACL itself is set by win_tokentrust_private_dir_create, by SID
+    assert seen == 1
     for path in glob.glob(os.path.join(ROOT, "roles", "*", "defaults", "main.yml")):
         with open(path, encoding="utf-8") as f:
             d = yaml.safe_load(f) or {}

@@ -579,7 +579,8 @@ def module_options(text):
             for a in _descendants(inner):
                 if a.type == "hash_entry" and _enclosing_hash(a) == inner:
                     attrs[_unwrap(_named(a)[0]).text.decode()] = _unwrap(_named(a)[-1]).text.decode()
-            out[name] = {"type": attrs.get("type", "'str'").strip("'\""), "elements": attrs.get("elements", "").strip("'\""),
+            out[name] = {"type": attrs.get("type", "'str'").strip("'\""),
+                         "elements": attrs.get("elements", "").strip("'\""),
                          "default": attrs.get("default"), "required": attrs.get("required", "$false") == "$true",
                          "choices": attrs.get("choices")}
     return out
