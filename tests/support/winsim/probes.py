@@ -1,11 +1,13 @@
-"""The PowerShell probes we ship, the win_powershell tasks that run them, and what the roles read of them.
+"""The PowerShell probes we ship (our modules library/win_tokentrust_<probe>.ps1, and the win_powershell body
+roles/windows_preflight/files/language_mode.ps1), the tasks that run them, and what the roles read of them.
 
 `problems(roles)` is the check tests/unit/test_windows_probes.py runs (and runs again on mutated copies):
-each probe parses with tree-sitter-powershell; the shape of its `$Ansible.Result` (psshape) fits in the
-`depth` of every task that runs it; the task's `parameters` are declared in its param() block; every
-`<register>.result.<key>...` a role's YAML reads, and every key our Python reads of it (module_utils, run on
-the MOCK host's answer after the task's depth was applied), is one the probe emits; the MOCK's answer has
-exactly the keys the probe emits.
+each probe parses with tree-sitter-powershell; for a win_powershell body, the shape of its `$Ansible.Result`
+(psshape) fits in the `depth` of every task that runs it and the task's `parameters` are declared in its param()
+block; for a module, the task's options are in its `$spec`; every key a role's YAML reads
+(`<register>.<key>` of a module, `<register>.result.<key>` of a body), and every key our Python reads of it
+(plugin_utils, run on the MOCK host's answer, after the task's depth for a body), is one the probe emits; the MOCK's
+answer has exactly the keys the probe emits.
 """
 from __future__ import annotations
 

@@ -14,8 +14,11 @@ win_certificate_store maps only CertificateAuthority -> CA and fails on a store 
 
 The host speaks FRENCH (state["accounts"]: BUILTIN\\Administrateurs, AUTORITE NT\\Système, ...): win_stat
 reports owners by their localized name; win_acl and win_owner resolve `user` as ansible-core's
-Ansible.ModuleUtils.SID (Convert-ToSID) does, so a SID passes and an English name fails. win_powershell
-answers only the probes we ship (roles/*/files/*.ps1, the script text must be one of them), parses each
+Ansible.ModuleUtils.SID (Convert-ToSID) does, so a SID passes and an English name fails. Our own PowerShell
+modules (win_tokentrust_*, the probes) are answered from their source, library/win_tokentrust_<probe>.ps1
+(`_our_module`): args checked against its `$spec`, its statements and `$module.Result.<key>` keys followed, and
+an unsigned one refused in Constrained Language mode. win_powershell
+answers only the bodies we ship (roles/*/files/*.ps1, the script text must be one of them), parses each
 with tree-sitter-powershell, refuses parameters its param() block does not declare, checks its own
 answer against the shape derived from the probe's tree, and applies Convert-OutputObject's `depth` rule
 (default 2) to it, as ansible.windows' win_powershell.ps1 does. win_package returns the exit code the
