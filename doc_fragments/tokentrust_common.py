@@ -3,6 +3,8 @@
 
 `tokentrust_common` (DOCUMENTATION): a module that changes POSIX hosts, full check and diff mode.
 `tokentrust_common.info`: a module that only reads (check mode full, no diff).
+`tokentrust_common.windows_info`: a PowerShell module of ours that only reads a Windows host (the probes).
+`tokentrust_common.windows`: a PowerShell module of ours that changes a Windows host (check mode full, no diff).
 `tokentrust_common.profiles`: the profile search options (firefox_profiles_info, nss_provision).
 `tokentrust_common.token`: which token (pkcs11_token_login, pkcs11_pin).
 Both go with `ansible.builtin.action_common_attributes` (which describes the attributes); a module that says more
@@ -30,6 +32,27 @@ attributes:
   check_mode:
     support: full
     details: The module never changes anything.
+  diff_mode:
+    support: none
+"""
+
+    WINDOWS_INFO = r"""
+attributes:
+  platform:
+    platforms: windows
+  check_mode:
+    support: full
+    details: The module never changes anything.
+  diff_mode:
+    support: none
+"""
+
+    WINDOWS = r"""
+attributes:
+  platform:
+    platforms: windows
+  check_mode:
+    support: full
   diff_mode:
     support: none
 """

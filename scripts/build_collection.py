@@ -5,6 +5,7 @@ The repository keeps the layout of the design (ansible.cfg, playbooks/, roles/, 
 filter_plugins/ at the top) and stays the one source; the collection tree is generated:
 
   library/*.py          -> plugins/modules/        imports rewritten, EXAMPLES by FQCN
+  library/*.ps1         -> plugins/modules/        our PowerShell modules (the .py of the same name documents them)
   module_utils/**       -> plugins/module_utils/   `ansible.module_utils.tokentrust_*` imports rewritten
   filter_plugins/*.py   -> plugins/filter/         the repository-layout import block replaced by collection imports
   callback_plugins/*.py -> plugins/callback/       the same
@@ -239,6 +240,9 @@ def assemble(out):
     os.makedirs(os.path.join(plugins, "modules"))
     for m in rw.modules:
         shutil.copy2(os.path.join(ROOT, "library", m + ".py"), os.path.join(plugins, "modules", m + ".py"))
+        ps1 = os.path.join(ROOT, "library", m + ".ps1")
+        if os.path.exists(ps1):  # a PowerShell module of ours: the .py next to it is its documentation only
+            shutil.copy2(ps1, os.path.join(plugins, "modules", m + ".ps1"))
     _copytree(os.path.join(ROOT, "module_utils"), os.path.join(plugins, "module_utils"))
     _copytree(os.path.join(ROOT, "filter_plugins"), os.path.join(plugins, "filter"))
     shutil.copytree(os.path.join(ROOT, "plugin_utils"), os.path.join(plugins, "plugin_utils"),

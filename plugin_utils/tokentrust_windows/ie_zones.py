@@ -138,7 +138,7 @@ def ie_plan(mode, sites=DEFAULT_TRUSTED_SITES, zones=(2, 3), scheme="https", use
     lists. `machine_policy=False` leaves the machine policy out (per-user settings only).
     `domains` / `psl` pick the ZoneMap\\Domains key of a site (zonemap_domain); psl "system" loads
     the Public Suffix List of the controller.
-    `zonemap_gpo`: a Group Policy owns the Site to Zone Assignment List (files/ie_zones_probe.ps1 found it
+    `zonemap_gpo`: a Group Policy owns the Site to Zone Assignment List (win_tokentrust_ie_zones_probe found it
     in a Registry.pol): its list is rewritten whole at each refresh, so nothing is written there (see
     ie_gpo_advice for the values to add to that GPO).
     """
@@ -191,7 +191,7 @@ def ie_gpo_advice(sites, scheme="https", gpo_sources=()):
 
 
 def ie_checks(urls, probe, per_user=False, machine_policy=True, role="windows_ie_zones"):
-    """The zone Windows applies to each URL (MapUrlToZone, from files/ie_zones_probe.ps1), and IE Enhanced
+    """The zone Windows applies to each URL (MapUrlToZone, from win_tokentrust_ie_zones_probe), and IE Enhanced
     Security Configuration when the sites were written per user (ESC ignores per-user zone keys)."""
     probe = probe or {}
     zones = probe.get("zones") or {}
@@ -245,7 +245,7 @@ def _ie_user_entries(mode, hosts, zones, scheme, user, domains=None, psl=None):
 
 
 def ie_users(profiles, include_default=True, exclude_sids=(), default_profile=None):
-    """User profiles from files/user_profiles.ps1 ({sid, profile_path, loaded, ntuser_exists}) that get
+    """User profiles from win_tokentrust_user_profiles ({sid, profile_path, loaded, ntuser_exists}) that get
     per-user settings. A hive that is not loaded is only used when its NTUSER.DAT exists (stale ProfileList
     entries, FSLogix / User Profile Disk profiles have none there). The Default profile is ProfileList's
     `Default` (`default_profile` {path, ntuser_exists}), not a hard-coded C:\\Users\\Default."""

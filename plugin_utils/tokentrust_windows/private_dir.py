@@ -57,7 +57,7 @@ def private_chain(path):
 
 
 def private_dir_problems(folders, owners=ADMIN_SIDS):
-    """Why folders of the chain cannot be trusted, from files/private_dir_probe.ps1's `folders` (owner read
+    """Why folders of the chain cannot be trusted, from win_tokentrust_private_dir_probe's `folders` (owner read
     as a SID); empty list: all fine."""
     ok = {_sid(o, "windows_private_dir_owners") for o in owners or ()}
     allowed = " or ".join(f"{o} ({WELL_KNOWN_SIDS[o]})" if o in WELL_KNOWN_SIDS else o for o in sorted(ok))

@@ -56,7 +56,7 @@ def check_registry(entries, observed, role=""):
 
 
 # ---------------------------------------------------------------------------------------------
-# the key, as far as a WinRM session can see it (role windows_verify, files/token_probe.ps1)
+# the key, as far as a WinRM session can see it (role windows_verify, win_tokentrust_token_probe)
 # ---------------------------------------------------------------------------------------------
 SCARD_ERRORS = {0x8010001D: "SCARD_E_NO_SERVICE", 0x8010002E: "SCARD_E_NO_READERS_AVAILABLE",
                 0x8010000A: "SCARD_E_TIMEOUT", 0x80100017: "SCARD_E_READER_UNAVAILABLE",

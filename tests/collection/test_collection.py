@@ -66,6 +66,9 @@ def test_tarball_holds_every_module_role_and_the_filters(built):
         assert info["version"] == yaml.safe_load(f)["version"]
     for m in REPO_MODULES:
         assert f"plugins/modules/{m}.py" in names
+        if os.path.exists(os.path.join(ROOT, "library", m + ".ps1")):  # our PowerShell modules: .ps1 + docs .py
+            assert f"plugins/modules/{m}.ps1" in names, m
+    assert sum(n.endswith(".ps1") for n in names if n.startswith("plugins/modules/")) == 8
     for r in REPO_ROLES:
         assert f"roles/{r}/tasks/main.yml" in names or f"roles/{r}/tasks" in names, r
     assert "plugins/filter/tokentrust.py" in names

@@ -57,8 +57,8 @@ def test_french_windows_runs_clean_then_changes_nothing(tmp_path, cas):
     # every account the modules were given is a SID (a French host has no BUILTIN\Administrators)
     users = {c["args"]["user"] for c in host.calls() if c["module"] in ("win_acl", "win_owner")}
     assert users == {ADMINS}
-    readers = {s for c in host.calls("win_powershell") for s in (c["args"].get("parameters") or {}).get("ReadSids", [])}
-    assert readers == {USERS}  # the ACL itself is built by private_dir_create.ps1 from SIDs
+    readers = {s for c in host.calls("win_tokentrust_private_dir_create") for s in c["args"].get("read_sids") or []}
+    assert readers == {USERS}  # the ACL itself is built by win_tokentrust_private_dir_create from SIDs
     tt = {k: v for k, v in s["dirs"].items() if k.startswith("c:\\programdata\\tokentrust")}
     assert sorted(tt) == ["c:\\programdata\\tokentrust", "c:\\programdata\\tokentrust\\cache",
                           "c:\\programdata\\tokentrust\\certs", "c:\\programdata\\tokentrust\\staging"]
@@ -81,8 +81,10 @@ def test_french_windows_runs_clean_then_changes_nothing(tmp_path, cas):
                      ("win_reboot", None)], order  # UAC off, removal (3010), reboot, install, UAC back on
     assert s["reboots"] == 3  # UAC off, the removal's 3010, UAC back on
     assert s["services"]["CertPropSvc"] == {"start_mode": "auto", "state": "started"}
-    ps = host.calls("win_powershell")
+    ps = host.calls("win_powershell")  # the preflight's body only: every probe is a module of ours
     assert ps and all("depth" in c["args"] for c in ps)
+    assert {c["module"] for c in host.calls() if c["module"].startswith("win_tokentrust_")} >= {
+        "win_tokentrust_private_dir_probe", "win_tokentrust_private_dir_create", "win_tokentrust_token_probe"}
     assert "windows_verify : Fail when a check failed" not in p.stdout
     assert "checks passed" in p.stdout and "; failed:" not in p.stdout
     host.clear_calls()
@@ -115,14 +117,15 @@ def test_the_admin_folder_is_never_made_with_the_inherited_acl(tmp_path, cas):
     p = host.role("windows_trust_store", extra_vars={"tokentrust_ca_set": cas})
     assert p.returncode == 0, p.stdout[-3000:]
     assert [c for c in host.calls("win_file") if c["args"].get("state") == "directory"] == []
-    made = [c["args"]["parameters"]["Path"] for c in host.calls("win_powershell")
-            if "Path" in (c["args"].get("parameters") or {})]
+    made = [c["args"]["path"] for c in host.calls("win_tokentrust_private_dir_create")]
     assert made == ["C:\\ProgramData\\tokentrust", "C:\\ProgramData\\tokentrust\\staging"]
 
 
 def _roles_copy(tmp_path):
+    """roles/ and library/ (our modules) copied side by side: the MOCK host reads the modules next to the roles."""
     roles = str(tmp_path / "roles")
     shutil.copytree(probes.ROLES, roles)
+    shutil.copytree(probes.library_of(probes.ROLES), probes.library_of(roles))
     return roles
 
 
@@ -135,23 +138,25 @@ def _edit(path, old, new):
 
 
 @pytest.mark.parametrize("mutation,message", [
-    ("body", "winsim MOCK: token_probe.ps1: not valid PowerShell (tree-sitter-powershell): syntax error"),
-    ("deeper", "winsim MOCK: token_probe.ps1: its answer does not match what the probe emits: result.deeper"),
-    ("depth", "'str' object has no attribute 'get'"),
+    ("body", "winsim MOCK: win_tokentrust_token_probe: not valid PowerShell (tree-sitter-powershell): syntax error"),
+    ("deeper", "winsim MOCK: win_tokentrust_token_probe: its answer does not match what the module emits: "
+               "result.deeper"),
+    ("option", "win_tokentrust_token_probe: Unsupported parameters for module: depth"),
 ])
-def test_mutation_a_broken_probe_or_depth_fails_the_role_on_the_mock(tmp_path, cas, mutation, message):
-    """Why 4: the MOCK now runs what it can of the probe (grammar, shape, parameters, depth)."""
+def test_mutation_a_broken_probe_or_option_fails_the_role_on_the_mock(tmp_path, cas, mutation, message):
+    """Why 4: the MOCK runs what it can of the probe module (grammar, shape, argument spec)."""
     roles = _roles_copy(tmp_path)
-    probe = os.path.join(roles, "windows_verify", "files", "token_probe.ps1")
+    probe = os.path.join(probes.library_of(roles), "win_tokentrust_token_probe.ps1")
     if mutation == "body":
         with open(probe, encoding="utf-8") as f:
             first = f.readline()
         with open(probe, "w", encoding="utf-8") as f:
             f.write(first + 'readers = [r for r in scard if r.present}\n')
     elif mutation == "deeper":
-        _edit(probe, "$Ansible.Result = @{", "$Ansible.Result = @{ deeper = @{ a = @{ b = 1 } }\n   ")
-    else:
-        _edit(os.path.join(roles, "windows_verify", "tasks", "main.yml"), "    depth: 3\n", "")
+        _edit(probe, "$module.ExitJson()", "$module.Result.deeper = @{ a = @{ b = 1 } }\n$module.ExitJson()")
+    else:  # what a task written for win_powershell would still pass
+        _edit(os.path.join(roles, "windows_verify", "tasks", "main.yml"), "  win_tokentrust_token_probe: {}",
+              "  win_tokentrust_token_probe: {depth: 3}")
     host = _french_host(tmp_path, roles=roles)
     p, _ = host.run(["windows_verify"], {}, facts=["tokentrust_windows_report"])
     assert p.returncode != 0

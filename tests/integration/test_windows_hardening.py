@@ -49,16 +49,24 @@ def test_a_host_in_constrained_language_mode_stops_at_the_first_role(tmp_path, c
     out = " ".join(p.stdout.split())
     assert "runs in Constrained Language mode (App Control for Business/WDAC or AppLocker)" in out
     assert "New-AnsiblePowerShellSignature.ps1" in out and "Nothing was changed on this host" in out
-    assert 'section "Hosts under App Control (WDAC) or AppLocker"' in out
-    # the first role's first call, and nothing else reached the host
+    assert 'section "Hosts with App Control (WDAC) or AppLocker"' in out
+    assert "-Collection ansible.builtin, ansible.windows, tokentrust.workstation" in out
+    # the first role's first calls (the language mode, then one read-only module of ours that cannot start
+    # unsigned), and nothing else reached the host
     assert [(c["module"], "language_mode" in c["args"].get("script", "")) for c in host.calls()] == [
-        ("win_powershell", True)]
+        ("win_powershell", True), ("win_tokentrust_logged_on_users", False)]
     _unchanged(before, host.load())
-    # the same host in Full Language mode goes past it
+    # the same host with our modules signed (in the manifest Ansible checks) goes past it, still in CLM
     s = host.load()
-    s["language_mode"] = "FullLanguage"
+    s["signed_modules"] = True
     host.save(s)
     assert host.role("windows_trust_store", extra_vars={"tokentrust_ca_set": cas}).returncode == 0
+    # and so does a host in Full Language mode, without even trying a module
+    s = host.load()
+    s.update(language_mode="FullLanguage", signed_modules=False, calls=[])
+    host.save(s)
+    assert host.role("windows_trust_store", extra_vars={"tokentrust_ca_set": cas}).returncode == 0
+    assert not host.calls("win_tokentrust_logged_on_users")
 
 
 def test_an_existing_private_folder_gets_the_exact_protected_acl(tmp_path, cas):

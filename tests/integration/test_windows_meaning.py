@@ -1,7 +1,7 @@
 """Windows tests that check what a probe or a task MEANS, not only its shape (issue 28, item 2).
 
 Each test here kills a mutation of tests/mutations/windows.py (run `python -m tests.mutations.windows`): the
-registry TYPE of the UAC values, the exact ACL private_dir_create.ps1 builds (the MOCK derives it from the
+registry TYPE of the UAC values, the exact ACL win_tokentrust_private_dir_create builds (the MOCK derives it from the
 script's statements, tests/support/winsim/statements.py), a legacy product registered in the 32-bit view
 only, and UAC values that were absent before the window and must be absent after it. The Windows host is a
 MOCK (tests/support/winsim): no Windows runs here.
@@ -81,13 +81,11 @@ def test_uac_restore_deletes_the_values_that_were_absent(tmp_path, cas):
 def test_private_dir_create_makes_the_exact_protected_acl(tmp_path):
     """The folder is made with its final ACL: protected (nothing from ProgramData), exactly Administrators and
     SYSTEM full control and the readers READ, owner Administrators. The MOCK builds the ACL from
-    private_dir_create.ps1's own statements, so a script that keeps inheritance or gives more rights gets
+    win_tokentrust_private_dir_create.ps1's own statements, so a script that keeps inheritance or gives more rights gets
     that ACL here."""
     host = Host(tmp_path)
     path = "C:\\ProgramData\\tokentrust"
-    task = {"name": "create", "ansible.windows.win_powershell": {
-        "script": probes.read(probes.shipped()["private_dir_create.ps1"]),
-        "parameters": {"Path": path, "ReadSids": [USERS]}, "depth": 1}}
+    task = {"name": "create", "win_tokentrust_private_dir_create": {"path": path, "read_sids": [USERS]}}
     p = host.play([task])
     assert p.returncode == 0, p.stdout[-3000:]
     d = host.load()["dirs"][path.casefold()]

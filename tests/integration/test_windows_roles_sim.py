@@ -67,7 +67,7 @@ GCLIB64 = "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll"
 
 
 def firefox_probe(version="128.5.0", gpo=None, policies_json=None):
-    """MOCK of roles/windows_firefox_policies/files/firefox_probe.ps1 output: 64-bit Firefox and Classic Client."""
+    """MOCK of library/win_tokentrust_firefox_probe.ps1 output: 64-bit Firefox and Classic Client."""
     return {"installs": [{"path": FIREFOX + "\\firefox.exe", "dir": FIREFOX, "exists": True, "machine": 34404,
                           "version": version, "kind": "machine"}],
             "gclib": [{"path": GCLIB64, "exists": True, "machine": 34404, "version": "10.8.0.0"}],
@@ -126,7 +126,7 @@ TOKEN_ATR = "3BFF9600008131FE4380318065B0846566FB120177829000F7"
 
 
 def token_probe(present=True):
-    """MOCK of roles/windows_verify/files/token_probe.ps1 output (made-up IDPrime-like ATR)."""
+    """MOCK of library/win_tokentrust_token_probe.ps1 output (made-up IDPrime-like ATR)."""
     return {"service": {"exists": True, "status": "Running", "start_type": "Manual"},
             "certprop": {"exists": True, "status": "Running", "start_type": "Automatic"}, "rds_session_host": False,
             "certprop_policy": {"enabled": None},

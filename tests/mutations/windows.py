@@ -25,7 +25,7 @@ MEANING = "tests/integration/test_windows_meaning.py"
 # name: (file, old text, new text, [pytest node ids that must go red])
 MUTATIONS = {
     "certprop_raw_enums": (
-        "roles/windows_verify/files/token_probe.ps1",
+        "library/win_tokentrust_token_probe.ps1",
         '$certprop = if ($cp) { @{ exists = $true; status = "$($cp.Status)"; start_type = "$($cp.StartType)" } }',
         "$certprop = if ($cp) { @{ exists = $true; status = $cp.Status; start_type = $cp.StartType } }",
         [f"{PROBES}::test_every_emitted_leaf_is_a_string_number_or_bool"]),
@@ -35,39 +35,39 @@ MUTATIONS = {
         "    data: \"{{ item.data if item.state == 'present' else omit }}\"\n    type: string\n",
         [f"{MEANING}::test_uac_values_are_written_and_checked_as_dwords"]),
     "private_dir_keeps_inherited_acl": (
-        "roles/windows_private_dir/files/private_dir_create.ps1",
+        "library/win_tokentrust_private_dir_create.ps1",
         "$sec.SetAccessRuleProtection($true, $false)",
         "$sec.SetAccessRuleProtection($false, $true)",
         [f"{MEANING}::test_private_dir_create_makes_the_exact_protected_acl"]),
     "private_dir_users_full_control": (
-        "roles/windows_private_dir/files/private_dir_create.ps1",
+        "library/win_tokentrust_private_dir_create.ps1",
         "[System.Security.Principal.SecurityIdentifier]::new($s), 'ReadAndExecute', $inherit, $none, 'Allow'))",
         "[System.Security.Principal.SecurityIdentifier]::new($s), 'FullControl', $inherit, $none, 'Allow'))",
         [f"{MEANING}::test_private_dir_create_makes_the_exact_protected_acl"]),
     "owner_probe_always_admins": (
-        "roles/windows_private_dir/files/private_dir_probe.ps1",
+        "library/win_tokentrust_private_dir_probe.ps1",
         'owner_sid = "$($sid.Value)"',
         "owner_sid = 'S-1-5-32-544'",
         ["tests/integration/test_windows_roles_sim.py::test_a_folder_planted_by_a_user_stops_the_run"]),
     "card_present_bit_changed": (
-        "roles/windows_verify/files/token_probe.ps1",
+        "library/win_tokentrust_token_probe.ps1",
         "present = [bool]($s.EventState -band 0x20)",
         "present = [bool]($s.EventState -band 0x10)",
         [f"{PROBES}::test_probe_constants_are_microsofts_documented_values"]),
     "uninstall_64_bit_view_only": (
-        "roles/token_middleware/files/uninstall_entries.ps1",
+        "library/win_tokentrust_uninstall_entries.ps1",
         "foreach ($view in @(@{ name = 'Registry64'; bits = 64 }, @{ name = 'Registry32'; bits = 32 })) {",
         "foreach ($view in @(@{ name = 'Registry64'; bits = 64 })) {",
         [f"{MEANING}::test_a_legacy_product_in_the_32_bit_view_only_is_removed"]),
     "esc_guids_swapped": (
-        "roles/windows_ie_zones/files/ie_zones_probe.ps1",
+        "library/win_tokentrust_ie_zones_probe.ps1",
         "@{ key = '{A509B1A7-37EF-4b3f-8CFC-4F3A74704073}'; who = 'admins' },\n"
         "                    @{ key = '{A509B1A8-37EF-4b3f-8CFC-4F3A74704073}'; who = 'users' }",
         "@{ key = '{A509B1A8-37EF-4b3f-8CFC-4F3A74704073}'; who = 'admins' },\n"
         "                    @{ key = '{A509B1A7-37EF-4b3f-8CFC-4F3A74704073}'; who = 'users' }",
         [f"{PROBES}::test_probe_constants_are_microsofts_documented_values"]),
     "firefox_gpo_subkeys_not_read": (
-        "roles/windows_firefox_policies/files/firefox_probe.ps1",
+        "library/win_tokentrust_firefox_probe.ps1",
         "        $below = Read-Key $sub $(if ($Rel) { \"$Rel\\$s\" } else { $s })\n",
         "        $below = @{}\n",
         ["tests/integration/test_windows_roles_sim.py::test_firefox_with_group_policy_certificates_reports_the_override"]),

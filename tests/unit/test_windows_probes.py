@@ -1,8 +1,11 @@
 """The PowerShell probes we ship, checked by a real PowerShell grammar (tree-sitter-powershell).
 
-From each probe's syntax tree (tests/support/winsim/psshape.py) we derive the keys and nesting of its
-`$Ansible.Result`, and check them against the `depth` of the win_powershell tasks that run it, the keys
-the roles' YAML and our module_utils read, and the MOCK host's answer (tests/support/winsim/probes.py).
+The probes are modules of ours (library/win_tokentrust_<probe>.ps1, Ansible.Basic, signable for App Control)
+but for language_mode.ps1, the windows_preflight body that must run unsigned. From each probe's syntax tree
+(tests/support/winsim/psshape.py) we derive the keys and nesting of its result (`$module.Result.<key>`, or
+`$Ansible.Result`), and check them against the tasks that run it (a module's options; a win_powershell body's
+`depth`), the keys the roles' YAML and our module_utils read, and the MOCK host's answer
+(tests/support/winsim/probes.py).
 Mutations prove the check: a probe body that is not PowerShell, or a result deeper than its task's
 depth, makes these tests red.
 """
@@ -39,7 +42,8 @@ def test_the_shape_comes_from_the_syntax_tree(name, depth, path):
     assert psshape.depth_needed(shape) == depth
     assert path in psshape.paths(shape)
     runs = [t for t in probes.tasks() if t["script"] == name]
-    assert runs and all(t["depth"] >= depth for t in runs), runs
+    # a module of ours: Ansible.Basic's ExitJson returns the result whole, whatever its depth
+    assert runs and all(t["module"] and t["depth"] is None for t in runs), runs
 
 
 def test_convert_output_is_win_powershells_rule():
@@ -56,23 +60,39 @@ def test_convert_output_is_win_powershells_rule():
 
 
 def test_the_default_depth_breaks_the_token_checks_when_a_reader_is_present():
-    """Why item 2: with win_powershell's default depth 2, each reader arrives as a string."""
+    """Why the probe is a module: with win_powershell's default depth 2, each reader arrives as a string;
+    Ansible.Basic returns the module's result whole."""
     answer = probes.token_answer(present=True)
     flat = psshape.convert_output(answer, 2)
     assert flat["scard"]["readers"] == ["System.Collections.Hashtable"]
     with pytest.raises(AttributeError, match="'str' object has no attribute 'get'"):
         tw.token_checks(flat)
     task = next(t for t in probes.tasks() if t["script"] == "token_probe.ps1")
-    checks = tw.token_checks(psshape.convert_output(answer, task["depth"]))
+    assert task["module"] and task["depth"] is None
+    checks = tw.token_checks(answer)
     assert [c["ok"] for c in checks] == [True] * 7
-    # and the checker says so when the task's depth is the default one
-    assert any("depth 2 (win_powershell's default) but token_probe.ps1 emits containers 3 levels" in p
-               for p in _problems_with(lambda roles: _set_depth(roles, "token_probe.ps1", None)))
+    # and the checker still applies the depth rule to a win_powershell body (the preflight's)
+    assert any("windows_preflight/tasks/main.yml: task" in p and "has no `depth`" in p
+               for p in _problems_with(lambda roles: _set_depth(roles, "language_mode.ps1", None)))
+
+
+def test_a_task_option_the_module_does_not_declare_is_red():
+    def mutate(roles):
+        path = os.path.join(roles, "windows_private_dir", "tasks", "main.yml")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text.replace("    paths: \"{{", "    folders: \"{{"))
+
+    got = _problems_with(mutate)
+    assert any("option folders is not in the argument spec of win_tokentrust_private_dir_probe" in p for p in got), got
 
 
 def _copy_roles(tmp):
+    """A copy of roles/ and, next to it, of library/ (our modules): mutations touch the copy only."""
     dst = os.path.join(str(tmp), "roles")
     shutil.copytree(probes.ROLES, dst)
+    shutil.copytree(probes.library_of(probes.ROLES), probes.library_of(dst))
     return dst
 
 
@@ -117,17 +137,26 @@ def test_mutation_a_probe_body_that_is_not_powershell_is_red(tmp_path, name, kin
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_mutation_output_deeper_than_the_tasks_depth_is_red(tmp_path, name):
+    """A key the probe emits and the MOCK does not answer is red; for a win_powershell body, a result deeper than
+    its task's depth too (a module's result is not flattened: no depth to exceed)."""
+    module = psshape.is_module(probes.read(probes.shipped()[name]))
+
     def mutate(roles):
         path = probes.shipped(roles)[name]
         text = probes.read(path)
-        assert text.count("$Ansible.Result = @{") == 1
-        text = text.replace("$Ansible.Result = @{",
-                            "$Ansible.Result = @{ deeper = @{ a = @{ b = @(@{ c = @{ d = 1 } }) } }\n   ")
+        deeper = "deeper = @{ a = @{ b = @(@{ c = @{ d = 1 } }) } }"
+        if module:
+            assert text.count("$module.ExitJson()") == 1
+            text = text.replace("$module.ExitJson()", f"$module.Result.{deeper}\n$module.ExitJson()")
+        else:
+            assert text.count("$Ansible.Result = @{") == 1
+            text = text.replace("$Ansible.Result = @{", f"$Ansible.Result = @{{ {deeper}\n   ")
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
 
     got = _problems_with(mutate)
-    assert any(f"{name} emits containers" in p and "would turn them into strings" in p for p in got), got
+    if not module:
+        assert any(f"{name} emits containers" in p and "would turn them into strings" in p for p in got), got
     assert any(p.startswith(f"{name}: MOCK answer: result.deeper") for p in got), got
 
 
@@ -149,8 +178,8 @@ _NAMES = re.compile(r"(?i)\b(BUILTIN|NT AUTHORITY|AUTORITE NT)\\|\bCREATOR OWNER
 
 
 def _our_files():
-    pats = ["roles/**/*.yml", "roles/**/*.ps1", "module_utils/*.py", "filter_plugins/*.py", "playbooks/*.yml",
-            "inventories/example/**/*.yml"]
+    pats = ["roles/**/*.yml", "roles/**/*.ps1", "library/*.ps1", "module_utils/*.py", "filter_plugins/*.py",
+            "playbooks/*.yml", "inventories/example/**/*.yml"]
     for pat in pats:
         yield from sorted(glob.glob(os.path.join(ROOT, pat), recursive=True))
 
@@ -184,7 +213,8 @@ def test_acl_and_owner_users_are_sids():
             for value, _loop in _values(tasks, module, "user"):
                 seen += 1
                 assert sid.match(value) or value == "{{ item.sid }}", (path, value)
-    assert seen == 1  # win_owner of windows_private_dir; the ACL itself is set by private_dir_create.ps1, by SID
+    # win_owner of windows_private_dir; the ACL itself is set by win_tokentrust_private_dir_create, by SID
+    assert seen == 1
     for path in glob.glob(os.path.join(ROOT, "roles", "*", "defaults", "main.yml")):
         with open(path, encoding="utf-8") as f:
             d = yaml.safe_load(f) or {}
@@ -280,3 +310,39 @@ def test_probe_constants_are_microsofts_documented_values():
                 entries[psshape._unwrap(kids[0]).text.decode()] = psshape._unwrap(kids[-1]).text.decode().strip("'\"")  # noqa: SLF001
         pairs[entries["who"]] = entries["key"]
     assert {k: v.upper() for k, v in pairs.items()} == {"admins": ESC_ADMINS.upper(), "users": ESC_USERS.upper()}
+
+
+def _documentation(path):
+    import ast  # noqa: PLC0415
+
+    for node in ast.parse(open(path, encoding="utf-8").read()).body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "DOCUMENTATION":
+            return yaml.safe_load(node.value.value)
+    raise AssertionError(f"{path}: no DOCUMENTATION")
+
+
+_PS_DEFAULTS = {"@()": [], "$true": True, "$false": False, None: None}
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n != "language_mode.ps1"])
+def test_each_module_documents_its_argument_spec_and_supports_check_mode(name):
+    """The documentation sidecar (library/win_tokentrust_<probe>.py, what ansible-doc renders) says what the
+    module's `$spec` declares: same options, types, elements, required and defaults."""
+    path = probes.shipped()[name]
+    text = probes.read(path)
+    assert "#AnsibleRequires -CSharpUtil Ansible.Basic" in text
+    assert "[Ansible.Basic.AnsibleModule]::Create($args, $spec)" in text and "$module.ExitJson()" in text
+    assert re.search(r"(?m)^\s+supports_check_mode = \$true$", text)
+    doc = _documentation(path[:-4] + ".py")
+    assert doc["module"] == os.path.basename(path)[:-4]
+    spec = psshape.module_options(text)
+    documented = doc.get("options") or {}
+    assert sorted(documented) == sorted(spec)
+    for opt, s in spec.items():
+        d = documented[opt]
+        assert d.get("type", "str") == s["type"], opt
+        assert d.get("elements", "") == s["elements"], opt
+        assert bool(d.get("required")) == s["required"], opt
+        assert d.get("default") == _PS_DEFAULTS[s["default"]], opt
+    # every option reaches the probe's statements through a `$Var = $module.Params.option` binding
+    assert sorted(psshape.module_bindings(text)) == sorted(spec)

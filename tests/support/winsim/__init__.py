@@ -4,7 +4,8 @@ controller, with the ansible.windows modules replaced by tests/support/winsim/ac
 What is real: Ansible's templating of every task (the args a module would receive), our filter plugin
 and module_utils, the roles' control flow, the installed ansible.windows modules' DOCUMENTATION (args
 are validated against it, through `ansible-doc --json`) and the store names of their .ps1 sources.
-What is a MOCK: the Windows host (a JSON state file) and the modules' effects on it.
+What is a MOCK: the Windows host (a JSON state file) and the modules' effects on it. Our own PowerShell modules
+(library/win_tokentrust_*.ps1, the probes) are answered from THEIR source: argument spec, statements, result keys.
 """
 import functools
 import glob
@@ -142,9 +143,12 @@ def new_state(**kw):
 class Host:
     """One MOCK Windows host and the playbook runs against it."""
 
-    def __init__(self, tmp, state=None, roles=None):
+    def __init__(self, tmp, state=None, roles=None, library=None):
         self.tmp = tmp
         self.roles = roles or os.path.join(ROOT, "roles")
+        # our modules (the probes, library/win_tokentrust_*.ps1): those next to the roles (a test's copy), else ours
+        near = os.path.join(os.path.dirname(os.path.abspath(self.roles)), "library")
+        self.library = library or (near if os.path.isdir(near) else os.path.join(ROOT, "library"))
         self.path = os.path.join(str(tmp), "winsim_state.json")
         self.collections = shadow_collection(os.path.join(str(tmp), "collections"))
         specs = ansible_doc(tuple(f"ansible.windows.{m}" for m in SIMULATED))
@@ -183,7 +187,8 @@ class Host:
         env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_COLLECTIONS_PATH=self.collections, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
                    ANSIBLE_ACTION_PLUGINS=os.path.join(HERE, "action_plugins"),
-                   ANSIBLE_ROLES_PATH=self.roles, TOKENTRUST_WINSIM_STATE=self.path,
+                   ANSIBLE_ROLES_PATH=self.roles, ANSIBLE_LIBRARY=self.library, TOKENTRUST_WINSIM_LIBRARY=self.library,
+                   TOKENTRUST_WINSIM_STATE=self.path,
                    TOKENTRUST_WINSIM_ROLES=self.roles, TOKENTRUST_WINSIM_ROOT=ROOT,
                    PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
         cmd = [os.path.join(BIN, "ansible-playbook"), "-i", "winpc,", "-c", "local", pb,

@@ -1,11 +1,13 @@
-"""The PowerShell probes we ship, the win_powershell tasks that run them, and what the roles read of them.
+"""The PowerShell probes we ship (our modules library/win_tokentrust_<probe>.ps1, and the win_powershell body
+roles/windows_preflight/files/language_mode.ps1), the tasks that run them, and what the roles read of them.
 
 `problems(roles)` is the check tests/unit/test_windows_probes.py runs (and runs again on mutated copies):
-each probe parses with tree-sitter-powershell; the shape of its `$Ansible.Result` (psshape) fits in the
-`depth` of every task that runs it; the task's `parameters` are declared in its param() block; every
-`<register>.result.<key>...` a role's YAML reads, and every key our Python reads of it (module_utils, run on
-the MOCK host's answer after the task's depth was applied), is one the probe emits; the MOCK's answer has
-exactly the keys the probe emits.
+each probe parses with tree-sitter-powershell; for a win_powershell body, the shape of its `$Ansible.Result`
+(psshape) fits in the `depth` of every task that runs it and the task's `parameters` are declared in its param()
+block; for a module, the task's options are in its `$spec`; every key a role's YAML reads
+(`<register>.<key>` of a module, `<register>.result.<key>` of a body), and every key our Python reads of it
+(plugin_utils, run on the MOCK host's answer, after the task's depth for a body), is one the probe emits; the MOCK's
+answer has exactly the keys the probe emits.
 """
 from __future__ import annotations
 
@@ -26,9 +28,21 @@ _LOOKUP = re.compile(r"lookup\(\s*'ansible\.builtin\.file'\s*,\s*'([^']+\.ps1)'\
 TOKEN_ATR = "3BFF9600008131FE4380318065B0846566FB120177829000F7"   # an IDPrime-like ATR (made up)
 
 
+OURS = "win_tokentrust_"  # our PowerShell modules: library/win_tokentrust_<probe>.ps1
+
+
+def library_of(roles):
+    """The library/ next to `roles` (the repository's, or a test's copy of both)."""
+    return os.path.join(os.path.dirname(os.path.abspath(roles)), "library")
+
+
 def shipped(roles=ROLES):
-    """{file name: path} of every .ps1 under roles/*/files."""
-    return {os.path.basename(p): p for p in sorted(glob.glob(os.path.join(roles, "*", "files", "*.ps1")))}
+    """{probe name: path}: every .ps1 under roles/*/files (win_powershell bodies) and every module of ours in the
+    library/ next to the roles (library/win_tokentrust_<probe>.ps1, named <probe>.ps1)."""
+    out = {os.path.basename(p): p for p in sorted(glob.glob(os.path.join(roles, "*", "files", "*.ps1")))}
+    for p in sorted(glob.glob(os.path.join(library_of(roles), OURS + "*.ps1"))):
+        out[os.path.basename(p)[len(OURS):]] = p
+    return out
 
 
 def read(path):
@@ -37,7 +51,8 @@ def read(path):
 
 
 def tasks(roles=ROLES):
-    """[{file, name, script, depth, parameters, register}] of every win_powershell task of the roles."""
+    """[{file, name, script, depth, parameters, register, module}] of every win_powershell task of the roles and
+    every task calling one of our PowerShell modules (module true, depth None: Ansible.Basic flattens nothing)."""
     out = []
 
     def walk(items, path):
@@ -51,7 +66,13 @@ def tasks(roles=ROLES):
                 m = _LOOKUP.search(str(args.get("script", "")))
                 out.append({"file": os.path.relpath(path, roles), "name": t.get("name"),
                             "script": m.group(1) if m else None, "depth": args.get("depth"),
-                            "parameters": args.get("parameters") or {}, "register": t.get("register")})
+                            "parameters": args.get("parameters") or {}, "register": t.get("register"),
+                            "module": False})
+            for key, margs in t.items():
+                if key.split(".")[-1].startswith(OURS):
+                    out.append({"file": os.path.relpath(path, roles), "name": t.get("name"),
+                                "script": key.split(".")[-1][len(OURS):] + ".ps1", "depth": None,
+                                "parameters": margs or {}, "register": t.get("register"), "module": True})
 
     for path in sorted(glob.glob(os.path.join(roles, "*", "tasks", "*.yml"))):
         with open(path, encoding="utf-8") as f:
@@ -61,16 +82,22 @@ def tasks(roles=ROLES):
 
 def yaml_reads(roles=ROLES):
     """{script: {(key, ...)}}: what the roles' YAML reads of each probe's registered result."""
-    regs = {t["register"]: t["script"] for t in tasks(roles) if t["register"] and t["script"]}
+    regs = {t["register"]: (t["script"], t["module"]) for t in tasks(roles) if t["register"] and t["script"]}
     out = {}
     for path in glob.glob(os.path.join(roles, "*", "tasks", "*.yml")):
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        for reg, script in regs.items():
-            for m in re.finditer(re.escape(reg) + r"\.result((?:\.\w+)*)", text):
+        for reg, (script, module) in regs.items():
+            # win_powershell: <register>.result.<key>; a module: <register>.<key> (Ansible's own keys aside)
+            for m in re.finditer(re.escape(reg) + (r"\b((?:\.\w+)*)" if module else r"\.result((?:\.\w+)*)"), text):
                 keys = tuple(k for k in m.group(1).split(".") if k)
+                if module and keys[:1] and keys[0] in ANSIBLE_KEYS:
+                    continue
                 out.setdefault(script, set()).add(keys)
     return out
+
+
+ANSIBLE_KEYS = {"changed", "failed", "skipped", "msg", "invocation", "warnings", "deprecations"}
 
 
 # ------------------------------------------------------------------ the MOCK host's answers
@@ -126,12 +153,12 @@ SAMPLE_PARAMS = {"private_dir_probe.ps1": {"Paths": ["C:\\ProgramData\\tokentrus
                  "ie_zones_probe.ps1": {"Urls": ["https://services.certeurope.fr"]}}
 
 
-def mock_answer(script, state=None):
+def mock_answer(script, state=None, roles=ROLES):
     """What the MOCK host (action_plugins/normal.py) answers for `script`, before the depth rule."""
     from tests.support.winsim.action_plugins.normal import ActionModule  # noqa: PLC0415
 
     mock = object.__new__(ActionModule)
-    mock._script = read(shipped()[script])  # noqa: SLF001
+    mock._script = read(shipped(roles)[script])  # noqa: SLF001
     state = copy.deepcopy(state or sample_state())
     answer = getattr(mock, "_probe_" + script[:-4])(state, SAMPLE_PARAMS.get(script, {}), False)
     if isinstance(answer, dict):
@@ -221,7 +248,7 @@ def problems(roles=ROLES, state=None):
     for t in runs:
         if t["script"] is None:
             out.append(f"{t['file']}: task {t['name']!r} runs a script that is not one of roles/*/files/*.ps1")
-        if not isinstance(t["depth"], int):
+        if not t["module"] and not isinstance(t["depth"], int):
             out.append(f"{t['file']}: task {t['name']!r} has no `depth` (win_powershell's default 2 flattens "
                        "anything deeper into strings)")
     for name, path in files.items():
@@ -239,8 +266,10 @@ def problems(roles=ROLES, state=None):
         need = psshape.depth_needed(shape)
         mine = [t for t in runs if t["script"] == name]
         if not mine:
-            out.append(f"{name}: no win_powershell task runs it")
+            out.append(f"{name}: no task runs it (win_powershell, or the module {OURS}{name[:-4]})")
         for t in mine:
+            if t["module"]:
+                continue  # Ansible.Basic returns the result whole (no depth); its options: _module_problems
             depth = t["depth"] if isinstance(t["depth"], int) else 2
             if depth < need:
                 said = f"depth {depth}" if isinstance(t["depth"], int) else "depth 2 (win_powershell's default)"
@@ -249,11 +278,15 @@ def problems(roles=ROLES, state=None):
             for p in t["parameters"]:
                 if p.casefold() not in declared:
                     out.append(f"{t['file']}: task {t['name']!r}: parameter {p} is not in {name}'s param() block")
+        for t in mine:
+            if t["module"]:
+                out += [f"{t['file']}: task {t['name']!r}: option {p} is not in the argument spec of {OURS}{name[:-4]}"
+                        for p in t["parameters"] if p not in declared]
         for keys in sorted(reads.get(name, ())):
             if not _emitted(shape, keys):
                 out.append(f"{name}: the roles read result.{'.'.join(keys)}, which the probe does not emit")
         try:
-            answer = mock_answer(name, state)
+            answer = mock_answer(name, state, roles)
         except KeyError as e:
             out.append(f"{name}: the MOCK host has no answer for it ({e})")
             continue
@@ -261,7 +294,7 @@ def problems(roles=ROLES, state=None):
         for t in mine:
             depth = t["depth"] if isinstance(t["depth"], int) else 2
             try:
-                got = python_reads(name, psshape.convert_output(answer, depth))
+                got = python_reads(name, answer if t["module"] else psshape.convert_output(answer, depth))
             except (AttributeError, TypeError, KeyError, ValueError) as e:
                 out.append(f"{t['file']}: task {t['name']!r}: our Python fails on {name}'s result at depth {depth}: "
                            f"{type(e).__name__}: {e}")

@@ -70,7 +70,7 @@ def parse(text):
     return tree
 
 
-def params(text):
+def _param_block(text):
     """Names of the script's param() block."""
     root = parse(text).root_node
     out = []
@@ -403,6 +403,10 @@ class _Interp:
                 if member.casefold() == "result":
                     self.result = union(self.result, value)
                 return
+            if _is_module_result(base):  # a module of ours: `$module.Result.<key> = ...` (changed is Ansible's)
+                if member.casefold() != "changed":
+                    self.result = union(self.result, {"t": "dict", "keys": {member: value}})
+                return
             self._set_path(base, {"t": "dict", "keys": {member: value}}, env)
         elif left.type == "element_access":
             base = _named(left)[0]
@@ -535,19 +539,84 @@ def _enclosing_hash(n):
     return p
 
 
+def _is_module_result(n):
+    """True for the node `$module.Result` (Ansible.Basic's result dictionary)."""
+    n = _unwrap(n)
+    if n.type != "member_access":
+        return False
+    kids = _named(n)
+    return (kids[0].type == "variable" and kids[0].text.decode().casefold() == "$module"
+            and kids[-1].text.decode().casefold() == "result")
+
+
+def is_module(text):
+    """True when `text` is a PowerShell module of ours (Ansible.Basic), not a win_powershell script body."""
+    return bool(re.search(r"(?im)^#AnsibleRequires\s+-CSharpUtil\s+Ansible\.Basic\b", text))
+
+
+_OPTION_SHAPES = {"list": {"t": "list", "of": SCALAR}, "dict": ANY}
+
+
+def module_options(text):
+    """{option: {type, elements, default, required, choices}} of the module's `$spec = @{ options = @{...} }`,
+    from the tree: each value is the literal text PowerShell would evaluate (`'list'`, `$true`, `@()`)."""
+    root = parse(text).root_node
+    opts = None
+    for e in _descendants(root):
+        if e.type == "hash_entry" and _unwrap(_named(e)[0]).text.decode().strip("'\"") == "options":
+            val = _unwrap(_named(e)[-1])
+            if val.type == "hash_literal_expression":
+                opts = val
+                break
+    if opts is None:
+        raise ProbeError("the module has no `options = @{...}` in its argument spec")
+    out = {}
+    for e in _descendants(opts):
+        if e.type == "hash_entry" and _enclosing_hash(e) == opts:
+            name = _unwrap(_named(e)[0]).text.decode().strip("'\"")
+            inner = _unwrap(_named(e)[-1])
+            attrs = {}
+            for a in _descendants(inner):
+                if a.type == "hash_entry" and _enclosing_hash(a) == inner:
+                    attrs[_unwrap(_named(a)[0]).text.decode()] = _unwrap(_named(a)[-1]).text.decode()
+            out[name] = {"type": attrs.get("type", "'str'").strip("'\""),
+                         "elements": attrs.get("elements", "").strip("'\""),
+                         "default": attrs.get("default"), "required": attrs.get("required", "$false") == "$true",
+                         "choices": attrs.get("choices")}
+    return out
+
+
+def module_bindings(text):
+    """{option: script variable} of the module's `$Var = $module.Params.option` statements."""
+    return {m.group(2): m.group(1) for m in re.finditer(r"(?m)^\$(\w+)\s*=\s*\$module\.Params\.(\w+)\s*$", text)}
+
+
 def result_shape(text):
-    """The shape of `$Ansible.Result` of the probe `text` (ProbeError when it is not PowerShell or sets no
-    result)."""
+    """The shape of `$Ansible.Result` of the probe `text`, or of the `$module.Result.<key>` a module of ours sets
+    (ProbeError when it is not PowerShell or sets no result)."""
     root = parse(text).root_node
     it = _Interp(root)
     env = {}
     for blk in root.children:
         if blk.type == "param_block":
             env.update(typed_params(blk))
+    if is_module(text):
+        opts = module_options(text)
+        for opt, var in module_bindings(text).items():
+            if opt in opts:
+                env[var.casefold()] = _OPTION_SHAPES.get(opts[opt]["type"], SCALAR)
     it.block(root, env)
     if it.result is None:
-        raise ProbeError("the probe never sets $Ansible.Result")
+        raise ProbeError("the probe never sets $Ansible.Result (a win_powershell body) nor $module.Result.<key> "
+                         "(a module)")
     return it.result
+
+
+def params(text):
+    """Names of the script's param() block, or of a module's options."""
+    if is_module(text):
+        return list(module_options(text))
+    return _param_block(text)
 
 
 def paths(shape, prefix=()):

@@ -28,6 +28,8 @@ def constant_leaves(text):
     what a host answers whatever it holds (e.g. `owner_sid = 'S-1-5-32-544'`)."""
     seen = {}
     for e in _nodes(text, "hash_entry"):
+        if _in_spec(e):  # a module's argument spec is not part of its result
+            continue
         kids = psshape._named(e)  # noqa: SLF001
         key = _t(psshape._unwrap(kids[0])).strip("'\"")  # noqa: SLF001
         val = psshape._unwrap(kids[-1])  # noqa: SLF001
@@ -38,6 +40,16 @@ def constant_leaves(text):
         lit = v[1:-1] if val.type == "string_literal" and v.startswith("'") and v.endswith("'") else None
         seen.setdefault(key, set()).add(lit)
     return {k: next(iter(v)) for k, v in seen.items() if len(v) == 1 and None not in v}
+
+
+def _in_spec(n):
+    """True for a node inside the `$spec = @{...}` assignment of a module (Ansible.Basic's argument spec)."""
+    p = n.parent
+    while p is not None:
+        if p.type == "assignment_expression" and _t(p).lstrip().casefold().startswith("$spec"):
+            return True
+        p = p.parent
+    return False
 
 
 def apply_constants(answer, constants):
@@ -109,9 +121,9 @@ def created_acl(text, params, parent):
 
 
 def appeared_refusal(text):
-    """The message of the script's `throw` when the folder exists although the probe found it missing
-    (`if (-not $Existed) { throw "..." }`), or None when the script does not refuse."""
-    m = re.search(r"if\s*\(\s*-not\s+\$Existed\s*\)\s*\{\s*throw\s+\"([^\"]+)\"", text)
+    """The message of the script's `throw` (a module's `$module.FailJson("...")`) when the folder exists although
+    the probe found it missing (`if (-not $Existed) { ... }`), or None when the script does not refuse."""
+    m = re.search(r"if\s*\(\s*-not\s+\$Existed\s*\)\s*\{\s*(?:throw\s+|\$module\.FailJson\(\s*)\"([^\"]+)\"", text)
     return m.group(1) if m else None
 
 

@@ -14,8 +14,11 @@ win_certificate_store maps only CertificateAuthority -> CA and fails on a store 
 
 The host speaks FRENCH (state["accounts"]: BUILTIN\\Administrateurs, AUTORITE NT\\Système, ...): win_stat
 reports owners by their localized name; win_acl and win_owner resolve `user` as ansible-core's
-Ansible.ModuleUtils.SID (Convert-ToSID) does, so a SID passes and an English name fails. win_powershell
-answers only the probes we ship (roles/*/files/*.ps1, the script text must be one of them), parses each
+Ansible.ModuleUtils.SID (Convert-ToSID) does, so a SID passes and an English name fails. Our own PowerShell
+modules (win_tokentrust_*, the probes) are answered from their source, library/win_tokentrust_<probe>.ps1
+(`_our_module`): args checked against its `$spec`, its statements and `$module.Result.<key>` keys followed, and
+an unsigned one refused in Constrained Language mode. win_powershell
+answers only the bodies we ship (roles/*/files/*.ps1, the script text must be one of them), parses each
 with tree-sitter-powershell, refuses parameters its param() block does not declare, checks its own
 answer against the shape derived from the probe's tree, and applies Convert-OutputObject's `depth` rule
 (default 2) to it, as ansible.windows' win_powershell.ps1 does. win_package returns the exit code the
@@ -114,6 +117,41 @@ def shipped_probes(roles):
     return out
 
 
+OURS = "win_tokentrust_"  # our PowerShell modules (library/win_tokentrust_<probe>.ps1)
+
+
+def library_dir():
+    """The library/ the MOCK reads our modules from: the one next to the roles under test (a test's mutated copy),
+    else the repository's."""
+    roles = os.environ.get("TOKENTRUST_WINSIM_ROLES") or os.path.join(os.getcwd(), "roles")
+    lib = os.environ.get("TOKENTRUST_WINSIM_LIBRARY") or os.path.join(os.path.dirname(roles), "library")
+    return lib if os.path.isdir(lib) else os.path.join(os.environ.get("TOKENTRUST_WINSIM_ROOT", os.getcwd()), "library")
+
+
+def module_params(text, args):
+    """{script variable: value} a module's `$Var = $module.Params.option` statements bind, from the task's args and
+    the spec's defaults (what Ansible.Basic would hand the module); (None, message) on an unknown option."""
+    opts = psshape.module_options(text)
+    for k in args:
+        if k not in opts:
+            return None, f"Unsupported parameters for module: {k}. Supported parameters include: {', '.join(opts)}"
+    missing = [k for k, o in opts.items() if o["required"] and args.get(k) is None]
+    if missing:
+        return None, f"missing required arguments: {', '.join(missing)}"
+    out = {}
+    for opt, var in psshape.module_bindings(text).items():
+        o = opts.get(opt, {})
+        value = args.get(opt)
+        if value is None:
+            value = {"@()": [], "$true": True, "$false": False}.get(str(o.get("default")), None)
+        if o.get("type") == "list" and value is not None and not isinstance(value, list):
+            value = [value]
+        if o.get("type") == "bool" and isinstance(value, str):
+            value = value.lower() in ("yes", "true", "1", "on")
+        out[var] = value
+    return out, None
+
+
 class ProbeFailed(Exception):
     """A probe's `throw`, as the MOCK models it."""
 
@@ -122,14 +160,21 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         action = self._task.action
-        if not action.startswith("ansible.windows."):
-            return {"failed": True, "msg": f"winsim MOCK only stands in for ansible.windows modules, not {action}"}
         module = action.split(".")[-1]
+        if not action.startswith("ansible.windows.") and not module.startswith(OURS):
+            return {"failed": True, "msg": f"winsim MOCK only stands in for ansible.windows modules and ours "
+                                           f"({OURS}*), not {action}"}
         args = dict(self._task.args)
         spath = os.environ["TOKENTRUST_WINSIM_STATE"]
         state = _load(spath)
         check = bool(self._task.check_mode)
         state.setdefault("calls", []).append({"module": module, "args": args, "check_mode": check})
+        if module.startswith(OURS):
+            out = self._our_module(state, module, args, check)
+            _save(spath, state)
+            result.update(out)
+            result.setdefault("changed", False)
+            return result
         specs = state.get("specs", {}).get(module)
         if specs is not None:
             bad = self._validate(module, args, specs)
@@ -393,6 +438,39 @@ class ActionModule(ActionBase):
                                            + "; ".join(bad[:5])}
         depth = int(a.get("depth", 2))  # win_powershell's default
         return {"result": psshape.convert_output(answer, depth), "output": [], "error": [], "changed": changed}
+
+    def _our_module(self, state, module, args, check):
+        """One of our PowerShell modules, from ITS source (library/win_tokentrust_<probe>.ps1): its argument spec
+        checks the args, its statements steer the answer (the probe's `_probe_<name>`), its `$module.Result.<key>`
+        assignments give the keys; an unsigned module does not even start under App Control (CLM)."""
+        name = module[len(OURS):] + ".ps1"
+        path = os.path.join(library_dir(), module + ".ps1")
+        if not os.path.isfile(path):
+            return {"failed": True, "msg": f"winsim MOCK: no module {module} in {library_dir()}"}
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            shape = psshape.result_shape(text)
+            params, bad = module_params(text, args)
+        except psshape.ProbeError as e:
+            return {"failed": True, "msg": f"winsim MOCK: {module}: {e}"}
+        if bad:
+            return {"failed": True, "msg": f"{module}: {bad}"}
+        if state.get("language_mode", "FullLanguage") == "ConstrainedLanguage" and not state.get("signed_modules"):
+            return {"failed": True, "msg": f"winsim MOCK: {module} in ConstrainedLanguage: an unsigned module cannot "
+                                           "start (Ansible.Basic is compiled with Add-Type)"}
+        self._script = text  # the statements the MOCK's answer follows (tests/support/winsim/statements.py)
+        try:
+            answer = getattr(self, "_probe_" + name[:-4])(state, params, check)
+        except ProbeFailed as e:  # $module.FailJson(...): the module fails with its message
+            return {"failed": True, "msg": str(e)}
+        changed = bool(answer.pop("__changed__", False))
+        answer = statements.apply_constants(answer, statements.constant_leaves(text))
+        wrong = psshape.conforms(answer, shape)
+        if wrong:
+            return {"failed": True, "msg": f"winsim MOCK: {module}: its answer does not match what the module "
+                                           "emits: " + "; ".join(wrong[:5])}
+        return dict(answer, changed=changed)  # Ansible.Basic's ExitJson: every key at the top, nothing flattened
 
     @staticmethod
     def _canned(state, name):

@@ -1,11 +1,22 @@
-# tokentrust: read-only probe of the folders of an admin-only chain: kind and owner, the owner as a SID
+#!powershell
+
+# Copyright: tokentrust contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+#AnsibleRequires -CSharpUtil Ansible.Basic
+
+# read-only probe of the folders of an admin-only chain: kind and owner, the owner as a SID
 # (account names are localized: a French Windows says Administrateurs). Runs in check mode too.
-[CmdletBinding(SupportsShouldProcess)]
-param (
-    [string[]]$Paths = @()
-)
+
+$spec = @{
+    options = @{
+        paths = @{ type = 'list'; elements = 'str'; default = @() }
+    }
+    supports_check_mode = $true
+}
+$module = [Ansible.Basic.AnsibleModule]::Create($args, $spec)
+$Paths = $module.Params.paths
 $ErrorActionPreference = 'Stop'
-$Ansible.Changed = $false
 
 $folders = @(foreach ($p in $Paths) {
     $item = Get-Item -LiteralPath $p -Force -ErrorAction SilentlyContinue
@@ -20,4 +31,5 @@ $folders = @(foreach ($p in $Paths) {
            owner_sid = "$($sid.Value)"; owner_name = $name }
     }
 })
-$Ansible.Result = @{ folders = $folders }
+$module.Result.folders = $folders
+$module.ExitJson()

@@ -1,8 +1,18 @@
-# tokentrust: list the machine-wide Uninstall entries of both registry views (read-only).
-[CmdletBinding(SupportsShouldProcess)]
-param ()
+#!powershell
+
+# Copyright: tokentrust contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+#AnsibleRequires -CSharpUtil Ansible.Basic
+
+# list the machine-wide Uninstall entries of both registry views (read-only).
+
+$spec = @{
+    options = @{}
+    supports_check_mode = $true
+}
+$module = [Ansible.Basic.AnsibleModule]::Create($args, $spec)
 $ErrorActionPreference = 'Stop'
-$Ansible.Changed = $false
 $entries = [System.Collections.Generic.List[object]]::new()
 foreach ($view in @(@{ name = 'Registry64'; bits = 64 }, @{ name = 'Registry32'; bits = 32 })) {
     $base = [Microsoft.Win32.RegistryKey]::OpenBaseKey('LocalMachine', $view.name)
@@ -30,4 +40,5 @@ foreach ($view in @(@{ name = 'Registry64'; bits = 64 }, @{ name = 'Registry32';
     }
     $base.Close()
 }
-$Ansible.Result = @{ entries = $entries }
+$module.Result.entries = $entries
+$module.ExitJson()

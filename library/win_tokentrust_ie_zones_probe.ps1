@@ -1,16 +1,27 @@
-# tokentrust: read-only probe of what decides the IE zone of our sites. Runs in check mode too.
+#!powershell
+
+# Copyright: tokentrust contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+#AnsibleRequires -CSharpUtil Ansible.Basic
+
+# read-only probe of what decides the IE zone of our sites. Runs in check mode too.
 # - Group Policy that owns the Site to Zone Assignment List (ZoneMapKey): the local GPO and the domain GPOs
 #   cached in Group Policy history carry it in their Registry.pol; each refresh rewrites the whole list,
 #   so values we wrote there would be deleted.
 # - IE Enhanced Security Configuration (on by default on Windows Server): it ignores per-user zone keys.
 # - The zone Windows maps each URL to (MapUrlToZone, through [System.Security.Policy.Zone]), for the
 #   WinRM account: with the machine list on, that is the machine list's answer.
-[CmdletBinding(SupportsShouldProcess)]
-param (
-    [string[]]$Urls = @()
-)
+
+$spec = @{
+    options = @{
+        urls = @{ type = 'list'; elements = 'str'; default = @() }
+    }
+    supports_check_mode = $true
+}
+$module = [Ansible.Basic.AnsibleModule]::Create($args, $spec)
+$Urls = $module.Params.urls
 $ErrorActionPreference = 'Stop'
-$Ansible.Changed = $false
 
 $pols = @("$env:SystemRoot\System32\GroupPolicy\Machine\Registry.pol")
 $history = "$env:ProgramData\Microsoft\Group Policy\History"
@@ -39,4 +50,7 @@ foreach ($u in $Urls) {
     $zones[$u] = [int][System.Security.Policy.Zone]::CreateFromUrl($u).SecurityZone
 }
 
-$Ansible.Result = @{ gpo_sources = $sources; esc = $esc; zones = $zones }
+$module.Result.gpo_sources = $sources
+$module.Result.esc = $esc
+$module.Result.zones = $zones
+$module.ExitJson()

@@ -1,12 +1,21 @@
-# tokentrust: read-only probe of the smart card side (no PIN, no desktop needed). Runs in --check too.
+#!powershell
+
+# Copyright: tokentrust contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+#AnsibleRequires -CSharpUtil Ansible.Basic
+
+# read-only probe of the smart card side (no PIN, no desktop needed). Runs in --check too.
 # What a WinRM session can see: the Smart Card service, the readers Windows enumerated (PnP), the cards in
 # them with their ATR (WinSCard, system scope), and the minidrivers registered for card ATRs (Calais).
 # It never opens the card with a PIN: over WinRM there is no desktop for the PIN dialog of the CSP/KSP.
-[CmdletBinding(SupportsShouldProcess)]
-param ()
-$ErrorActionPreference = 'Stop'
-$Ansible.Changed = $false
 
+$spec = @{
+    options = @{}
+    supports_check_mode = $true
+}
+$module = [Ansible.Basic.AnsibleModule]::Create($args, $spec)
+$ErrorActionPreference = 'Stop'
 $svc = Get-Service -Name SCardSvr -ErrorAction SilentlyContinue
 $service = if ($svc) { @{ exists = $true; status = "$($svc.Status)"; start_type = "$($svc.StartType)" } }
            else { @{ exists = $false; status = $null; start_type = $null } }
@@ -115,7 +124,13 @@ foreach ($view in 'Registry64', 'Registry32') {
     $base.Close()
 }
 
-$Ansible.Result = @{ service = $service; certprop = $certprop; certprop_policy = $certpropPolicy
-                     scdeviceenum = $scdeviceenum; rds_session_host = $rdsHost
-                     pnp_readers = $pnp; scard = $scard; registered_cards = $cards
-                     session = @{ interactive = [bool][Environment]::UserInteractive; id = [int](Get-Process -Id $PID).SessionId } }
+$module.Result.service = $service
+$module.Result.certprop = $certprop
+$module.Result.certprop_policy = $certpropPolicy
+$module.Result.scdeviceenum = $scdeviceenum
+$module.Result.rds_session_host = $rdsHost
+$module.Result.pnp_readers = $pnp
+$module.Result.scard = $scard
+$module.Result.registered_cards = $cards
+$module.Result.session = @{ interactive = [bool][Environment]::UserInteractive; id = [int](Get-Process -Id $PID).SessionId }
+$module.ExitJson()

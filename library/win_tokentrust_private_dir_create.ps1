@@ -1,17 +1,30 @@
-# tokentrust: make one admin-only folder WITH its final ACL in the same call, so that it never exists, even for a
+#!powershell
+
+# Copyright: tokentrust contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+#AnsibleRequires -CSharpUtil Ansible.Basic
+
+# make one admin-only folder WITH its final ACL in the same call, so that it never exists, even for a
 # moment, with the ACL it would inherit from ProgramData (where Users may create and write); or bring a folder of
 # ours that exists to exactly that ACL: protected DACL (nothing inherited), full control for Administrators
 # (S-1-5-32-544) and SYSTEM (S-1-5-18), read for $ReadSids, nothing else (an extra entry such as Users:Modify is
 # removed), owner Administrators. A folder that exists although this run's probe found it missing ($Existed false)
 # was made by someone else in between: the script stops and changes nothing.
-[CmdletBinding(SupportsShouldProcess)]
-param (
-    [Parameter(Mandatory = $true)][string]$Path,
-    [string[]]$ReadSids = @(),
-    [bool]$Existed = $false
-)
+
+$spec = @{
+    options = @{
+        path      = @{ type = 'str'; required = $true }
+        read_sids = @{ type = 'list'; elements = 'str'; default = @() }
+        existed   = @{ type = 'bool'; default = $false }
+    }
+    supports_check_mode = $true
+}
+$module = [Ansible.Basic.AnsibleModule]::Create($args, $spec)
+$Path = $module.Params.path
+$ReadSids = $module.Params.read_sids
+$Existed = $module.Params.existed
 $ErrorActionPreference = 'Stop'
-$Ansible.Changed = $false
 $created = $false
 $fixed = $false
 
@@ -30,7 +43,7 @@ foreach ($s in $ReadSids) {
 $sec.SetOwner([System.Security.Principal.SecurityIdentifier]::new('S-1-5-32-544'))
 
 if (-not (Test-Path -LiteralPath $Path)) {
-    if ($PSCmdlet.ShouldProcess($Path, 'create the folder with its ACL')) {
+    if (-not $module.CheckMode) {   # create the folder with its ACL
         if ([System.IO.Directory].GetMethod('CreateDirectory', [type[]]@([string], $sec.GetType()))) {
             [void][System.IO.Directory]::CreateDirectory($Path, $sec)                   # Windows PowerShell 5.1
         }
@@ -38,26 +51,29 @@ if (-not (Test-Path -LiteralPath $Path)) {
             [void][System.IO.FileSystemAclExtensions]::CreateDirectory($sec, $Path)    # PowerShell 7
         }
     }
-    $Ansible.Changed = $true
+    $module.Result.changed = $true
     $created = $true
 }
 else {
     if (-not $Existed) {
-        throw "$Path appeared after this run's probe found it missing: someone created it in between (a standard user can create folders in ProgramData). Nothing was changed: check it, delete it, then run again"
+        $module.FailJson("$Path appeared after this run's probe found it missing: someone created it in between (a standard user can create folders in ProgramData). Nothing was changed: check it, delete it, then run again")
     }
     $item = Get-Item -LiteralPath $Path -Force
     if (-not $item.PSIsContainer -or ($item.Attributes -band [System.IO.FileAttributes]::ReparsePoint)) {
-        throw "$Path is no longer a plain folder (a file, link or junction replaced it after the probe): nothing was changed"
+        $module.FailJson("$Path is no longer a plain folder (a file, link or junction replaced it after the probe): nothing was changed")
     }
     # the same security descriptor, in the same canonical form Windows stores it
     $want = $sec.GetSecurityDescriptorSddlForm('Owner, Access')
     $have = (Get-Acl -LiteralPath $Path).GetSecurityDescriptorSddlForm('Owner, Access')
     if ($have -ne $want) {
-        if ($PSCmdlet.ShouldProcess($Path, 'replace its ACL with the admin-only one')) {
+        if (-not $module.CheckMode) {   # replace its ACL with the admin-only one
             Set-Acl -LiteralPath $Path -AclObject $sec
         }
-        $Ansible.Changed = $true
+        $module.Result.changed = $true
         $fixed = $true
     }
 }
-$Ansible.Result = @{ path = $Path; created = $created; fixed = $fixed }
+$module.Result.path = $Path
+$module.Result.created = $created
+$module.Result.fixed = $fixed
+$module.ExitJson()

@@ -1,12 +1,24 @@
-# tokentrust: read-only probe of Firefox installs, gclib.dll candidates, Firefox GPO registry and
+#!powershell
+
+# Copyright: tokentrust contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+#AnsibleRequires -CSharpUtil Ansible.Basic
+
+# read-only probe of Firefox installs, gclib.dll candidates, Firefox GPO registry and
 # policies.json files. Architectures come from the PE header (IMAGE_FILE_HEADER.Machine).
-[CmdletBinding(SupportsShouldProcess)]
-param (
-    [string[]]$FirefoxDirs = @(),
-    [string[]]$GclibPaths = @()
-)
+
+$spec = @{
+    options = @{
+        firefox_dirs = @{ type = 'list'; elements = 'str'; default = @() }
+        gclib_paths  = @{ type = 'list'; elements = 'str'; default = @() }
+    }
+    supports_check_mode = $true
+}
+$module = [Ansible.Basic.AnsibleModule]::Create($args, $spec)
+$FirefoxDirs = $module.Params.firefox_dirs
+$GclibPaths = $module.Params.gclib_paths
 $ErrorActionPreference = 'Stop'
-$Ansible.Changed = $false
 
 function Get-PEMachine([string]$Path) {
     $fs = [System.IO.File]::Open($Path, 'Open', 'Read', 'ReadWrite')
@@ -119,4 +131,9 @@ foreach ($i in $installs) {
     } else { $null }
 }
 
-$Ansible.Result = @{ installs = $installs; gclib = $gclib; gpo = $gpo; gpo_users = $gpoUsers; policies_json = $policies }
+$module.Result.installs = $installs
+$module.Result.gclib = $gclib
+$module.Result.gpo = $gpo
+$module.Result.gpo_users = $gpoUsers
+$module.Result.policies_json = $policies
+$module.ExitJson()
