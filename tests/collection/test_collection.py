@@ -346,6 +346,8 @@ def test_every_filter_is_documented_and_renders(installed):
         doc = docs[f"{FQ}.{n}"]
         assert doc["doc"]["name"] == n and doc["doc"]["short_description"] and "_input" in doc["doc"]["options"], n
         assert f"{FQ}.{n}" in doc["examples"], n
+        assert all(o.get("type") and o.get("description") for o in doc["doc"]["options"].values()), n
+        assert (doc.get("return") or {}).get("_value", {}).get("type"), n
     p = subprocess.run([os.path.join(BIN, "ansible-doc"), "-t", "filter", f"{FQ}.tokentrust_win_path"], cwd=home,
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "exactly one backslash" in " ".join(p.stdout.split()), p.stdout + p.stderr
