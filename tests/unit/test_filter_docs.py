@@ -82,6 +82,8 @@ CHOICES_BY_CALL = {
     ("tokentrust_win_firefox_plan", "prefer"): lambda f, v: f(_FIREFOX_PROBE, [], prefer=v, security_device=False),
     ("tokentrust_win_firefox_plan", "state"): lambda f, v: f(_FIREFOX_PROBE, [], prefer="registry", state=v,
                                                               security_device=False),
+    ("tokentrust_win_firefox_checks", "state"): lambda f, v: f({"target": "registry", "desired": {}, "installs": []},
+                                                                {}, state=v),
 }
 
 
@@ -200,21 +202,63 @@ def test_documented_choices_are_what_the_code_accepts(key, filters):
         call(filters[name], "not-a-choice")
 
 
-def test_role_calls_stay_within_the_choices(plugin):
-    """The role variables passed where choices are documented default to one of them (roles/*/defaults)."""
-    tw = plugin.tw
-    defaults = {}
-    root = os.path.dirname(DOC_DIR) if os.path.basename(DOC_DIR) == "filter_plugins" else None
-    if root is None or not os.path.isdir(os.path.join(root, "roles")):
-        pytest.skip("the roles are not next to the plugin")
-    for path in glob.glob(os.path.join(root, "roles", "*", "defaults", "main.yml")):
+# (filter, option with choices) -> (role, the role variable its call passes there)
+ROLE_VARIABLES = {
+    ("tokentrust_win_uac_plan", "mode"): ("windows_uac", "windows_uac_mode"),
+    ("tokentrust_win_uac_plan", "phase"): ("windows_uac", "windows_uac_phase"),
+    ("tokentrust_win_ie_plan", "_input"): ("windows_ie_zones", "windows_ie_zones_mode"),
+    ("tokentrust_win_ie_plan", "scheme"): ("windows_ie_zones", "windows_ie_zones_scheme"),
+    ("tokentrust_win_middleware_other_versions", "mode"): ("token_middleware", "token_middleware_other_version"),
+    ("tokentrust_win_middleware_pending", "other_version"): ("token_middleware", "token_middleware_other_version"),
+    ("tokentrust_win_firefox_plan", "prefer"): ("windows_firefox_policies", "windows_firefox_policies_target"),
+    ("tokentrust_win_firefox_plan", "state"): ("windows_firefox_policies", "windows_firefox_policies_state"),
+    ("tokentrust_win_firefox_checks", "state"): ("windows_firefox_policies", "windows_firefox_policies_state"),
+    ("tokentrust_win_store_plan", "state"): ("windows_trust_store", "windows_trust_store_state"),
+}
+
+
+def _roles_dir():
+    """roles/ next to the plugin: the repository's, or the installed collection's (plugins/filter -> roles)."""
+    up = os.path.dirname(DOC_DIR)
+    for root in (up, os.path.dirname(up)):
+        if os.path.isdir(os.path.join(root, "roles")):
+            return os.path.join(root, "roles")
+    return None
+
+
+def _calls(roles, role, name):
+    """The text of every Jinja expression of the role's YAML that calls filter `name`."""
+    pattern = re.compile(r"\{\{(?:(?!\}\}).)*?\|\s*(?:tokentrust\.workstation\.)?" + name + r"\b.*?\}\}", re.S)
+    out = []
+    for path in glob.glob(os.path.join(roles, role, "*", "*.yml")):
         with open(path, encoding="utf-8") as f:
-            defaults.update(yaml.safe_load(f) or {})
-    assert defaults["windows_uac_mode"] in tw.UAC_MODES
-    assert defaults["windows_ie_zones_mode"] in tw.IE_MODES
-    assert defaults["token_middleware_other_version"] in tw.OTHER_VERSION_MODES
-    assert defaults["windows_firefox_policies_target"] in ("auto", "json", "registry")
-    assert defaults["windows_ie_zones_scheme"] in ("https", "http", "*")
+            out += [m.group(0) for m in pattern.finditer(f.read())]
+    return out
+
+
+def test_every_option_with_choices_is_tied_to_its_role_variable():
+    found = {(n, o) for n, (_t, d) in _docs().items()
+             for o, spec in ((d.get("DOCUMENTATION") or {}).get("options") or {}).items() if spec.get("choices")}
+    assert found == set(ROLE_VARIABLES), "options with choices and ROLE_VARIABLES differ"
+
+
+@pytest.mark.parametrize("key", sorted(ROLE_VARIABLES), ids=lambda k: ".".join(k))
+def test_role_calls_stay_within_the_choices(key):
+    """Read statically: the role passes its variable to that filter, and the variable's argument_specs choices
+    (what a user may set) and default are among the filter's documented choices."""
+    roles = _roles_dir()
+    if roles is None:
+        pytest.skip("no roles/ next to the plugin")
+    name, opt = key
+    role, var = ROLE_VARIABLES[key]
+    choices = _docs()[name][1]["DOCUMENTATION"]["options"][opt]["choices"]
+    calls = _calls(roles, role, name)
+    assert calls and all(var in c for c in calls), f"role {role} does not pass {var} to {name}: {calls}"
+    with open(os.path.join(roles, role, "meta", "argument_specs.yml"), encoding="utf-8") as f:
+        spec = yaml.safe_load(f)["argument_specs"]["main"]["options"][var]
+    assert spec.get("choices"), f"{role} {var}: no choices in its argument_specs"
+    assert set(spec["choices"]) <= set(choices), f"{var} may be {spec['choices']}, {name} {opt} takes {choices}"
+    assert spec.get("default") in choices
 
 
 _MUTATIONS = {
