@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 .PHONY: setup demo demo-local test lint unit integration fleet-tests bench bench-fleet bench-ssh clean lab lab-destroy \
-	fleet fleet-destroy collection ffi sanity changelog filter-docs controller ee vm vm-destroy vm-test
+	fleet fleet-destroy collection ffi sanity changelog controller ee vm vm-destroy vm-test
 
 setup:
 	@bash scripts/setup.sh
@@ -58,10 +58,6 @@ controller: setup
 # tagged by a hash of its inputs (built once). Its tests (site.yml and report.yml run inside it): tests/ee/.
 ee: setup
 	$(BIN)/python -m lab.ee image
-
-# After changing a filter (filter_plugins/tokentrust.py): regenerate its documentation (filter_plugins/<name>.yml).
-filter-docs: setup
-	$(BIN)/python scripts/gen_filter_docs.py
 
 # After changing a cffi declaration in module_utils/tokentrust_nss/_ffi.py: regenerate its pre-parsed form.
 ffi: setup

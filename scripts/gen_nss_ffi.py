@@ -7,6 +7,7 @@ declarations it was made from; _ffi.py uses it only when that matches, and parse
 stale file is slow, never wrong. tests/unit/test_nss_ffi.py fails when it is stale: run this after changing a
 declaration. `--check` exits 1 when the file is not what this script would write.
 """
+import importlib.util
 import os
 import sys
 import tempfile
@@ -15,17 +16,22 @@ import cffi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEST = os.path.join(ROOT, "module_utils", "tokentrust_nss", "_ffi_abi.py")
+FFI_SRC = os.path.join(ROOT, "module_utils", "tokentrust_nss", "_ffi.py")
 
 
 def load_declarations():
-    import ansible.module_utils
-
-    mu = os.path.join(ROOT, "module_utils")  # as Ansible's packer (and tests/conftest.py) resolve module_utils
-    if mu not in ansible.module_utils.__path__:
-        ansible.module_utils.__path__.append(mu)
-    from ansible.module_utils.tokentrust_nss import _ffi
-
-    return _ffi.cdef_source(), _ffi.cdef_digest()
+    """The declarations of _ffi.py, that file loaded by its path (no search path patched): tokentrust_facts, the
+    one module_utils file it imports, is loaded first the way the controller plugins load it (plugin_utils/_layout.py),
+    under the name _ffi.py imports it by."""
+    layout_spec = importlib.util.spec_from_file_location(
+        "tokentrust_layout", os.path.join(ROOT, "plugin_utils", "_layout.py"))
+    layout = importlib.util.module_from_spec(layout_spec)
+    layout_spec.loader.exec_module(layout)
+    layout.load("tokentrust_facts")
+    spec = importlib.util.spec_from_file_location("tokentrust_nss_ffi_declarations", FFI_SRC)
+    ffi_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ffi_mod)
+    return ffi_mod.cdef_source(), ffi_mod.cdef_digest()
 
 
 def render():

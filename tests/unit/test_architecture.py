@@ -236,3 +236,33 @@ def test_a_new_violation_is_caught(tmp_path, rule):
     before = {(r, s) for r, s in violations(tmp_path)}
     new = {(r, s) for r, s in before if r == rule and (r, s) not in ALLOWED}
     assert new, f"planting {name} did not make rule {rule} red"
+
+
+# Rule 3 for the repository's own scripts too (issue 30): scripts/gen_filter_docs.py and scripts/gen_nss_ffi.py
+# appended module_utils/ to `ansible.module_utils.__path__`; a script loads what it needs by file
+# (plugin_utils/_layout.py) instead. (`sys.path.insert` of scripts/ itself, to import a sibling script, is not a
+# patch of where Ansible's packages are found and stays allowed here.)
+SCRIPTS = ("scripts",)
+
+
+def script_path_patches(root=ROOT):
+    out = set()
+    for d in SCRIPTS:
+        for p in sorted((root / d).rglob("*.py")):
+            tree = ast.parse(p.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and node.attr == "__path__" and isinstance(
+                        getattr(node, "ctx", None), ast.Load) and _is_patch(tree, node):
+                    out.add(p.relative_to(root).as_posix())
+    return out
+
+
+def test_no_script_patches_a_package_path():
+    assert not script_path_patches(), "load module_utils by file (plugin_utils/_layout.py), do not patch __path__"
+
+
+def test_a_script_path_patch_is_caught(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "planted.py").write_text(
+        "import ansible.module_utils\n\nansible.module_utils.__path__.append('module_utils')\n")
+    assert script_path_patches(tmp_path) == {"scripts/planted.py"}
