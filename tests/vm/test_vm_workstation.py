@@ -125,6 +125,8 @@ def test_firefox_logs_in_with_the_card_in_alices_seat_session(provisioned, tmp_p
     site.yml provisioned it: the test page asks for a client certificate, Firefox picks the card's by itself, asks for
     the PIN with its own prompt (typed from chrome context), and the page shows the holder. The server's record and
     the card's own counters say the certificate and the signature came from the card in the USB reader."""
+    from marionette_driver import Wait
+
     from lab.testpage import read_log
     from tests.support.firefox import LIST_MODULES, TYPE_PIN_INTO_PROMPT, SeatFirefox
 
@@ -147,7 +149,9 @@ def test_firefox_logs_in_with_the_card_in_alices_seat_session(provisioned, tmp_p
             c.execute_script(TYPE_PIN_INTO_PROMPT, script_args=[piv_card.DEFAULT_PIN, 1])  # a second would be wrong
         assert [m for m in modules if m[1] == OPENSC and piv_card.HOLDER in m[2]], modules  # our role registered it
         c.timeout.page_load = 180
-        c.navigate(url)
+        c.navigate(url)  # may return before the page that follows the client-certificate handshake and the PIN
+        Wait(c, timeout=180).until(lambda mc: mc.execute_script("return !!document.getElementById('holder')"),
+                                   message="no holder on %s" % url)
         holder = c.execute_script("const e = document.getElementById('holder'); return e ? e.textContent : null")
         status = c.execute_script("const e = document.getElementById('status'); "
                                   "return e ? e.getAttribute('data-status') : null")
@@ -155,7 +159,7 @@ def test_firefox_logs_in_with_the_card_in_alices_seat_session(provisioned, tmp_p
             prompt = c.execute_script("return Services.prefs.getStringPref('tokentrust.test.prompt', '')")
             prompts = c.execute_script("return Services.prefs.getIntPref('tokentrust.test.prompts', 0)")
     seconds = round(time.monotonic() - t0, 1)
-    assert (holder, status) == (piv_card.HOLDER, "valid"), (holder, status, c.get_url() if c else None)
+    assert (holder, status) == (piv_card.HOLDER, "valid"), (holder, status)
     assert prompts == 1 and piv_card.HOLDER in prompt, prompt
     valid = [e for e in read_log(vm.m["testpage"]["log"]) if e.get("status") == "valid"]
     assert valid and valid[-1]["holder"] == piv_card.HOLDER, valid[-1:]
