@@ -45,6 +45,10 @@ attributes:
     details: The module never changes anything.
   diff_mode:
     support: none
+notes:
+  - A PowerShell module (C(#AnsibleRequires -CSharpUtil Ansible.Basic)), so that it can be signed and listed in
+    Ansible's signed manifest (C(powershell_signatures.psd1), ansible-core 2.19+) for hosts under App Control (WDAC)
+    or AppLocker, where a C(ansible.windows.win_powershell) script body runs in Constrained Language mode.
 """
 
     WINDOWS = r"""
@@ -55,6 +59,10 @@ attributes:
     support: full
   diff_mode:
     support: none
+notes:
+  - A PowerShell module (C(#AnsibleRequires -CSharpUtil Ansible.Basic)), so that it can be signed and listed in
+    Ansible's signed manifest (C(powershell_signatures.psd1), ansible-core 2.19+) for hosts under App Control (WDAC)
+    or AppLocker, where a C(ansible.windows.win_powershell) script body runs in Constrained Language mode.
 """
 
     PROFILES = r"""

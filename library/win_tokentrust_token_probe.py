@@ -20,9 +20,6 @@ author:
   - tokentrust contributors (!UNKNOWN)
 options: {}
 notes:
-  - A PowerShell module (C(#AnsibleRequires -CSharpUtil Ansible.Basic)), so that it can be signed and listed in
-    Ansible's signed manifest (C(powershell_signatures.psd1), ansible-core 2.19+) for hosts under App Control (WDAC)
-    or AppLocker, where a C(ansible.windows.win_powershell) script body runs in Constrained Language mode.
   - Needs Full Language mode (WinSCard through C(Add-Type), C(RegistryKey.OpenBaseKey)).
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
