@@ -374,8 +374,10 @@ def test_changelog_is_generated_from_fragments():
             text = f.read()
         doc = yaml.safe_load(text.split('DOCUMENTATION = r"""', 1)[1].split('"""', 1)[0])
         unreleased[n] = str(doc.get("version_added"))
-    assert not [n for n, v in unreleased.items()
-                if tuple(int(x) for x in v.split(".")) <= tuple(int(x) for x in newest.split("."))], (newest, unreleased)
+    def key(v):
+        return tuple(int(x) for x in v.split("."))
+
+    assert not [n for n, v in unreleased.items() if key(v) <= key(newest)], (newest, unreleased)
     assert sorted(modules + list(unreleased)) == REPO_MODULES
     filters = sorted(x["name"] for r in releases.values() for x in r.get("plugins", {}).get("filter", []))
     assert filters == _filters()
