@@ -256,12 +256,10 @@ class SeatFirefox(Firefox):
             '-profile "$2" about:blank\' sh %s "%s" </dev/null >/tmp/tokentrust-firefox-%d.log 2>&1 &\n'
             'echo "$DISPLAY"' % (self.pidfile, self.profile, self.port)), timeout=120)
         assert started.returncode == 0 and started.stdout.strip() == ":0", started.stdout
-        from lab.vm import ADMIN, ssh_args
-
         self._logf = open(self.log, "ab")
-        self.proc = subprocess.Popen([*ssh_args(self.m), "-N", "-o", "ExitOnForwardFailure=yes",
+        self.proc = subprocess.Popen([*vmlab.ssh_args(self.m), "-N", "-o", "ExitOnForwardFailure=yes",
                                       "-L", "127.0.0.1:%d:127.0.0.1:%d" % (self.port, self.port),
-                                      "%s@127.0.0.1" % ADMIN], stdin=subprocess.DEVNULL, stdout=self._logf,
+                                      "%s@127.0.0.1" % vmlab.ADMIN], stdin=subprocess.DEVNULL, stdout=self._logf,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 300  # Firefox's first start under TCG
         while True:
