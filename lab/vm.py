@@ -744,7 +744,7 @@ def create(run: Path = DEFAULT_DIR, *, suite: str = SUITE, inventory: Path = DEF
     image = build_image(suite, log)
     run.mkdir(parents=True, exist_ok=True)
     os.chmod(run, 0o700)
-    for stale in ("qmp.sock", "vscard.sock", "vscard.ctl", "console.log"):
+    for stale in ("qmp.sock", "vscard.sock", "vscard.ctl", "vscard.ctl.new", "console.log"):
         (run / stale).unlink(missing_ok=True)
     pki = (old or {}).get("pki")
     if not labbuild._pki_ok(pki):

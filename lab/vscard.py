@@ -94,6 +94,7 @@ class Bridge:
         self.log = log
         self.connected = threading.Event()
         self.stop = threading.Event()
+        self.control_ready = threading.Event()  # set once the control socket accepts connections
         self.apdus = 0
         self.acks = []
         self.generation = 0  # +1 at every insert/remove: an answer computed across one is never sent
@@ -226,13 +227,17 @@ class Bridge:
 
     def serve_control(self, path: Path) -> None:
         path = Path(path)
-        if path.exists():
-            path.unlink()
+        tmp = path.with_name(path.name + ".new")
+        tmp.unlink(missing_ok=True)
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(str(path))
-        os.chmod(path, 0o600)
+        srv.bind(str(tmp))
+        os.chmod(tmp, 0o600)
         srv.listen(4)
         srv.settimeout(0.5)
+        # the control path appears only once it listens: whoever waits for the file (lab/vm.py) never meets a
+        # socket that refuses the connection
+        os.replace(tmp, path)
+        self.control_ready.set()
         while not self.stop.is_set():
             try:
                 conn, _ = srv.accept()

@@ -32,6 +32,8 @@ def test_bridge_speaks_vscard_as_qemu_expects(tmp_path, card_dir):
     b = vscard.Bridge(card_dir, chardev)
     threading.Thread(target=b.loop, daemon=True).start()
     threading.Thread(target=b.serve_control, args=(ctl,), daemon=True).start()
+    # a loaded machine may not have run the control thread yet (CI once met a missing vscard.ctl here)
+    assert b.control_ready.wait(30), "the bridge's control socket never listened"
     conn, _ = srv.accept()
     conn.settimeout(20)
     try:
