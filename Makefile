@@ -24,7 +24,7 @@ demo-local: setup
 # The VM (tests/vm, lab/vm.py) is in: one Debian 12 VM booted, site.yml twice, verify.yml through its USB reader; its
 # card/reader state tests (marker vm_states, ~15 min under TCG) are left to `make vm-test`.
 test: setup lint
-	$(BIN)/pytest -q tests -m "not vm_states"
+	$(BIN)/pytest -q tests -m "not vm_states" --durations=40
 
 unit: setup
 	$(BIN)/pytest -q tests/unit
