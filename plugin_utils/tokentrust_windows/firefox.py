@@ -79,7 +79,11 @@ def candidate_is_x86(candidate, program_files=None):
     """Whether a gclib.dll candidate of the probe lies in the host's 32-bit Program Files folder: its (expanded)
     path is under the host's `program_files.x86` folder, or it was given as %ProgramFiles(x86)%\\...; only when
     neither is known (an older probe's answer, a literal path on a host without that folder), "(x86)" in its path."""
-    x86 = (program_files or {}).get("x86")
+    pf = program_files or {}
+    if "x64" in pf and "x86" in pf and not pf["x64"] and not pf["x86"]:
+        # neither ProgramW6432 nor ProgramFiles(x86) is defined: a 32-bit Windows, where every program is 32-bit
+        return True
+    x86 = pf.get("x86")
     given = candidate.get("given")
     if x86 or given:
         return _under(candidate.get("path"), x86) or str(given or "").casefold().startswith(X86_VARIABLE.casefold())

@@ -428,13 +428,15 @@ def test_expected_gclib_skips_a_path_whose_variable_the_host_does_not_define():
     undefined = {"path": GIVEN[2], "given": GIVEN[2], "exists": False, "machine": None, "version": None,
                  "reason": "environment variable %ProgramFiles(x86)% is not defined on this host"}
     main = {"path": GCLIB[0], "given": GIVEN[0], "exists": False, "machine": None, "version": None, "reason": None}
-    pf = {"x64": None, "x86": None}
+    pf = {"x64": None, "x86": None}  # what the probe answers on a 32-bit Windows: everything there is 32-bit
+    assert tw.expected_gclib(FX32, [undefined, main], pf)["path"] == GCLIB[0]
     with pytest.raises(tw.WindowsPlanError) as e:
-        tw.expected_gclib(FX32, [undefined, main], pf)
-    assert "no gclib.dll candidate path for a 32-bit (x86) Firefox" in str(e.value)
+        tw.expected_gclib(FX64, [undefined, main], pf)
+    assert "no gclib.dll candidate path for a 64-bit (x64) Firefox" in str(e.value)
     assert "%ProgramFiles(x86)%\\Gemalto\\Classic Client\\BIN\\gclib.dll (environment variable " \
            "%ProgramFiles(x86)% is not defined on this host)" in str(e.value)
-    assert tw.expected_gclib(FX64, [undefined, main], pf)["path"] == GCLIB[0]
+    # a 64-bit host whose 32-bit folder is unknown keeps the 64-bit folder for a 64-bit Firefox
+    assert tw.expected_gclib(FX64, [undefined, main], {"x64": "C:\\Program Files", "x86": None})["path"] == GCLIB[0]
     with pytest.raises(tw.WindowsPlanError, match=r"looked at: C:\\Program Files\\Gemalto.*, %ProgramFiles\(x86\)%"
                                                   r".*\(environment variable %ProgramFiles\(x86\)% is not defined"):
         tw.choose_gclib(FX64, [main, undefined])
