@@ -35,24 +35,43 @@ function Get-PEMachine([string]$Path) {
     finally { $fs.Dispose() }
 }
 
-function Get-FileInfo([string]$Path) {
-    if (Test-Path -LiteralPath $Path -PathType Leaf) {
-        $version = (Get-Item -LiteralPath $Path).VersionInfo.ProductVersion
-        return @{ path = $Path; exists = $true; machine = (Get-PEMachine $Path)
-                 version = $(if ($version) { [string]$version } else { $null }) }
+# The given paths name their folders with environment variables (%ProgramFiles%\Mozilla Firefox): they are
+# expanded here, on the host. %ProgramFiles% is the 64-bit folder: a 32-bit PowerShell sees ProgramFiles as the
+# 32-bit one, ProgramW6432 is the 64-bit one in both (64-bit Windows).
+$ProgramFiles64 = if ($env:ProgramW6432) { $env:ProgramW6432 } else { $env:ProgramFiles }
+function Expand-HostPath([string]$Given) {
+    $p = $Given
+    if ($ProgramFiles64) { $p = $p -ireplace '%ProgramFiles%', $ProgramFiles64.Replace('$', '$$') }
+    return [Environment]::ExpandEnvironmentVariables($p)
+}
+
+function Get-FileInfo([string]$Path, $Given) {
+    # path: as looked at (expanded); given: as the task gave it (null for a folder the host registers)
+    $info = @{ path = $Path; given = $(if ($null -ne $Given) { [string]$Given } else { $null })
+               exists = $false; machine = $null; version = $null; reason = $null }
+    if ($Path -match '%[^%\\]+%') {
+        # a variable this host does not define (%ProgramFiles(x86)% on 32-bit Windows): not a path to look at
+        $info.reason = "environment variable $($Matches[0]) is not defined on this host"
     }
-    return @{ path = $Path; exists = $false; machine = $null; version = $null }
+    elseif (Test-Path -LiteralPath $Path -PathType Leaf) {
+        $version = (Get-Item -LiteralPath $Path).VersionInfo.ProductVersion
+        $info.exists = $true
+        $info.machine = Get-PEMachine $Path
+        $info.version = $(if ($version) { [string]$version } else { $null })
+    }
+    return $info
 }
 
 # Firefox: the given folders, the install folders Mozilla's installer registers (machine: both views; per
 # user: each loaded user hive), each profile's %LOCALAPPDATA%\Mozilla Firefox, and the Microsoft Store build.
 $dirs = [System.Collections.Generic.List[string]]::new()
 $kinds = @{}
-function Add-Dir([string]$Dir, [string]$Kind) {
+$givens = @{}
+function Add-Dir([string]$Dir, [string]$Kind, $Given = $null) {
     $d = $Dir.TrimEnd('\')
-    if ($d -and -not $dirs.Contains($d)) { $dirs.Add($d); $kinds[$d] = $Kind }
+    if ($d -and -not $dirs.Contains($d)) { $dirs.Add($d); $kinds[$d] = $Kind; $givens[$d] = $Given }
 }
-foreach ($d in $FirefoxDirs) { Add-Dir $d 'machine' }
+foreach ($d in $FirefoxDirs) { Add-Dir (Expand-HostPath $d) 'machine' $d }
 function Read-Installs($Root, [string]$Kind) {
     $moz = $Root.OpenSubKey('SOFTWARE\Mozilla\Mozilla Firefox')
     if ($moz) {
@@ -90,8 +109,10 @@ $list.Close()
 foreach ($pkg in @(Get-AppxPackage -AllUsers -Name 'Mozilla.Firefox*' -ErrorAction SilentlyContinue)) {
     Add-Dir "$($pkg.InstallLocation)\VFS\ProgramFiles\Firefox Package Root" 'store'
 }
-$installs = @(foreach ($d in $dirs) { $i = Get-FileInfo "$d\firefox.exe"; $i.dir = [string]$d; $i.kind = "$($kinds[$d])"; $i })
-$gclib = @(foreach ($p in $GclibPaths) { Get-FileInfo $p })
+$installs = @(foreach ($d in $dirs) {
+    $i = Get-FileInfo "$d\firefox.exe" $givens[$d]; $i.dir = [string]$d; $i.kind = "$($kinds[$d])"; $i
+})
+$gclib = @(foreach ($p in $GclibPaths) { Get-FileInfo (Expand-HostPath $p) $p })
 
 # GPO registry: {relative key: {value name: data}}, machine (HKLM) and per loaded user hive (HKU\<SID>:
 # Firefox also reads user Group Policy from HKCU).
@@ -125,6 +146,7 @@ foreach ($sid in [Microsoft.Win32.Registry]::Users.GetSubKeyNames()) {
 
 $policies = @{}
 foreach ($i in $installs) {
+    if (-not $i.exists) { continue }   # no Firefox there (or a folder whose variable is undefined)
     $p = "$($i.dir)\distribution\policies.json"
     $policies[$p] = if (Test-Path -LiteralPath $p -PathType Leaf) {
         [string][System.IO.File]::ReadAllText($p, [System.Text.UTF8Encoding]::new($false))
@@ -136,4 +158,8 @@ $module.Result.gclib = $gclib
 $module.Result.gpo = $gpo
 $module.Result.gpo_users = $gpoUsers
 $module.Result.policies_json = $policies
+$module.Result.program_files = @{
+    x64 = $(if ($env:ProgramW6432) { [string]$env:ProgramW6432 } else { $null })
+    x86 = $(if (${env:ProgramFiles(x86)}) { [string]${env:ProgramFiles(x86)} } else { $null })
+}
 $module.ExitJson()

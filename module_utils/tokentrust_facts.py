@@ -33,6 +33,10 @@ import re
 # Keys are platform.system() values. The first entry of each list is the default; the others are places older or
 # repackaged installs use (looked up by what probes the host: firefox_policies, the Windows Firefox plan, which
 # also picks the DLL of Firefox's bitness among them, so both Program Files trees are listed).
+# Windows paths are written with environment variables (%ProgramFiles%, %ProgramFiles(x86)%, %SystemRoot%): Program
+# Files may be on another drive or folder, so the host's own values are used, expanded ON THE HOST by the probe
+# (library/win_tokentrust_firefox_probe.ps1; there %ProgramFiles% is the 64-bit folder, $env:ProgramW6432, even in a
+# 32-bit PowerShell). A variable the host does not define (%ProgramFiles(x86)% on 32-bit Windows) is no path.
 GEMALTO_CLASSIC_CLIENT = {
     "Linux": [
         "/usr/lib/pkcs11/libgclib.so",
@@ -44,10 +48,10 @@ GEMALTO_CLASSIC_CLIENT = {
         "/usr/local/lib/ClassicClient/libgclib.dylib",
     ],
     "Windows": [
-        "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll",
-        "C:\\Program Files\\Thales\\Classic Client\\BIN\\gclib.dll",
-        "C:\\Program Files (x86)\\Gemalto\\Classic Client\\BIN\\gclib.dll",
-        "C:\\Program Files (x86)\\Thales\\Classic Client\\BIN\\gclib.dll",
+        "%ProgramFiles%\\Gemalto\\Classic Client\\BIN\\gclib.dll",
+        "%ProgramFiles%\\Thales\\Classic Client\\BIN\\gclib.dll",
+        "%ProgramFiles(x86)%\\Gemalto\\Classic Client\\BIN\\gclib.dll",
+        "%ProgramFiles(x86)%\\Thales\\Classic Client\\BIN\\gclib.dll",
     ],
 }
 # Another Unix-like OS with no entry: its packages lay the library out as on Linux (guess=True).
@@ -61,30 +65,32 @@ _GUESS_FOR_UNKNOWN = "Linux"
 #   /usr/lib/pkcs11 (the SAC 10.8 .deb's usr/lib, NixOS/nixpkgs pkgs/by-name/pc/pcsc-safenet/package.nix; the
 #   B-Trust BISS setup checks /usr/lib/pkcs11/libIDPrimePKCS11.so), /usr/lib64 on RPM systems; macOS
 #   /Library/Frameworks/eToken.framework/Versions/A/libIDPrimePKCS11.dylib; Windows the SAC x64 folder
-#   (C:\Program Files\SafeNet\Authentication\SAC\x64\IDPrimePKCS1164.dll) and System32 (IDPrimePKCS11.dll).
+#   (C:\Program Files\SafeNet\Authentication\SAC\x64\IDPrimePKCS1164.dll on a default install, written
+#   %ProgramFiles%\... here) and System32 (IDPrimePKCS11.dll, %SystemRoot%\System32\...).
 # - SafeNet Authentication Client (eToken): Linux /usr/lib/libeTPkcs11.so (SafeNet Authentication Client (Linux)
 #   Administrator Guide 007-013842-001; the same .deb), /usr/lib/pkcs11/libeTPkcs11.so; macOS
 #   /usr/local/lib/libeTPkcs11.dylib and eToken.framework's libeToken.dylib (open-eid/browser-token-signing
-#   common/PKCS11Path.cpp); Windows C:\Windows\System32\eTPKCS11.dll (SAC Windows Administrator Guide).
+#   common/PKCS11Path.cpp); Windows C:\Windows\System32\eTPKCS11.dll (SAC Windows Administrator Guide; written
+#   %SystemRoot%\System32\eTPKCS11.dll here).
 # - OpenSC: Debian/Ubuntu multiarch /usr/lib/<triplet>/opensc-pkcs11.so and .../pkcs11/opensc-pkcs11.so (package
 #   opensc-pkcs11's file list, Debian 12 and 13), Fedora/RHEL /usr/lib64/opensc-pkcs11.so and
 #   /usr/lib64/pkcs11/opensc-pkcs11.so (package opensc); macOS /Library/OpenSC/lib/opensc-pkcs11.so
 #   (open-eid/browser-token-signing common/PKCS11Path.cpp); Windows C:\Program Files\OpenSC Project\OpenSC\pkcs11\
-#   opensc-pkcs11.dll (OpenSC/OpenSC win32/OpenSC.wxs.in, INSTALLDIR_PKCS11).
+#   opensc-pkcs11.dll (OpenSC/OpenSC win32/OpenSC.wxs.in, INSTALLDIR_PKCS11; written %ProgramFiles%\... here).
 TOKEN_LIBRARIES = (
     ("Classic Client", GEMALTO_CLASSIC_CLIENT),
     ("IDPrime", {
         "Linux": ["/usr/lib/libIDPrimePKCS11.so", "/usr/lib/pkcs11/libIDPrimePKCS11.so",
                   "/usr/lib64/libIDPrimePKCS11.so"],
         "Darwin": ["/Library/Frameworks/eToken.framework/Versions/A/libIDPrimePKCS11.dylib"],
-        "Windows": ["C:\\Program Files\\SafeNet\\Authentication\\SAC\\x64\\IDPrimePKCS1164.dll",
-                    "C:\\Windows\\System32\\IDPrimePKCS11.dll"],
+        "Windows": ["%ProgramFiles%\\SafeNet\\Authentication\\SAC\\x64\\IDPrimePKCS1164.dll",
+                    "%SystemRoot%\\System32\\IDPrimePKCS11.dll"],
     }),
     ("SafeNet Authentication Client", {
         "Linux": ["/usr/lib/libeTPkcs11.so", "/usr/lib/pkcs11/libeTPkcs11.so", "/usr/lib64/libeTPkcs11.so"],
         "Darwin": ["/usr/local/lib/libeTPkcs11.dylib",
                    "/Library/Frameworks/eToken.framework/Versions/Current/libeToken.dylib"],
-        "Windows": ["C:\\Windows\\System32\\eTPKCS11.dll"],
+        "Windows": ["%SystemRoot%\\System32\\eTPKCS11.dll"],
     }),
     ("OpenSC", {
         "Linux": ["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so", "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
@@ -92,7 +98,7 @@ TOKEN_LIBRARIES = (
                   "/usr/lib/aarch64-linux-gnu/pkcs11/opensc-pkcs11.so",
                   "/usr/lib64/opensc-pkcs11.so", "/usr/lib64/pkcs11/opensc-pkcs11.so"],
         "Darwin": ["/Library/OpenSC/lib/opensc-pkcs11.so"],
-        "Windows": ["C:\\Program Files\\OpenSC Project\\OpenSC\\pkcs11\\opensc-pkcs11.dll"],
+        "Windows": ["%ProgramFiles%\\OpenSC Project\\OpenSC\\pkcs11\\opensc-pkcs11.dll"],
     }),
 )
 
@@ -236,9 +242,11 @@ LINUX_INSTALL_DIRS = (
     "/opt/firefox-esr",
 )
 MACOS_APP = "/Applications/Firefox.app"
+# Windows: Mozilla Firefox in each Program Files folder of the host (64-bit, and 32-bit for a 32-bit build), wherever
+# those folders are: environment variables, expanded on the host (see GEMALTO_CLASSIC_CLIENT above).
 WINDOWS_FIREFOX_DIRS = (
-    "C:\\Program Files\\Mozilla Firefox",
-    "C:\\Program Files (x86)\\Mozilla Firefox",
+    "%ProgramFiles%\\Mozilla Firefox",
+    "%ProgramFiles(x86)%\\Mozilla Firefox",
 )
 
 

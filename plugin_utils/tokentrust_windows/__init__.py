@@ -51,6 +51,7 @@ from .common import (  # noqa: F401 - re-exported
 )
 from .firefox import (  # noqa: F401 - re-exported
     SECURITY_DEVICES_ADD_SINCE,
+    candidate_is_x86,
     choose_gclib,
     desired_fragment,
     expected_gclib,

@@ -61,20 +61,55 @@ def choose_gclib(firefox, candidates):
             f"gclib.dll bitness mismatch: {fx}, but {others}. Firefox cannot load a PKCS#11 library of "
             f"another bitness: install the {ARCH_BITS[fx_arch]}-bit Classic Client (token_middleware_msi) "
             "or the Firefox build that matches it")
-    looked = ", ".join(c.get("path", "?") for c in candidates or []) or "(no candidate paths)"
+    looked = _looked_at(candidates)
     raise WindowsPlanError(f"no gclib.dll found for {fx}; looked at: {looked}. Install Classic Client "
                            "(role token_middleware) or set windows_firefox_policies_gclib_paths")
 
 
-def expected_gclib(firefox, candidates):
+X86_VARIABLE = "%ProgramFiles(x86)%"
+
+
+def _under(path, folder):
+    """True when the Windows `path` is `folder` or inside it (case-insensitive, as NTFS names are)."""
+    p, f = str(path or "").casefold().rstrip("\\"), str(folder or "").casefold().rstrip("\\")
+    return bool(f) and (p == f or p.startswith(f + "\\"))
+
+
+def candidate_is_x86(candidate, program_files=None):
+    """Whether a gclib.dll candidate of the probe lies in the host's 32-bit Program Files folder: its (expanded)
+    path is under the host's `program_files.x86` folder, or it was given as %ProgramFiles(x86)%\\...; only when
+    neither is known (an older probe's answer, a literal path on a host without that folder), "(x86)" in its path."""
+    pf = program_files or {}
+    if "x64" in pf and "x86" in pf and not pf["x64"] and not pf["x86"]:
+        # neither ProgramW6432 nor ProgramFiles(x86) is defined: a 32-bit Windows, where every program is 32-bit
+        return True
+    x86 = pf.get("x86")
+    given = candidate.get("given")
+    if x86 or given:
+        return _under(candidate.get("path"), x86) or str(given or "").casefold().startswith(X86_VARIABLE.casefold())
+    return "(x86)" in candidate.get("path", "")
+
+
+def _looked_at(candidates):
+    """The candidates' paths as the host expanded them, each with the reason it could not be looked at."""
+    return ", ".join(c.get("path", "?") + (f" ({c['reason']})" if c.get("reason") else "")
+                     for c in candidates or []) or "(no candidate paths)"
+
+
+def expected_gclib(firefox, candidates, program_files=None):
     """Where gclib.dll WILL be for this Firefox when none is installed yet (check mode before the
-    middleware install): the first candidate in the Program Files folder of Firefox's bitness."""
+    middleware install): the first candidate in the Program Files folder of Firefox's bitness
+    (`program_files`: the probe's {x64, x86}, the host's own folders). A candidate whose environment
+    variable the host does not define (its `reason`) is no path and is skipped."""
     fx_arch = _arch_of(firefox, "Firefox")
     want_x86 = ARCH_BITS[fx_arch] == 32
     for c in candidates or []:
-        if ("(x86)" in c.get("path", "")) == want_x86:
+        if c.get("reason"):
+            continue
+        if candidate_is_x86(c, program_files) == want_x86:
             return {"path": c["path"], "arch": fx_arch, "assumed": True}
-    raise WindowsPlanError(f"no gclib.dll candidate path for a {_arch_label(fx_arch)} Firefox")
+    raise WindowsPlanError(f"no gclib.dll candidate path for a {_arch_label(fx_arch)} Firefox; looked at: "
+                           f"{_looked_at(candidates)}")
 
 
 def _install_gclib(i, probe, security_device, assume_missing_dll, warnings):
@@ -96,7 +131,7 @@ def _install_gclib(i, probe, security_device, assume_missing_dll, warnings):
     except WindowsPlanError:
         if not assume_missing_dll or any(c.get("exists") for c in probe.get("gclib") or []):
             raise
-        i["gclib"] = expected_gclib(i, probe.get("gclib"))["path"]
+        i["gclib"] = expected_gclib(i, probe.get("gclib"), probe.get("program_files"))["path"]
         warnings.append(f"gclib.dll not installed yet; assuming {i['gclib']} (check mode)")
 
 
@@ -146,15 +181,19 @@ def firefox_plan(probe, certificate_paths, device_name="gem", import_enterprise_
                  state="present", assume_missing_dll=False, security_device=True):
     """Everything the Firefox policy role applies, from one read-only probe of the host.
 
-    `probe`: {installs: [{path, dir, exists, machine}], gclib: [{path, exists, machine}],
-    gpo: {relative key: {name: data}}, policies_json: {path: text|null}}.
+    `probe`: {installs: [{path, dir, exists, machine}], gclib: [{path, given, exists, machine, reason}],
+    gpo: {relative key: {name: data}}, policies_json: {path: text|null}, program_files: {x64, x86}}; its
+    paths are the host's, environment variables expanded there (%ProgramFiles%: D:\\Programmes...).
     Returns {target, installs, desired_by_install, json: [{path, dir, text, changed, warnings}],
     registry: [entries], conflicts, warnings}.
     """
     installs = firefox_installs(probe.get("installs"))
     if not installs:
-        raise WindowsPlanError("no Firefox install found on the host (looked in Program Files, Program Files (x86), "
-                               "the Mozilla registry keys of the machine and of loaded user hives, each profile's "
+        looked = ", ".join((i.get("dir") or i.get("path", "?")) + (f" ({i['reason']})" if i.get("reason") else "")
+                           for i in probe.get("installs") or [])
+        raise WindowsPlanError("no Firefox install found on the host (looked in "
+                               + (looked + ", " if looked else "")
+                               + "the Mozilla registry keys of the machine and of loaded user hives, each profile's "
                                "AppData\\Local\\Mozilla Firefox and the Microsoft Store packages): install Firefox "
                                "first, or set windows_firefox_policies_firefox_dirs")
     warnings = []

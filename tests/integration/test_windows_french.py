@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from tests.support.winsim import Host, ca_set, new_state, probes, recap
+from tests.support.winsim import Host, ca_set, firefox_and_classic_client, new_state, probes, recap
 
 PRODUCT = "{6B0B7AC4-1B7E-4E3A-9C5D-2F1B3C4D5E6F}"
 LEGACY = "{11111111-2222-3333-4444-555555555555}"
@@ -27,6 +27,7 @@ def _french_host(tmp_path, roles=None, **kw):
     state = new_state(uninstall_entries=[{"key": LEGACY, "display_name": "GemSafe Standard Edition",
                                           "windows_installer": 1, "view": 64}], **kw)
     state["powershell"]["firefox_probe.ps1"] = probes.firefox_answer(gpo=False)
+    firefox_and_classic_client(state)  # 64-bit Firefox and gclib.dll in C:\Program Files
     state["powershell"]["token_probe.ps1"] = probes.token_answer()
     return Host(tmp_path, state, roles=roles)
 

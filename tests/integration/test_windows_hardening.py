@@ -8,7 +8,7 @@ import copy
 
 import pytest
 
-from tests.support.winsim import Host, ca_set, new_state, probes, recap
+from tests.support.winsim import Host, ca_set, firefox_and_classic_client, new_state, probes, recap
 
 PRODUCT = "{6B0B7AC4-1B7E-4E3A-9C5D-2F1B3C4D5E6F}"
 LEGACY = "{11111111-2222-3333-4444-555555555555}"
@@ -25,6 +25,7 @@ def cas():
 def _state(**kw):
     state = new_state(**kw)
     state["powershell"]["firefox_probe.ps1"] = probes.firefox_answer(gpo=False)
+    firefox_and_classic_client(state)  # 64-bit Firefox and gclib.dll in C:\Program Files
     state["powershell"]["token_probe.ps1"] = probes.token_answer()
     return state
 

@@ -8,7 +8,7 @@ MOCK (tests/support/winsim): no Windows runs here.
 """
 import pytest
 
-from tests.support.winsim import Host, ca_set, new_state, probes
+from tests.support.winsim import Host, ca_set, firefox_and_classic_client, new_state, probes
 
 PRODUCT = "{6B0B7AC4-1B7E-4E3A-9C5D-2F1B3C4D5E6F}"
 LEGACY = "{11111111-2222-3333-4444-555555555555}"
@@ -26,6 +26,7 @@ def _host(tmp_path, legacy=None, uac=None):
     state = new_state(uninstall_entries=list(legacy or []),
                       services={"CertPropSvc": {"start_mode": "auto", "state": "started"}})
     state["powershell"]["firefox_probe.ps1"] = probes.firefox_answer(gpo=False)
+    firefox_and_classic_client(state)  # 64-bit Firefox and gclib.dll in C:\Program Files
     state["powershell"]["token_probe.ps1"] = probes.token_answer()
     if uac is not None:  # a host where some UAC values were never written (Windows then uses its defaults)
         state["registry"][UAC_KEY] = uac

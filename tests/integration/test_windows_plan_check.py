@@ -38,19 +38,23 @@ def _play(*args):
 def test_plan_check_passes_in_check_mode(ca_set_file):
     r = _play("--check", "molecule/windows/plan_check.yml", "-e", f"@{ca_set_file}")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "ok=13" in r.stdout and "failed=0" in r.stdout and "changed=0" in r.stdout
+    assert "ok=15" in r.stdout and "failed=0" in r.stdout and "changed=0" in r.stdout
 
 
 def test_plan_check_bitness_mismatch_is_an_error(ca_set_file):
-    probe = {"installs": [{"path": "C:\\Program Files\\Mozilla Firefox\\firefox.exe", "exists": True,
-                           "machine": 34404}],
-             "gclib": [{"path": "C:\\Program Files (x86)\\Gemalto\\Classic Client\\BIN\\gclib.dll", "exists": True,
-                        "machine": 332}], "gpo": {}, "policies_json": {}}
+    # Program Files moved to D:\Programmes: the probe answers with the host's expanded paths
+    probe = {"installs": [{"path": "D:\\Programmes\\Mozilla Firefox\\firefox.exe", "exists": True,
+                           "machine": 34404, "given": "%ProgramFiles%\\Mozilla Firefox", "reason": None}],
+             "gclib": [{"path": "D:\\Programmes 32\\Gemalto\\Classic Client\\BIN\\gclib.dll", "exists": True,
+                        "machine": 332, "given": "%ProgramFiles(x86)%\\Gemalto\\Classic Client\\BIN\\gclib.dll",
+                        "reason": None}], "gpo": {}, "policies_json": {},
+             "program_files": {"x64": "D:\\Programmes", "x86": "D:\\Programmes 32"}}
     r = _play("--check", "molecule/windows/plan_check.yml", "-e", f"@{ca_set_file}",
               "-e", json.dumps({"plan_check_probe": probe}))
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert "gclib.dll bitness mismatch" in out and "is 64-bit (x64)" in out and "is 32-bit (x86)" in out
+    assert "Programmes 32" in out and "%ProgramFiles" not in out  # the path the host looked at, expanded
 
 
 def test_plan_check_empty_ca_set_fails():

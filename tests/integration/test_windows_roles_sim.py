@@ -9,7 +9,15 @@ import re
 
 import pytest
 
-from tests.support.winsim import Host, ca_set, module_source, new_state, recap, system_store_names
+from tests.support.winsim import (
+    Host,
+    ca_set,
+    firefox_and_classic_client,
+    module_source,
+    new_state,
+    recap,
+    system_store_names,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,27 +71,25 @@ def test_preexisting_intermediate_is_seen_kept_and_verified(tmp_path, cas):
 
 
 FIREFOX = "C:\\Program Files\\Mozilla Firefox"
-GCLIB64 = "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll"
 
 
-def firefox_probe(version="128.5.0", gpo=None, policies_json=None):
-    """MOCK of library/win_tokentrust_firefox_probe.ps1 output: 64-bit Firefox and Classic Client."""
-    return {"installs": [{"path": FIREFOX + "\\firefox.exe", "dir": FIREFOX, "exists": True, "machine": 34404,
-                          "version": version, "kind": "machine"}],
-            "gclib": [{"path": GCLIB64, "exists": True, "machine": 34404, "version": "10.8.0.0"}],
-            "gpo": gpo or {}, "gpo_users": {}, "policies_json": policies_json or {}}
+def firefox_probe(version="128.5.0", gpo=None, state=None):
+    """A MOCK host (`state`, default a new one) with 64-bit Firefox and Classic Client in C:\\Program Files, and the
+    Firefox Group Policy `gpo`; library/win_tokentrust_firefox_probe.ps1 is answered from them."""
+    state = state or new_state()
+    firefox_and_classic_client(state, version=version)
+    state["powershell"]["firefox_probe.ps1"] = {"gpo": gpo or {}, "gpo_users": {}}
+    return state
 
 
 def _firefox_host(tmp_path, **probe):
-    state = new_state()
-    state["powershell"]["firefox_probe.ps1"] = firefox_probe(**probe)
-    return Host(tmp_path, state)
+    return Host(tmp_path, firefox_probe(**probe))
 
 
-def _written_policies(host):
+def _written_policies(host, firefox=FIREFOX):
     import json  # noqa: PLC0415
 
-    key = (FIREFOX + "\\distribution\\policies.json").casefold()
+    key = (firefox + "\\distribution\\policies.json").casefold()
     return json.loads(host.load()["files"][key]["content"])
 
 
@@ -144,7 +150,7 @@ def token_probe(present=True):
 
 def _site_host(tmp_path, legacy=()):
     state = new_state(services={"CertPropSvc": {"start_mode": "auto", "state": "started"}})
-    state["powershell"]["firefox_probe.ps1"] = firefox_probe()
+    firefox_probe(state=state)
     state["powershell"]["token_probe.ps1"] = token_probe()
     state["uninstall_entries"] = list(legacy)
     return Host(tmp_path, state)
@@ -222,7 +228,7 @@ def test_staging_folders_are_admin_only(tmp_path, cas, role, var, folder):
     msi = tmp_path / "cc.msi"
     msi.write_bytes(b"msi")
     state = new_state(uninstall_entries=[])
-    state["powershell"]["firefox_probe.ps1"] = firefox_probe()
+    firefox_probe(state=state)
     host = Host(tmp_path, state)
     p = host.role(role, extra_vars={"tokentrust_ca_set": cas, "token_middleware_msi_src": str(msi),
                                     "token_middleware_msi_checksum": "00" * 32, "token_middleware_verify": False})
@@ -314,6 +320,40 @@ def test_firefox_with_group_policy_certificates_reports_the_override(tmp_path, c
     assert [c["name"] for c in failed] == ["Firefox policy Certificates not overridden by Group Policy"]
     assert "Software\\Policies\\Mozilla\\Firefox\\Certificates\\Install\\1 = C:\\ProgramData\\tokentrust\\certs\\" \
         in failed[0]["detail"]
+
+
+# Program Files relocated to D:\Programmes (ProgramFilesDir moved): what the host's environment says, as a 64-bit
+# PowerShell sees it, and as a 32-bit one does (its ProgramFiles is the 32-bit folder, ProgramW6432 the 64-bit one).
+RELOCATED = {"ProgramFiles": "D:\\Programmes", "ProgramFiles(x86)": "D:\\Programmes 32",
+             "ProgramW6432": "D:\\Programmes", "SystemRoot": "C:\\Windows"}
+
+
+@pytest.mark.parametrize("powershell", ["64-bit", "32-bit"])
+def test_firefox_policies_follow_the_hosts_own_program_files(tmp_path, cas, powershell):
+    env = dict(RELOCATED, ProgramFiles=RELOCATED["ProgramFiles(x86)"] if powershell == "32-bit" else
+               RELOCATED["ProgramFiles"])
+    state = firefox_and_classic_client(new_state(env=env))  # both in D:\Programmes, none in C:\Program Files
+    state["powershell"]["firefox_probe.ps1"] = {"gpo": {}, "gpo_users": {}}
+    host = Host(tmp_path, state)
+    p, facts = host.run(["windows_firefox_policies"], {"tokentrust_ca_set": cas},
+                        facts=["__windows_firefox_policies_plan", "windows_firefox_policies_checks"])
+    assert p.returncode == 0, p.stdout[-3000:]
+    plan = facts["__windows_firefox_policies_plan"]
+    assert [(i["path"], i["gclib"]) for i in plan["installs"]] == [
+        ("D:\\Programmes\\Mozilla Firefox\\firefox.exe", "D:\\Programmes\\Gemalto\\Classic Client\\BIN\\gclib.dll")]
+    assert _written_policies(host, "D:\\Programmes\\Mozilla Firefox")["policies"]["SecurityDevices"]["Add"] == {
+        "gem": "D:\\Programmes\\Gemalto\\Classic Client\\BIN\\gclib.dll"}
+    assert all(c["ok"] for c in facts["windows_firefox_policies_checks"]), facts["windows_firefox_policies_checks"]
+    # the role wrote under D:\Programmes, never into a C:\Program Files it assumed (only the CA files go to
+    # C:\ProgramData\tokentrust\certs, the role's cert_dir)
+    written = [c["args"].get("dest") or c["args"].get("path") for c in host.calls() if c["module"] in
+               ("win_copy", "win_file")]
+    assert [w for w in written if not w.casefold().startswith("c:\\programdata\\tokentrust\\certs")] == [
+        "D:\\Programmes\\Mozilla Firefox\\distribution", "D:\\Programmes\\Mozilla Firefox\\distribution\\policies.json"]
+    after = host.load()
+    assert not [k for k in list(after["files"]) + list(after["dirs"]) if k.startswith("c:\\program files")]
+    p2 = host.role("windows_firefox_policies", extra_vars={"tokentrust_ca_set": cas})
+    assert p2.returncode == 0 and recap(p2)["changed"] == 0, p2.stdout[-3000:]
 
 
 def test_firefox_too_old_for_security_devices_add_stops(tmp_path, cas):

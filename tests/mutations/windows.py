@@ -21,6 +21,7 @@ PY = os.path.join(ROOT, ".venv", "bin", "python")
 
 PROBES = "tests/unit/test_windows_probes.py"
 MEANING = "tests/integration/test_windows_meaning.py"
+ROLES_SIM = "tests/integration/test_windows_roles_sim.py"
 
 # name: (file, old text, new text, [pytest node ids that must go red])
 MUTATIONS = {
@@ -71,6 +72,18 @@ MUTATIONS = {
         "        $below = Read-Key $sub $(if ($Rel) { \"$Rel\\$s\" } else { $s })\n",
         "        $below = @{}\n",
         ["tests/integration/test_windows_roles_sim.py::test_firefox_with_group_policy_certificates_reports_the_override"]),
+    "firefox_paths_not_expanded": (
+        "library/win_tokentrust_firefox_probe.ps1",
+        "    $p = $Given\n"
+        "    if ($ProgramFiles64) { $p = $p -ireplace '%ProgramFiles%', $ProgramFiles64.Replace('$', '$$') }\n"
+        "    return [Environment]::ExpandEnvironmentVariables($p)\n",
+        "    return $Given\n",
+        [f"{ROLES_SIM}::test_firefox_policies_follow_the_hosts_own_program_files"]),
+    "firefox_program_files_not_64_bit": (
+        "library/win_tokentrust_firefox_probe.ps1",
+        "    if ($ProgramFiles64) { $p = $p -ireplace '%ProgramFiles%', $ProgramFiles64.Replace('$', '$$') }\n",
+        "",
+        [f"{ROLES_SIM}::test_firefox_policies_follow_the_hosts_own_program_files"]),
     "uac_restore_writes_zero": (
         "roles/windows_uac/tasks/main.yml",
         "    data: \"{{ item.data if item.state == 'present' else omit }}\"\n    type: dword\n"
@@ -103,6 +116,8 @@ BASELINE_K = {
     "uninstall_64_bit_view_only": "uac_window or legacy",
     "esc_guids_swapped": "ie_zone",
     "firefox_gpo_subkeys_not_read": "firefox_with_group",
+    "firefox_paths_not_expanded": "hosts_own_program_files",
+    "firefox_program_files_not_64_bit": "hosts_own_program_files",
     "uac_restore_writes_zero": "uac_window",
 }
 

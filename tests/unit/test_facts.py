@@ -18,10 +18,22 @@ MAC = "/Library/Frameworks/Pkcs11ClassicClient.framework/Versions/A/Pkcs11Classi
 def test_the_table():
     assert tl.default_library("Linux") == "/usr/lib/pkcs11/libgclib.so"
     assert tl.default_library("Darwin") == MAC
-    assert tl.default_library("Windows") == "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll"
-    # both Program Files trees, Gemalto and Thales (the Windows plan picks the DLL of Firefox's bitness among them)
+    assert tl.default_library("Windows") == "%ProgramFiles%\\Gemalto\\Classic Client\\BIN\\gclib.dll"
+    # both Program Files trees, Gemalto and Thales (the Windows plan picks the DLL of Firefox's bitness among them),
+    # named by the host's own variables (expanded on the host: Program Files may be on another drive)
     assert len(tl.library_candidates("Windows")) == 4
-    assert {p.split("\\")[1] for p in tl.library_candidates("Windows")} == {"Program Files", "Program Files (x86)"}
+    assert {p.split("\\")[0] for p in tl.library_candidates("Windows")} == {"%ProgramFiles%", "%ProgramFiles(x86)%"}
+    assert tl.firefox_install_dirs("Windows") == ["%ProgramFiles%\\Mozilla Firefox",
+                                                  "%ProgramFiles(x86)%\\Mozilla Firefox"]
+
+
+def test_no_windows_path_names_a_drive():
+    """Every Windows path of the tables starts with an environment variable of the host (%ProgramFiles%,
+    %ProgramFiles(x86)%, %SystemRoot%), never C:\\ (Program Files and Windows may be elsewhere)."""
+    paths = tl.token_library_paths("Windows") + tl.firefox_install_dirs("Windows")
+    assert paths and all(re.match(r"^%(ProgramFiles|ProgramFiles\(x86\)|SystemRoot)%\\", p) for p in paths), paths
+    assert [p for p in tl.token_library_paths("Windows") if "System32" in p] == [
+        "%SystemRoot%\\System32\\IDPrimePKCS11.dll", "%SystemRoot%\\System32\\eTPKCS11.dll"]
     assert tl.default_library("Plan9") is None and tl.library_candidates("Plan9") == []
     assert tl.default_library("FreeBSD", guess=True) == tl.default_library("Linux")
 

@@ -6,6 +6,7 @@ from ansible.module_utils.tokentrust_facts import library_candidates
 
 from lab.pki import certeurope_standin
 from plugin_utils import tokentrust_windows as tw
+from tests.support.winsim import DEFAULT_ENV, expand_env
 
 UAC = tw.UAC_KEY
 DEFAULT_UAC = {"EnableLUA": 1, "ConsentPromptBehaviorAdmin": 5, "PromptOnSecureDesktop": 1}
@@ -338,10 +339,12 @@ def test_ie_per_user_only_leaves_the_machine_policy_alone():
 # ------------------------------------------------------------------ Firefox bitness
 FX64 = {"path": "C:\\Program Files\\Mozilla Firefox\\firefox.exe", "machine": 0x8664, "version": "128.5.0"}
 FX32 = {"path": "C:\\Program Files (x86)\\Mozilla Firefox\\firefox.exe", "machine": "0x014C", "version": "115.4.0esr"}
-GCLIB = library_candidates("Windows")
-G64 = {"path": GCLIB[0], "exists": True, "machine": 34404}
-T64 = {"path": GCLIB[1], "exists": True, "machine": 34404}
-G32 = {"path": GCLIB[2], "exists": True, "machine": 332}
+GIVEN = library_candidates("Windows")  # %ProgramFiles%\..., %ProgramFiles(x86)%\...: the probe expands them
+GCLIB = [expand_env(p, DEFAULT_ENV, program_files_64=True) for p in GIVEN]  # ... on a host with the usual folders
+PROGRAM_FILES = {"x64": "C:\\Program Files", "x86": "C:\\Program Files (x86)"}
+G64 = {"path": GCLIB[0], "given": GIVEN[0], "exists": True, "machine": 34404}
+T64 = {"path": GCLIB[1], "given": GIVEN[1], "exists": True, "machine": 34404}
+G32 = {"path": GCLIB[2], "given": GIVEN[2], "exists": True, "machine": 332}
 
 
 @pytest.mark.parametrize("machine,arch", [(0x14C, "x86"), (0x8664, "x64"), ("0xAA64", "arm64"), ("34404", "x64")])
@@ -375,6 +378,68 @@ def test_choose_gclib_mismatch_says_so():
 def test_choose_gclib_none_found():
     with pytest.raises(tw.WindowsPlanError, match="no gclib.dll found for Firefox .* looked at: C:"):
         tw.choose_gclib(FX32, [dict(G32, exists=False)])
+
+
+def test_the_candidates_are_the_hosts_expanded_paths():
+    assert GCLIB[0] == "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll"
+    assert GCLIB[2] == "C:\\Program Files (x86)\\Gemalto\\Classic Client\\BIN\\gclib.dll"
+
+
+# A host whose Program Files folders were moved (ProgramFilesDir / ProgramFilesDir (x86)): the 32-bit one's name has
+# no "(x86)" in it, so only the host's own folder (or the variable the path was given with) tells the bitness.
+MOVED = {"x64": "D:\\Apps64", "x86": "D:\\Apps32"}
+
+
+def _moved(given, folder):
+    return {"path": given.replace(given.split("\\")[0], folder), "given": given, "exists": False, "machine": None,
+            "reason": None}
+
+
+@pytest.mark.parametrize("fx,with_given,want", [
+    (FX64, True, "D:\\Apps64\\Gemalto\\Classic Client\\BIN\\gclib.dll"),
+    (FX32, True, "D:\\Apps32\\Gemalto\\Classic Client\\BIN\\gclib.dll"),
+    (FX64, False, "D:\\Apps64\\Gemalto\\Classic Client\\BIN\\gclib.dll"),   # program_files alone decides
+    (FX32, False, "D:\\Apps32\\Gemalto\\Classic Client\\BIN\\gclib.dll"),
+])
+def test_expected_gclib_on_a_host_with_a_relocated_x86_folder(fx, with_given, want):
+    cands = [_moved(GIVEN[0], MOVED["x64"]), _moved(GIVEN[2], MOVED["x86"])]
+    if not with_given:
+        cands = [dict(c, given=None) for c in cands]
+    got = tw.expected_gclib(fx, cands, MOVED)
+    assert got == {"path": want, "arch": tw.pe_arch(fx["machine"]), "assumed": True}
+
+
+def test_expected_gclib_falls_back_to_x86_in_the_path_only_when_nothing_else_is_known():
+    cands = [dict(_moved(GIVEN[0], MOVED["x64"]), given=None), dict(_moved(GIVEN[2], MOVED["x86"]), given=None)]
+    # the old rule alone ("(x86)" in the path) sees no 32-bit folder on this host: the host's folder is needed
+    with pytest.raises(tw.WindowsPlanError, match="no gclib.dll candidate path for a 32-bit"):
+        tw.expected_gclib(FX32, cands)
+    assert tw.expected_gclib(FX32, [dict(G32, given=None)])["path"] == GCLIB[2]
+
+
+def test_expected_gclib_from_the_given_variable_when_the_host_folder_is_unknown():
+    cands = [_moved(GIVEN[2], "E:\\Legacy"), _moved(GIVEN[0], "E:\\Main")]
+    assert tw.expected_gclib(FX32, cands)["path"] == "E:\\Legacy\\Gemalto\\Classic Client\\BIN\\gclib.dll"
+    assert tw.expected_gclib(FX64, cands)["path"] == "E:\\Main\\Gemalto\\Classic Client\\BIN\\gclib.dll"
+
+
+def test_expected_gclib_skips_a_path_whose_variable_the_host_does_not_define():
+    # 32-bit Windows: no %ProgramFiles(x86)%, the probe leaves it in the path and says why
+    undefined = {"path": GIVEN[2], "given": GIVEN[2], "exists": False, "machine": None, "version": None,
+                 "reason": "environment variable %ProgramFiles(x86)% is not defined on this host"}
+    main = {"path": GCLIB[0], "given": GIVEN[0], "exists": False, "machine": None, "version": None, "reason": None}
+    pf = {"x64": None, "x86": None}  # what the probe answers on a 32-bit Windows: everything there is 32-bit
+    assert tw.expected_gclib(FX32, [undefined, main], pf)["path"] == GCLIB[0]
+    with pytest.raises(tw.WindowsPlanError) as e:
+        tw.expected_gclib(FX64, [undefined, main], pf)
+    assert "no gclib.dll candidate path for a 64-bit (x64) Firefox" in str(e.value)
+    assert "%ProgramFiles(x86)%\\Gemalto\\Classic Client\\BIN\\gclib.dll (environment variable " \
+           "%ProgramFiles(x86)% is not defined on this host)" in str(e.value)
+    # a 64-bit host whose 32-bit folder is unknown keeps the 64-bit folder for a 64-bit Firefox
+    assert tw.expected_gclib(FX64, [undefined, main], {"x64": "C:\\Program Files", "x86": None})["path"] == GCLIB[0]
+    with pytest.raises(tw.WindowsPlanError, match=r"looked at: C:\\Program Files\\Gemalto.*, %ProgramFiles\(x86\)%"
+                                                  r".*\(environment variable %ProgramFiles\(x86\)% is not defined"):
+        tw.choose_gclib(FX64, [main, undefined])
 
 
 def test_firefox_installs():
@@ -473,7 +538,7 @@ def test_policies_json_bad_file(desired):
 
 def _probe(**kw):
     p = {"installs": [dict(FX64, dir="C:\\Program Files\\Mozilla Firefox")], "gclib": [G64, G32], "gpo": {},
-         "policies_json": {}}
+         "policies_json": {}, "program_files": dict(PROGRAM_FILES)}
     p.update(kw)
     return p
 
@@ -551,11 +616,22 @@ def test_firefox_plan_missing_dll_check_mode_assumes_path():
         tw.firefox_plan(probe, CERTS)
     plan = tw.firefox_plan(probe, CERTS, assume_missing_dll=True)
     assert plan["installs"][0]["gclib"] == G64["path"] and "assuming" in plan["warnings"][0]
+    # a 32-bit Firefox on a host whose 32-bit Program Files is D:\Apps32: the host's folder, not "(x86)", decides
+    moved = _probe(installs=[dict(FX32, path="D:\\Apps32\\Mozilla Firefox\\firefox.exe")],
+                   gclib=[_moved(GIVEN[0], "D:\\Apps64"), _moved(GIVEN[2], "D:\\Apps32")], program_files=MOVED)
+    plan = tw.firefox_plan(moved, CERTS, assume_missing_dll=True)
+    assert plan["installs"][0]["gclib"] == "D:\\Apps32\\Gemalto\\Classic Client\\BIN\\gclib.dll"
+    assert plan["json"][0]["path"] == "D:\\Apps32\\Mozilla Firefox\\distribution\\policies.json"
 
 
 def test_firefox_plan_no_firefox():
     with pytest.raises(tw.WindowsPlanError, match="no Firefox install found"):
         tw.firefox_plan(_probe(installs=[]), CERTS)
+    # the folders the host looked in are named as it expanded them
+    gone = {"path": "D:\\Programmes\\Mozilla Firefox\\firefox.exe", "dir": "D:\\Programmes\\Mozilla Firefox",
+            "given": "%ProgramFiles%\\Mozilla Firefox", "exists": False, "machine": None, "reason": None}
+    with pytest.raises(tw.WindowsPlanError, match=r"looked in D:\\Programmes\\Mozilla Firefox, the Mozilla registry"):
+        tw.firefox_plan(_probe(installs=[gone]), CERTS)
 
 
 # ------------------------------------------------------------------ middleware

@@ -124,11 +124,62 @@ PROGRAMDATA_ACL = [
 ]
 
 
+# The environment of the PowerShell our modules run in (64-bit, over WinRM) on a Windows 11 with Program Files where
+# the installer puts it; a test relocates them (ProgramFiles on D:\) or drops one (no ProgramFiles(x86) on 32-bit
+# Windows). The MOCK's Firefox probe expands the paths it is given with these, as far as the module's source does.
+DEFAULT_ENV = {"ProgramFiles": "C:\\Program Files", "ProgramFiles(x86)": "C:\\Program Files (x86)",
+               "ProgramW6432": "C:\\Program Files", "SystemRoot": "C:\\Windows"}
+PE_MACHINES = {"x64": 0x8664, "x86": 0x14C, "arm64": 0xAA64}
+
+
+def host_env(state):
+    """The MOCK host's environment variables (DEFAULT_ENV for a state saved without them)."""
+    return dict(state["env"]) if "env" in state else dict(DEFAULT_ENV)
+
+
+def expand_env(path, env, program_files_64=False, environment=True):
+    """`program_files_64`: %ProgramFiles% first means the 64-bit folder (ProgramW6432 when defined), as the Firefox
+    probe does; `environment`: then [Environment]::ExpandEnvironmentVariables with `env`, each %NAME% of a defined
+    variable (names case-insensitive) replaced, an undefined one left as it is."""
+    folded = {k.casefold(): v for k, v in env.items()}
+    if program_files_64:
+        pf64 = folded.get("programw6432") or folded.get("programfiles")
+        if pf64:
+            path = re.sub("%ProgramFiles%", lambda _m: pf64, path, flags=re.IGNORECASE)
+    if not environment:
+        return path
+    return re.sub(r"%([^%]+)%", lambda m: folded.get(m.group(1).casefold(), m.group(0)), path)
+
+
+def _key(path):
+    return path.replace("/", "\\").rstrip("\\").casefold()
+
+
+def pe_file(state, path, arch="x64", version=None):
+    """Put a PE image on the MOCK host: a file whose IMAGE_FILE_HEADER.Machine is that of `arch`, whose
+    ProductVersion is `version` (what the Firefox probe reads of firefox.exe and gclib.dll)."""
+    state["files"][_key(path)] = {"content": f"MZ (a {arch} PE image of the MOCK host)", "machine": PE_MACHINES[arch],
+                                  "version": version}
+    return state
+
+
+def firefox_and_classic_client(state, firefox_arch="x64", version="128.5.0", gclib_arch=None, vendor="Gemalto"):
+    """Firefox and Classic Client's gclib.dll installed where their installers put them on this host: the
+    Program Files folder of their bitness, from the host's own environment (a relocated ProgramFiles included)."""
+    env = host_env(state)
+    folder = {"x64": env.get("ProgramW6432") or env.get("ProgramFiles"), "arm64": env.get("ProgramW6432"),
+              "x86": env.get("ProgramFiles(x86)") or env.get("ProgramFiles")}
+    pe_file(state, folder[firefox_arch] + "\\Mozilla Firefox\\firefox.exe", firefox_arch, version)
+    arch = gclib_arch or firefox_arch
+    pe_file(state, folder[arch] + f"\\{vendor}\\Classic Client\\BIN\\gclib.dll", arch, "10.8.0.0")
+    return state
+
+
 def new_state(**kw):
     names, _ = system_store_names()
     state = {"stores": {f"LocalMachine\\{n}": {} for n in names}, "registry": {}, "files": {}, "dirs": {},
              "powershell": {}, "calls": [], "installed": [], "reboots": 0, "accounts": dict(FRENCH_ACCOUNTS),
-             "computername": "PC-01",
+             "computername": "PC-01", "env": dict(DEFAULT_ENV),
              # Windows 11's default: Manual (trigger start), stopped until a card is inserted
              "services": {"CertPropSvc": {"start_mode": "manual", "state": "stopped"}}}
     state["dirs"]["c:\\programdata"] = {"owner": "S-1-5-18", "inherit": False,

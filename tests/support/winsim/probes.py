@@ -17,9 +17,10 @@ import os
 import re
 
 import yaml
+from ansible.module_utils.tokentrust_facts import firefox_install_dirs, library_candidates
 
 from plugin_utils import tokentrust_windows as tw
-from tests.support.winsim import new_state, psshape
+from tests.support.winsim import firefox_and_classic_client, new_state, psshape
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 ROLES = os.path.join(ROOT, "roles")
@@ -102,16 +103,11 @@ ANSIBLE_KEYS = {"changed", "failed", "skipped", "msg", "invocation", "warnings",
 
 # ------------------------------------------------------------------ the MOCK host's answers
 def firefox_answer(gpo=True):
-    """64-bit Firefox and Classic Client; with `gpo`, machine and user Group Policy values (one a list)."""
-    ff = "C:\\Program Files\\Mozilla Firefox"
-    return {"installs": [{"path": ff + "\\firefox.exe", "dir": ff, "exists": True, "machine": 34404,
-                          "version": "128.5.0", "kind": "machine"}],
-            "gclib": [{"path": "C:\\Program Files\\Gemalto\\Classic Client\\BIN\\gclib.dll", "exists": True,
-                       "machine": 34404, "version": "10.8.0.0"}],
-            "gpo": {"": {"DisableAppUpdate": 1}, "Certificates\\Install": {"1": "C:\\corp\\root.cer"},
+    """The Firefox Group Policy the MOCK host holds (with `gpo`: machine and user values, one a list). Firefox and
+    gclib.dll are files of the host (winsim.firefox_and_classic_client), which the MOCK's probe looks up itself."""
+    return {"gpo": {"": {"DisableAppUpdate": 1}, "Certificates\\Install": {"1": "C:\\corp\\root.cer"},
                     "Preferences": {"JSON": ["{", "}"]}} if gpo else {},
-            "gpo_users": {"S-1-5-21-1-2-3-1001": {"SecurityDevices": {"corp": "C:\\corp\\p11.dll"}}} if gpo else {},
-            "policies_json": {}}
+            "gpo_users": {"S-1-5-21-1-2-3-1001": {"SecurityDevices": {"corp": "C:\\corp\\p11.dll"}}} if gpo else {}}
 
 
 def token_answer(present=True):
@@ -137,6 +133,7 @@ def sample_state():
                                       "view": 64,
                                       "uninstall_string": "MsiExec.exe /X{11111111-2222-3333-4444-555555555555}"}])
     s["powershell"]["firefox_probe.ps1"] = firefox_answer()
+    firefox_and_classic_client(s)
     s["powershell"]["token_probe.ps1"] = token_answer()
     s["powershell"]["user_profiles.ps1"] = {
         "profiles": [{"sid": "S-1-5-21-1-2-3-1001", "profile_path": "C:\\Users\\anna", "loaded": True,
@@ -149,7 +146,9 @@ def sample_state():
 
 SAMPLE_PARAMS = {"private_dir_probe.ps1": {"Paths": ["C:\\ProgramData\\tokentrust", "C:\\ProgramData\\tokentrust\\x"]},
                  "private_dir_create.ps1": {"Path": "C:\\ProgramData\\tokentrust2", "ReadSids": ["S-1-5-32-545"]},
-                 "firefox_probe.ps1": {"FirefoxDirs": [], "GclibPaths": []},
+                 # the role's defaults (environment variables, expanded by the probe on the host)
+                 "firefox_probe.ps1": {"FirefoxDirs": firefox_install_dirs("Windows"),
+                                       "GclibPaths": library_candidates("Windows")},
                  "ie_zones_probe.ps1": {"Urls": ["https://services.certeurope.fr"]}}
 
 

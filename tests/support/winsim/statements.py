@@ -131,3 +131,44 @@ def replaces_existing_acl(text):
     """True when the script writes its DACL onto a folder that exists (Set-Acl / SetAccessControl with $sec)."""
     return bool(re.search(r"Set-Acl\s+-LiteralPath\s+\$Path\s+-AclObject\s+\$sec"
                           r"|\.SetAccessControl\(\s*\$sec\s*\)", text))
+
+
+def _function_body(text, name):
+    for fn in _nodes(text, "function_statement"):
+        fname = next(c for c in fn.children if c.type == "function_name")
+        if _t(fname).casefold() == name.casefold():
+            return _t(next(c for c in fn.children if c.type == "script_block"))
+    return None
+
+
+def path_expansion(text, variable):
+    """How the probe turns each item of the list `variable` (a module option's variable: GclibPaths,
+    FirefoxDirs) into the path it looks at, from its statements: {"program_files_64": bool, "environment": bool}.
+    The loop over `$variable` hands the item to a function of the probe (`(Expand-HostPath $p)`); environment: that
+    function calls [Environment]::ExpandEnvironmentVariables; program_files_64: it first replaces %ProgramFiles%
+    (-replace / -ireplace '%ProgramFiles%') by a value the script takes from $env:ProgramW6432 (the 64-bit folder,
+    even in a 32-bit PowerShell). Both false when the item is used as given."""
+    for f in _nodes(text, "foreach_statement"):
+        var = next((c for c in psshape._named(f) if c.type == "variable"), None)  # noqa: SLF001
+        coll = next((c for c in psshape._named(f) if c.type == "pipeline"), None)  # noqa: SLF001
+        body = next((c for c in psshape._named(f) if c.type == "statement_block"), None)  # noqa: SLF001
+        if var is None or coll is None or body is None or _t(coll).strip().casefold() != "$" + variable.casefold():
+            continue
+        how = {"program_files_64": False, "environment": False}
+        for fn in re.findall(r"\(\s*([A-Za-z][\w-]*)\s+" + re.escape(_t(var)) + r"\s*\)", _t(body)):
+            fbody = _function_body(text, fn) or ""
+            if re.search(r"\[(System\.)?Environment\]::ExpandEnvironmentVariables\(", fbody, re.I):
+                how["environment"] = True
+            if re.search(r"-i?replace\s+'%ProgramFiles%'", fbody, re.I) and \
+                    re.search(r"=\s*(if\s*\(\s*)?\$env:ProgramW6432", text, re.I):
+                how["program_files_64"] = True
+        return how
+    raise KeyError(f"the probe has no loop over ${variable}")
+
+
+def guards_undefined_variables(text):
+    """True when the probe's Get-FileInfo tells a path still holding a %VARIABLE% (undefined on the host) apart,
+    before Test-Path (which would take it as a path relative to the current folder)."""
+    body = _function_body(text, "Get-FileInfo") or ""
+    m = re.search(r"-match\s+'%\[\^%", body)
+    return bool(m) and m.start() < body.find("Test-Path")

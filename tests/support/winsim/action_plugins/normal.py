@@ -36,7 +36,7 @@ import sys
 from ansible.plugins.action import ActionBase
 
 sys.path.insert(0, os.environ.get("TOKENTRUST_WINSIM_ROOT", os.getcwd()))
-from tests.support.winsim import psshape, statements  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.winsim import expand_env, host_env, psshape, statements  # noqa: E402  pylint: disable=wrong-import-position
 
 SID_RE = re.compile(r"^S-1-\d+(-\d+)+$", re.IGNORECASE)
 ADMINS, SYSTEM, USERS, CREATOR_OWNER = "S-1-5-32-544", "S-1-5-18", "S-1-5-32-545", "S-1-3-0"
@@ -500,17 +500,47 @@ class ActionModule(ActionBase):
             "default_profile": {"path": "C:\\Users\\Default", "ntuser_exists": True}}
 
     def _probe_firefox_probe(self, state, params, check):
-        res = self._canned(state, "firefox_probe.ps1")  # policies.json as the host holds it now
+        """Firefox installs and gclib.dll candidates from the host's files (PE images: tests/support/winsim pe_file)
+        at the paths the module receives, expanded with the host's environment only as far as the module's source
+        expands them (statements.path_expansion); Firefox folders the host registers (Mozilla's registry keys, user
+        profiles, Store packages) from state["firefox_registered"]; Group Policy from the host's canned dump (the
+        subkeys only when Read-Key recurses); policies.json as the host's files hold it now."""
+        canned = state.get("powershell", {}).get("firefox_probe.ps1") or {}
+        env = host_env(state)
+        guard = statements.guards_undefined_variables(self._script)
+
+        def as_looked_at(given, variable):
+            return expand_env(given, env, **statements.path_expansion(self._script, variable))
+
+        def file_info(path, given):
+            info = {"path": path, "given": given, "exists": False, "machine": None, "version": None, "reason": None}
+            hole = re.search(r"%[^%\\]+%", path)
+            if hole and guard:
+                info["reason"] = f"environment variable {hole.group(0)} is not defined on this host"
+                return info
+            f = state["files"].get(_k(path)) if not hole else None  # Test-Path of a relative '%...%' path: none
+            if f is not None:
+                info.update(exists=True, machine=f.get("machine"), version=f.get("version"))
+            return info
+
+        dirs = {}  # the probe's List[string] (Contains: ordinal, case-sensitive) -> (kind, given)
+        for d in params.get("FirefoxDirs") or []:
+            dirs.setdefault(as_looked_at(d, "FirefoxDirs").rstrip("\\"), ("machine", d))
+        for r in state.get("firefox_registered") or []:
+            dirs.setdefault(r["dir"].rstrip("\\"), (r.get("kind", "machine"), None))
+        installs = [dict(file_info(d + "\\firefox.exe", given), dir=d, kind=kind) for d, (kind, given) in dirs.items()]
+        gclib = [file_info(as_looked_at(p, "GclibPaths"), p) for p in params.get("GclibPaths") or []]
+        gpo, gpo_users = dict(canned.get("gpo") or {}), dict(canned.get("gpo_users") or {})
         if not statements.function_recurses(self._script, "Read-Key"):  # the probe reads the top key only
-            res["gpo"] = {k: v for k, v in (res.get("gpo") or {}).items() if k == ""}
-            res["gpo_users"] = {sid: {k: v for k, v in keys.items() if k == ""}
-                                for sid, keys in (res.get("gpo_users") or {}).items()}
-        res["policies_json"] = dict(res.get("policies_json") or {})
-        for i in res.get("installs") or []:
-            path = i["dir"] + "\\distribution\\policies.json"
-            f = state["files"].get(_k(path))
-            res["policies_json"][path] = f["content"] if f is not None else res["policies_json"].get(path)
-        return res
+            gpo = {k: v for k, v in gpo.items() if k == ""}
+            gpo_users = {sid: {k: v for k, v in keys.items() if k == ""} for sid, keys in gpo_users.items()}
+        policies = {}
+        for i in installs:
+            if i["exists"]:
+                f = state["files"].get(_k(i["dir"] + "\\distribution\\policies.json"))
+                policies[i["dir"] + "\\distribution\\policies.json"] = f["content"] if f is not None else None
+        return {"installs": installs, "gclib": gclib, "gpo": gpo, "gpo_users": gpo_users, "policies_json": policies,
+                "program_files": {"x64": env.get("ProgramW6432"), "x86": env.get("ProgramFiles(x86)")}}
 
     def _probe_ie_zones_probe(self, state, params, check):
         """The zone of each URL from the machine Site to Zone Assignment List when its policy is on (the
