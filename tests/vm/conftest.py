@@ -16,9 +16,10 @@ import pytest
 
 from lab import piv_card
 from lab import vm as vmlab
+from tests.support import vm_early
 from tests.support.ansible_run import BIN, ROOT, ansible_env
+from tests.support.vm_early import SUITE  # TOKENTRUST_VM_SUITE, else Debian 12
 
-SUITE = os.environ.get("TOKENTRUST_VM_SUITE") or vmlab.SUITE
 VM_DIR = Path(ROOT) / "lab" / "build" / ("pytest-vm" if SUITE == vmlab.SUITE else "pytest-vm-" + SUITE)
 # TOKENTRUST_VM_TEST_RUN: the folder of a VM already made by `python -m lab.vm create` to run the tests on (it is
 # powered off and removed at the end, as the tests' own)
@@ -83,6 +84,9 @@ def vm():
         why = "the VM image is built with debootstrap/chroot: run the VM tests as root"
     if why:
         pytest.fail(why)
+    early = vm_early.wait()  # the image built beside the tests before these (tests/support/vm_early.py)
+    if early:
+        print("vm: image built early: %s" % early)
     try:
         m = vmlab.create(RUN_DIR, suite=SUITE, inventory=VM_DIR / "inventory", log=print)
     except vmlab.VMError as e:
