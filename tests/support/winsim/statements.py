@@ -75,14 +75,11 @@ def registry_views(text):
 
 def function_recurses(text, name):
     """True when function `name` calls itself (the Firefox probe's Read-Key walking subkeys)."""
-    for fn in _nodes(text, "function_statement"):
-        fname = next(c for c in fn.children if c.type == "function_name")
-        if _t(fname).casefold() != name.casefold():
-            continue
-        body = next(c for c in fn.children if c.type == "script_block")
-        return any(_t(c).casefold() == name.casefold() for c in psshape._descendants(body)  # noqa: SLF001
-                   if c.type == "command_name")
-    raise KeyError(f"the probe has no function {name}")
+    body = _function_block(text, name)
+    if body is None:
+        raise KeyError(f"the probe has no function {name}")
+    return any(_t(c).casefold() == name.casefold() for c in psshape._descendants(body)  # noqa: SLF001
+               if c.type == "command_name")
 
 
 def created_acl(text, params, parent):
@@ -133,12 +130,18 @@ def replaces_existing_acl(text):
                           r"|\.SetAccessControl\(\s*\$sec\s*\)", text))
 
 
-def _function_body(text, name):
+def _function_block(text, name):
+    """The script_block node of function `name` (None when the script has no such function)."""
     for fn in _nodes(text, "function_statement"):
         fname = next(c for c in fn.children if c.type == "function_name")
         if _t(fname).casefold() == name.casefold():
-            return _t(next(c for c in fn.children if c.type == "script_block"))
+            return next(c for c in fn.children if c.type == "script_block")
     return None
+
+
+def _function_body(text, name):
+    block = _function_block(text, name)
+    return None if block is None else _t(block)
 
 
 def path_expansion(text, variable):
