@@ -22,8 +22,9 @@ demo-local: setup
 # Every test, the Debian 13 controller's (tests/controller) and the execution environment's (tests/ee) included: their
 # images are built once per recipe, from the one Debian 13 base (both cold here: 7 min, 27 min under a 50-host bench).
 # The VM (tests/vm, lab/vm.py) is in: one Debian 12 VM booted, site.yml twice, verify.yml through its USB reader; its
-# card/reader state tests (marker vm_states, ~15 min under TCG) are left to `make vm-test`. scripts/test.sh (with
-# TOKENTRUST_TEST_LANES=2: tests/vm in a second lane beside the others).
+# card/reader state tests (marker vm_states, ~15 min under TCG) are left to `make vm-test`. scripts/test.sh runs two
+# lanes at once (the containers, the VM, the controller, the EE and the collection beside the rest; TOKENTRUST_TEST_LANES=1:
+# one pytest run).
 test: setup lint
 	@bash scripts/test.sh
 

@@ -96,29 +96,37 @@ def build_image(log: Callable[[str], None] = lambda s: None) -> dict:
     base = base_tag()
     image = f"{IMAGE_REPO}/{SUITE}:{recipe_hash()}"
     built = []
-    if not fleetlab.image_exists(image):
-        mirror, security = fleetlab.apt_mirrors()
-        security = security.replace("bookworm", SUITE)
-        if not fleetlab.image_exists(base):
-            ensure_base(log)
-            built.append(base)
-        log("controller: Python 3.13 from Debian, ansible from PyPI, ansible-test's sanity environments")
-        name = f"tokentrust-controller-build-{os.getpid()}"
-        with tempfile.TemporaryDirectory(prefix="tokentrust-controller-recipe-") as recipe:
-            (Path(recipe) / "requirements-controller.txt").write_text(REQUIREMENTS.read_text())
-            try:
-                fleetlab.docker("run", "--name", name, "--network", "host", *_pip_env(),
-                                "-v", f"{recipe}:/recipe:ro", "-v", f"{ROOT}:/src:ro",
-                                "-e", f"MIRROR={mirror}", "-e", f"SECURITY={security}", "-e", f"SUITE={SUITE}",
-                                "-e", f"PACKAGES={' '.join(PACKAGES)}", "-e", f"VENV={VENV}",
-                                "-e", f"SANITY_HOME={SANITY_HOME}", "-e", "SRC=/src", "-e", f"CA_IN={CA_IN}",
-                                base, "bash", "-c", BUILD_SCRIPT, what="building the controller image", timeout=3600)
-                fleetlab.docker("commit", "--change", f"ENV PATH={VENV}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                                "--change", "ENV LC_ALL=C.UTF-8", name, image, what="committing the controller image")
-            finally:
-                subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-        built.append(image)
+    with fleetlab.build_lock(f"controller-{image}", log):
+        if not fleetlab.image_exists(image):
+            built = _build(image, base, log)
     return {"image": image, "base": base, "built": built, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def _build(image: str, base: str, log: Callable[[str], None]) -> list:
+    """build_image's work, under its lock: the tags it built."""
+    built = []
+    mirror, security = fleetlab.apt_mirrors()
+    security = security.replace("bookworm", SUITE)
+    if not fleetlab.image_exists(base):
+        ensure_base(log)
+        built.append(base)
+    log("controller: Python 3.13 from Debian, ansible from PyPI, ansible-test's sanity environments")
+    name = f"tokentrust-controller-build-{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix="tokentrust-controller-recipe-") as recipe:
+        (Path(recipe) / "requirements-controller.txt").write_text(REQUIREMENTS.read_text())
+        try:
+            fleetlab.docker("run", "--name", name, "--network", "host", *_pip_env(),
+                            "-v", f"{recipe}:/recipe:ro", "-v", f"{ROOT}:/src:ro",
+                            "-e", f"MIRROR={mirror}", "-e", f"SECURITY={security}", "-e", f"SUITE={SUITE}",
+                            "-e", f"PACKAGES={' '.join(PACKAGES)}", "-e", f"VENV={VENV}",
+                            "-e", f"SANITY_HOME={SANITY_HOME}", "-e", "SRC=/src", "-e", f"CA_IN={CA_IN}",
+                            base, "bash", "-c", BUILD_SCRIPT, what="building the controller image", timeout=3600)
+            fleetlab.docker("commit", "--change", f"ENV PATH={VENV}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                            "--change", "ENV LC_ALL=C.UTF-8", name, image, what="committing the controller image")
+        finally:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    built.append(image)
+    return built
 
 
 def base_tag() -> str:

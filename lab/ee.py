@@ -262,39 +262,47 @@ def build_image(log: Callable[[str], None] = lambda s: None, no_cache: bool = Fa
     t0 = time.monotonic()
     info = prepare(log)
     image, built = info["image"], []
-    if no_cache or not fleetlab.image_exists(image):
-        if not fleetlab.image_exists(info["base"]):
-            log("ee: the Debian 13 base (debootstrap trixie) first")
-            controller.ensure_base(log)
-            built.append(info["base"])
-        builder = BIN / "ansible-builder"
-        if not builder.exists():
-            raise EEError(f"{builder} is missing: run scripts/setup.sh (requirements.txt pins ansible-builder)")
-        INPUTS.mkdir(parents=True, exist_ok=True)
-        # ansible-builder's context outside the repository (its generated YAML is not ours to lint)
-        context = Path(tempfile.mkdtemp(prefix="tokentrust-ee-context-"))
-        logfile = INPUTS / "build.log"
-        extra = ["--network", "host"]
-        for k, v in info["labels"].items():
-            extra += ["--label", f"{k}={v}"]
-        cmd = [str(builder), "build", "-f", str(EE_FILE), "-c", str(context), "-t", image,
-               "--container-runtime", "docker", "-v", "3", "--extra-build-cli-args", " ".join(extra)]
-        if no_cache:
-            cmd.append("--no-cache")
-        log(f"ee: ansible-builder build -t {image} (log: {logfile})")
-        env = dict(os.environ, DOCKER_BUILDKIT="0")  # the classic builder: no buildx here
-        try:
-            with open(logfile, "w", encoding="utf-8") as out:
-                p = subprocess.run(cmd, cwd=str(ROOT), env=env, stdout=out, stderr=subprocess.STDOUT, timeout=3600,
-                                   check=False)
-        finally:
-            shutil.rmtree(context, ignore_errors=True)
-        if p.returncode != 0 or not fleetlab.image_exists(image):
-            tail = logfile.read_text(errors="replace")[-4000:]
-            raise EEError(f"ansible-builder build exited {p.returncode} (full log {logfile}):\n{tail}")
-        built.append(image)
+    with fleetlab.build_lock(f"ee-{image}", log):
+        if no_cache or not fleetlab.image_exists(image):
+            built = _build(info, no_cache, log)
     return {"image": image, "base": info["base"], "labels": labels_of(image), "built": built,
             "seconds": round(time.monotonic() - t0, 1)}
+
+
+def _build(info: dict, no_cache: bool, log: Callable[[str], None]) -> list:
+    """build_image's work, under its lock: the tags it built."""
+    image, built = info["image"], []
+    if not fleetlab.image_exists(info["base"]):
+        log("ee: the Debian 13 base (debootstrap trixie) first")
+        controller.ensure_base(log)
+        built.append(info["base"])
+    builder = BIN / "ansible-builder"
+    if not builder.exists():
+        raise EEError(f"{builder} is missing: run scripts/setup.sh (requirements.txt pins ansible-builder)")
+    INPUTS.mkdir(parents=True, exist_ok=True)
+    # ansible-builder's context outside the repository (its generated YAML is not ours to lint)
+    context = Path(tempfile.mkdtemp(prefix="tokentrust-ee-context-"))
+    logfile = INPUTS / "build.log"
+    extra = ["--network", "host"]
+    for k, v in info["labels"].items():
+        extra += ["--label", f"{k}={v}"]
+    cmd = [str(builder), "build", "-f", str(EE_FILE), "-c", str(context), "-t", image,
+           "--container-runtime", "docker", "-v", "3", "--extra-build-cli-args", " ".join(extra)]
+    if no_cache:
+        cmd.append("--no-cache")
+    log(f"ee: ansible-builder build -t {image} (log: {logfile})")
+    env = dict(os.environ, DOCKER_BUILDKIT="0")  # the classic builder: no buildx here
+    try:
+        with open(logfile, "w", encoding="utf-8") as out:
+            p = subprocess.run(cmd, cwd=str(ROOT), env=env, stdout=out, stderr=subprocess.STDOUT, timeout=3600,
+                               check=False)
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    if p.returncode != 0 or not fleetlab.image_exists(image):
+        tail = logfile.read_text(errors="replace")[-4000:]
+        raise EEError(f"ansible-builder build exited {p.returncode} (full log {logfile}):\n{tail}")
+    built.append(image)
+    return built
 
 
 def runner_bin() -> str:

@@ -44,7 +44,9 @@ the hosts and their connection values differ.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
@@ -56,7 +58,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from lab import build as labbuild
 from lab import piv_card
@@ -237,8 +239,40 @@ def image_exists(tag: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False).returncode == 0
 
 
+@contextlib.contextmanager
+def build_lock(name: str, log: Callable[[str], None] = lambda s: None) -> Iterator[None]:
+    """Held while an image called `name` is built: Docker's images are the machine's, so two runs at once (make
+    test's two lanes, a demo beside the tests) build each image once; the second waits, then finds it built.
+    The lock files live in a folder of this user's (~/.cache/tokentrust/locks, mode 0700), opened without
+    following symlinks."""
+    d = Path.home() / ".cache" / "tokentrust" / "locks"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = d.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise FleetError(f"{d} is not this user's own folder (owner {st.st_uid}, mode {oct(st.st_mode & 0o777)}): "
+                         "remove it, it holds only lock files")
+    path = d / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another run that is building {name}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def build_base(tag: str, mirror: str, log: Callable[[str], None], suite: str = SUITE) -> None:
-    """debootstrap minbase rootfs of `suite` -> `docker import` as `tag` (lab/controller.py uses it for trixie)."""
+    """debootstrap minbase rootfs of `suite` -> `docker import` as `tag` (lab/controller.py uses it for trixie),
+    under the tag's build lock; nothing when another run built it meanwhile."""
+    with build_lock(f"base-{tag}", log):
+        if not image_exists(tag):
+            _build_base(tag, mirror, log, suite)
+
+
+def _build_base(tag: str, mirror: str, log: Callable[[str], None], suite: str) -> None:
     if not shutil.which("debootstrap"):
         raise FleetError("debootstrap is not installed: run scripts/setup.sh")
     with tempfile.TemporaryDirectory(prefix="tokentrust-rootfs-", dir="/var/tmp") as tmp:
@@ -273,6 +307,16 @@ def build_image(log: Callable[[str], None] = lambda s: None, suite: str = SUITE)
     base, ws, ws_cffi, h = tags["base"], tags["ws"], tags["ws_cffi"], tags["recipe"]
     built = []
     if not image_exists(ws) or not image_exists(ws_cffi):
+        with build_lock(f"fleet-{suite}-{h}", log):
+            _build_ws(tags, suite, log, built)
+    return {"ws": ws, "ws_cffi": ws_cffi, "base": base, "recipe": h, "built": built, "suite": suite,
+            "seconds": round(time.monotonic() - t0, 1)}
+
+
+def _build_ws(tags: dict, suite: str, log: Callable[[str], None], built: list) -> None:
+    """build_image's work, under its lock: what is still missing once it is held (another run may have built it)."""
+    base, ws, ws_cffi = tags["base"], tags["ws"], tags["ws_cffi"]
+    if not image_exists(ws) or not image_exists(ws_cffi):
         mirror, security = apt_mirrors()
         if not image_exists(base):
             build_base(base, mirror, log, suite=suite)
@@ -305,8 +349,6 @@ def build_image(log: Callable[[str], None] = lambda s: None, suite: str = SUITE)
             finally:
                 subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
             built.append(ws_cffi)
-    return {"ws": ws, "ws_cffi": ws_cffi, "base": base, "recipe": h, "built": built, "suite": suite,
-            "seconds": round(time.monotonic() - t0, 1)}
 
 
 # ---------------------------------------------------------------------------------------------

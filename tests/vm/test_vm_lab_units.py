@@ -99,3 +99,30 @@ def test_a_folder_that_is_not_a_vm_is_never_used_or_removed(tmp_path):
 def test_unknown_suite(tmp_path):
     with pytest.raises(vmlab.VMError, match="unknown suite 'sid'"):
         vmlab.image_dir("sid")
+
+
+@pytest.mark.parametrize("value, prefix", [("", []), ("0", []), ("5", ["nice", "-n", "5"]),
+                                           ("-5", ["nice", "-n", "-5"])])
+def test_vm_priority_from_tokentrust_vm_nice(monkeypatch, value, prefix):
+    monkeypatch.setenv("TOKENTRUST_VM_NICE", value)
+    monkeypatch.setattr(vmlab.os, "geteuid", lambda: 0)
+    assert vmlab.priority() == prefix
+
+
+@pytest.mark.parametrize("value, said", [("fast", "a whole number from -20 to 19"), ("-21", "from -20 to 19"),
+                                         ("20", "from -20 to 19"), ("-1", "only root may raise a priority")])
+def test_vm_priority_refuses_what_nice_cannot_do(monkeypatch, value, said):
+    monkeypatch.setenv("TOKENTRUST_VM_NICE", value)
+    monkeypatch.setattr(vmlab.os, "geteuid", lambda: 1000)
+    with pytest.raises(vmlab.VMError, match=said):
+        vmlab.priority()
+
+
+def test_the_priority_prefix_really_lowers_a_process(monkeypatch):
+    """The prefix run for real: the process it starts has the nice value asked (plus the caller's own)."""
+    import os
+    import subprocess
+    monkeypatch.setenv("TOKENTRUST_VM_NICE", "7")
+    out = subprocess.run([*vmlab.priority(), "sh", "-c", "cut -d' ' -f19 /proc/$$/stat"], capture_output=True,
+                         text=True, check=True).stdout
+    assert int(out) == min(19, os.nice(0) + 7)

@@ -9,9 +9,11 @@ and asserted from verify.yml's saved result, the report, and the card's own coun
 The measured times land in lab/build/pytest-vm/times.json (docs/lab.md quotes them).
 """
 import json
+import os
 import re
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,12 +34,22 @@ def _times(**kw):
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def _nice(pid):
+    """A process's nice value, from /proc/PID/stat (field 19, counted after the command's closing parenthesis)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[16])
+
+
 def test_boot_systemd_udev_and_the_usb_reader_under_socket_activated_pcscd(vm):
     m = vm.m
     assert m["system_state"] in ("running", "degraded"), m["system_state"]
     _times(accel=m["accel"], image_seconds=m["image_seconds"], image_built=m["image_built"],
            boot_to_ssh_seconds=m["ssh_seconds"], boot_to_systemd_ready_seconds=m["boot_seconds"])
     assert vm.sh("ps -o comm= -p 1").stdout.strip() == "systemd"
+    # QEMU and the bridge run at the priority asked (make test's two lanes ask -5: scripts/test.sh)
+    want = int(os.environ.get("TOKENTRUST_VM_NICE") or 0)
+    bridge = int((Path(m["dir"]) / "vscard.pid").read_text())
+    assert {_nice(vmlab.qemu_pid(m)), _nice(bridge)} == {want}, (want, vmlab.qemu_pid(m), bridge)
     assert vm.sh("systemctl is-active pcscd.socket").stdout.strip() == "active"
     # the reader is a USB device the guest enumerated (udev), driven by libccid
     lsusb = vm.sh("lsusb").stdout
