@@ -567,8 +567,8 @@ def _kill(pidfile: Path, marker: bytes) -> bool:
 
 
 def priority() -> list:
-    """The command prefix that runs QEMU and the VSCard bridge at TOKENTRUST_VM_NICE (a nice value, -20..19; unset
-    or 0: as the caller). The emulated USB reader is the timing-sensitive part of the lab: on a machine busy with other
+    """The command prefix that runs QEMU and the VSCard bridge at TOKENTRUST_VM_NICE (a nice value, -20..19; unset:
+    the caller's own). The emulated USB reader is the timing-sensitive part of the lab: on a machine busy with other
     work (make test's second lane) a negative value (root only) keeps its APDUs answered in time."""
     raw = os.environ.get("TOKENTRUST_VM_NICE", "").strip()
     if not raw:
@@ -579,9 +579,11 @@ def priority() -> list:
         n = None
     if n is None or not -20 <= n <= 19:
         raise VMError(f"TOKENTRUST_VM_NICE={raw!r}: a whole number from -20 to 19 (a nice value), or unset")
-    if n < 0 and os.geteuid() != 0:
-        raise VMError(f"TOKENTRUST_VM_NICE={n}: only root may raise a priority; unset it or give 0..19")
-    return ["nice", "-n", str(n)] if n else []
+    step = n - os.nice(0)  # nice(1) adds to the caller's own value: the value asked is where QEMU ends
+    if step < 0 and os.geteuid() != 0:
+        raise VMError(f"TOKENTRUST_VM_NICE={n}: only root may raise a priority (this process runs at nice "
+                      f"{os.nice(0)}); unset it or give {os.nice(0)}..19")
+    return ["nice", "-n", str(step)] if step else []
 
 
 def start_bridge(m: dict, inserted: bool = True) -> None:

@@ -101,28 +101,34 @@ def test_unknown_suite(tmp_path):
         vmlab.image_dir("sid")
 
 
-@pytest.mark.parametrize("value, prefix", [("", []), ("0", []), ("5", ["nice", "-n", "5"]),
-                                           ("-5", ["nice", "-n", "-5"])])
-def test_vm_priority_from_tokentrust_vm_nice(monkeypatch, value, prefix):
+@pytest.mark.parametrize("mine, value, prefix", [
+    (0, "", []), (0, "0", []), (0, "5", ["nice", "-n", "5"]), (0, "-5", ["nice", "-n", "-5"]),
+    (10, "-5", ["nice", "-n", "-15"]), (10, "10", []), (3, "", [])])
+def test_vm_priority_from_tokentrust_vm_nice(monkeypatch, mine, value, prefix):
+    """The value asked is the one QEMU runs at, whatever the caller's own (nice(1) adds to it)."""
     monkeypatch.setenv("TOKENTRUST_VM_NICE", value)
     monkeypatch.setattr(vmlab.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(vmlab.os, "nice", lambda inc: mine)
     assert vmlab.priority() == prefix
 
 
-@pytest.mark.parametrize("value, said", [("fast", "a whole number from -20 to 19"), ("-21", "from -20 to 19"),
-                                         ("20", "from -20 to 19"), ("-1", "only root may raise a priority")])
-def test_vm_priority_refuses_what_nice_cannot_do(monkeypatch, value, said):
+@pytest.mark.parametrize("mine, value, said", [
+    (0, "fast", "a whole number from -20 to 19"), (0, "-21", "from -20 to 19"), (0, "20", "from -20 to 19"),
+    (0, "-1", "only root may raise a priority"), (5, "2", r"runs at nice 5\); unset it or give 5..19")])
+def test_vm_priority_refuses_what_nice_cannot_do(monkeypatch, mine, value, said):
     monkeypatch.setenv("TOKENTRUST_VM_NICE", value)
     monkeypatch.setattr(vmlab.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(vmlab.os, "nice", lambda inc: mine)
     with pytest.raises(vmlab.VMError, match=said):
         vmlab.priority()
 
 
-def test_the_priority_prefix_really_lowers_a_process(monkeypatch):
-    """The prefix run for real: the process it starts has the nice value asked (plus the caller's own)."""
+def test_the_priority_prefix_really_sets_a_process_nice_value(monkeypatch):
+    """The prefix run for real: the process it starts has the nice value asked."""
     import os
     import subprocess
-    monkeypatch.setenv("TOKENTRUST_VM_NICE", "7")
+    want = min(19, os.nice(0) + 7)
+    monkeypatch.setenv("TOKENTRUST_VM_NICE", str(want))
     out = subprocess.run([*vmlab.priority(), "sh", "-c", "cut -d' ' -f19 /proc/$$/stat"], capture_output=True,
                          text=True, check=True).stdout
-    assert int(out) == min(19, os.nice(0) + 7)
+    assert int(out) == want
