@@ -507,6 +507,17 @@ def ssh(m: dict, command: str, *, user: str = "root", timeout: float = 300, chec
                 timeout=timeout, check=check, input_text=input_text)
 
 
+def console_tail(m: dict, lines: int = 30) -> str:
+    """The guest console's last lines (its serial console, console.log), for an error that the folder's removal
+    would otherwise leave without a trace."""
+    try:
+        text = (Path(m["dir"]) / "console.log").read_text(errors="replace")
+    except OSError as e:
+        return f"(no console log: {e.strerror})"
+    tail = [ln.rstrip() for ln in text.splitlines() if ln.strip()][-lines:]
+    return "\n".join(tail) if tail else "(the console log is empty: the kernel wrote nothing)"
+
+
 def wait_ssh(m: dict, timeout: float = 600) -> float:
     """Seconds until sshd in the guest answers (through the hostfwd)."""
     t0 = time.monotonic()
@@ -514,7 +525,8 @@ def wait_ssh(m: dict, timeout: float = 600) -> float:
     last = ""
     while time.monotonic() < deadline:
         if qemu_pid(m) is None:
-            raise VMError(f"QEMU exited during the boot: see {Path(m['dir']) / 'console.log'} and qemu.log")
+            raise VMError(f"QEMU exited during the boot ({Path(m['dir']) / 'qemu.log'}); the console's last "
+                          f"lines:\n{console_tail(m)}")
         if _port_open(m["ssh_port"]):
             try:
                 p = subprocess.run([*ssh_args(m), f"{ADMIN}@127.0.0.1", "true"], capture_output=True, text=True,
@@ -527,7 +539,7 @@ def wait_ssh(m: dict, timeout: float = 600) -> float:
             last = p.stderr.strip()[-300:]
         time.sleep(2)
     raise VMError(f"sshd in the VM did not answer on 127.0.0.1:{m['ssh_port']} within {timeout:.0f}s ({last}); "
-                  f"console: {Path(m['dir']) / 'console.log'}")
+                  f"the console's last lines ({Path(m['dir']) / 'console.log'}):\n{console_tail(m)}")
 
 
 def wait_system(m: dict, timeout: float = 300) -> str:

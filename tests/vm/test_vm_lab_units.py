@@ -132,3 +132,14 @@ def test_the_priority_prefix_really_sets_a_process_nice_value(monkeypatch):
     out = subprocess.run([*vmlab.priority(), "sh", "-c", "cut -d' ' -f19 /proc/$$/stat"], capture_output=True,
                          text=True, check=True).stdout
     assert int(out) == want
+
+
+def test_a_boot_error_carries_the_console_tail_the_folder_removal_would_lose(tmp_path):
+    """The VM fixture removes the VM's folder when the boot fails: the error itself must say what the console said."""
+    (tmp_path / "console.log").write_text("".join(f"line {i}\n" for i in range(100)) + "\n\nvm-ws-01 login: \n")
+    tail = vmlab.console_tail({"dir": str(tmp_path)}, lines=3)
+    assert tail.splitlines() == ["line 98", "line 99", "vm-ws-01 login:"]
+    (tmp_path / "console.log").write_text("")
+    assert "the kernel wrote nothing" in vmlab.console_tail({"dir": str(tmp_path)})
+    (tmp_path / "console.log").unlink()
+    assert vmlab.console_tail({"dir": str(tmp_path)}).startswith("(no console log: ")
