@@ -8,7 +8,8 @@
 #           controller), tests/ee (execution environment), tests/collection (the built collection, sanity),
 #           tests/hostile (what a user's code cannot make root do).
 # Measured on a quiet 2-core machine (a clean clone, Docker images cached, the VM image cold): lane 1 36.5 min, lane 2
-# 28.8 min with the image built in it (tests/hostile then in lane 1: moved to lane 2 to even them); .ci/run 39 min.
+# 28.8 min with the image built in it, tests/hostile then in lane 1; with it in lane 2: 32.4 and 30.9 min, .ci/run
+# 34.7 min (docs/lab.md).
 # The lanes share nothing but Docker's images (each built once: lab/fleet.py's build_lock makes the second builder
 # wait) and the machine: every fleet, lab and VM has its own folder and free ports. Each lane mostly waits on
 # subprocesses (Ansible, Docker, Firefox, QEMU).
