@@ -14,10 +14,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.path.dirname(sys.executable)
 
 
+def molecule_env():
+    return dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"], ANSIBLE_NOCOLOR="1", NO_COLOR="1",
+                ANSIBLE_FORCE_COLOR="0", PY_COLORS="0")
+
+
 def molecule(scenario):
-    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"], ANSIBLE_NOCOLOR="1", NO_COLOR="1",
-               ANSIBLE_FORCE_COLOR="0", PY_COLORS="0")
-    p = subprocess.run([os.path.join(BIN, "molecule"), "test", "-s", scenario], cwd=ROOT, env=env,
+    p = subprocess.run([os.path.join(BIN, "molecule"), "test", "-s", scenario], cwd=ROOT, env=molecule_env(),
                        capture_output=True, text=True, timeout=1800)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-6000:]
@@ -49,8 +52,7 @@ def test_molecule_default_is_firefox_restart_without_its_side_effect():
     def same(prov):  # the fleet's folder is the scenario's own: the only other difference
         return yaml.safe_load(yaml.safe_dump(prov).replace("molecule-fleet-restart", "molecule-fleet"))
     assert same(restart["provisioner"]) == same(default["provisioner"])
-    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"], ANSIBLE_NOCOLOR="1", NO_COLOR="1", PY_COLORS="0")
-    p = subprocess.run([os.path.join(BIN, "molecule"), "syntax", "-s", "default"], cwd=ROOT, env=env,
+    p = subprocess.run([os.path.join(BIN, "molecule"), "syntax", "-s", "default"], cwd=ROOT, env=molecule_env(),
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     assert "converge.yml" in p.stdout + p.stderr

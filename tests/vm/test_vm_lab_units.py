@@ -1,7 +1,9 @@
 """lab/vscard.py's VSCard framing against a stand-in for QEMU's ccid-card-passthru (a unix socket server speaking
 the protocol as QEMU 7.2 does), and lab/vm.py's clear errors on bad input. Fast: no VM is booted here."""
+import os
 import socket
 import struct
+import subprocess
 import threading
 
 import pytest
@@ -125,8 +127,6 @@ def test_vm_priority_refuses_what_nice_cannot_do(monkeypatch, mine, value, said)
 
 def test_the_priority_prefix_really_sets_a_process_nice_value(monkeypatch):
     """The prefix run for real: the process it starts has the nice value asked."""
-    import os
-    import subprocess
     want = min(19, os.nice(0) + 7)
     monkeypatch.setenv("TOKENTRUST_VM_NICE", str(want))
     out = subprocess.run([*vmlab.priority(), "sh", "-c", "cut -d' ' -f19 /proc/$$/stat"], capture_output=True,
